@@ -1,0 +1,39 @@
+"""Exceptions raised by headstart; the CLI turns each into a one-line message and exit code 2."""
+
+
+class HeadstartError(Exception):
+    """Base class: a problem the user can fix, reported without a traceback."""
+
+    exit_code = 2
+
+
+class DatasetError(HeadstartError):
+    """The image folder is missing, empty, or not laid out one sub-folder per class."""
+
+
+class CacheError(HeadstartError):
+    """The feature cache cannot be read or written."""
+
+
+class CacheMismatchError(CacheError):
+    """The cache was made with other extraction settings."""
+
+
+class CacheBusyError(CacheError):
+    """Another process has the cache open for writing."""
+
+
+class BackboneError(HeadstartError):
+    """The backbone, layer or weights asked for cannot be built."""
+
+
+class WeightsDownloadError(BackboneError):
+    """Keras could not download the ImageNet weights (offline, proxy, firewall)."""
+
+
+class DownloadError(HeadstartError):
+    """A dataset download failed or its archive is not what was expected."""
+
+
+class RunError(HeadstartError):
+    """A run directory is missing files or was made with other settings."""
