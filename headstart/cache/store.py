@@ -1,0 +1,514 @@
+"""The HDF5 feature cache: schema, crash-safe appends, recovery, and reading back.
+
+What lives here: the file layout, the writer that appends extracted rows, and the reader
+(`open_cache`). What does not: images, models (see `headstart.extractor`) and heads.
+
+Layout (schema version 1)::
+
+    /features        (N, D) float16 or float32, chunked by whole rows (~1 MiB), resizable
+    /labels          (N,) int32, index into /class_names
+    /paths           (N,) UTF-8, path of each picture relative to the dataset root
+    /class_names     (C,) UTF-8, sorted
+    /failed_paths    (F,) UTF-8, pictures that could not be decoded ...
+    /failed_reasons  (F,) UTF-8  ... and why
+    /progress        (3,) int64: committed rows, committed failures, complete (0/1)
+    attrs: schema_version, fingerprint (canonical JSON), fingerprint_digest, root,
+           created, versions (JSON of library versions)
+
+Crash safety. The writer opens the file in HDF5's single-writer/multiple-reader (SWMR) mode,
+which orders metadata writes so that the file on disk is always a valid HDF5 file, even after a
+``kill -9``. A batch is written, flushed, and only then counted in ``/progress``; rows past the
+committed count are ignored by readers and dropped on recovery. A file left behind by a dead
+writer carries HDF5's "open for write" mark and can only be opened for reading in SWMR mode; the
+next writer copies its committed rows into a fresh file and atomically replaces it. New files are
+built under a temporary name and renamed into place, so a half-created cache never exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import h5py
+import numpy as np
+
+from headstart.errors import CacheBusyError, CacheError
+
+try:  # POSIX advisory locks; Windows runs without the cross-process guard.
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+CHUNK_BYTES = 1 << 20
+_STR = h5py.string_dtype("utf-8")
+_COMMIT_ROWS, _COMMIT_FAILED, _COMPLETE = 0, 1, 2
+
+
+def _is_open_for_write_error(err: OSError) -> bool:
+    text = str(err)
+    return "already open for write" in text or "h5clear" in text
+
+
+def _latest_fapl() -> h5py.h5p.PropFAID:
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    return fapl
+
+
+def chunk_rows_for(dim: int, dtype: np.dtype) -> int:
+    """Rows per chunk so that one chunk holds about 1 MiB of features."""
+    return max(1, CHUNK_BYTES // (dim * np.dtype(dtype).itemsize))
+
+
+def _library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("headstart", "keras", "tensorflow", "torch", "jax", "h5py", "numpy", "pillow"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[name] = md.version(name)
+    out["hdf5"] = h5py.version.hdf5_version
+    return out
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_empty(
+    path: Path,
+    *,
+    dim: int,
+    dtype: str,
+    fingerprint_json: str,
+    fingerprint_digest: str,
+    class_names: Sequence[str],
+    root: str,
+    chunk_rows: int,
+    created: str | None = None,
+    versions: str | None = None,
+) -> h5py.File:
+    """Create every dataset of the schema with zero rows; returns the open file."""
+    f = h5py.File(path, "w", libver="latest")
+    f.create_dataset(
+        "features", shape=(0, dim), maxshape=(None, dim), dtype=dtype, chunks=(chunk_rows, dim)
+    )
+    f.create_dataset("labels", shape=(0,), maxshape=(None,), dtype="int32", chunks=(4096,))
+    f.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(1024,))
+    f.create_dataset("class_names", data=np.array(list(class_names), dtype=object), dtype=_STR)
+    f.create_dataset("failed_paths", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(256,))
+    f.create_dataset("failed_reasons", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(256,))
+    f.create_dataset("progress", data=np.zeros(3, dtype="int64"))
+    f.attrs["schema_version"] = SCHEMA_VERSION
+    f.attrs["fingerprint"] = fingerprint_json
+    f.attrs["fingerprint_digest"] = fingerprint_digest
+    f.attrs["root"] = root
+    f.attrs["created"] = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    f.attrs["versions"] = versions or json.dumps(_library_versions(), sort_keys=True)
+    return f
+
+
+def _open_any(path: Path) -> h5py.File:
+    """Open for reading, also a file that a writer holds or left behind after a crash."""
+    if not path.exists():
+        raise CacheError(f"Expected a feature cache file. Received: {path} (no such file).")
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        if not _is_open_for_write_error(err):
+            raise CacheError(f"Expected an HDF5 feature cache. Received: {path} ({err}).") from err
+    try:
+        return h5py.File(path, "r", swmr=True)
+    except OSError as err:
+        raise CacheError(f"Cannot read the feature cache {path}: {err}.") from err
+
+
+def _check_schema(f: h5py.File, path: Path) -> None:
+    missing = [k for k in ("features", "labels", "paths", "class_names", "progress") if k not in f]
+    if missing or "fingerprint" not in f.attrs:
+        raise CacheError(
+            f"Expected a headstart feature cache. Received: {path} "
+            f"(an HDF5 file without {', '.join(missing) or 'a fingerprint'})."
+        )
+    version = int(f.attrs.get("schema_version", -1))
+    if version != SCHEMA_VERSION:
+        raise CacheError(
+            f"Expected cache schema version {SCHEMA_VERSION}. Received: {path} (version {version}); "
+            "extract again with this version of headstart."
+        )
+
+
+def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
+    """Copy the committed rows of ``src`` (those where ``keep`` is true) into a new file ``dst``.
+
+    Used to recover a file left by a dead writer and to prune rows. Streams chunk by chunk;
+    ``dst`` is written under a temporary name and renamed into place. Returns the rows kept.
+    """
+    tmp = dst.with_name(dst.name + ".rewrite.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    with _open_any(src) as f:
+        _check_schema(f, src)
+        n_rows, n_failed = (int(v) for v in f["progress"][:2])
+        complete = int(f["progress"][_COMPLETE])
+        feats = f["features"]
+        if keep is None:
+            keep = np.ones(n_rows, dtype=bool)
+        if keep.shape != (n_rows,):
+            raise ValueError(f"keep has shape {keep.shape}, expected ({n_rows},)")
+        dim = feats.shape[1]
+        rows = feats.chunks[0]
+        out = _write_empty(
+            tmp,
+            dim=dim,
+            dtype=feats.dtype.str,
+            fingerprint_json=f.attrs["fingerprint"],
+            fingerprint_digest=f.attrs["fingerprint_digest"],
+            class_names=f["class_names"].asstr()[:].tolist(),
+            root=f.attrs["root"],
+            chunk_rows=rows,
+            created=f.attrs["created"],
+            versions=f.attrs["versions"],
+        )
+        try:
+            kept = 0
+            for start in range(0, n_rows, rows * 8):
+                stop = min(n_rows, start + rows * 8)
+                mask = keep[start:stop]
+                if not mask.any():
+                    continue
+                block = feats[start:stop][mask]
+                n = len(block)
+                for name, data in (
+                    ("features", block),
+                    ("labels", f["labels"][start:stop][mask]),
+                    ("paths", np.array(f["paths"].asstr()[start:stop], dtype=object)[mask]),
+                ):
+                    out[name].resize(kept + n, axis=0)
+                    out[name][kept:] = data
+                kept += n
+            for name in ("failed_paths", "failed_reasons"):
+                out[name].resize(n_failed, axis=0)
+                if n_failed:
+                    out[name][:] = f[name].asstr()[:n_failed]
+            out["progress"][:] = [kept, n_failed, complete]
+        finally:
+            out.close()
+    os.replace(tmp, dst)
+    _fsync_dir(dst.parent)
+    return kept
+
+
+@dataclass(frozen=True)
+class CacheHeader:
+    """What a new cache needs to know before the first row arrives."""
+
+    dim: int
+    dtype: str
+    fingerprint: dict[str, Any]
+    fingerprint_json: str
+    fingerprint_digest: str
+    class_names: tuple[str, ...]
+    root: str
+
+
+class CacheWriter:
+    """Appends extracted rows to a cache; one process at a time (a ``.lock`` file beside it).
+
+    Use as a context manager. ``append`` stages a batch, ``commit`` makes it durable. A writer
+    killed between commits loses at most the uncommitted batch; nothing committed is lost.
+    """
+
+    def __init__(self, path: Path, header: CacheHeader, *, overwrite: bool = False):
+        self.path = Path(path)
+        self.header = header
+        self._overwrite = overwrite
+        self._lock_file = None
+        self._f: h5py.File | None = None
+        self._rows = self._failed = 0
+        self._staged_rows = self._staged_failed = 0
+
+    # -- opening -----------------------------------------------------------------------------
+    def __enter__(self) -> "CacheWriter":
+        self._acquire_lock()
+        try:
+            if self._overwrite or not self.path.exists():
+                self._create()
+            self._open_for_append()
+        except BaseException:
+            self._release_lock()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _acquire_lock(self) -> None:
+        if fcntl is None:
+            return
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(lock_path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise CacheBusyError(
+                f"Another headstart process is writing {self.path}. "
+                "Wait for it to finish, or stop it and run the command again to resume."
+            ) from None
+        self._lock_file = fh
+
+    def _release_lock(self) -> None:
+        if self._lock_file is not None:
+            # Unlink while still holding the lock: a process that opens the path afterwards
+            # gets a fresh lock file, and one that opened the old one failed its non-blocking lock.
+            with contextlib.suppress(OSError):
+                os.unlink(self._lock_file.name)
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _create(self) -> None:
+        h = self.header
+        tmp = self.path.with_name(self.path.name + ".new.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        f = _write_empty(
+            tmp,
+            dim=h.dim,
+            dtype=h.dtype,
+            fingerprint_json=h.fingerprint_json,
+            fingerprint_digest=h.fingerprint_digest,
+            class_names=h.class_names,
+            root=h.root,
+            chunk_rows=chunk_rows_for(h.dim, np.dtype(h.dtype)),
+        )
+        f.close()
+        os.replace(tmp, self.path)
+        _fsync_dir(self.path.parent)
+        log.info("created cache %s", self.path)
+
+    def _open_swmr_write(self) -> h5py.File:
+        flags = h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE
+        fid = h5py.h5f.open(os.fsencode(self.path), flags, fapl=_latest_fapl())
+        return h5py.File(fid)
+
+    def _open_for_append(self) -> None:
+        try:
+            f = self._open_swmr_write()
+        except OSError as err:
+            if not _is_open_for_write_error(err):
+                raise CacheError(f"Expected an HDF5 feature cache. Received: {self.path} ({err}).") from err
+            # We hold the lock, so no live writer has it: a previous run died. Keep what it committed.
+            log.warning("%s was left open by an interrupted run; recovering its committed rows", self.path)
+            kept = rewrite(self.path, self.path)
+            log.info("recovered %d rows", kept)
+            f = self._open_swmr_write()
+        try:
+            _check_schema(f, self.path)
+            if f["features"].shape[1] != self.header.dim or f["features"].dtype != np.dtype(self.header.dtype):
+                raise CacheError(
+                    f"Expected features of {self.header.dim} x {self.header.dtype} in {self.path}. "
+                    f"Received: {f['features'].shape[1]} x {f['features'].dtype}."
+                )
+            self._rows, self._failed = (int(v) for v in f["progress"][:2])
+            self._staged_rows, self._staged_failed = self._rows, self._failed
+            # Drop anything staged after the last commit by a writer that died.
+            for name in ("features", "labels", "paths"):
+                if f[name].shape[0] != self._rows:
+                    f[name].resize(self._rows, axis=0)
+            for name in ("failed_paths", "failed_reasons"):
+                if f[name].shape[0] != self._failed:
+                    f[name].resize(self._failed, axis=0)
+            f["progress"][_COMPLETE] = 0
+            f.flush()
+        except BaseException:
+            f.close()
+            raise
+        self._f = f
+
+    # -- what is already there ---------------------------------------------------------------
+    @property
+    def rows(self) -> int:
+        return self._rows
+
+    def done_paths(self) -> set[str]:
+        """Relative paths already in the cache, extracted or recorded as failed."""
+        f = self._f
+        done = set(f["paths"].asstr()[: self._rows])
+        done.update(f["failed_paths"].asstr()[: self._failed])
+        return done
+
+    def class_names(self) -> list[str]:
+        return self._f["class_names"].asstr()[:].tolist()
+
+    # -- writing -----------------------------------------------------------------------------
+    def append(self, features: np.ndarray, labels: Sequence[int], paths: Sequence[str]) -> None:
+        """Stage one batch of rows; call ``commit`` to make it durable."""
+        n = len(paths)
+        if n == 0:
+            return
+        if features.shape != (n, self.header.dim) or len(labels) != n:
+            raise ValueError(f"batch shapes disagree: features {features.shape}, {len(labels)} labels, {n} paths")
+        f = self._f
+        start = self._staged_rows
+        for name, data in (
+            ("features", features.astype(f["features"].dtype, copy=False)),
+            ("labels", np.asarray(labels, dtype="int32")),
+            ("paths", np.array(list(paths), dtype=object)),
+        ):
+            f[name].resize(start + n, axis=0)
+            f[name][start:] = data
+        self._staged_rows = start + n  # only once all three datasets hold the batch
+
+    def add_failed(self, items: Sequence[tuple[str, str]]) -> None:
+        """Stage skipped pictures as (relative path, reason)."""
+        if not items:
+            return
+        f = self._f
+        start = self._staged_failed
+        for name, col in (("failed_paths", 0), ("failed_reasons", 1)):
+            f[name].resize(start + len(items), axis=0)
+            f[name][start:] = np.array([it[col] for it in items], dtype=object)
+        self._staged_failed = start + len(items)
+
+    def commit(self) -> None:
+        """Flush staged rows to disk, then count them as committed."""
+        f = self._f
+        f.flush()
+        f["progress"][:_COMPLETE] = [self._staged_rows, self._staged_failed]
+        f.flush()
+        self._rows, self._failed = self._staged_rows, self._staged_failed
+
+    def close(self, complete: bool = False) -> None:
+        """Commit what is staged and close; ``complete`` marks that every picture was seen."""
+        if self._f is not None:
+            try:
+                self.commit()
+                if complete:
+                    self._f["progress"][_COMPLETE] = 1
+                    self._f.flush()
+            finally:
+                self._f.close()
+                self._f = None
+        self._release_lock()
+
+
+class CacheReader:
+    """A feature cache opened for reading: features in slices, labels, paths, class names.
+
+    ``features`` is the HDF5 dataset itself (slice it to read rows; it may hold staged rows
+    past ``len(cache)`` while a writer is running, so prefer ``read``/``iter_chunks``).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._f = _open_any(self.path)
+        try:
+            _check_schema(self._f, self.path)
+            f = self._f
+            n_rows, n_failed, complete = (int(v) for v in f["progress"][:])
+            self._n = n_rows
+            self.complete = bool(complete)
+            self.features = f["features"]
+            self.labels = f["labels"][:n_rows].astype(np.int64)
+            self.paths: list[str] = f["paths"].asstr()[:n_rows].tolist()
+            self.class_names: list[str] = f["class_names"].asstr()[:].tolist()
+            self.failed: list[tuple[str, str]] = list(
+                zip(f["failed_paths"].asstr()[:n_failed], f["failed_reasons"].asstr()[:n_failed])
+            )
+            self.fingerprint_json: str = f.attrs["fingerprint"]
+            self.fingerprint: dict[str, Any] = json.loads(self.fingerprint_json)
+            self.fingerprint_digest: str = f.attrs["fingerprint_digest"]
+            self.root: str = f.attrs["root"]
+            self.created: str = f.attrs["created"]
+            self.versions: dict[str, str] = json.loads(f.attrs["versions"])
+            self.schema_version = int(f.attrs["schema_version"])
+        except BaseException:
+            self._f.close()
+            raise
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __enter__(self) -> "CacheReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._f.close()
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.features.dtype
+
+    @property
+    def chunk_rows(self) -> int:
+        return int(self.features.chunks[0])
+
+    def read(self, start: int = 0, stop: int | None = None, dtype=np.float32) -> np.ndarray:
+        """Rows ``start:stop`` of the committed features, converted to ``dtype``."""
+        stop = self._n if stop is None else min(stop, self._n)
+        return self.features[start:stop].astype(dtype, copy=False)
+
+    def take(self, indices: Sequence[int], dtype=np.float32) -> np.ndarray:
+        """Rows at ``indices`` (any order, repeats allowed), read a chunk-sized block at a time."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= self._n):
+            raise IndexError(f"row index out of range for a cache of {self._n} rows")
+        out = np.empty((len(idx), self.dim), dtype=dtype)
+        order = np.argsort(idx, kind="stable")
+        sorted_idx = idx[order]
+        block = self.chunk_rows * 8
+        i = 0
+        while i < len(sorted_idx):
+            lo = sorted_idx[i] - sorted_idx[i] % block
+            j = np.searchsorted(sorted_idx, lo + block, side="left")
+            rows = self.features[lo : min(lo + block, self._n)]
+            out[order[i:j]] = rows[sorted_idx[i:j] - lo]
+            i = j
+        return out
+
+    def iter_chunks(self, rows: int | None = None, dtype=np.float32) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, features)`` blocks covering every committed row, in order."""
+        rows = rows or self.chunk_rows * 8
+        for start in range(0, self._n, rows):
+            yield start, self.read(start, start + rows, dtype=dtype)
+
+    def counts(self) -> dict[str, int]:
+        """Rows per class name."""
+        bins = np.bincount(self.labels, minlength=len(self.class_names))
+        return {name: int(c) for name, c in zip(self.class_names, bins)}
+
+    def missing_files(self, root: str | os.PathLike | None = None) -> list[str]:
+        """Cached paths whose picture no longer exists under ``root`` (default: the extraction root)."""
+        base = Path(root or self.root)
+        return [p for p in self.paths if not (base / p).exists()]
+
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size
+
+
+def open_cache(path: str | os.PathLike) -> CacheReader:
+    """Open a feature cache for reading (also one still being written, or left by a crash)."""
+    return CacheReader(path)
