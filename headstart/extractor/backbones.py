@@ -1,0 +1,277 @@
+"""Backbone registry: frozen Keras models cut at a named layer, with their exact preprocessing."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from headstart.errors import BackboneError, WeightsDownloadError
+from headstart.extractor.config import IMAGENET, RANDOM_WEIGHTS, ExtractionConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A feature layer: whether it needs the classifier top, and whether to average-pool it."""
+
+    include_top: bool = False
+    pooling: str | None = None
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """How to build one family of models; ``make(include_top, weights, config)`` returns a Keras model."""
+
+    name: str
+    make: Callable
+    layers: dict[str, Layer]
+    default_layer: str
+    preprocessing: str
+    input_size: int = 224
+    weights_file: Callable[[ExtractionConfig, bool], str] = lambda config, top: "?"
+    alphas: tuple[float, ...] = field(default=())
+
+
+def _vgg16(include_top: bool, weights, config: ExtractionConfig):
+    import keras
+
+    return keras.applications.VGG16(include_top=include_top, weights=weights, input_shape=(224, 224, 3))
+
+
+def _vgg16_file(config: ExtractionConfig, top: bool) -> str:
+    return "vgg16_weights_tf_dim_ordering_tf_kernels" + ("" if top else "_notop") + ".h5"
+
+
+def _mobilenet(include_top: bool, weights, config: ExtractionConfig):
+    import keras
+
+    size = config.input_size
+    return keras.applications.MobileNet(
+        input_shape=(size, size, 3), alpha=config.alpha, include_top=include_top, weights=weights
+    )
+
+
+def _mobilenet_file(config: ExtractionConfig, top: bool) -> str:
+    alpha = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}.get(config.alpha, str(config.alpha))
+    return f"mobilenet_{alpha}_{config.input_size}_tf{'' if top else '_no_top'}.h5"
+
+
+def _tiny(include_top: bool, weights, config: ExtractionConfig):
+    """A few-thousand-parameter conv net for tests and smoke runs; random weights only."""
+    import keras
+    from keras import layers
+
+    if weights not in (None,):
+        raise BackboneError("Expected --weights none for the tiny test backbone. Received: a weights file.")
+    size = config.input_size
+    inputs = keras.Input((size, size, 3), name="input")
+    x = layers.Conv2D(8, 3, strides=2, activation="relu", name="conv1")(inputs)
+    x = layers.Conv2D(16, 3, strides=2, activation="relu", name="conv2")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dense(32, activation="relu", name="embed")(x)
+    return keras.Model(inputs, x, name="tiny")
+
+
+BACKBONES: dict[str, Backbone] = {
+    "vgg16": Backbone(
+        name="vgg16",
+        make=_vgg16,
+        layers={
+            "fc2": Layer(include_top=True),
+            "fc1": Layer(include_top=True),
+            "block5_pool": Layer(pooling="avg"),
+        },
+        default_layer="fc2",
+        preprocessing="keras.applications.vgg16.preprocess_input",
+        weights_file=_vgg16_file,
+    ),
+    "mobilenet": Backbone(
+        name="mobilenet",
+        make=_mobilenet,
+        layers={"conv_pw_13_relu": Layer(pooling="avg")},
+        default_layer="conv_pw_13_relu",
+        preprocessing="keras.applications.mobilenet.preprocess_input",
+        weights_file=_mobilenet_file,
+        alphas=(0.25, 0.5, 0.75, 1.0),
+    ),
+    "tiny": Backbone(
+        name="tiny",
+        make=_tiny,
+        layers={"embed": Layer(), "pool": Layer()},
+        default_layer="embed",
+        preprocessing="keras.applications.mobilenet.preprocess_input",
+        input_size=32,
+    ),
+}
+
+
+def get_backbone(name: str) -> Backbone:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise BackboneError(f"Expected a backbone among {', '.join(BACKBONES)}. Received: {name!r}.") from None
+
+
+def preprocess_function(config: ExtractionConfig) -> Callable[[np.ndarray], np.ndarray]:
+    """The Keras preprocessing function named in the config (e.g. `vgg16.preprocess_input`)."""
+    module, _, name = config.preprocessing.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+@contextlib.contextmanager
+def _dtype_policy(precision: str):
+    import keras
+
+    before = keras.config.dtype_policy()
+    policy = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[precision]
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
+def _looks_like_download_failure(err: Exception) -> bool:
+    text = f"{type(err).__name__}: {err}".lower()
+    return any(s in text for s in ("url fetch failure", "urlopen", "name or service", "temporary failure",
+                                   "connection", "network is unreachable", "http error", "timed out"))
+
+
+def build_model(config: ExtractionConfig):
+    """A frozen Keras model from pictures (after preprocessing) to the config's feature vector."""
+    import keras
+
+    spec = get_backbone(config.backbone)
+    layer = spec.layers.get(config.layer)
+    if layer is None:
+        raise BackboneError(
+            f"Expected a layer of {spec.name} among {', '.join(spec.layers)}. Received: {config.layer!r}."
+        )
+    if config.weights == IMAGENET:
+        weights = "imagenet"
+    elif config.weights == RANDOM_WEIGHTS:
+        weights = None
+        keras.utils.set_random_seed(config.seed or 0)
+    else:
+        weights = config.weights_path
+        if weights is None:
+            raise BackboneError(
+                f"Expected the weights file with {config.weights} for this cache. Received: no --weights PATH."
+            )
+    with _dtype_policy(config.precision):
+        try:
+            base = spec.make(layer.include_top, weights, config)
+        except BackboneError:
+            raise
+        except Exception as err:  # Keras raises plain Exception/ValueError for both cases.
+            if weights == "imagenet" and _looks_like_download_failure(err):
+                fname = spec.weights_file(config, layer.include_top)
+                raise WeightsDownloadError(
+                    f"Could not download the ImageNet weights of {spec.name} ({fname}): {str(err).splitlines()[0]}. "
+                    f"Download {fname} where there is network (Keras keeps it in ~/.keras/models/) "
+                    f"and pass it with --weights PATH."
+                ) from None
+            raise BackboneError(
+                f"Could not build {spec.name} with weights {config.weights_path or weights}: "
+                f"{str(err).splitlines()[0] if str(err) else type(err).__name__}."
+            ) from None
+        out = base.get_layer(config.layer).output
+        if config.pooling == "avg" and len(out.shape) == 4:
+            out = keras.layers.GlobalAveragePooling2D(name="feature_pool")(out)
+        out = keras.layers.Activation("linear", dtype="float32", name="features")(out)
+    model = keras.Model(base.inputs, out, name=f"{spec.name}_{config.layer}")
+    model.trainable = False
+    log.info("built %s up to %s (%d values), weights %s, precision %s",
+             spec.name, config.layer, model.output_shape[-1], config.weights, config.precision)
+    return model
+
+
+def default_precision() -> str:
+    """float16 where a GPU is visible to the Keras backend, float32 on CPU."""
+    import keras
+
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return "float16" if tf.config.list_physical_devices("GPU") else "float32"
+        if backend == "torch":
+            import torch
+
+            return "float16" if torch.cuda.is_available() else "float32"
+        if backend == "jax":
+            import jax
+
+            return "float16" if jax.default_backend() == "gpu" else "float32"
+    except Exception:  # pragma: no cover - a broken GPU stack falls back to CPU numbers
+        pass
+    return "float32"
+
+
+def make_config(
+    backbone: str = "vgg16",
+    layer: str | None = None,
+    *,
+    weights: str = IMAGENET,
+    alpha: float | None = None,
+    input_size: int | None = None,
+    resize: str = "squash",
+    jpeg_draft: bool = True,
+    precision: str = "auto",
+    dtype: str = "float16",
+    seed: int = 0,
+) -> ExtractionConfig:
+    """Check the user's options and resolve defaults into an `ExtractionConfig`."""
+    import keras
+
+    from headstart.extractor.config import PRECISIONS, STORAGE_DTYPES, resolve_weights
+    from headstart.extractor.decode import RESIZE_METHODS
+
+    spec = get_backbone(backbone)
+    layer = layer or spec.default_layer
+    if layer not in spec.layers:
+        raise BackboneError(f"Expected a layer of {spec.name} among {', '.join(spec.layers)}. Received: {layer!r}.")
+    if spec.alphas:
+        alpha = 1.0 if alpha is None else float(alpha)
+        if alpha not in spec.alphas:
+            raise BackboneError(
+                f"Expected --alpha among {', '.join(map(str, spec.alphas))} for {spec.name}. Received: {alpha}."
+            )
+    elif alpha is not None:
+        raise BackboneError(f"Expected no --alpha for {spec.name} (only mobilenet has one). Received: {alpha}.")
+    if resize not in RESIZE_METHODS:
+        raise BackboneError(f"Expected --resize among {', '.join(RESIZE_METHODS)}. Received: {resize!r}.")
+    if precision == "auto":
+        precision = default_precision()
+    if precision not in PRECISIONS:
+        raise BackboneError(f"Expected --precision among auto, {', '.join(PRECISIONS)}. Received: {precision!r}.")
+    if dtype not in STORAGE_DTYPES:
+        raise BackboneError(f"Expected --dtype among {', '.join(STORAGE_DTYPES)}. Received: {dtype!r}.")
+    size = input_size or spec.input_size
+    if spec.name == "vgg16" and spec.layers[layer].include_top and size != 224:
+        raise BackboneError(f"Expected --input-size 224 for vgg16 {layer} (its dense layers fix it). Received: {size}.")
+    identity, path, seed_used = resolve_weights(weights, seed)
+    return ExtractionConfig(
+        backbone=spec.name,
+        layer=layer,
+        pooling=spec.layers[layer].pooling,
+        alpha=alpha,
+        weights=identity,
+        seed=seed_used,
+        keras_version=keras.__version__ if identity == IMAGENET else None,
+        input_size=size,
+        resize=resize,
+        jpeg_draft=jpeg_draft,
+        preprocessing=spec.preprocessing,
+        precision=precision,
+        dtype=dtype,
+        backend=keras.backend.backend(),
+        weights_path=path,
+    )

@@ -1,0 +1,72 @@
+"""Image decoding: any picture file → an RGB uint8 array of the backbone's input size, or a reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+RESIZE_METHODS = ("squash", "crop")
+
+# Truncated files are errors, not pictures with a grey bottom half.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class DecodeError(Exception):
+    """A picture that cannot be turned into pixels; ``str()`` is the reason recorded in the cache."""
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16-bit and 32-bit greyscale: scale the full range to 0-255 instead of clipping at 255.
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 255.0)
+        arr = np.clip(arr * (255.0 / peak), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def load_image(path: str | Path, size: tuple[int, int], resize: str = "squash", draft: bool = True) -> np.ndarray:
+    """Decode ``path`` to an ``(height, width, 3)`` uint8 array of ``size = (height, width)``.
+
+    EXIF orientation is applied, every mode becomes RGB, animated files give their first frame.
+    ``squash`` resizes both sides bilinearly (aspect ratio not kept, as `keras.utils.load_img`);
+    ``crop`` resizes the short side and cuts the centre. ``draft`` lets Pillow's JPEG decoder
+    skip detail it would throw away (DCT scaling) when the picture is at least twice the size.
+    Raises `DecodeError` with a short reason for anything that is not a readable picture.
+    """
+    height, width = size
+    try:
+        if Path(path).stat().st_size == 0:
+            raise DecodeError("empty file")
+        # Pillow refuses pictures over 2 x Image.MAX_IMAGE_PIXELS (~179 MP) as decompression bombs.
+        with Image.open(path) as img:
+            if draft and img.format == "JPEG":
+                # Decode at 1/2, 1/4 or 1/8 scale, never below twice the target size.
+                img.draft("RGB", (width * 2, height * 2))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            img = _to_rgb(img)
+            if resize == "squash":
+                img = img.resize((width, height), Image.BILINEAR)
+            elif resize == "crop":
+                img = ImageOps.fit(img, (width, height), Image.BILINEAR)
+            else:
+                raise ValueError(f"resize must be one of {RESIZE_METHODS}, got {resize!r}")
+            arr = np.asarray(img, dtype=np.uint8)
+    except DecodeError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise DecodeError(f"decompression bomb: {err}") from None
+    except UnidentifiedImageError:
+        raise DecodeError("not an image (format not recognised)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as err:
+        raise DecodeError(f"cannot decode: {err}") from None
+    if arr.shape != (height, width, 3):  # pragma: no cover - Pillow contract
+        raise DecodeError(f"decoded to shape {arr.shape}")
+    return arr

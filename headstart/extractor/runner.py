@@ -1,0 +1,281 @@
+"""The extraction runner: scan → decode (worker threads) → backbone → cache, resumable."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from headstart.cache import CacheHeader, CacheWriter, describe_diff, diff_settings, open_cache, rewrite
+from headstart.errors import CacheMismatchError, DatasetError, HeadstartError
+from headstart.extractor.config import ExtractionConfig
+from headstart.extractor.decode import DecodeError, load_image
+from headstart.extractor.scan import scan_dataset
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, int], None]
+"""progress(done, total, skipped): pictures handled so far in this run, to handle, skipped so far."""
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def decode_stream(
+    paths: Sequence[Path], config: ExtractionConfig, workers: int, prefetch: int
+) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+    """Decode ``paths`` in worker threads, ``prefetch`` pictures ahead; yields in input order
+    ``(index, pixels, None)`` or ``(index, None, reason)``. Memory is bounded by ``prefetch``."""
+    size = (config.input_size, config.input_size)
+
+    def work(path: Path):
+        try:
+            return load_image(path, size, config.resize, config.jpeg_draft), None
+        except DecodeError as err:
+            return None, str(err)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="headstart-decode") as pool:
+        pending: collections.deque[Future] = collections.deque()
+        it = iter(enumerate(paths))
+        for i, p in it:
+            pending.append(pool.submit(work, p))
+            if len(pending) >= prefetch:
+                break
+        index = 0
+        while pending:
+            pixels, reason = pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(work, nxt[1]))
+            yield index, pixels, reason
+            index += 1
+
+
+class Embedder:
+    """A built backbone that turns batches of uint8 pictures into float32 feature rows.
+
+    Every call runs a full batch of ``batch_size`` (the last one padded), so the compiled
+    graph is traced once and a picture's features do not depend on which run it was in.
+    """
+
+    def __init__(self, config: ExtractionConfig, batch_size: int):
+        from headstart.extractor.backbones import build_model, preprocess_function
+
+        if batch_size < 1:
+            raise HeadstartError(f"Expected --batch-size of at least 1. Received: {batch_size}.")
+        self.config = config
+        self.batch_size = batch_size
+        self.model = build_model(config)
+        self.dim = int(self.model.output_shape[-1])
+        self._preprocess = preprocess_function(config)
+        size = config.input_size
+        self._buffer = np.zeros((batch_size, size, size, 3), dtype=np.float32)
+
+    def __call__(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
+        n = len(pixels)
+        buf = self._buffer
+        buf[n:] = 0
+        for i, arr in enumerate(pixels):
+            buf[i] = arr
+        x = self._preprocess(buf.copy())  # preprocess_input works in place on float arrays
+        out = self.model.predict_on_batch(x)
+        return np.asarray(out, dtype=np.float32)[:n]
+
+
+def embed_stream(
+    paths: Sequence[Path], embedder: Embedder, workers: int
+) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, str]]]]:
+    """Yield ``(indices, features, failed)`` batch by batch, ``failed`` as (index, reason)."""
+    batch_idx: list[int] = []
+    batch_px: list[np.ndarray] = []
+    failed: list[tuple[int, str]] = []
+    prefetch = max(2 * embedder.batch_size, 4 * workers)
+    for index, pixels, reason in decode_stream(paths, embedder.config, workers, prefetch):
+        if pixels is None:
+            failed.append((index, reason))
+            continue
+        batch_idx.append(index)
+        batch_px.append(pixels)
+        if len(batch_idx) == embedder.batch_size:
+            yield batch_idx, embedder(batch_px), failed
+            batch_idx, batch_px, failed = [], [], []
+    if batch_idx or failed:
+        feats = embedder(batch_px) if batch_px else np.zeros((0, embedder.dim), np.float32)
+        yield batch_idx, feats, failed
+
+
+@dataclass
+class EmbedResult:
+    """Features of pictures given one by one (for `predict`): rows follow ``ok``."""
+
+    features: np.ndarray
+    ok: list[Path]
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def embed_files(
+    files: Sequence[str | os.PathLike],
+    config: ExtractionConfig,
+    batch_size: int = 32,
+    workers: int | None = None,
+) -> EmbedResult:
+    """Features of ``files`` with the backbone and settings of ``config``; unreadable files are listed."""
+    files = [Path(f) for f in files]
+    embedder = Embedder(config, batch_size)
+    feats, ok, failed = [], [], []
+    for idx, f, bad in embed_stream(files, embedder, workers or default_workers()):
+        feats.append(f)
+        ok.extend(files[i] for i in idx)
+        failed.extend((files[i], reason) for i, reason in bad)
+    features = np.concatenate(feats) if feats else np.zeros((0, embedder.dim), np.float32)
+    return EmbedResult(features=features, ok=ok, failed=failed)
+
+
+@dataclass
+class ExtractResult:
+    """What one `extract` call did."""
+
+    cache: Path
+    extracted: int
+    skipped: int
+    already: int
+    pruned: int
+    total_rows: int
+    seconds: float
+    failed: list[tuple[str, str]]
+    complete: bool
+
+    @property
+    def pictures_per_second(self) -> float:
+        return (self.extracted + self.skipped) / self.seconds if self.seconds > 0 else 0.0
+
+
+def _check_existing(out: Path, config: ExtractionConfig, class_names: Sequence[str]) -> None:
+    with open_cache(out) as cache:
+        diff = diff_settings(cache.fingerprint, config.fingerprint())
+        if diff:
+            raise CacheMismatchError(
+                f"{out} was extracted with other settings: {describe_diff(diff)}. "
+                "Use the same options to resume, another --out, or --overwrite to start again."
+            )
+        new = sorted(set(class_names) - set(cache.class_names))
+        if new:
+            raise CacheMismatchError(
+                f"Expected the classes of {out} ({', '.join(cache.class_names)}). Received new classes: "
+                f"{', '.join(new)}. Pass --exclude for them, or --overwrite to extract everything again."
+            )
+
+
+def _prune(out: Path, root: Path) -> int:
+    with open_cache(out) as cache:
+        keep = np.array([(root / p).exists() for p in cache.paths], dtype=bool)
+    gone = int((~keep).sum())
+    if gone:
+        rewrite(out, out, keep=keep)
+        log.info("pruned %d rows whose pictures are gone", gone)
+    return gone
+
+
+def extract(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    config: ExtractionConfig | None = None,
+    *,
+    batch_size: int = 32,
+    workers: int | None = None,
+    exclude: Iterable[str] = (),
+    limit_per_class: int | None = None,
+    overwrite: bool = False,
+    prune: bool = False,
+    progress: Progress | None = None,
+) -> ExtractResult:
+    """Extract features of every picture under ``source`` into the cache ``out``.
+
+    Resumes (or updates) an existing cache made with the same ``config``; refuses one made
+    with other settings unless ``overwrite``. Unreadable pictures are recorded, not fatal.
+    """
+    from headstart.extractor.backbones import make_config
+
+    t0 = time.perf_counter()
+    source, out = Path(source), Path(out)
+    config = config or make_config()
+    dataset = scan_dataset(source, exclude=exclude, limit_per_class=limit_per_class)
+    if out.exists() and out.is_dir():
+        raise DatasetError(f"Expected --out to be a file path. Received: {out} (a folder).")
+    pruned = 0
+    if out.exists() and not overwrite:
+        _check_existing(out, config, dataset.class_names)
+        if prune:
+            pruned = _prune(out, source)
+    embedder = None
+    header_probe = None
+    # The header needs the feature size; reuse the cache's when resuming, else build the model.
+    if out.exists() and not overwrite:
+        with open_cache(out) as cache:
+            header_probe = (cache.dim, list(cache.class_names))
+    if header_probe is None:
+        embedder = Embedder(config, batch_size)
+        header_probe = (embedder.dim, list(dataset.class_names))
+    dim, class_names = header_probe
+    header = CacheHeader(
+        dim=dim,
+        dtype=config.dtype,
+        fingerprint=config.fingerprint(),
+        fingerprint_json=config.fingerprint_json(),
+        fingerprint_digest=config.digest(),
+        class_names=tuple(class_names),
+        root=str(source.resolve()),
+    )
+    label_map = [class_names.index(name) for name in dataset.class_names]
+    with CacheWriter(out, header, overwrite=overwrite) as writer:
+        done = writer.done_paths()
+        todo = [(rel, label_map[label]) for rel, label in dataset.items if rel not in done]
+        already = len(dataset) - len(todo)
+        total = len(todo)
+        if already:
+            log.info("%d pictures already in %s; %d to extract", already, out, total)
+        extracted = 0
+        failed: list[tuple[str, str]] = []
+        if progress:
+            progress(0, total, 0)
+        if todo:
+            embedder = embedder or Embedder(config, batch_size)
+            paths = [source / rel for rel, _ in todo]
+            handled = 0
+            for idx, feats, bad in embed_stream(paths, embedder, workers or default_workers()):
+                writer.append(feats, [todo[i][1] for i in idx], [todo[i][0] for i in idx])
+                bad_items = [(todo[i][0], reason) for i, reason in bad]
+                writer.add_failed(bad_items)
+                writer.commit()
+                for rel, reason in bad_items:
+                    log.warning("skipped %s: %s", rel, reason)
+                failed.extend(bad_items)
+                extracted += len(idx)
+                handled += len(idx) + len(bad)
+                if progress:
+                    progress(handled, total, len(failed))
+        writer.close(complete=True)
+        total_rows = writer.rows
+    seconds = time.perf_counter() - t0
+    result = ExtractResult(
+        cache=out,
+        extracted=extracted,
+        skipped=len(failed),
+        already=already,
+        pruned=pruned,
+        total_rows=total_rows,
+        seconds=seconds,
+        failed=failed,
+        complete=True,
+    )
+    log.info("extracted %d, skipped %d in %.1f s (%.1f pictures/s)",
+             extracted, len(failed), seconds, result.pictures_per_second)
+    return result
