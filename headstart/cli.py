@@ -1,0 +1,272 @@
+"""The `headstart` command line: parse options, call the library, turn its errors into messages."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from headstart.errors import HeadstartError
+
+# TensorFlow's C++ start-up chatter (oneDNN notes, "no CUDA driver") is not for our users.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+app = typer.Typer(
+    name="headstart",
+    help=(
+        "Transfer learning on modest hardware: extract frozen-backbone features once into an "
+        "HDF5 cache, then train and compare classification heads on it in seconds.\n\n"
+        "Typical session:\n\n"
+        "  headstart download pets data/\n\n"
+        "  headstart extract data/PetImages --out pets-vgg16-fc2.h5\n\n"
+        "  headstart info pets-vgg16-fc2.h5\n\n"
+        "  headstart compare pets-vgg16-fc2.h5 --out runs/"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(err: HeadstartError | str, code: int = 2) -> typer.Exit:
+    """Print one error line on stderr and return the exit to raise."""
+    err_console.print(f"[bold red]Error:[/] {err}", highlight=False, markup=True, soft_wrap=True)
+    return typer.Exit(getattr(err, "exit_code", code))
+
+
+def setup_logging(verbose: int, quiet: bool = False) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(
+        level=level, format="%(message)s", handlers=[RichHandler(console=err_console, show_path=False)], force=True
+    )
+    if verbose < 2:
+        logging.getLogger("h5py").setLevel(logging.WARNING)
+
+
+@app.callback()
+def main(
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-v info, -vv debug)."),
+) -> None:
+    setup_logging(verbose)
+
+
+@app.command()
+def download(
+    dataset: str = typer.Argument(..., help="Which dataset: 'pets' (Microsoft Dogs vs Cats, 786 MB)."),
+    dest: Path = typer.Argument(..., help="Folder to put PetImages/ in."),
+    url: Optional[str] = typer.Option(None, help="Download from this URL instead of Microsoft's."),
+    archive: Optional[Path] = typer.Option(None, help="Unpack this already-downloaded zip instead."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Download a dataset and unpack it; an interrupted download resumes.
+
+    Example: headstart download pets data/   (then: headstart extract data/PetImages)
+    """
+    from headstart.download import PETS_URL, download_pets
+
+    if dataset != "pets":
+        raise fail(f"Expected a dataset name among: pets. Received: {dataset!r}.")
+    try:
+        with _progress(quiet, bytes_=True) as bar:
+            task = bar.add_task("download", total=None) if bar else None
+
+            def progress(done: int, total: Optional[int]) -> None:
+                if bar:
+                    bar.update(task, completed=done, total=total)
+
+            folder = download_pets(dest, url=url or PETS_URL, progress=progress, archive=archive)
+    except HeadstartError as err:
+        raise fail(err)
+    out_console.print(f"Pictures are in {folder}")
+
+
+class _NoBar:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress(quiet: bool, bytes_: bool = False):
+    """A rich progress bar on a terminal (stderr); nothing when quiet or not a terminal."""
+    if quiet or not err_console.is_terminal:
+        return _NoBar()
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    if bytes_:
+        columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                   TimeRemainingColumn()]
+    else:
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                   TextColumn("{task.fields[rate]:>6.1f} pictures/s"), TextColumn("skipped {task.fields[skipped]}"),
+                   TimeRemainingColumn()]
+    return Progress(*columns, console=err_console, transient=False)
+
+
+@app.command()
+def extract(
+    source: Path = typer.Argument(..., help="Folder with one sub-folder per class, e.g. PetImages/."),
+    out: Path = typer.Option(..., "--out", "-o", help="The HDF5 cache to write (created, resumed or updated)."),
+    backbone: str = typer.Option("vgg16", help="Backbone: vgg16, mobilenet, or tiny (tests)."),
+    layer: Optional[str] = typer.Option(
+        None, help="Feature layer. vgg16: fc2 (default, 4096), fc1 (4096), block5_pool (512, averaged)."
+    ),
+    weights: str = typer.Option(
+        "imagenet", help="imagenet (Keras downloads them once), none (random, seeded), or a local .h5 file."
+    ),
+    alpha: Optional[float] = typer.Option(None, help="MobileNet width: 0.25, 0.5, 0.75 or 1.0."),
+    input_size: Optional[int] = typer.Option(None, help="Input side in pixels (default: the backbone's)."),
+    resize: str = typer.Option("squash", help="squash (both sides, like keras load_img) or crop (centre)."),
+    precision: str = typer.Option("auto", help="auto, float32, bfloat16 or float16 (auto: float16 on GPU, float32 on CPU)."),
+    dtype: str = typer.Option("float16", help="Storage type of the features: float16 or float32."),
+    batch_size: int = typer.Option(32, help="Pictures per model call."),
+    workers: Optional[int] = typer.Option(None, help="Decoding threads (default: CPU cores, at most 8)."),
+    exclude: List[str] = typer.Option([], "--exclude", help="Leave out this class (repeatable)."),
+    limit_per_class: Optional[int] = typer.Option(None, help="At most N pictures per class (the first N, sorted)."),
+    seed: int = typer.Option(0, help="Seed of --weights none."),
+    no_draft: bool = typer.Option(False, "--no-draft", help="Decode JPEGs at full size (slower, same as Keras)."),
+    overwrite: bool = typer.Option(False, help="Start a new cache even if OUT exists with other settings."),
+    prune: bool = typer.Option(False, help="Drop rows whose pictures are no longer in SOURCE."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Run the backbone once over every picture and store the features in an HDF5 cache.
+
+    Running it again resumes an interrupted extraction, or adds pictures new in SOURCE.
+
+    Example: headstart extract PetImages/ --out pets-vgg16-fc2.h5
+    """
+    from headstart.extractor.backbones import make_config
+    from headstart.extractor.runner import extract as run_extract
+
+    try:
+        config = make_config(
+            backbone, layer, weights=weights, alpha=alpha, input_size=input_size, resize=resize,
+            jpeg_draft=not no_draft, precision=precision, dtype=dtype, seed=seed,
+        )
+        with _progress(quiet) as bar:
+            task = bar.add_task("extract", total=None, rate=0.0, skipped=0) if bar else None
+            import time
+
+            t0 = time.perf_counter()
+
+            def progress(done: int, total: int, skipped: int) -> None:
+                if bar:
+                    rate = done / max(time.perf_counter() - t0, 1e-9)
+                    bar.update(task, completed=done, total=total, rate=rate, skipped=skipped)
+
+            result = run_extract(
+                source, out, config, batch_size=batch_size, workers=workers, exclude=exclude,
+                limit_per_class=limit_per_class, overwrite=overwrite, prune=prune, progress=progress,
+            )
+    except HeadstartError as err:
+        raise fail(err)
+    except KeyboardInterrupt:
+        err_console.print(f"Interrupted. What was extracted is kept in {out}; run the same command to resume.")
+        raise typer.Exit(130)
+    skipped = f", skipped {result.skipped} (see: headstart info {out})" if result.skipped else ", skipped 0"
+    already = f", {result.already} already there" if result.already else ""
+    pruned = f", pruned {result.pruned}" if result.pruned else ""
+    out_console.print(
+        f"Extracted {result.extracted}{skipped}{already}{pruned} in {result.seconds:.1f} s "
+        f"({result.pictures_per_second:.1f} pictures/s); {result.total_rows} rows in {out}",
+        highlight=False, soft_wrap=True,
+    )
+
+
+@app.command()
+def info(
+    cache: Path = typer.Argument(..., help="A feature cache made by headstart extract."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    root: Optional[Path] = typer.Option(None, help="Check for vanished pictures under this folder instead."),
+) -> None:
+    """Describe a cache: rows, classes, feature shape, settings, skipped files, completeness.
+
+    Example: headstart info pets-vgg16-fc2.h5 --json
+    """
+    from headstart.cache import open_cache
+
+    try:
+        with open_cache(cache) as c:
+            missing = c.missing_files(root)
+            data = {
+                "path": str(cache),
+                "rows": len(c),
+                "classes": c.counts(),
+                "feature_shape": [len(c), c.dim],
+                "dtype": str(c.dtype),
+                "complete": c.complete,
+                "fingerprint": c.fingerprint,
+                "fingerprint_digest": c.fingerprint_digest,
+                "root": c.root,
+                "created": c.created,
+                "versions": c.versions,
+                "skipped": [{"path": p, "reason": r} for p, r in c.failed],
+                "vanished": missing,
+                "size_bytes": c.size_bytes(),
+                "schema_version": c.schema_version,
+            }
+    except HeadstartError as err:
+        raise fail(err)
+    if as_json:
+        out_console.print_json(json.dumps(data))
+        return
+    from rich.table import Table
+
+    t = Table(show_header=False, box=None)
+    t.add_row("cache", data["path"])
+    t.add_row("rows", f"{data['rows']} ({'complete' if data['complete'] else 'INCOMPLETE: run extract again to resume'})")
+    t.add_row("classes", ", ".join(f"{k} {v}" for k, v in data["classes"].items()))
+    t.add_row("features", f"{data['rows']} x {c.dim} {data['dtype']}")
+    t.add_row("size", f"{data['size_bytes'] / 2**20:.1f} MiB")
+    t.add_row("root", data["root"])
+    t.add_row("created", data["created"])
+    fp = data["fingerprint"]
+    t.add_row("settings", ", ".join(f"{k}={v}" for k, v in fp.items() if v is not None))
+    t.add_row("skipped", str(len(data["skipped"])))
+    t.add_row("vanished", str(len(missing)) + (" (drop them: extract --prune)" if missing else ""))
+    out_console.print(t, soft_wrap=True)
+    for item in data["skipped"]:
+        out_console.print(f"  skipped {item['path']}: {item['reason']}", highlight=False, soft_wrap=True)
+    for path in missing[:20]:
+        out_console.print(f"  vanished {path}", highlight=False)
+    if len(missing) > 20:
+        out_console.print(f"  ... and {len(missing) - 20} more (--json lists all)")
+
+
+def _register_heads() -> None:
+    try:
+        from headstart.cli_heads import register
+    except ImportError:  # pragma: no cover - while the heads module is being built
+        return
+    register(app)
+
+
+_register_heads()
+
+
+def run() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
