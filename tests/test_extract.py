@@ -1,0 +1,155 @@
+"""The extraction runner: a clean run, resume after kill -9, updates, mismatches, pruning."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import make_images
+from headstart.cache import open_cache
+from headstart.errors import CacheMismatchError
+from headstart.extractor.backbones import make_config
+from headstart.extractor.runner import embed_files, extract
+
+
+def rows_by_path(cache_path):
+    with open_cache(cache_path) as c:
+        feats = c.read(dtype=np.float16)
+        return {p: (int(lab), feats[i]) for i, (p, lab) in enumerate(zip(c.paths, c.labels))}
+
+
+def test_clean_run_fills_the_cache(image_folder, tiny_config, tmp_path):
+    (image_folder / "cat" / "broken.jpg").write_bytes(b"")
+    calls = []
+    res = extract(image_folder, tmp_path / "c.h5", tiny_config, batch_size=4,
+                  progress=lambda d, t, s: calls.append((d, t, s)))
+    assert (res.extracted, res.skipped, res.total_rows, res.complete) == (12, 1, 12, True)
+    assert res.failed == [("cat/broken.jpg", "empty file")]
+    assert calls[0] == (0, 13, 0) and calls[-1] == (13, 13, 1)
+    with open_cache(tmp_path / "c.h5") as c:
+        assert c.class_names == ["cat", "dog"] and c.counts() == {"cat": 6, "dog": 6}
+        assert c.dim == 32 and c.dtype == np.float16
+        assert c.fingerprint == tiny_config.fingerprint()
+        assert c.failed == [("cat/broken.jpg", "empty file")]
+        assert np.isfinite(c.read()).all() and c.read().std() > 0
+
+
+def test_rerun_extracts_nothing_and_update_adds_only_new_pictures(image_folder, tiny_config, tmp_path):
+    out = tmp_path / "c.h5"
+    extract(image_folder, out, tiny_config, batch_size=4)
+    before = rows_by_path(out)
+    again = extract(image_folder, out, tiny_config, batch_size=4)
+    assert (again.extracted, again.already) == (0, 12)
+    make_images(tmp_path / "more", per_class=3, seed=1)
+    for c in ("cat", "dog"):
+        for f in (tmp_path / "more" / c).iterdir():
+            shutil.copy(f, image_folder / c / f"new-{f.name}")
+    upd = extract(image_folder, out, tiny_config, batch_size=4)
+    assert (upd.extracted, upd.already, upd.total_rows) == (6, 12, 18)
+    after = rows_by_path(out)
+    for p, (label, feat) in before.items():
+        assert after[p][0] == label and np.array_equal(after[p][1], feat)
+
+
+def test_resumed_rows_equal_a_clean_run(image_folder, tiny_config, tmp_path):
+    """Batches are formed differently on resume; every row must still be the same."""
+    extract(image_folder, tmp_path / "clean.h5", tiny_config, batch_size=5)
+    extract(image_folder, tmp_path / "part.h5", tiny_config, batch_size=5, limit_per_class=2)
+    extract(image_folder, tmp_path / "part.h5", tiny_config, batch_size=5)
+    clean, resumed = rows_by_path(tmp_path / "clean.h5"), rows_by_path(tmp_path / "part.h5")
+    assert clean.keys() == resumed.keys()
+    for p in clean:
+        assert clean[p][0] == resumed[p][0]
+        np.testing.assert_array_equal(clean[p][1], resumed[p][1])
+
+
+def test_other_settings_are_refused_unless_overwrite(image_folder, tiny_config, tmp_path):
+    out = tmp_path / "c.h5"
+    extract(image_folder, out, tiny_config, batch_size=4)
+    other = make_config("tiny", weights="none", precision="float32", dtype="float32", resize="crop")
+    with pytest.raises(CacheMismatchError) as err:
+        extract(image_folder, out, other, batch_size=4)
+    assert "dtype: 'float16' (cache) vs 'float32' (now)" in str(err.value)
+    assert "resize: 'squash' (cache) vs 'crop' (now)" in str(err.value)
+    assert "--overwrite" in str(err.value)
+    res = extract(image_folder, out, other, batch_size=4, overwrite=True)
+    assert res.extracted == 12
+    with open_cache(out) as c:
+        assert c.fingerprint["dtype"] == "float32" and c.dtype == np.float32
+
+
+def test_new_class_is_refused(image_folder, tiny_config, tmp_path):
+    out = tmp_path / "c.h5"
+    extract(image_folder, out, tiny_config, batch_size=4)
+    make_images(image_folder, per_class=1, classes=("cat", "dog", "emu"))
+    with pytest.raises(CacheMismatchError, match="new classes: emu"):
+        extract(image_folder, out, tiny_config, batch_size=4)
+    assert extract(image_folder, out, tiny_config, batch_size=4, exclude=["emu"]).extracted == 0
+
+
+def test_vanished_pictures_are_reported_and_pruned(image_folder, tiny_config, tmp_path):
+    out = tmp_path / "c.h5"
+    extract(image_folder, out, tiny_config, batch_size=4)
+    (image_folder / "dog" / "dog.0.jpg").unlink()
+    with open_cache(out) as c:
+        assert c.missing_files() == ["dog/dog.0.jpg"]
+    res = extract(image_folder, out, tiny_config, batch_size=4, prune=True)
+    assert (res.pruned, res.total_rows) == (1, 11)
+    with open_cache(out) as c:
+        assert "dog/dog.0.jpg" not in c.paths and c.missing_files() == [] and c.complete
+
+
+def test_embed_files_lists_unreadable_files(image_folder, tiny_config, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not a picture")
+    files = [image_folder / "cat" / "cat.0.jpg", bad, image_folder / "dog" / "dog.1.jpg"]
+    res = embed_files(files, tiny_config, batch_size=2)
+    assert res.features.shape == (2, 32) and res.ok == [files[0], files[2]]
+    assert res.failed == [(bad, "not an image (format not recognised)")]
+
+
+KILLER_ENV = dict(os.environ, PYTHONUNBUFFERED="1")
+
+
+def _extract_cmd(src, out):
+    return [sys.executable, "-m", "headstart.cli", "extract", str(src), "--out", str(out), "--backbone", "tiny",
+            "--weights", "none", "--precision", "float32", "--batch-size", "4", "--workers", "2", "-q"]
+
+
+def _committed(path):
+    try:
+        with open_cache(path) as c:
+            return len(c)
+    except Exception:  # not created yet, or mid-creation
+        return 0
+
+
+def test_kill_9_at_several_points_then_resume_equals_a_clean_run(tmp_path):
+    src = make_images(tmp_path / "images", per_class=90, size=(96, 128))
+    (src / "cat" / "zz-broken.jpg").write_bytes(b"\xff\xd8 not really")
+    out = tmp_path / "killed.h5"
+    for kill_at in (8, 60, 120):
+        proc = subprocess.Popen(_extract_cmd(src, out), env=KILLER_ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while _committed(out) < kill_at and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert 0 < _committed(out) < 180, "the kill should land part-way"
+    done = subprocess.run(_extract_cmd(src, out), env=KILLER_ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    clean = tmp_path / "clean.h5"
+    assert subprocess.run(_extract_cmd(src, clean), env=KILLER_ENV, capture_output=True).returncode == 0
+    a, b = rows_by_path(out), rows_by_path(clean)
+    assert len(a) == 180 and a.keys() == b.keys()
+    for p in a:
+        assert a[p][0] == b[p][0]
+        np.testing.assert_array_equal(a[p][1], b[p][1])
+    with open_cache(out) as c:
+        assert c.complete and [p for p, _ in c.failed] == ["cat/zz-broken.jpg"]
