@@ -1,0 +1,116 @@
+"""Backbones: layers and sizes, exact Keras preprocessing, precision, weights errors."""
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import MOBILENET_WEIGHTS, needs_shared
+from headstart.errors import BackboneError, WeightsDownloadError
+from headstart.extractor.backbones import build_model, make_config
+from headstart.extractor.config import ExtractionConfig
+from headstart.extractor.runner import Embedder
+
+
+@pytest.mark.parametrize("layer, dim", [("fc2", 4096), ("block5_pool", 512)])
+def test_vgg16_layers(layer, dim):
+    config = make_config("vgg16", layer, weights="none", precision="float32")
+    model = build_model(config)
+    assert model.output_shape == (None, dim)
+    assert model.input_shape == (None, 224, 224, 3)
+    assert not model.trainable
+
+
+def test_vgg16_preprocessing_is_exactly_keras_and_not_rescaled():
+    config = make_config("vgg16", "block5_pool", weights="none", precision="float32")
+    emb = Embedder(config, batch_size=2)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3)).astype(np.uint8)
+    expected = emb.model.predict_on_batch(keras.applications.vgg16.preprocess_input(pixels.astype(np.float32)))
+    np.testing.assert_allclose(emb(list(pixels)), expected, rtol=1e-5, atol=1e-5)
+    assert config.preprocessing == "keras.applications.vgg16.preprocess_input"
+
+
+def test_padded_last_batch_gives_the_same_rows(tiny_config):
+    emb = Embedder(tiny_config, batch_size=4)
+    pixels = list(np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8))
+    full = emb(pixels)
+    np.testing.assert_array_equal(emb(pixels[:3]), full[:3])
+    assert emb(pixels[:1]).shape == (1, 32)
+
+
+def test_random_weights_are_seeded():
+    a = Embedder(make_config("tiny", weights="none", seed=3), 2)
+    b = Embedder(make_config("tiny", weights="none", seed=3), 2)
+    c = Embedder(make_config("tiny", weights="none", seed=4), 2)
+    x = list(np.full((2, 32, 32, 3), 128, np.uint8))
+    np.testing.assert_array_equal(a(x), b(x))
+    assert not np.array_equal(a(x), c(x))
+
+
+def test_bfloat16_policy_outputs_float32_and_restores_the_global_policy():
+    before = keras.config.dtype_policy().name
+    config = make_config("tiny", weights="none", precision="bfloat16")
+    model = build_model(config)
+    assert keras.config.dtype_policy().name == before
+    assert model.get_layer("conv1").dtype_policy.name == "mixed_bfloat16"
+    out = Embedder(config, 2)(list(np.zeros((2, 32, 32, 3), np.uint8)))
+    assert out.dtype == np.float32
+
+
+def test_imagenet_download_failure_names_the_file_and_the_way_out(monkeypatch):
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://example/vgg16_weights.h5: None -- [Errno -3] "
+                        "Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    monkeypatch.setattr("keras.src.applications.vgg16.file_utils.get_file", offline)
+    config = make_config("vgg16", "block5_pool", weights="imagenet")
+    with pytest.raises(WeightsDownloadError) as err:
+        build_model(config)
+    text = str(err.value)
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in text and "--weights PATH" in text
+    assert config.fingerprint()["keras_version"] == keras.__version__
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"backbone": "resnet"}, "among vgg16, mobilenet, tiny"),
+        ({"backbone": "vgg16", "layer": "fc3"}, "among fc2, fc1, block5_pool"),
+        ({"backbone": "vgg16", "alpha": 0.5}, "only mobilenet"),
+        ({"backbone": "mobilenet", "alpha": 0.3}, "--alpha among"),
+        ({"backbone": "vgg16", "precision": "int8"}, "--precision"),
+        ({"backbone": "vgg16", "dtype": "float64"}, "--dtype"),
+        ({"backbone": "vgg16", "resize": "stretch"}, "--resize"),
+        ({"backbone": "vgg16", "input_size": 320}, "--input-size 224"),
+        ({"backbone": "vgg16", "weights": "/no/such/file.h5"}, "no such file"),
+    ],
+)
+def test_bad_options_are_clear_errors(kwargs, message):
+    with pytest.raises(BackboneError) as err:
+        make_config(**kwargs)
+    assert message in str(err.value) and "Expected" in str(err.value)
+
+
+def test_wrong_weights_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "w.h5"
+    bad.write_bytes(b"not weights")
+    config = make_config("mobilenet", alpha=0.25, weights=str(bad), precision="float32")
+    assert config.weights.startswith("sha256:") and config.weights_path == str(bad.resolve())
+    assert "weights_path" not in config.fingerprint()
+    with pytest.raises(BackboneError, match="Could not build mobilenet"):
+        build_model(config)
+
+
+def test_fingerprint_round_trip():
+    config = make_config("tiny", weights="none", precision="float32")
+    assert ExtractionConfig.from_fingerprint(config.fingerprint()) == config
+    with pytest.raises(BackboneError, match="unknown settings: colour"):
+        ExtractionConfig.from_fingerprint({**config.fingerprint(), "colour": "red"})
+
+
+@needs_shared
+def test_mobilenet_with_real_weights():
+    config = make_config("mobilenet", alpha=0.25, weights=str(MOBILENET_WEIGHTS), precision="float32")
+    model = build_model(config)
+    assert model.output_shape == (None, 256)
+    assert config.weights == "sha256:dbdb03ee2a22fd895301636cd328b234bb3a9952358f436d82f46b81e0d5b0bf"

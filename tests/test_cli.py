@@ -1,0 +1,111 @@
+"""The CLI of extract, info and download: exit codes, one-line messages, no tracebacks."""
+
+import json
+
+import keras
+import pytest
+from typer.testing import CliRunner
+
+from headstart.cli import app
+
+runner = CliRunner()
+TINY = ["--backbone", "tiny", "--weights", "none", "--precision", "float32", "--batch-size", "4", "-q"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_clean_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    for fragment in fragments:
+        assert fragment in " ".join(result.output.split()), result.output
+
+
+def test_help_lists_every_command_with_examples():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for name in ("download", "extract", "info"):
+        assert name in result.output
+    assert "Example: headstart extract" in invoke("extract", "--help").output
+
+
+def test_extract_then_info(image_folder, tmp_path):
+    (image_folder / "dog" / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "c.h5"
+    result = invoke("extract", image_folder, "--out", out, *TINY)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "Extracted 12, skipped 1 (see: headstart info" in text and "12 rows in" in text
+    info = invoke("info", out)
+    assert info.exit_code == 0
+    assert "12 (complete)" in info.output and "cat 6, dog 6" in info.output
+    assert "skipped dog/empty.jpg: empty file" in info.output
+    data = json.loads(invoke("info", out, "--json").output)
+    assert data["rows"] == 12 and data["feature_shape"] == [12, 32] and data["dtype"] == "float16"
+    assert data["fingerprint"]["backbone"] == "tiny" and data["complete"] is True
+    assert data["skipped"] == [{"path": "dog/empty.jpg", "reason": "empty file"}]
+    (image_folder / "cat" / "cat.1.jpg").unlink()
+    assert json.loads(invoke("info", out, "--json").output)["vanished"] == ["cat/cat.1.jpg"]
+
+
+@pytest.mark.parametrize(
+    "setup, extra, fragments",
+    [
+        ("missing", [], ["does not exist"]),
+        ("flat", [], ["no sub-folders"]),
+        ("one-class", [], ["at least two classes"]),
+        ("ok", ["--backbone", "alexnet"], ["Expected a backbone among vgg16, mobilenet, tiny"]),
+        ("ok", ["--layer", "fc9"], ["Expected a layer of vgg16"]),
+        ("ok", ["--weights", "nope.h5"], ["no such file"]),
+    ],
+)
+def test_extract_bad_input(tmp_path, setup, extra, fragments):
+    src = tmp_path / "src"
+    if setup == "flat":
+        src.mkdir()
+        (src / "a.jpg").write_bytes(b"x")
+    elif setup == "one-class":
+        (src / "only").mkdir(parents=True)
+        (src / "only" / "a.jpg").write_bytes(b"x")
+    elif setup == "ok":
+        for c in "ab":
+            (src / c).mkdir(parents=True)
+            (src / c / "1.jpg").write_bytes(b"x")
+    options = TINY if setup != "ok" else ["-q"]
+    result = invoke("extract", src, "--out", tmp_path / "c.h5", *options, *extra)
+    assert_clean_error(result, *fragments)
+    assert not (tmp_path / "c.h5").exists()
+
+
+def test_mismatch_refused_then_overwrite(image_folder, tmp_path):
+    out = tmp_path / "c.h5"
+    assert invoke("extract", image_folder, "--out", out, *TINY).exit_code == 0
+    result = invoke("extract", image_folder, "--out", out, *TINY, "--resize", "crop")
+    assert_clean_error(result, "resize: 'squash' (cache) vs 'crop' (now)", "--overwrite")
+    assert invoke("extract", image_folder, "--out", out, *TINY, "--resize", "crop", "--overwrite").exit_code == 0
+
+
+def test_offline_imagenet_is_one_message(image_folder, tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/x.h5: None -- [Errno -2] "
+                        "Name or service not known")
+
+    monkeypatch.setattr("keras.src.applications.vgg16.file_utils.get_file", offline)
+    result = invoke("extract", image_folder, "--out", tmp_path / "c.h5", "--layer", "block5_pool", "-q")
+    assert_clean_error(result, "Could not download the ImageNet weights of vgg16",
+                       "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", "--weights PATH")
+
+
+def test_info_on_a_non_cache(tmp_path):
+    (tmp_path / "x.h5").write_text("hello")
+    assert_clean_error(invoke("info", tmp_path / "x.h5"), "Expected an HDF5 feature cache")
+    assert_clean_error(invoke("info", tmp_path / "none.h5"), "no such file")
+
+
+def test_download_unknown_dataset_and_offline_archive(tmp_path):
+    assert_clean_error(invoke("download", "imagenet", tmp_path), "Expected a dataset name among: pets")
+    result = invoke("download", "pets", tmp_path, "--archive", tmp_path / "missing.zip", "-q")
+    assert_clean_error(result, "--archive")
