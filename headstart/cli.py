@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -14,8 +13,6 @@ from rich.console import Console
 
 from headstart.errors import HeadstartError
 
-# TensorFlow's C++ start-up chatter (oneDNN notes, "no CUDA driver") is not for our users.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 app = typer.Typer(
     name="headstart",
@@ -123,6 +120,18 @@ def _progress(quiet: bool, bytes_: bool = False):
     return Progress(*columns, console=err_console, transient=False)
 
 
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise HeadstartError(f"Expected --batch-size to be a whole number of at least 1, or auto. Received: {text}.")
+    return value
+
+
 @app.command()
 def extract(
     source: Path = typer.Argument(..., help="Folder with one sub-folder per class, e.g. PetImages/."),
@@ -139,7 +148,7 @@ def extract(
     resize: str = typer.Option("squash", help="squash (both sides, like keras load_img) or crop (centre)."),
     precision: str = typer.Option("auto", help="auto, float32, bfloat16 or float16 (auto: float16 on GPU, float32 on CPU)."),
     dtype: str = typer.Option("float16", help="Storage type of the features: float16 or float32."),
-    batch_size: int = typer.Option(32, help="Pictures per model call."),
+    batch_size: str = typer.Option("32", help="Pictures per model call, or auto (the largest that fits a GPU; 32 on CPU)."),
     workers: Optional[int] = typer.Option(None, help="Decoding threads (default: CPU cores, at most 8)."),
     exclude: List[str] = typer.Option([], "--exclude", help="Leave out this class (repeatable)."),
     limit_per_class: Optional[int] = typer.Option(None, help="At most N pictures per class (the first N, sorted)."),
@@ -159,6 +168,7 @@ def extract(
     from headstart.extractor.runner import extract as run_extract
 
     try:
+        batch = _batch_size(batch_size)
         config = make_config(
             backbone, layer, weights=weights, alpha=alpha, input_size=input_size, resize=resize,
             jpeg_draft=not no_draft, precision=precision, dtype=dtype, seed=seed,
@@ -175,7 +185,7 @@ def extract(
                     bar.update(task, completed=done, total=total, rate=rate, skipped=skipped)
 
             result = run_extract(
-                source, out, config, batch_size=batch_size, workers=workers, exclude=exclude,
+                source, out, config, batch_size=batch, workers=workers, exclude=exclude,
                 limit_per_class=limit_per_class, overwrite=overwrite, prune=prune, progress=progress,
             )
     except HeadstartError as err:
@@ -188,7 +198,7 @@ def extract(
     pruned = f", pruned {result.pruned}" if result.pruned else ""
     out_console.print(
         f"Extracted {result.extracted}{skipped}{already}{pruned} in {result.seconds:.1f} s "
-        f"({result.pictures_per_second:.1f} pictures/s); {result.total_rows} rows in {out}",
+        f"({result.pictures_per_second:.1f} pictures/s, batch {result.batch_size}); {result.total_rows} rows in {out}",
         highlight=False, soft_wrap=True,
     )
 

@@ -60,6 +60,8 @@ def test_extract_then_info(image_folder, tmp_path):
         ("ok", ["--backbone", "alexnet"], ["Expected a backbone among vgg16, mobilenet, tiny"]),
         ("ok", ["--layer", "fc9"], ["Expected a layer of vgg16"]),
         ("ok", ["--weights", "nope.h5"], ["no such file"]),
+        ("ok", ["--batch-size", "0"], ["--batch-size to be a whole number"]),
+        ("ok", ["--batch-size", "big"], ["Received: big"]),
     ],
 )
 def test_extract_bad_input(tmp_path, setup, extra, fragments):

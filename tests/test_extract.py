@@ -14,7 +14,8 @@ from conftest import make_images
 from headstart.cache import open_cache
 from headstart.errors import CacheMismatchError
 from headstart.extractor.backbones import make_config
-from headstart.extractor.runner import embed_files, extract
+from headstart.extractor import runner
+from headstart.extractor.runner import auto_batch_size, embed_files, extract
 
 
 def rows_by_path(cache_path):
@@ -153,3 +154,20 @@ def test_kill_9_at_several_points_then_resume_equals_a_clean_run(tmp_path):
         np.testing.assert_array_equal(a[p][1], b[p][1])
     with open_cache(out) as c:
         assert c.complete and [p for p, _ in c.failed] == ["cat/zz-broken.jpg"]
+
+
+def test_batch_size_auto_is_32_on_cpu(image_folder, tiny_config, tmp_path):
+    assert extract(image_folder, tmp_path / "c.h5", tiny_config, batch_size="auto").batch_size == 32
+
+
+def test_batch_size_auto_steps_down_from_out_of_memory(tiny_config, monkeypatch):
+    class FakeModel:
+        def predict_on_batch(self, x):
+            if len(x) > 64:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return x
+
+    monkeypatch.setattr(runner, "_on_accelerator", lambda: True)
+    assert auto_batch_size(FakeModel(), tiny_config) == 32
+    monkeypatch.setattr(FakeModel, "predict_on_batch", lambda self, x: x)
+    assert auto_batch_size(FakeModel(), tiny_config) == 256

@@ -66,18 +66,18 @@ class Embedder:
     graph is traced once and a picture's features do not depend on which run it was in.
     """
 
-    def __init__(self, config: ExtractionConfig, batch_size: int):
+    def __init__(self, config: ExtractionConfig, batch_size: int | str):
         from headstart.extractor.backbones import build_model, preprocess_function
 
-        if batch_size < 1:
-            raise HeadstartError(f"Expected --batch-size of at least 1. Received: {batch_size}.")
+        if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
+            raise HeadstartError(f"Expected --batch-size of at least 1, or auto. Received: {batch_size}.")
         self.config = config
-        self.batch_size = batch_size
         self.model = build_model(config)
         self.dim = int(self.model.output_shape[-1])
         self._preprocess = preprocess_function(config)
+        self.batch_size = auto_batch_size(self.model, config) if batch_size == "auto" else batch_size
         size = config.input_size
-        self._buffer = np.zeros((batch_size, size, size, 3), dtype=np.float32)
+        self._buffer = np.zeros((self.batch_size, size, size, 3), dtype=np.float32)
 
     def __call__(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
         n = len(pixels)
@@ -88,6 +88,37 @@ class Embedder:
         x = self._preprocess(buf.copy())  # preprocess_input works in place on float arrays
         out = self.model.predict_on_batch(x)
         return np.asarray(out, dtype=np.float32)[:n]
+
+
+def _on_accelerator() -> bool:
+    from headstart.extractor.backbones import default_precision
+
+    return default_precision() == "float16"  # float16 is the default exactly when a GPU is visible
+
+
+def auto_batch_size(model, config: ExtractionConfig, largest: int = 256, cpu_default: int = 32) -> int:
+    """The largest power-of-two batch (up to ``largest``) that runs on the accelerator; on CPU,
+    where memory is not the limit and bigger batches are no faster, ``cpu_default``."""
+    if not _on_accelerator():
+        log.info("batch size auto: %d (CPU)", cpu_default)
+        return cpu_default
+    size = config.input_size
+    best, batch = 0, 16
+    while batch <= largest:
+        try:
+            model.predict_on_batch(np.zeros((batch, size, size, 3), np.float32))
+        except Exception as err:  # each backend has its own out-of-memory error
+            text = str(err).lower()
+            if "memory" not in text and "resource" not in text and "oom" not in text:
+                raise
+            break
+        best, batch = batch, batch * 2
+    if best == 0:
+        raise HeadstartError("Expected the accelerator to fit a batch of 16 pictures. Received: out of memory.")
+    # Where memory ran out, one step down leaves room for the rest of the run.
+    chosen = best if best == largest else max(16, best // 2)
+    log.info("batch size auto: %d (largest that ran: %d)", chosen, best)
+    return chosen
 
 
 def embed_stream(
@@ -124,7 +155,7 @@ class EmbedResult:
 def embed_files(
     files: Sequence[str | os.PathLike],
     config: ExtractionConfig,
-    batch_size: int = 32,
+    batch_size: int | str = 32,
     workers: int | None = None,
 ) -> EmbedResult:
     """Features of ``files`` with the backbone and settings of ``config``; unreadable files are listed."""
@@ -152,6 +183,7 @@ class ExtractResult:
     seconds: float
     failed: list[tuple[str, str]]
     complete: bool
+    batch_size: int | str = 32
 
     @property
     def pictures_per_second(self) -> float:
@@ -189,7 +221,7 @@ def extract(
     out: str | os.PathLike,
     config: ExtractionConfig | None = None,
     *,
-    batch_size: int = 32,
+    batch_size: int | str = 32,
     workers: int | None = None,
     exclude: Iterable[str] = (),
     limit_per_class: int | None = None,
@@ -275,6 +307,7 @@ def extract(
         seconds=seconds,
         failed=failed,
         complete=True,
+        batch_size=embedder.batch_size if embedder else batch_size,
     )
     log.info("extracted %d, skipped %d in %.1f s (%.1f pictures/s)",
              extracted, len(failed), seconds, result.pictures_per_second)
