@@ -111,3 +111,27 @@ def test_download_unknown_dataset_and_offline_archive(tmp_path):
     assert_clean_error(invoke("download", "imagenet", tmp_path), "Expected a dataset name among: pets")
     result = invoke("download", "pets", tmp_path, "--archive", tmp_path / "missing.zip", "-q")
     assert_clean_error(result, "--archive")
+
+
+def test_ctrl_c_keeps_the_work_and_says_how_to_resume(image_folder, tmp_path, monkeypatch):
+    from headstart import open_cache
+    from headstart.extractor.runner import Embedder
+
+    real_call, calls = Embedder.__call__, []
+
+    def interrupted(self, pixels):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_call(self, pixels)
+
+    monkeypatch.setattr(Embedder, "__call__", interrupted)
+    out = tmp_path / "c.h5"
+    result = invoke("extract", image_folder, "--out", out, *TINY)
+    assert result.exit_code == 130
+    assert "run the same command to resume" in " ".join(result.output.split())
+    with open_cache(out) as cache:
+        assert len(cache) == 8 and not cache.complete
+    monkeypatch.setattr(Embedder, "__call__", real_call)
+    result = invoke("extract", image_folder, "--out", out, *TINY)
+    assert result.exit_code == 0 and "Extracted 4" in result.output and "8 already there" in result.output
