@@ -171,3 +171,14 @@ def test_batch_size_auto_steps_down_from_out_of_memory(tiny_config, monkeypatch)
     assert auto_batch_size(FakeModel(), tiny_config) == 32
     monkeypatch.setattr(FakeModel, "predict_on_batch", lambda self, x: x)
     assert auto_batch_size(FakeModel(), tiny_config) == 256
+
+
+def test_a_file_name_that_is_not_utf8_is_recorded_not_fatal(image_folder, tiny_config, tmp_path):
+    name = os.fsdecode(b"bad-\xff-name.jpg")
+    shutil.copy(image_folder / "cat" / "cat.0.jpg", image_folder / "cat" / name)
+    out = tmp_path / "c.h5"
+    res = extract(image_folder, out, tiny_config, batch_size=4)
+    assert res.extracted == 12 and res.skipped == 1
+    assert res.failed[0][0] == "cat/bad-\ufffd-name.jpg" and "not valid UTF-8" in res.failed[0][1]
+    again = extract(image_folder, out, tiny_config, batch_size=4)
+    assert (again.extracted, again.skipped, again.already) == (0, 0, 13)

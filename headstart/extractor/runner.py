@@ -206,6 +206,15 @@ def _check_existing(out: Path, config: ExtractionConfig, class_names: Sequence[s
             )
 
 
+def _printable(rel: str) -> str | None:
+    """``rel`` if it can be stored as UTF-8, else None (a file name with undecodable bytes)."""
+    try:
+        rel.encode("utf-8")
+        return rel
+    except UnicodeEncodeError:
+        return None
+
+
 def _prune(out: Path, root: Path) -> int:
     with open_cache(out) as cache:
         keep = np.array([(root / p).exists() for p in cache.paths], dtype=bool)
@@ -269,13 +278,20 @@ def extract(
     label_map = [class_names.index(name) for name in dataset.class_names]
     with CacheWriter(out, header, overwrite=overwrite) as writer:
         done = writer.done_paths()
-        todo = [(rel, label_map[label]) for rel, label in dataset.items if rel not in done]
-        already = len(dataset) - len(todo)
+        todo, failed = [], []
+        for rel, label in dataset.items:
+            if _printable(rel) is None:  # HDF5 stores UTF-8 only: record it under a readable name
+                shown = rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                if shown not in done:
+                    failed.append((shown, "file name is not valid UTF-8; rename the file"))
+            elif rel not in done:
+                todo.append((rel, label_map[label]))
+        already = len(dataset) - len(todo) - len(failed)
         total = len(todo)
         if already:
             log.info("%d pictures already in %s; %d to extract", already, out, total)
         extracted = 0
-        failed: list[tuple[str, str]] = []
+        writer.add_failed(failed)
         if progress:
             progress(0, total, 0)
         if todo:
