@@ -185,7 +185,7 @@ def build_model(config: ExtractionConfig):
         if config.pooling == "avg" and len(out.shape) == 4:
             out = keras.layers.GlobalAveragePooling2D(name="feature_pool")(out)
         out = keras.layers.Activation("linear", dtype="float32", name="features")(out)
-    model = keras.Model(base.inputs, out, name=f"{spec.name}_{config.layer}")
+    model = keras.Model(base.inputs[0], out, name=f"{spec.name}_{config.layer}")
     model.trainable = False
     log.info("built %s up to %s (%d values), weights %s, precision %s",
              spec.name, config.layer, model.output_shape[-1], config.weights, config.precision)

@@ -194,9 +194,14 @@ def _check_existing(out: Path, config: ExtractionConfig, class_names: Sequence[s
     with open_cache(out) as cache:
         diff = diff_settings(cache.fingerprint, config.fingerprint())
         if diff:
+            hint = (
+                f" The backend comes from KERAS_BACKEND: set KERAS_BACKEND={diff['backend'][0]} to resume."
+                if "backend" in diff
+                else ""
+            )
             raise CacheMismatchError(
                 f"{out} was extracted with other settings: {describe_diff(diff)}. "
-                "Use the same options to resume, another --out, or --overwrite to start again."
+                f"Use the same options to resume, another --out, or --overwrite to start again.{hint}"
             )
         new = sorted(set(class_names) - set(cache.class_names))
         if new:
