@@ -1,0 +1,148 @@
+"""PNG reports of a run: learning curves, confusion matrix, reliability diagram, comparison, montage.
+
+Matplotlib is imported inside each function and drawn on a bare ``Figure`` with the Agg canvas,
+so no global backend is switched and nothing needs a display.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    fig.savefig(path, format="png")
+    return path
+
+
+def plot_curves(
+    history: Sequence[Mapping[str, Any]], path: Path, title: str = "", chosen: float | None = None
+) -> Path:
+    """Training and validation loss and accuracy per epoch (or along the ``C`` path of ``logreg``).
+
+    ``chosen`` (the epoch kept by early stopping, or the ``C`` kept) is marked with a dotted line.
+    """
+    fig = _figure(9, 3.6)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    by_c = bool(history) and "C" in history[0]
+    x = [row["C" if by_c else "epoch"] for row in history]
+    for ax, key, label in ((ax_loss, "loss", "log loss"), (ax_acc, "accuracy", "accuracy")):
+        for prefix, name in (("", "training"), ("val_", "validation")):
+            ys = [row.get(prefix + key) for row in history]
+            if any(v is not None for v in ys):
+                ax.plot(x, [np.nan if v is None else v for v in ys], marker="o" if by_c else None, label=name)
+        if chosen is not None:
+            ax.axvline(chosen, color="gray", linestyle=":", label=f"kept ({'C' if by_c else 'epoch'} {chosen:g})")
+        ax.set_xlabel("C (inverse regularization)" if by_c else "epoch")
+        ax.set_ylabel(label)
+        if by_c:
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: Path, title: str = "") -> Path:
+    """Confusion matrix, rows true class, columns predicted class, counts written in the cells."""
+    cm = np.asarray(matrix)
+    n = len(class_names)
+    side = min(12.0, 2.5 + 0.45 * n)
+    fig = _figure(side + 1, side)
+    ax = fig.subplots()
+    im = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    ticks = np.arange(n)
+    ax.set_xticks(ticks, labels=class_names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center")
+    ax.set_yticks(ticks, labels=class_names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if n <= 30:
+        top = cm.max() if cm.size else 0
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > top / 2 else "black")
+    ax.set_title(title or "confusion matrix")
+    return _save(fig, path)
+
+
+def plot_calibration(bins: Sequence[Mapping[str, Any]], ece: float, path: Path, title: str = "") -> Path:
+    """Reliability diagram: accuracy against confidence per bin, with the share of rows below."""
+    fig = _figure(5, 6)
+    ax, ax_n = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    lo = np.array([b["lower"] for b in bins])
+    width = np.array([b["upper"] - b["lower"] for b in bins])
+    acc = np.array([b.get("accuracy", np.nan) for b in bins])
+    count = np.array([b["count"] for b in bins])
+    ax.bar(lo, np.nan_to_num(acc), width=width, align="edge", edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfectly calibrated")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left")
+    ax.set_title(title or f"reliability (ECE {ece:.3f})")
+    ax_n.bar(lo, count / max(1, count.sum()), width=width, align="edge", edgecolor="black")
+    ax_n.set_xlabel("confidence of the predicted class")
+    ax_n.set_ylabel("share")
+    ax_n.set_xlim(0, 1)
+    return _save(fig, path)
+
+
+def plot_comparison(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Validation and test accuracy per head, with fit seconds in the labels."""
+    fig = _figure(max(5, 1.6 * len(rows) + 2), 4)
+    ax = fig.subplots()
+    x = np.arange(len(rows))
+    w = 0.38
+    for k, (key, name) in enumerate((("val_accuracy", "validation"), ("test_accuracy", "test"))):
+        vals = [np.nan if r.get(key) is None else r[key] for r in rows]
+        bars = ax.bar(x + (k - 0.5) * w, vals, width=w, label=name)
+        ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    ax.set_xticks(x, labels=[f"{r['head']}\n{r['fit_seconds']:.1f} s" for r in rows])
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.08)
+    ax.legend(loc="lower right")
+    ax.set_title("heads on the same split")
+    return _save(fig, path)
+
+
+def plot_montage(items: Sequence[Mapping[str, Any]], path: Path, columns: int = 5, thumb: int = 160) -> Path:
+    """A grid of pictures, each captioned ``true → predicted (p)``; unreadable ones drawn blank.
+
+    Each item needs ``file`` (a path), ``true``, ``predicted`` and ``probability``.
+    """
+    from PIL import Image, ImageOps
+
+    n = max(1, len(items))
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    fig = _figure(cols * thumb / 80, rows * (thumb / 80 + 0.35))
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, item in zip(axes, items):
+        try:
+            with Image.open(item["file"]) as im:
+                im = ImageOps.exif_transpose(im).convert("RGB")
+                im.thumbnail((thumb, thumb))
+                ax.imshow(np.asarray(im))
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            log.warning("montage: cannot read %s (%s)", item["file"], err)
+            ax.text(0.5, 0.5, "unreadable", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(f"{item['true']} → {item['predicted']} ({item['probability']:.2f})", fontsize=8)
+    return _save(fig, path)
