@@ -1,0 +1,301 @@
+"""The head commands of the CLI (train, compare, evaluate, predict, misclassified): parse, call, print.
+
+`register(app)` adds them to a typer app. Each command calls one function of
+`headstart.heads.runs`, imported inside the command so that ``headstart --help`` stays fast, and
+turns a `HeadstartError` into one line on stderr and its exit code (2). ``predict`` exits 1
+when some pictures could not be read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+
+from headstart.errors import HeadstartError
+
+out_console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+EXIT_SOME_FAILED = 1
+
+
+def _fail(err: HeadstartError | str, code: int = 2) -> typer.Exit:
+    """Print one error line on stderr and return the exit to raise."""
+    err_console.print(f"[bold red]Error:[/] {err}", markup=True, soft_wrap=True)
+    return typer.Exit(getattr(err, "exit_code", code))
+
+
+def _echo(text: str) -> None:
+    """One plain line on stdout (tabs kept, no wrapping), for output that scripts read."""
+    typer.echo(text)
+
+
+def _split(text: str, seed: int):
+    from headstart.heads.split import SplitSpec
+
+    return SplitSpec.parse(text, seed)
+
+
+def _params(
+    epochs: Optional[int],
+    batch_size: Optional[int],
+    learning_rate: Optional[float],
+    hidden_units: Optional[int],
+    dropout: Optional[float],
+    patience: Optional[int],
+    class_weight: str,
+) -> dict[str, Any]:
+    """The head options the user set (unset ones keep each head's default)."""
+    if class_weight not in ("none", "balanced"):
+        raise HeadstartError(f"Expected --class-weight none or balanced. Received: {class_weight!r}.")
+    given = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "hidden_units": hidden_units,
+        "dropout": dropout,
+        "patience": patience,
+        "class_weight": "balanced" if class_weight == "balanced" else None,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _fmt(value: Optional[float], digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+# Options shared by train and compare.
+SPLIT = typer.Option("0.7,0.15,0.15", "--split", help="Train, validation and test fractions.")
+SEED = typer.Option(0, "--seed", help="Seed of the split (and of the heads' initialization).")
+EPOCHS = typer.Option(None, "--epochs", help="Most epochs for softmax and mlp (default 100; early stopping).")
+BATCH = typer.Option(None, "--batch-size", help="Batch size for softmax and mlp (default: about 50 steps an epoch, 16 to 256).")
+LR = typer.Option(None, "--learning-rate", help="Adam learning rate for softmax and mlp (default 0.001).")
+HIDDEN = typer.Option(None, "--hidden-units", help="Hidden units of mlp (default 256).")
+DROPOUT = typer.Option(None, "--dropout", help="Dropout of mlp (default 0.5).")
+PATIENCE = typer.Option(None, "--patience", help="Epochs without a better validation loss before stopping (default 5).")
+CLASS_WEIGHT = typer.Option("none", "--class-weight", help="none, or balanced for uneven classes.")
+STREAM = typer.Option(
+    None, "--stream/--in-memory", help="Read batches from the file, or load the cache (default: by size)."
+)
+NO_PLOTS = typer.Option(False, "--no-plots", help="Skip the PNG plots.")
+
+
+def train_cmd(
+    cache: Path = typer.Argument(..., help="A feature cache made by headstart extract."),
+    head: str = typer.Option("logreg", "--head", help="softmax, logreg or mlp."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to write (default runs/HEAD)."),
+    split: str = SPLIT,
+    seed: int = SEED,
+    epochs: Optional[int] = EPOCHS,
+    batch_size: Optional[int] = BATCH,
+    learning_rate: Optional[float] = LR,
+    hidden_units: Optional[int] = HIDDEN,
+    dropout: Optional[float] = DROPOUT,
+    patience: Optional[int] = PATIENCE,
+    class_weight: str = CLASS_WEIGHT,
+    stream: Optional[bool] = STREAM,
+    no_plots: bool = NO_PLOTS,
+) -> None:
+    """Train one head on the cache's training split and write a run directory.
+
+    The run holds the fitted head, run.json, metrics.json, history.csv and plots.
+
+    Example: headstart train pets-vgg16-fc2.h5 --head logreg --out runs/logreg
+    """
+    from headstart.heads import runs
+
+    try:
+        params = _params(epochs, batch_size, learning_rate, hidden_units, dropout, patience, class_weight)
+        params["random_state"] = seed
+        result = runs.train(
+            cache, head, out or Path("runs") / head, split=_split(split, seed), params=params,
+            plots=not no_plots, stream=stream,
+        )
+    except HeadstartError as err:
+        raise _fail(err)
+    from headstart.heads.metrics import summary_line
+
+    c = result.counts
+    _echo(
+        f"Trained {result.head} in {result.fit_seconds:.1f} s on {c['train']:,} pictures "
+        f"(validation {c['val']:,}, test {c['test']:,}{', streamed from disk' if result.streamed else ''}); "
+        f"{result.chosen}."
+    )
+    _echo(f"  validation  {summary_line(result.metrics['val'])}")
+    _echo(f"  test        {summary_line(result.metrics['test'])}")
+    _echo(f"Run written to {result.run_dir}  (next: headstart evaluate {result.run_dir})")
+
+
+def compare_cmd(
+    cache: Path = typer.Argument(..., help="A feature cache made by headstart extract."),
+    heads: str = typer.Option("softmax,logreg,mlp", "--heads", help="Comma-separated heads to train."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Folder for the runs and the table (default runs/compare-CACHE)."
+    ),
+    split: str = SPLIT,
+    seed: int = SEED,
+    epochs: Optional[int] = EPOCHS,
+    batch_size: Optional[int] = BATCH,
+    learning_rate: Optional[float] = LR,
+    hidden_units: Optional[int] = HIDDEN,
+    dropout: Optional[float] = DROPOUT,
+    patience: Optional[int] = PATIENCE,
+    class_weight: str = CLASS_WEIGHT,
+    stream: Optional[bool] = STREAM,
+    no_plots: bool = NO_PLOTS,
+) -> None:
+    """Train several heads on the same split and print one table.
+
+    Each run goes to OUT/HEAD; comparison.json and comparison.png go to OUT.
+
+    Example: headstart compare pets-vgg16-fc2.h5 --heads softmax,logreg --out runs/compare
+    """
+    from headstart.heads import runs
+
+    try:
+        params = _params(epochs, batch_size, learning_rate, hidden_units, dropout, patience, class_weight)
+        params["random_state"] = seed
+        names = [h.strip() for h in heads.split(",") if h.strip()]
+        result = runs.compare(
+            cache, out or Path("runs") / f"compare-{cache.stem}", heads=names, split=_split(split, seed),
+            params=params, plots=not no_plots, stream=stream,
+        )
+    except HeadstartError as err:
+        raise _fail(err)
+    from rich.table import Table
+
+    table = Table(title=f"heads on {cache.name}")
+    for col in ("head", "val accuracy", "test accuracy", "test log loss", "fit s"):
+        table.add_column(col, justify="left" if col == "head" else "right")
+    for row in result.rows:
+        table.add_row(
+            row["head"], _fmt(row["val_accuracy"]), _fmt(row["test_accuracy"]), _fmt(row["test_log_loss"]),
+            f"{row['fit_seconds']:.2f}",
+        )
+    out_console.print(table)
+    _echo(f"Runs, comparison.json and comparison.png are in {result.out}")
+
+
+def evaluate_cmd(
+    run: Path = typer.Argument(..., help="A run directory made by headstart train."),
+    cache: Optional[Path] = typer.Argument(
+        None, help="Another cache to evaluate on, whole (default: the run's test split)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
+) -> None:
+    """Recompute a run's metrics on its test split, or on a whole other cache.
+
+    The cache must have been extracted with the run's settings.
+
+    Example: headstart evaluate runs/logreg new-pictures.h5
+    """
+    from headstart.heads import runs
+
+    try:
+        result = runs.evaluate(run, cache)
+    except HeadstartError as err:
+        raise _fail(err)
+    if as_json:
+        typer.echo(json.dumps({"run": str(run), "cache": str(result.cache_path), "scope": result.scope,
+                               "excluded": result.excluded, "metrics": result.metrics}, indent=2))
+        return
+    from rich.table import Table
+
+    from headstart.heads.metrics import summary_line
+
+    m = result.metrics
+    note = f"; left out {result.excluded:,} pictures the run trained or validated on" if result.excluded else ""
+    _echo(f"{result.cache_path} ({result.scope}{note}): {summary_line(m)}")
+    if not m.get("n"):
+        return
+    extra = [(k, m[k]) for k in ("roc_auc", "roc_auc_ovr", "top5_accuracy") if m.get(k) is not None]
+    if extra:
+        _echo("  " + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in extra))
+    table = Table()
+    for col in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for name, row in m["per_class"].items():
+        table.add_row(name, _fmt(row["precision"]), _fmt(row["recall"]), _fmt(row["f1"]), str(row["support"]))
+    out_console.print(table)
+
+
+def predict_cmd(
+    run: Path = typer.Argument(..., help="A run directory made by headstart train."),
+    paths: List[Path] = typer.Argument(..., help="Pictures, and folders to search for pictures."),
+    top_k: int = typer.Option(1, "--top-k", "-k", help="Print the K most probable classes."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of lines."),
+    weights: Optional[Path] = typer.Option(
+        None, "--weights", help="The backbone weights file, when the cache was extracted with one."
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", help="Pictures per backbone call."),
+) -> None:
+    """Classify pictures with a run's head: one line per picture, path, class, probability.
+
+    Features are extracted with the run's backbone and settings (from the cache fingerprint).
+
+    An unreadable picture gets an error line of its own on stderr; the others are still predicted; exit code 1.
+
+    Example: headstart predict runs/logreg my-cat.jpg more-pictures/ --top-k 2
+    """
+    from headstart.heads import runs
+
+    try:
+        result = runs.predict(run, paths, top_k=top_k, batch_size=batch_size, weights=weights)
+    except HeadstartError as err:
+        raise _fail(err)
+    failed = result.failed
+    if as_json:
+        typer.echo(json.dumps({"predictions": [p.to_dict() for p in result.predictions],
+                               "failed": len(failed)}, indent=2))
+    else:
+        for p in result.predictions:
+            if p.ok:
+                top = ", ".join(f"{c} {prob:.3f}" for c, prob in p.top)
+                _echo(f"{p.path}\t{top}")
+            else:
+                err_console.print(f"[bold red]Error:[/] {p.path}: {p.error}", markup=True, soft_wrap=True)
+    if failed:
+        err_console.print(f"{len(failed)} of {len(result.predictions)} pictures could not be predicted.")
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def misclassified_cmd(
+    run: Path = typer.Argument(..., help="A run directory made by headstart train."),
+    n: int = typer.Option(20, "-n", "--number", help="How many pictures to list."),
+    montage: Optional[Path] = typer.Option(None, "--montage", help="Draw them in a grid into this PNG."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """List the misclassified test pictures of highest loss: path, true class, predicted, probability.
+
+    Example: headstart misclassified runs/logreg -n 25 --montage mistakes.png
+    """
+    from headstart.heads import runs
+
+    try:
+        result = runs.misclassified(run, n, montage)
+    except HeadstartError as err:
+        raise _fail(err)
+    if as_json:
+        typer.echo(json.dumps({"n_test": result.n_test, "n_wrong": result.n_wrong,
+                               "montage": None if result.montage is None else str(result.montage),
+                               "mistakes": [m.to_dict() for m in result.mistakes]}, indent=2))
+        return
+    _echo(f"{result.n_wrong:,} of {result.n_test:,} test pictures misclassified; "
+          f"the {len(result.mistakes)} of highest loss:")
+    for m in result.mistakes:
+        _echo(f"{m.file}\ttrue {m.true}\tpredicted {m.predicted}\t{m.probability:.3f}")
+    if result.montage is not None:
+        _echo(f"Montage written to {result.montage}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add train, compare, evaluate, predict and misclassified to ``app``."""
+    app.command("train")(train_cmd)
+    app.command("compare")(compare_cmd)
+    app.command("evaluate")(evaluate_cmd)
+    app.command("predict")(predict_cmd)
+    app.command("misclassified")(misclassified_cmd)
