@@ -156,6 +156,9 @@ def extract(
     no_draft: bool = typer.Option(False, "--no-draft", help="Decode JPEGs at full size (slower, same as Keras)."),
     overwrite: bool = typer.Option(False, help="Start a new cache even if OUT exists with other settings."),
     prune: bool = typer.Option(False, help="Drop rows whose pictures are no longer in SOURCE."),
+    commit_seconds: float = typer.Option(
+        1.0, help="Make extracted rows durable at least this often; a crash loses at most this much work."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Run the backbone once over every picture and store the features in an HDF5 cache.
@@ -187,6 +190,7 @@ def extract(
             result = run_extract(
                 source, out, config, batch_size=batch, workers=workers, exclude=exclude,
                 limit_per_class=limit_per_class, overwrite=overwrite, prune=prune, progress=progress,
+                commit_seconds=commit_seconds,
             )
     except HeadstartError as err:
         raise fail(err)
@@ -198,7 +202,8 @@ def extract(
     pruned = f", pruned {result.pruned}" if result.pruned else ""
     out_console.print(
         f"Extracted {result.extracted}{skipped}{already}{pruned} in {result.seconds:.1f} s "
-        f"({result.pictures_per_second:.1f} pictures/s, batch {result.batch_size}); {result.total_rows} rows in {out}",
+        f"({result.pictures_per_second:.1f} pictures/s after {result.setup_seconds:.1f} s of start-up, "
+        f"batch {result.batch_size}); {result.total_rows} rows in {out}",
         highlight=False, soft_wrap=True,
     )
 

@@ -114,3 +114,17 @@ def test_mobilenet_with_real_weights():
     model = build_model(config)
     assert model.output_shape == (None, 256)
     assert config.weights == "sha256:dbdb03ee2a22fd895301636cd328b234bb3a9952358f436d82f46b81e0d5b0bf"
+
+
+def test_auto_precision_follows_the_measurements(monkeypatch):
+    from headstart.extractor import backbones
+
+    monkeypatch.setattr(backbones, "has_accelerator", lambda: False)
+    monkeypatch.setattr(backbones, "cpu_has_bfloat16", lambda: True)
+    assert make_config("vgg16", weights="none").precision == "bfloat16"
+    assert make_config("mobilenet", alpha=0.25, weights="none").precision == "float32"
+    monkeypatch.setattr(backbones, "cpu_has_bfloat16", lambda: False)
+    assert make_config("vgg16", weights="none").precision == "float32"
+    monkeypatch.setattr(backbones, "has_accelerator", lambda: True)
+    assert make_config("vgg16", weights="none").precision == "float16"
+    assert make_config("mobilenet", alpha=0.25, weights="none", precision="float32").precision == "float32"

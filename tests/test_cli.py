@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 from headstart.cli import app
 
 runner = CliRunner()
-TINY = ["--backbone", "tiny", "--weights", "none", "--precision", "float32", "--batch-size", "4", "-q"]
+TINY = ["--backbone", "tiny", "--weights", "none", "--precision", "float32", "--batch-size", "4", "-q",
+        "--commit-seconds", "0"]
 
 
 def invoke(*args):
@@ -127,7 +128,8 @@ def test_ctrl_c_keeps_the_work_and_says_how_to_resume(image_folder, tmp_path, mo
 
     monkeypatch.setattr(Embedder, "__call__", interrupted)
     out = tmp_path / "c.h5"
-    result = invoke("extract", image_folder, "--out", out, *TINY)
+    # Default commit interval (1 s): the two finished batches are only staged when Ctrl-C comes.
+    result = invoke("extract", image_folder, "--out", out, *TINY[:-2])
     assert result.exit_code == 130
     assert "run the same command to resume" in " ".join(result.output.split())
     with open_cache(out) as cache:

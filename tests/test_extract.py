@@ -119,7 +119,8 @@ KILLER_ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 
 def _extract_cmd(src, out):
     return [sys.executable, "-m", "headstart.cli", "extract", str(src), "--out", str(out), "--backbone", "tiny",
-            "--weights", "none", "--precision", "float32", "--batch-size", "4", "--workers", "2", "-q"]
+            "--weights", "none", "--precision", "float32", "--batch-size", "4", "--workers", "2", "-q",
+            "--commit-seconds", "0"]
 
 
 def _committed(path):

@@ -36,6 +36,7 @@ class Backbone:
     input_size: int = 224
     weights_file: Callable[[ExtractionConfig, bool], str] = lambda config, top: "?"
     alphas: tuple[float, ...] = field(default=())
+    cpu_bfloat16: bool = False  # bfloat16 measured faster than float32 on a CPU with native bfloat16
 
 
 def _vgg16(include_top: bool, weights, config: ExtractionConfig):
@@ -90,6 +91,7 @@ BACKBONES: dict[str, Backbone] = {
         default_layer="fc2",
         preprocessing="keras.applications.vgg16.preprocess_input",
         weights_file=_vgg16_file,
+        cpu_bfloat16=True,
     ),
     "mobilenet": Backbone(
         name="mobilenet",
@@ -192,8 +194,8 @@ def build_model(config: ExtractionConfig):
     return model
 
 
-def default_precision() -> str:
-    """float16 where a GPU is visible to the Keras backend, float32 on CPU."""
+def has_accelerator() -> bool:
+    """Whether the Keras backend sees a GPU."""
     import keras
 
     backend = keras.backend.backend()
@@ -201,17 +203,41 @@ def default_precision() -> str:
         if backend == "tensorflow":
             import tensorflow as tf
 
-            return "float16" if tf.config.list_physical_devices("GPU") else "float32"
+            return bool(tf.config.list_physical_devices("GPU"))
         if backend == "torch":
             import torch
 
-            return "float16" if torch.cuda.is_available() else "float32"
+            return torch.cuda.is_available()
         if backend == "jax":
             import jax
 
-            return "float16" if jax.default_backend() == "gpu" else "float32"
+            return jax.default_backend() == "gpu"
     except Exception:  # pragma: no cover - a broken GPU stack falls back to CPU numbers
         pass
+    return False
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); Linux only."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def default_precision(backbone: str | None = None) -> str:
+    """float16 on a GPU. On a CPU, bfloat16 for backbones where it was measured to pay
+    (VGG16: 1.95x the pictures/s, features' cosine 0.9996 to float32) when the CPU has native
+    bfloat16 and the backend is TensorFlow; float32 otherwise (MobileNet ran 0.87x in bfloat16)."""
+    import keras
+
+    if has_accelerator():
+        return "float16"
+    spec = BACKBONES.get(backbone or "")
+    if spec is not None and spec.cpu_bfloat16 and keras.backend.backend() == "tensorflow" and cpu_has_bfloat16():
+        return "bfloat16"
     return "float32"
 
 
@@ -249,7 +275,7 @@ def make_config(
     if resize not in RESIZE_METHODS:
         raise BackboneError(f"Expected --resize among {', '.join(RESIZE_METHODS)}. Received: {resize!r}.")
     if precision == "auto":
-        precision = default_precision()
+        precision = default_precision(spec.name)
     if precision not in PRECISIONS:
         raise BackboneError(f"Expected --precision among auto, {', '.join(PRECISIONS)}. Received: {precision!r}.")
     if dtype not in STORAGE_DTYPES:
