@@ -51,3 +51,15 @@ def test_compare_all_heads_on_pets_sample(pets_cache, tmp_path):
     accuracy = {r["head"]: r["test_accuracy"] for r in rows["rows"]}
     assert set(accuracy) == {"softmax", "logreg", "mlp"}
     assert min(accuracy.values()) >= 0.85, accuracy
+
+
+def test_predict_finds_the_weights_file_the_cache_recorded(pets_cache, tmp_path):
+    run = tmp_path / "logreg"
+    assert CliRunner().invoke(app, ["train", str(pets_cache), "--head", "logreg", "--out", str(run)]).exit_code == 0
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    result = CliRunner().invoke(app, ["predict", str(run), str(PETS / "Cat" / "cat.1.jpg"),
+                                      str(PETS / "Dog" / "dog.2.jpg"), str(empty), "--json"])
+    assert result.exit_code == 1, result.output  # one picture could not be read
+    text = result.output
+    assert "cat.1.jpg" in text and "dog.2.jpg" in text and "empty" in text

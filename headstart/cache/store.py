@@ -13,7 +13,8 @@ Layout (schema version 1)::
     /failed_reasons  (F,) UTF-8  ... and why
     /progress        (3,) int64: committed rows, committed failures, complete (0/1)
     attrs: schema_version, fingerprint (canonical JSON), fingerprint_digest, root,
-           created, versions (JSON of library versions)
+           created, versions (JSON of library versions), weights_path (where the weights
+           file was at extraction; not part of the fingerprint)
 
 Crash safety. The writer opens the file in HDF5's single-writer/multiple-reader (SWMR) mode,
 which orders metadata writes so that the file on disk is always a valid HDF5 file, even after a
@@ -101,6 +102,7 @@ def _write_empty(
     chunk_rows: int,
     created: str | None = None,
     versions: str | None = None,
+    weights_path: str | None = None,
 ) -> h5py.File:
     """Create every dataset of the schema with zero rows; returns the open file."""
     f = h5py.File(path, "w", libver="latest")
@@ -119,6 +121,7 @@ def _write_empty(
     f.attrs["root"] = root
     f.attrs["created"] = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     f.attrs["versions"] = versions or json.dumps(_library_versions(), sort_keys=True)
+    f.attrs["weights_path"] = weights_path or ""
     return f
 
 
@@ -183,6 +186,7 @@ def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
             chunk_rows=rows,
             created=f.attrs["created"],
             versions=f.attrs["versions"],
+            weights_path=f.attrs.get("weights_path", ""),
         )
         try:
             kept = 0
@@ -224,6 +228,7 @@ class CacheHeader:
     fingerprint_digest: str
     class_names: tuple[str, ...]
     root: str
+    weights_path: str | None = None  # where the weights file was; its hash is in the fingerprint
 
 
 class CacheWriter:
@@ -296,6 +301,7 @@ class CacheWriter:
             class_names=h.class_names,
             root=h.root,
             chunk_rows=chunk_rows_for(h.dim, np.dtype(h.dtype)),
+            weights_path=h.weights_path,
         )
         f.close()
         os.replace(tmp, self.path)
@@ -437,6 +443,7 @@ class CacheReader:
             self.root: str = f.attrs["root"]
             self.created: str = f.attrs["created"]
             self.versions: dict[str, str] = json.loads(f.attrs["versions"])
+            self.weights_path: str | None = f.attrs.get("weights_path", "") or None
             self.schema_version = int(f.attrs["schema_version"])
         except BaseException:
             self._f.close()

@@ -293,6 +293,7 @@ def extract(
         fingerprint_digest=config.digest(),
         class_names=tuple(class_names),
         root=str(source.resolve()),
+        weights_path=config.weights_path,
     )
     label_map = [class_names.index(name) for name in dataset.class_names]
     with CacheWriter(out, header, overwrite=overwrite) as writer:

@@ -329,6 +329,7 @@ def _prepare(cache: CacheReader, spec: SplitSpec, stream: bool | None) -> _Data:
             "fingerprint": cache.fingerprint,
             "fingerprint_digest": cache.fingerprint_digest,
             "root": cache.root,
+            "weights_path": cache.weights_path,
             "rows": n,
             "dim": cache.dim,
             "dtype": str(cache.dtype),
@@ -676,9 +677,19 @@ def _gather_files(paths: Iterable[str | os.PathLike], find_images) -> list[tuple
 
 
 def _weights_path(info: Mapping[str, Any], weights: str | os.PathLike | None) -> str | None:
-    """The weights file for the run's backbone, checked against the fingerprint's SHA-256."""
+    """The weights file for the run's backbone, checked against the fingerprint's SHA-256.
+
+    Without ``weights``, the file the cache was extracted from, where it still is."""
     if weights is None:
-        return None
+        recorded = info["cache"].get("weights_path")
+        if not recorded:
+            return None
+        if not Path(recorded).is_file():
+            raise RunError(
+                f"Expected the weights file the cache was extracted with at {recorded}. "
+                "Received: no such file; pass it with --weights PATH."
+            )
+        weights = recorded
     path = Path(weights).expanduser()
     if not path.is_file():
         raise RunError(f"Expected --weights to be a weights file. Received: {path} (no such file).")
