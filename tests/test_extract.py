@@ -119,7 +119,7 @@ KILLER_ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 
 def _extract_cmd(src, out):
     return [sys.executable, "-m", "headstart.cli", "extract", str(src), "--out", str(out), "--backbone", "tiny",
-            "--weights", "none", "--precision", "float32", "--batch-size", "4", "--workers", "2", "-q",
+            "--weights", "none", "--precision", "float32", "--batch-size", "4", "--workers", "1", "-q",
             "--commit-seconds", "0"]
 
 
@@ -132,10 +132,11 @@ def _committed(path):
 
 
 def test_kill_9_at_several_points_then_resume_equals_a_clean_run(tmp_path):
-    src = make_images(tmp_path / "images", per_class=90, size=(96, 128))
+    # 600 pictures take the tiny model a few seconds: long enough to kill it part-way each time.
+    src = make_images(tmp_path / "images", per_class=300, size=(120, 160))
     (src / "cat" / "zz-broken.jpg").write_bytes(b"\xff\xd8 not really")
     out = tmp_path / "killed.h5"
-    for kill_at in (8, 60, 120):
+    for kill_at in (8, 200, 400):
         proc = subprocess.Popen(_extract_cmd(src, out), env=KILLER_ENV,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
@@ -143,13 +144,13 @@ def test_kill_9_at_several_points_then_resume_equals_a_clean_run(tmp_path):
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        assert 0 < _committed(out) < 180, "the kill should land part-way"
+        assert 0 < _committed(out) < 600, "the kill should land part-way"
     done = subprocess.run(_extract_cmd(src, out), env=KILLER_ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     clean = tmp_path / "clean.h5"
     assert subprocess.run(_extract_cmd(src, clean), env=KILLER_ENV, capture_output=True).returncode == 0
     a, b = rows_by_path(out), rows_by_path(clean)
-    assert len(a) == 180 and a.keys() == b.keys()
+    assert len(a) == 600 and a.keys() == b.keys()
     for p in a:
         assert a[p][0] == b[p][0]
         np.testing.assert_array_equal(a[p][1], b[p][1])
