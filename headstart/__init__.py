@@ -12,6 +12,13 @@ def open_cache(path):
     return _open(path)
 
 
+def make_config(*args, **kwargs):
+    """Check extraction options and resolve defaults; see `headstart.extractor.backbones.make_config`."""
+    from headstart.extractor.backbones import make_config as _make_config
+
+    return _make_config(*args, **kwargs)
+
+
 def extract(*args, **kwargs):
     """Extract features of an image folder into a cache; see `headstart.extractor.extract`."""
     from headstart.extractor.runner import extract as _extract
@@ -19,4 +26,4 @@ def extract(*args, **kwargs):
     return _extract(*args, **kwargs)
 
 
-__all__ = ["HeadstartError", "__version__", "extract", "open_cache"]
+__all__ = ["HeadstartError", "__version__", "extract", "make_config", "open_cache"]
