@@ -137,3 +137,32 @@ def test_ctrl_c_keeps_the_work_and_says_how_to_resume(image_folder, tmp_path, mo
     monkeypatch.setattr(Embedder, "__call__", real_call)
     result = invoke("extract", image_folder, "--out", out, *TINY)
     assert result.exit_code == 0 and "Extracted 4" in result.output and "8 already there" in result.output
+
+
+def test_paths_with_brackets_are_printed_as_they_are(tmp_path):
+    result = invoke("info", tmp_path / "[old]" / "c.h5")
+    assert_clean_error(result, "[old]")
+
+
+def test_prune_is_refused_while_another_writer_holds_the_cache(image_folder, tmp_path):
+    from headstart.cache import CacheHeader, CacheWriter, canonical_json, fingerprint_digest, open_cache
+
+    out = tmp_path / "c.h5"
+    assert invoke("extract", image_folder, "--out", out, *TINY).exit_code == 0
+    with open_cache(out) as c:
+        header = CacheHeader(dim=c.dim, dtype="float16", fingerprint=c.fingerprint,
+                             fingerprint_json=canonical_json(c.fingerprint),
+                             fingerprint_digest=fingerprint_digest(c.fingerprint),
+                             class_names=tuple(c.class_names), root=c.root)
+    (image_folder / "cat" / "cat.0.jpg").unlink()
+    with CacheWriter(out, header):  # another extraction is running
+        result = invoke("extract", image_folder, "--out", out, *TINY, "--prune")
+        assert_clean_error(result, "Another headstart process is writing")
+    with open_cache(out) as c:
+        assert len(c) == 12  # nothing was pruned behind the other writer's back
+
+
+def test_unwritable_output_is_one_message(image_folder, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    result = invoke("extract", image_folder, "--out", tmp_path / "a-file" / "c.h5", *TINY)
+    assert_clean_error(result, "Cannot write next to")

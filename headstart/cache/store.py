@@ -105,7 +105,26 @@ def _write_empty(
     weights_path: str | None = None,
 ) -> h5py.File:
     """Create every dataset of the schema with zero rows; returns the open file."""
-    f = h5py.File(path, "w", libver="latest")
+    try:
+        f = h5py.File(path, "w", libver="latest")
+    except OSError as err:
+        raise CacheError(f"Cannot create the cache {path}: {err}.") from None
+    try:
+        _create_datasets(f, dim, dtype, chunk_rows, class_names)
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["fingerprint"] = fingerprint_json
+        f.attrs["fingerprint_digest"] = fingerprint_digest
+        f.attrs["root"] = root
+        f.attrs["created"] = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        f.attrs["versions"] = versions or json.dumps(_library_versions(), sort_keys=True)
+        f.attrs["weights_path"] = weights_path or ""
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _create_datasets(f: h5py.File, dim: int, dtype: str, chunk_rows: int, class_names: Sequence[str]) -> None:
     f.create_dataset(
         "features", shape=(0, dim), maxshape=(None, dim), dtype=dtype, chunks=(chunk_rows, dim)
     )
@@ -115,14 +134,6 @@ def _write_empty(
     f.create_dataset("failed_paths", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(256,))
     f.create_dataset("failed_reasons", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(256,))
     f.create_dataset("progress", data=np.zeros(3, dtype="int64"))
-    f.attrs["schema_version"] = SCHEMA_VERSION
-    f.attrs["fingerprint"] = fingerprint_json
-    f.attrs["fingerprint_digest"] = fingerprint_digest
-    f.attrs["root"] = root
-    f.attrs["created"] = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    f.attrs["versions"] = versions or json.dumps(_library_versions(), sort_keys=True)
-    f.attrs["weights_path"] = weights_path or ""
-    return f
 
 
 def _open_any(path: Path) -> h5py.File:
@@ -160,6 +171,8 @@ def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
 
     Used to recover a file left by a dead writer and to prune rows. Streams chunk by chunk;
     ``dst`` is written under a temporary name and renamed into place. Returns the rows kept.
+    The caller must hold the cache's writer lock (`CacheWriter`): a writer that had the file
+    open would go on writing to the replaced file.
     """
     tmp = dst.with_name(dst.name + ".rewrite.tmp")
     with contextlib.suppress(FileNotFoundError):
@@ -266,22 +279,34 @@ class CacheWriter:
         if fcntl is None:
             return
         lock_path = self.path.with_name(self.path.name + ".lock")
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(lock_path, "a+")
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.close()
-            raise CacheBusyError(
-                f"Another headstart process is writing {self.path}. "
-                "Wait for it to finish, or stop it and run the command again to resume."
-            ) from None
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            while True:
+                fh = open(lock_path, "a+")
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    fh.close()
+                    raise CacheBusyError(
+                        f"Another headstart process is writing {self.path}. "
+                        "Wait for it to finish, or stop it and run the command again to resume."
+                    ) from None
+                # The holder unlinks the lock file when it is done: if ours was unlinked between
+                # our open and our lock, it guards nothing; take the one now at the path.
+                try:
+                    if os.fstat(fh.fileno()).st_ino == os.stat(lock_path).st_ino:
+                        break
+                except FileNotFoundError:
+                    pass
+                fh.close()
+        except OSError as err:
+            raise CacheError(f"Cannot write next to {self.path}: {err.strerror or err}.") from None
         self._lock_file = fh
 
     def _release_lock(self) -> None:
         if self._lock_file is not None:
-            # Unlink while still holding the lock: a process that opens the path afterwards
-            # gets a fresh lock file, and one that opened the old one failed its non-blocking lock.
+            # Unlink while still holding the lock; a process that opened the old file checks, once
+            # it has the lock, that the file is still the one at the path (see _acquire_lock).
             with contextlib.suppress(OSError):
                 os.unlink(self._lock_file.name)
             self._lock_file.close()
@@ -362,6 +387,19 @@ class CacheWriter:
     def class_names(self) -> list[str]:
         return self._f["class_names"].asstr()[:].tolist()
 
+    def paths(self) -> list[str]:
+        """Relative paths of the committed rows, in row order."""
+        return self._f["paths"].asstr()[: self._rows].tolist()
+
+    def keep_rows(self, keep: np.ndarray) -> int:
+        """Drop the committed rows where ``keep`` is false (rewrites the file under our lock)."""
+        self.commit()
+        self._f.close()
+        self._f = None
+        kept = rewrite(self.path, self.path, keep=np.asarray(keep, dtype=bool))
+        self._open_for_append()
+        return kept
+
     # -- writing -----------------------------------------------------------------------------
     def append(self, features: np.ndarray, labels: Sequence[int], paths: Sequence[str]) -> None:
         """Stage one batch of rows; call ``commit`` to make it durable."""
@@ -395,6 +433,8 @@ class CacheWriter:
     def commit(self) -> None:
         """Flush staged rows to disk, then count them as committed."""
         f = self._f
+        # A whole-file flush, not per dataset: it also writes the global heap that holds the
+        # variable-length path strings, which SWMR does not order for us.
         f.flush()
         f["progress"][:_COMPLETE] = [self._staged_rows, self._staged_failed]
         f.flush()
@@ -402,16 +442,18 @@ class CacheWriter:
 
     def close(self, complete: bool = False) -> None:
         """Commit what is staged and close; ``complete`` marks that every picture was seen."""
-        if self._f is not None:
-            try:
-                self.commit()
-                if complete:
-                    self._f["progress"][_COMPLETE] = 1
-                    self._f.flush()
-            finally:
-                self._f.close()
-                self._f = None
-        self._release_lock()
+        try:
+            if self._f is not None:
+                try:
+                    self.commit()
+                    if complete:
+                        self._f["progress"][_COMPLETE] = 1
+                        self._f.flush()
+                finally:
+                    self._f.close()
+                    self._f = None
+        finally:
+            self._release_lock()
 
 
 class CacheReader:

@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from headstart.cache import CacheHeader, CacheWriter, describe_diff, diff_settings, open_cache, rewrite
+from headstart.cache import CacheHeader, CacheWriter, describe_diff, diff_settings, open_cache
 from headstart.errors import CacheMismatchError, DatasetError, HeadstartError
 from headstart.extractor.config import ExtractionConfig
 from headstart.extractor.decode import DecodeError, load_image
@@ -28,9 +28,17 @@ Progress = Callable[[int, int, int], None]
 """progress(done, total, skipped): pictures handled so far in this run, to handle, skipped so far."""
 
 
+def available_cores() -> int:
+    """Cores this process may run on (a container's CPU affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def default_workers() -> int:
     """One decoding thread per core (Pillow releases the GIL while decoding and resizing)."""
-    return max(1, min(32, os.cpu_count() or 1))
+    return max(1, min(32, available_cores()))
 
 
 def decode_stream(
@@ -46,7 +54,10 @@ def decode_stream(
         except DecodeError as err:
             return None, str(err)
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="headstart-decode") as pool:
+    if workers < 1:
+        raise HeadstartError(f"Expected --workers of at least 1. Received: {workers}.")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="headstart-decode")
+    try:
         pending: collections.deque[Future] = collections.deque()
         it = iter(enumerate(paths))
         for i, p in it:
@@ -61,6 +72,9 @@ def decode_stream(
                 pending.append(pool.submit(work, nxt[1]))
             yield index, pixels, reason
             index += 1
+    finally:
+        # On Ctrl-C (or any early exit) do not wait for the pictures queued ahead.
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 class Embedder:
@@ -202,7 +216,8 @@ class ExtractResult:
         return self.seconds - self.loop_seconds
 
 
-def _check_existing(out: Path, config: ExtractionConfig, class_names: Sequence[str]) -> None:
+def _check_existing(out: Path, config: ExtractionConfig, class_names: Sequence[str]) -> tuple[int, list[str]]:
+    """Refuse a cache made with other settings or classes; else its feature size and classes."""
     with open_cache(out) as cache:
         diff = diff_settings(cache.fingerprint, config.fingerprint())
         if diff:
@@ -221,6 +236,7 @@ def _check_existing(out: Path, config: ExtractionConfig, class_names: Sequence[s
                 f"Expected the classes of {out} ({', '.join(cache.class_names)}). Received new classes: "
                 f"{', '.join(new)}. Pass --exclude for them, or --overwrite to extract everything again."
             )
+        return cache.dim, list(cache.class_names)
 
 
 def _printable(rel: str) -> str | None:
@@ -232,12 +248,11 @@ def _printable(rel: str) -> str | None:
         return None
 
 
-def _prune(out: Path, root: Path) -> int:
-    with open_cache(out) as cache:
-        keep = np.array([(root / p).exists() for p in cache.paths], dtype=bool)
+def _prune(writer: CacheWriter, root: Path) -> int:
+    keep = np.array([(root / p).exists() for p in writer.paths()], dtype=bool)
     gone = int((~keep).sum())
     if gone:
-        rewrite(out, out, keep=keep)
+        writer.keep_rows(keep)
         log.info("pruned %d rows whose pictures are gone", gone)
     return gone
 
@@ -270,17 +285,11 @@ def extract(
     dataset = scan_dataset(source, exclude=exclude, limit_per_class=limit_per_class)
     if out.exists() and out.is_dir():
         raise DatasetError(f"Expected --out to be a file path. Received: {out} (a folder).")
-    pruned = 0
-    if out.exists() and not overwrite:
-        _check_existing(out, config, dataset.class_names)
-        if prune:
-            pruned = _prune(out, source)
     embedder = None
     header_probe = None
     # The header needs the feature size; reuse the cache's when resuming, else build the model.
     if out.exists() and not overwrite:
-        with open_cache(out) as cache:
-            header_probe = (cache.dim, list(cache.class_names))
+        header_probe = _check_existing(out, config, dataset.class_names)
     if header_probe is None:
         embedder = Embedder(config, batch_size)
         header_probe = (embedder.dim, list(dataset.class_names))
@@ -297,6 +306,7 @@ def extract(
     )
     label_map = [class_names.index(name) for name in dataset.class_names]
     with CacheWriter(out, header, overwrite=overwrite) as writer:
+        pruned = _prune(writer, source) if prune else 0
         done = writer.done_paths()
         todo, failed = [], []
         for rel, label in dataset.items:
