@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 
+from headstart.console import cli_errors, err_console, fail, out_console, say
 from headstart.errors import HeadstartError
 
 
@@ -29,20 +29,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out_console = Console()
-err_console = Console(stderr=True)
-
-
-def fail(err: HeadstartError | str, code: int = 2) -> typer.Exit:
-    """Print one error line on stderr and return the exit to raise."""
-    err_console.print(f"[bold red]Error:[/] {err}", highlight=False, markup=True, soft_wrap=True)
-    return typer.Exit(getattr(err, "exit_code", code))
-
-
-def setup_logging(verbose: int, quiet: bool = False) -> None:
+def setup_logging(verbose: int) -> None:
     from rich.logging import RichHandler
 
-    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(
         level=level, format="%(message)s", handlers=[RichHandler(console=err_console, show_path=False)], force=True
     )
@@ -73,7 +63,7 @@ def download(
 
     if dataset != "pets":
         raise fail(f"Expected a dataset name among: pets. Received: {dataset!r}.")
-    try:
+    with cli_errors("Interrupted. Run the same command to resume the download."):
         with _progress(quiet, bytes_=True) as bar:
             task = bar.add_task("download", total=None) if bar else None
 
@@ -82,9 +72,7 @@ def download(
                     bar.update(task, completed=done, total=total)
 
             folder = download_pets(dest, url=url or PETS_URL, progress=progress, archive=archive)
-    except HeadstartError as err:
-        raise fail(err)
-    out_console.print(f"Pictures are in {folder}")
+    say(f"Pictures are in {folder}")
 
 
 class _NoBar:
@@ -146,10 +134,13 @@ def extract(
     alpha: Optional[float] = typer.Option(None, help="MobileNet width: 0.25, 0.5, 0.75 or 1.0."),
     input_size: Optional[int] = typer.Option(None, help="Input side in pixels (default: the backbone's)."),
     resize: str = typer.Option("squash", help="squash (both sides, like keras load_img) or crop (centre)."),
-    precision: str = typer.Option("auto", help="auto, float32, bfloat16 or float16 (auto: float16 on GPU, float32 on CPU)."),
+    precision: str = typer.Option(
+        "auto", help="auto, float32, bfloat16 or float16. auto: float16 on a GPU; on a CPU bfloat16 for vgg16 "
+        "where the CPU has native bfloat16, else float32."
+    ),
     dtype: str = typer.Option("float16", help="Storage type of the features: float16 or float32."),
     batch_size: str = typer.Option("32", help="Pictures per model call, or auto (the largest that fits a GPU; 32 on CPU)."),
-    workers: Optional[int] = typer.Option(None, help="Decoding threads (default: CPU cores, at most 8)."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Decoding threads (default: one per CPU core)."),
     exclude: List[str] = typer.Option([], "--exclude", help="Leave out this class (repeatable)."),
     limit_per_class: Optional[int] = typer.Option(None, help="At most N pictures per class (the first N, sorted)."),
     seed: int = typer.Option(0, help="Seed of --weights none."),
@@ -170,7 +161,8 @@ def extract(
     from headstart.extractor.backbones import make_config
     from headstart.extractor.runner import extract as run_extract
 
-    try:
+    interrupted = f"Interrupted. What was extracted is kept in {out}; run the same command to resume."
+    with cli_errors(interrupted):
         batch = _batch_size(batch_size)
         config = make_config(
             backbone, layer, weights=weights, alpha=alpha, input_size=input_size, resize=resize,
@@ -192,19 +184,13 @@ def extract(
                 limit_per_class=limit_per_class, overwrite=overwrite, prune=prune, progress=progress,
                 commit_seconds=commit_seconds,
             )
-    except HeadstartError as err:
-        raise fail(err)
-    except KeyboardInterrupt:
-        err_console.print(f"Interrupted. What was extracted is kept in {out}; run the same command to resume.")
-        raise typer.Exit(130)
     skipped = f", skipped {result.skipped} (see: headstart info {out})" if result.skipped else ", skipped 0"
     already = f", {result.already} already there" if result.already else ""
     pruned = f", pruned {result.pruned}" if result.pruned else ""
-    out_console.print(
+    say(
         f"Extracted {result.extracted}{skipped}{already}{pruned} in {result.seconds:.1f} s "
         f"({result.pictures_per_second:.1f} pictures/s after {result.setup_seconds:.1f} s of start-up, "
-        f"batch {result.batch_size}); {result.total_rows} rows in {out}",
-        highlight=False, soft_wrap=True,
+        f"batch {result.batch_size}); {result.total_rows} rows in {out}"
     )
 
 
@@ -220,7 +206,7 @@ def info(
     """
     from headstart.cache import open_cache
 
-    try:
+    with cli_errors():
         with open_cache(cache) as c:
             missing = c.missing_files(root)
             data = {
@@ -240,43 +226,37 @@ def info(
                 "size_bytes": c.size_bytes(),
                 "schema_version": c.schema_version,
             }
-    except HeadstartError as err:
-        raise fail(err)
     if as_json:
         out_console.print_json(json.dumps(data))
         return
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(show_header=False, box=None)
-    t.add_row("cache", data["path"])
-    t.add_row("rows", f"{data['rows']} ({'complete' if data['complete'] else 'INCOMPLETE: run extract again to resume'})")
-    t.add_row("classes", ", ".join(f"{k} {v}" for k, v in data["classes"].items()))
-    t.add_row("features", f"{data['rows']} x {c.dim} {data['dtype']}")
-    t.add_row("size", f"{data['size_bytes'] / 2**20:.1f} MiB")
-    t.add_row("root", data["root"])
-    t.add_row("created", data["created"])
+    row = lambda name, value: t.add_row(name, Text(str(value)))  # noqa: E731 - values may hold [ ]
+    row("cache", data["path"])
+    row("rows", f"{data['rows']} ({'complete' if data['complete'] else 'INCOMPLETE: run extract again to resume'})")
+    row("classes", ", ".join(f"{k} {v}" for k, v in data["classes"].items()))
+    row("features", f"{data['rows']} x {data['feature_shape'][1]} {data['dtype']}")
+    row("size", f"{data['size_bytes'] / 2**20:.1f} MiB")
+    row("root", data["root"])
+    row("created", data["created"])
     fp = data["fingerprint"]
-    t.add_row("settings", ", ".join(f"{k}={v}" for k, v in fp.items() if v is not None))
-    t.add_row("skipped", str(len(data["skipped"])))
-    t.add_row("vanished", str(len(missing)) + (" (drop them: extract --prune)" if missing else ""))
+    row("settings", ", ".join(f"{k}={v}" for k, v in fp.items() if v is not None))
+    row("skipped", str(len(data["skipped"])))
+    row("vanished", str(len(missing)) + (" (drop them: extract --prune)" if missing else ""))
     out_console.print(t, soft_wrap=True)
     for item in data["skipped"]:
-        out_console.print(f"  skipped {item['path']}: {item['reason']}", highlight=False, soft_wrap=True)
+        say(f"  skipped {item['path']}: {item['reason']}")
     for path in missing[:20]:
-        out_console.print(f"  vanished {path}", highlight=False)
+        say(f"  vanished {path}")
     if len(missing) > 20:
-        out_console.print(f"  ... and {len(missing) - 20} more (--json lists all)")
+        say(f"  ... and {len(missing) - 20} more (--json lists all)")
 
 
-def _register_heads() -> None:
-    try:
-        from headstart.cli_heads import register
-    except ImportError:  # pragma: no cover - while the heads module is being built
-        return
-    register(app)
+from headstart.cli_heads import register as _register_heads  # noqa: E402 - the head commands
 
-
-_register_heads()
+_register_heads(app)
 
 
 def run() -> None:  # pragma: no cover

@@ -13,20 +13,17 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
-from rich.console import Console
 
+from headstart.console import cli_errors, err_console, out_console
 from headstart.errors import HeadstartError
-
-out_console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
 
 EXIT_SOME_FAILED = 1
 
 
-def _fail(err: HeadstartError | str, code: int = 2) -> typer.Exit:
-    """Print one error line on stderr and return the exit to raise."""
-    err_console.print(f"[bold red]Error:[/] {err}", markup=True, soft_wrap=True)
-    return typer.Exit(getattr(err, "exit_code", code))
+def fail_line(text: str) -> str:
+    from rich.markup import escape
+
+    return f"[bold red]Error:[/] {escape(text)}"
 
 
 def _echo(text: str) -> None:
@@ -108,15 +105,13 @@ def train_cmd(
     """
     from headstart.heads import runs
 
-    try:
+    with cli_errors():
         params = _params(epochs, batch_size, learning_rate, hidden_units, dropout, patience, class_weight)
         params["random_state"] = seed
         result = runs.train(
             cache, head, out or Path("runs") / head, split=_split(split, seed), params=params,
             plots=not no_plots, stream=stream,
         )
-    except HeadstartError as err:
-        raise _fail(err)
     from headstart.heads.metrics import summary_line
 
     c = result.counts
@@ -156,7 +151,7 @@ def compare_cmd(
     """
     from headstart.heads import runs
 
-    try:
+    with cli_errors():
         params = _params(epochs, batch_size, learning_rate, hidden_units, dropout, patience, class_weight)
         params["random_state"] = seed
         names = [h.strip() for h in heads.split(",") if h.strip()]
@@ -164,11 +159,11 @@ def compare_cmd(
             cache, out or Path("runs") / f"compare-{cache.stem}", heads=names, split=_split(split, seed),
             params=params, plots=not no_plots, stream=stream,
         )
-    except HeadstartError as err:
-        raise _fail(err)
     from rich.table import Table
 
-    table = Table(title=f"heads on {cache.name}")
+    from rich.markup import escape
+
+    table = Table(title=f"heads on {escape(cache.name)}")
     for col in ("head", "val accuracy", "test accuracy", "test log loss", "fit s"):
         table.add_column(col, justify="left" if col == "head" else "right")
     for row in result.rows:
@@ -195,10 +190,8 @@ def evaluate_cmd(
     """
     from headstart.heads import runs
 
-    try:
+    with cli_errors():
         result = runs.evaluate(run, cache)
-    except HeadstartError as err:
-        raise _fail(err)
     if as_json:
         typer.echo(json.dumps({"run": str(run), "cache": str(result.cache_path), "scope": result.scope,
                                "excluded": result.excluded, "metrics": result.metrics}, indent=2))
@@ -243,10 +236,8 @@ def predict_cmd(
     """
     from headstart.heads import runs
 
-    try:
+    with cli_errors():
         result = runs.predict(run, paths, top_k=top_k, batch_size=batch_size, weights=weights)
-    except HeadstartError as err:
-        raise _fail(err)
     failed = result.failed
     if as_json:
         typer.echo(json.dumps({"predictions": [p.to_dict() for p in result.predictions],
@@ -257,7 +248,7 @@ def predict_cmd(
                 top = ", ".join(f"{c} {prob:.3f}" for c, prob in p.top)
                 _echo(f"{p.path}\t{top}")
             else:
-                err_console.print(f"[bold red]Error:[/] {p.path}: {p.error}", markup=True, soft_wrap=True)
+                err_console.print(fail_line(f"{p.path}: {p.error}"), soft_wrap=True)
     if failed:
         err_console.print(f"{len(failed)} of {len(result.predictions)} pictures could not be predicted.")
         raise typer.Exit(EXIT_SOME_FAILED)
@@ -275,10 +266,8 @@ def misclassified_cmd(
     """
     from headstart.heads import runs
 
-    try:
+    with cli_errors():
         result = runs.misclassified(run, n, montage)
-    except HeadstartError as err:
-        raise _fail(err)
     if as_json:
         typer.echo(json.dumps({"n_test": result.n_test, "n_wrong": result.n_wrong,
                                "montage": None if result.montage is None else str(result.montage),

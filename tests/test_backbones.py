@@ -128,3 +128,10 @@ def test_auto_precision_follows_the_measurements(monkeypatch):
     monkeypatch.setattr(backbones, "has_accelerator", lambda: True)
     assert make_config("vgg16", weights="none").precision == "float16"
     assert make_config("mobilenet", alpha=0.25, weights="none", precision="float32").precision == "float32"
+
+
+def test_vgg16_block5_pool_takes_another_input_size():
+    config = make_config("vgg16", "block5_pool", weights="none", input_size=64, precision="float32")
+    emb = Embedder(config, batch_size=2)
+    assert emb.model.input_shape == (None, 64, 64, 3)
+    assert emb(list(np.zeros((2, 64, 64, 3), np.uint8))).shape == (2, 512)

@@ -42,7 +42,8 @@ class Backbone:
 def _vgg16(include_top: bool, weights, config: ExtractionConfig):
     import keras
 
-    return keras.applications.VGG16(include_top=include_top, weights=weights, input_shape=(224, 224, 3))
+    size = config.input_size
+    return keras.applications.VGG16(include_top=include_top, weights=weights, input_shape=(size, size, 3))
 
 
 def _vgg16_file(config: ExtractionConfig, top: bool) -> str:
@@ -281,8 +282,13 @@ def make_config(
     if dtype not in STORAGE_DTYPES:
         raise BackboneError(f"Expected --dtype among {', '.join(STORAGE_DTYPES)}. Received: {dtype!r}.")
     size = input_size or spec.input_size
-    if spec.name == "vgg16" and spec.layers[layer].include_top and size != 224:
-        raise BackboneError(f"Expected --input-size 224 for vgg16 {layer} (its dense layers fix it). Received: {size}.")
+    if spec.layers[layer].include_top and size != spec.input_size:
+        raise BackboneError(
+            f"Expected --input-size {spec.input_size} for {spec.name} {layer} (its dense layers fix it). "
+            f"Received: {size}."
+        )
+    if size < 32:
+        raise BackboneError(f"Expected --input-size of at least 32. Received: {size}.")
     identity, path, seed_used = resolve_weights(weights, seed)
     return ExtractionConfig(
         backbone=spec.name,

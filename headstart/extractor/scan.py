@@ -65,7 +65,10 @@ def scan_dataset(
     if limit_per_class is not None and limit_per_class < 1:
         raise DatasetError(f"Expected --limit-per-class of at least 1. Received: {limit_per_class}.")
     exclude = set(exclude)
-    subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as err:
+        raise DatasetError(f"Cannot read the folder {root}: {err.strerror or err}.") from None
     if not subdirs:
         raise DatasetError(
             f"Expected a folder with one sub-folder per class (e.g. Cat/, Dog/). Received: {root} (no sub-folders)."
