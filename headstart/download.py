@@ -276,6 +276,8 @@ def _member_parts(name: str) -> list[str] | None:
 def _unpack(archive: Path, dest: Path) -> None:
     """Unpack PetImages/ through a temporary folder, then rename it to ``dest/PetImages``."""
     target = dest / TOP
+    for stale in dest.glob(f".{TOP}.tmp-*"):  # left by an unpack that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{TOP}.tmp-", dir=dest))
     root = tmp.resolve()
     try:

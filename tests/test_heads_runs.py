@@ -126,6 +126,17 @@ def test_compare_trains_heads_on_the_same_split(cache, tmp_path):
     assert {"epoch", "loss", "accuracy", "val_loss", "val_accuracy"} <= set(rows[0])
 
 
+def test_compare_again_after_a_killed_compare(cache, tmp_path):
+    """A kill -9 leaves our temporary folders behind; the same command must still go on."""
+    out = tmp_path / "cmp"
+    runs.compare(cache, out, heads=["logreg"])
+    (out / ".softmax.partial-4242").mkdir()  # a head that was being written when killed
+    (out / ".logreg.old-4242").mkdir()
+    result = runs.compare(cache, out, heads=["logreg"])
+    assert [r["head"] for r in result.rows] == ["logreg"]
+    assert not (out / ".logreg.old-4242").exists()
+
+
 def test_compare_rejects_an_option_no_head_takes(cache, tmp_path):
     with pytest.raises(HeadError, match="No head among logreg takes the option epochs"):
         runs.compare(cache, tmp_path / "cmp", heads=["logreg"], params={"epochs": 3})

@@ -23,6 +23,7 @@ def diff_settings(expected: Mapping[str, Any], received: Mapping[str, Any]) -> d
     return {k: (expected.get(k), received.get(k)) for k in keys if expected.get(k) != received.get(k)}
 
 
-def describe_diff(diff: Mapping[str, tuple[Any, Any]]) -> str:
-    """One line naming each differing setting: ``layer: fc2 (cache) vs fc1 (now)``."""
-    return "; ".join(f"{k}: {a!r} (cache) vs {b!r} (now)" for k, (a, b) in diff.items())
+def describe_diff(diff: Mapping[str, tuple[Any, Any]], labels: tuple[str, str] = ("cache", "now")) -> str:
+    """One line naming each differing setting: ``layer: 'fc2' (cache) vs 'fc1' (now)``."""
+    first, second = labels
+    return "; ".join(f"{k}: {a!r} ({first}) vs {b!r} ({second})" for k, (a, b) in diff.items())

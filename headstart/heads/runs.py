@@ -35,7 +35,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from headstart.cache import diff_settings, open_cache
+from headstart.cache import describe_diff, diff_settings, open_cache
 from headstart.cache.store import CacheReader
 from headstart.errors import CacheMismatchError, HeadstartError, RunError
 from headstart.heads import metrics as M
@@ -354,7 +354,11 @@ def _ours(out: Path, marker: str) -> bool:
     if (out / marker).exists():
         return True
     if marker == COMPARISON_JSON:  # a comparison that stopped part-way: only finished runs in it
-        return all(p.is_dir() and p.name in head_names() and (p / RUN_JSON).exists() for p in out.iterdir())
+        # (dot-names are our own temporary folders, left by a run that was killed)
+        return all(
+            p.name.startswith(".") or (p.is_dir() and p.name in head_names() and (p / RUN_JSON).exists())
+            for p in out.iterdir()
+        )
     return False
 
 
@@ -373,8 +377,10 @@ def _check_out(out: Path, marker: str) -> None:
 def _atomic_dir(out: Path):
     """Write into a temporary sibling folder, then swap it into place; no half-written run remains."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    # Leftovers of a run that was killed before it could swap or clean up.
+    for stale in [*out.parent.glob(f".{out.name}.partial-*"), *out.parent.glob(f".{out.name}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         yield tmp
@@ -580,8 +586,8 @@ def load_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], Any]:
         head = load_head(run_dir)
     except HeadError as err:
         raise RunError(f"The run {run_dir} has no usable head: {err}") from err
-    except (OSError, ValueError) as err:
-        raise RunError(f"Cannot read the head saved in {run_dir}: {err}.") from err
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise RunError(f"Cannot read the head saved in {run_dir}: {err!r}.") from err
     if head_name(head) != info["head"]:
         raise RunError(f"{run_dir}: run.json says {info['head']}, the saved head is {head_name(head)}.")
     return info, head
@@ -590,7 +596,7 @@ def load_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], Any]:
 def _check_fingerprint(info: Mapping[str, Any], cache: CacheReader) -> None:
     diff = diff_settings(info["cache"]["fingerprint"], cache.fingerprint)
     if diff:
-        detail = "; ".join(f"{k}: {a!r} (run) vs {b!r} (cache)" for k, (a, b) in diff.items())
+        detail = describe_diff(diff, labels=("run", "cache"))
         raise CacheMismatchError(
             f"Expected a cache extracted with the run's settings. Received: {cache.path}, which differs in "
             f"{detail}. Extract the pictures again with the run's settings, or train a head on this cache."
