@@ -29,13 +29,12 @@ import numpy as np
 
 def write_cache(path: Path, rows: int, dim: int, classes: int, seed: int = 0) -> float:
     """Synthetic non-negative features (like fc2 after ReLU) whose class means differ a little."""
-    from headstart.cache import CacheHeader, CacheWriter, canonical_json, fingerprint_digest
+    from headstart.cache import CacheHeader, CacheWriter
 
     fp = {"backbone": "synthetic", "rows": rows, "dim": dim, "seed": seed}
     names = tuple(f"class{k}" for k in range(classes))
     header = CacheHeader(
-        dim=dim, dtype="float16", fingerprint=fp, fingerprint_json=canonical_json(fp),
-        fingerprint_digest=fingerprint_digest(fp), class_names=names, root="/synthetic",
+        dim=dim, dtype="float16", fingerprint=fp, class_names=names, root="/synthetic",
     )
     rng = np.random.default_rng(seed)
     base = rng.gamma(2.0, 0.5, dim).astype(np.float32)

@@ -25,8 +25,7 @@ FP = {"backbone": "tiny", "layer": "embed", "dtype": "float16"}
 
 
 def header(dim=8, dtype="float16", classes=("cat", "dog")):
-    return CacheHeader(dim=dim, dtype=dtype, fingerprint=FP, fingerprint_json=canonical_json(FP),
-                       fingerprint_digest=fingerprint_digest(FP), class_names=classes, root="/data")
+    return CacheHeader(dim=dim, dtype=dtype, fingerprint=FP, class_names=classes, root="/data")
 
 
 def write_rows(path, batches=3, rows=4, dim=8, failed=()):

@@ -10,7 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from headstart.cache import CacheHeader, CacheWriter, canonical_json, fingerprint_digest
+from headstart.cache import CacheHeader, CacheWriter
 from headstart.cli_heads import register
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -26,8 +26,7 @@ def write_cache(path, n=300, fp=FP, seed=0):
     y = rng.integers(0, 2, n)
     X = (5 + np.random.default_rng(0).normal(0, 0.6, (2, 32))[y] + rng.normal(0, 1, (n, 32))).astype(np.float32)
     header = CacheHeader(
-        dim=32, dtype="float16", fingerprint=fp, fingerprint_json=canonical_json(fp),
-        fingerprint_digest=fingerprint_digest(fp), class_names=("cat", "dog"), root="/data/pets",
+        dim=32, dtype="float16", fingerprint=fp, class_names=("cat", "dog"), root="/data/pets",
     )
     with CacheWriter(path, header) as w:
         w.append(X, y, [f"{'cd'[k]}/{i}.jpg" for i, k in enumerate(y)])
@@ -156,8 +155,7 @@ def picture_run(tmp_path_factory):
     fp = config.fingerprint()
     tmp = tmp_path_factory.mktemp("pictures")
     header = CacheHeader(
-        dim=res.features.shape[1], dtype="float16", fingerprint=fp, fingerprint_json=canonical_json(fp),
-        fingerprint_digest=fingerprint_digest(fp), class_names=("Cat", "Dog"), root=str(root),
+        dim=res.features.shape[1], dtype="float16", fingerprint=fp, class_names=("Cat", "Dog"), root=str(root),
     )
     with CacheWriter(tmp / "pets.h5", header) as w:
         ok = [Path(p) for p in res.ok]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from headstart.cache import CacheHeader, CacheWriter, canonical_json, fingerprint_digest, open_cache
+from headstart.cache import CacheHeader, CacheWriter, open_cache
 from headstart.errors import CacheError, CacheMismatchError, HeadstartError, RunError
 from headstart.heads import runs
 from headstart.heads.estimators import HeadError, LogRegHead
@@ -31,8 +31,7 @@ def features(n=600, dim=64, classes=3, seed=0, sep=0.4):
 def write_cache(path, X, y, *, classes=CLASSES, fp=FP, root="/data/pets", prefix="p"):
     paths = [f"{classes[k]}/{prefix}{i}.jpg" for i, k in enumerate(y)]
     header = CacheHeader(
-        dim=X.shape[1], dtype="float16", fingerprint=fp, fingerprint_json=canonical_json(fp),
-        fingerprint_digest=fingerprint_digest(fp), class_names=tuple(classes), root=str(root),
+        dim=X.shape[1], dtype="float16", fingerprint=fp, class_names=tuple(classes), root=str(root),
     )
     with CacheWriter(path, header) as w:
         for s in range(0, len(y), 100):  # several commits, as extract makes them
@@ -270,8 +269,7 @@ def test_evaluate_after_pictures_are_added_keeps_the_old_test_split(tmp_path):
         old_test = {p for p, k in zip(c.paths, assign(c.paths, SplitSpec())) if k == 2}
     X2, y2 = features(200, seed=9)
     header = CacheHeader(
-        dim=64, dtype="float16", fingerprint=FP, fingerprint_json=canonical_json(FP),
-        fingerprint_digest=fingerprint_digest(FP), class_names=CLASSES, root="/data/pets",
+        dim=64, dtype="float16", fingerprint=FP, class_names=CLASSES, root="/data/pets",
     )
     new_paths = [f"{CLASSES[k]}/new{i}.jpg" for i, k in enumerate(y2)]
     with CacheWriter(path, header) as w:  # extract run again over a folder with more pictures
@@ -337,8 +335,7 @@ def picture_run(tmp_path_factory):
     fp = config.fingerprint()
     tmp = tmp_path_factory.mktemp("pictures")
     header = CacheHeader(
-        dim=res.features.shape[1], dtype="float16", fingerprint=fp, fingerprint_json=canonical_json(fp),
-        fingerprint_digest=fingerprint_digest(fp), class_names=("Cat", "Dog"), root=str(root),
+        dim=res.features.shape[1], dtype="float16", fingerprint=fp, class_names=("Cat", "Dog"), root=str(root),
     )
     with CacheWriter(tmp / "pets.h5", header) as w:
         w.append(res.features, [int(p.parent.name == "Dog") for p in ok], [p.relative_to(root).as_posix() for p in ok])
@@ -410,8 +407,7 @@ def test_real_pictures_with_imagenet_weights_end_to_end(tmp_path):
     ok = [Path(p) for p in res.ok]
     fp = config.fingerprint()
     header = CacheHeader(
-        dim=res.features.shape[1], dtype="float16", fingerprint=fp, fingerprint_json=canonical_json(fp),
-        fingerprint_digest=fingerprint_digest(fp), class_names=("Cat", "Dog"), root=str(root),
+        dim=res.features.shape[1], dtype="float16", fingerprint=fp, class_names=("Cat", "Dog"), root=str(root),
     )
     with CacheWriter(tmp_path / "pets.h5", header) as w:
         w.append(res.features, [int(p.parent.name == "Dog") for p in ok], [p.relative_to(root).as_posix() for p in ok])

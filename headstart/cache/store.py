@@ -39,6 +39,7 @@ from typing import Any, Iterator, Sequence
 import h5py
 import numpy as np
 
+from headstart.cache.fingerprint import canonical_json, fingerprint_digest
 from headstart.errors import CacheBusyError, CacheError
 
 try:  # POSIX advisory locks; Windows runs without the cross-process guard.
@@ -237,11 +238,17 @@ class CacheHeader:
     dim: int
     dtype: str
     fingerprint: dict[str, Any]
-    fingerprint_json: str
-    fingerprint_digest: str
     class_names: tuple[str, ...]
     root: str
     weights_path: str | None = None  # where the weights file was; its hash is in the fingerprint
+
+    @property
+    def fingerprint_json(self) -> str:
+        return canonical_json(self.fingerprint)
+
+    @property
+    def fingerprint_digest(self) -> str:
+        return fingerprint_digest(self.fingerprint)
 
 
 class CacheWriter:

@@ -298,8 +298,6 @@ def extract(
         dim=dim,
         dtype=config.dtype,
         fingerprint=config.fingerprint(),
-        fingerprint_json=config.fingerprint_json(),
-        fingerprint_digest=config.digest(),
         class_names=tuple(class_names),
         root=str(source.resolve()),
         weights_path=config.weights_path,
