@@ -65,36 +65,29 @@ class TimedEmbedder:
 
 
 @contextlib.contextmanager
-def prebuilt_embedder(embedder, write_seconds: list[float] | None = None):
-    """Make `runner.extract` use ``embedder`` (already built and warm) instead of building its own.
-
-    With ``write_seconds``, the time spent in the cache writer's append/add_failed/commit is
-    added to ``write_seconds[0]``. Only the benchmark's process is patched, and only inside the block.
-    """
+def timed_writes(write_seconds: list[float]):
+    """Add the time `runner.extract` spends in the cache writer's append/add_failed/commit to
+    ``write_seconds[0]``. Only the benchmark's process is patched, and only inside the block."""
     from headstart.extractor import runner
 
-    saved_embedder, saved_writer = runner.Embedder, runner.CacheWriter
-    runner.Embedder = lambda config, batch_size: embedder
-    if write_seconds is not None:
-        base = saved_writer
+    base = runner.CacheWriter
 
-        def timed(name):
-            method = getattr(base, name)
+    def timed(name):
+        method = getattr(base, name)
 
-            def wrapper(self, *a, **k):
-                t0 = time.perf_counter()
-                try:
-                    return method(self, *a, **k)
-                finally:
-                    write_seconds[0] += time.perf_counter() - t0
-            return wrapper
+        def wrapper(self, *a, **k):
+            t0 = time.perf_counter()
+            try:
+                return method(self, *a, **k)
+            finally:
+                write_seconds[0] += time.perf_counter() - t0
+        return wrapper
 
-        methods = {name: timed(name) for name in ("append", "add_failed", "commit")}
-        runner.CacheWriter = type("TimedCacheWriter", (base,), methods)
+    runner.CacheWriter = type("TimedCacheWriter", (base,), {n: timed(n) for n in ("append", "add_failed", "commit")})
     try:
         yield
     finally:
-        runner.Embedder, runner.CacheWriter = saved_embedder, saved_writer
+        runner.CacheWriter = base
 
 
 def warm_embedder(config, batch_size: int):
@@ -133,8 +126,9 @@ def part_a(args, config, data: Path, work: Path, info: dict) -> dict:
         model_runs.append(sw.seconds)
         timed = TimedEmbedder(embedder)
         write_s = [0.0]
-        with prebuilt_embedder(timed, write_s), Stopwatch() as sw:
-            res = extract(data, work / f"pipeline-{r}.h5", config, batch_size=args.batch_size, workers=workers)
+        with timed_writes(write_s), Stopwatch() as sw:  # extract is handed the built, warm model
+            res = extract(data, work / f"pipeline-{r}.h5", config, batch_size=args.batch_size, workers=workers,
+                          embedder=timed)
         assert res.extracted == n, (res.extracted, n, res.failed[:3])
         pipe_runs.append({"seconds": sw.seconds, "model_s": timed.seconds, "write_s": write_s[0]})
     model_s = min(model_runs)
@@ -231,8 +225,9 @@ def child(args) -> None:
 
         embedder, _, _ = warm_embedder(config, args.batch_size)
         out.update(_before_run())
-        with tempfile.TemporaryDirectory() as tmp, prebuilt_embedder(embedder), Stopwatch() as sw:
-            res = extract(data, Path(tmp) / "features.h5", config, batch_size=args.batch_size, workers=args.workers)
+        with tempfile.TemporaryDirectory() as tmp, Stopwatch() as sw:
+            res = extract(data, Path(tmp) / "features.h5", config, batch_size=args.batch_size, workers=args.workers,
+                          embedder=embedder)
         out["features"] = res.extracted
     else:
         import keras

@@ -184,3 +184,19 @@ def test_a_file_name_that_is_not_utf8_is_recorded_not_fatal(image_folder, tiny_c
     assert res.failed[0][0] == "cat/bad-\ufffd-name.jpg" and "not valid UTF-8" in res.failed[0][1]
     again = extract(image_folder, out, tiny_config, batch_size=4)
     assert (again.extracted, again.skipped, again.already) == (0, 0, 13)
+
+
+def test_one_model_for_several_folders(tmp_path, tiny_config, monkeypatch):
+    from headstart.errors import HeadstartError
+    from headstart.extractor import backbones
+    from headstart.extractor.runner import Embedder
+
+    embedder = Embedder(tiny_config, 4)
+    monkeypatch.setattr(backbones, "build_model", lambda config: pytest.fail("built a second model"))
+    a = make_images(tmp_path / "a", per_class=2)
+    b = make_images(tmp_path / "b", per_class=3, seed=1)
+    assert extract(a, tmp_path / "a.h5", embedder=embedder).extracted == 4
+    assert extract(b, tmp_path / "b.h5", tiny_config, embedder=embedder).extracted == 6
+    other = make_config("tiny", weights="none", precision="float32", resize="crop")
+    with pytest.raises(HeadstartError, match="same extraction config"):
+        extract(b, tmp_path / "c.h5", other, embedder=embedder)

@@ -270,28 +270,32 @@ def extract(
     prune: bool = False,
     progress: Progress | None = None,
     commit_seconds: float = COMMIT_SECONDS,
+    embedder: Embedder | None = None,
 ) -> ExtractResult:
     """Extract features of every picture under ``source`` into the cache ``out``.
 
     Resumes (or updates) an existing cache made with the same ``config``; refuses one made
     with other settings unless ``overwrite``. Unreadable pictures are recorded, not fatal.
     Rows become durable at least every ``commit_seconds`` (and at the end, and on Ctrl-C).
+    ``embedder``: an `Embedder` already built for ``config`` (to extract several folders with one
+    model); by default one is built here, and only if there is something to extract.
     """
     from headstart.extractor.backbones import make_config
 
     t0 = time.perf_counter()
     source, out = Path(source), Path(out)
-    config = config or make_config()
+    config = config or (embedder.config if embedder else make_config())
+    if embedder is not None and embedder.config != config:
+        raise HeadstartError("Expected an embedder built for the same extraction config as the one given.")
     dataset = scan_dataset(source, exclude=exclude, limit_per_class=limit_per_class)
     if out.exists() and out.is_dir():
         raise DatasetError(f"Expected --out to be a file path. Received: {out} (a folder).")
-    embedder = None
     header_probe = None
     # The header needs the feature size; reuse the cache's when resuming, else build the model.
     if out.exists() and not overwrite:
         header_probe = _check_existing(out, config, dataset.class_names)
     if header_probe is None:
-        embedder = Embedder(config, batch_size)
+        embedder = embedder or Embedder(config, batch_size)
         header_probe = (embedder.dim, list(dataset.class_names))
     dim, class_names = header_probe
     header = CacheHeader(
