@@ -319,7 +319,31 @@ def _batches_class():
     return Batches
 
 
-class _KerasHead(ClassifierMixin, BaseEstimator):
+class _Head(ClassifierMixin, BaseEstimator):
+    """What every head shares: prediction from ``_proba_rows`` (standardized rows → probabilities),
+    a block of rows at a time."""
+
+    def _proba_rows(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Probability of each class, columns in the order of ``classes_``."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=_DTYPES)
+        return np.concatenate([self._proba_rows(X[s : s + PREDICT_ROWS]) for s in range(0, len(X), PREDICT_ROWS)])
+
+    def predict_proba_source(self, source: RowSource) -> np.ndarray:
+        check_is_fitted(self)
+        parts = [self._proba_rows(block) for block in iter_blocks(source)]
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.classes_)))
+
+    def predict(self, X) -> np.ndarray:
+        """The most probable class of each row."""
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+
+class _KerasHead(_Head):
     """Shared fitting, prediction and pickling of the Keras heads; subclasses build the model."""
 
     _name = ""
@@ -420,21 +444,6 @@ class _KerasHead(ClassifierMixin, BaseEstimator):
         p = keras.ops.convert_to_numpy(out).astype(np.float64)
         return p / p.sum(axis=1, keepdims=True)
 
-    def predict_proba(self, X) -> np.ndarray:
-        """Probability of each class, columns in the order of ``classes_``."""
-        check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=_DTYPES)
-        return np.concatenate([self._proba_rows(X[s : s + PREDICT_ROWS]) for s in range(0, len(X), PREDICT_ROWS)])
-
-    def predict_proba_source(self, source: RowSource) -> np.ndarray:
-        check_is_fitted(self)
-        parts = [self._proba_rows(block) for block in iter_blocks(source)]
-        return np.concatenate(parts) if parts else np.zeros((0, len(self.classes_)))
-
-    def predict(self, X) -> np.ndarray:
-        """The most probable class of each row."""
-        proba = self.predict_proba(X)
-        return self.classes_[np.argmax(proba, axis=1)]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -542,7 +551,7 @@ def _log_loss(p: np.ndarray, y_idx: np.ndarray, weights: np.ndarray | None = Non
     return float((ll * w).sum() / w.sum())
 
 
-class LogRegHead(ClassifierMixin, BaseEstimator):
+class LogRegHead(_Head):
     """Multinomial logistic regression on standardized features; ``C`` chosen on validation.
 
     With ``C=None`` the regularization path ``Cs`` is fitted from strongest to weakest (each fit
@@ -676,21 +685,6 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
     def _proba_rows(self, X: np.ndarray) -> np.ndarray:
         return self.model_.predict_proba(self.scaler_.transform(X))
 
-    def predict_proba(self, X) -> np.ndarray:
-        """Probability of each class, columns in the order of ``classes_``."""
-        check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=_DTYPES)
-        return np.concatenate([self._proba_rows(X[s : s + PREDICT_ROWS]) for s in range(0, len(X), PREDICT_ROWS)])
-
-    def predict_proba_source(self, source: RowSource) -> np.ndarray:
-        check_is_fitted(self)
-        parts = [self._proba_rows(block) for block in iter_blocks(source)]
-        return np.concatenate(parts) if parts else np.zeros((0, len(self.classes_)))
-
-    def predict(self, X) -> np.ndarray:
-        """The most probable class of each row."""
-        proba = self.predict_proba(X)
-        return self.classes_[np.argmax(proba, axis=1)]
 
 
 # -- registry, save, load ----------------------------------------------------------------------
