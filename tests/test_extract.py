@@ -200,3 +200,54 @@ def test_one_model_for_several_folders(tmp_path, tiny_config, monkeypatch):
     other = make_config("tiny", weights="none", precision="float32", resize="crop")
     with pytest.raises(HeadstartError, match="same extraction config"):
         extract(b, tmp_path / "c.h5", other, embedder=embedder)
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_never_damages_the_cache(tmp_path):
+    """Ten kills at random moments of the extraction loop (not at chosen row counts): every time
+    the cache opens with one path per row, and the final rows equal a clean run's."""
+    import random
+
+    rng = random.Random(0)
+    src = make_images(tmp_path / "images", per_class=400, size=(240, 320))
+    out = tmp_path / "killed.h5"
+    for _ in range(10):
+        before = _committed(out)
+        if before == 800:
+            break
+        proc = subprocess.Popen(_extract_cmd(src, out), env=KILLER_ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while _committed(out) <= before and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)  # wait until this run is extracting ...
+        time.sleep(rng.uniform(0.0, 0.3))  # ... then kill it at a random moment
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with open_cache(out) as c:  # never unreadable, never a row without its path
+            assert len(c) == len(c.paths) <= 800 and len(c.labels) == len(c)
+    assert subprocess.run(_extract_cmd(src, out), env=KILLER_ENV, capture_output=True).returncode == 0
+    clean = tmp_path / "clean.h5"
+    assert subprocess.run(_extract_cmd(src, clean), env=KILLER_ENV, capture_output=True).returncode == 0
+    a, b = rows_by_path(out), rows_by_path(clean)
+    assert len(a) == 800 and a.keys() == b.keys()
+    for p in a:
+        np.testing.assert_array_equal(a[p][1], b[p][1])
+
+
+def test_a_reader_in_another_process_does_not_block_the_writer(image_folder, tiny_config, tmp_path):
+    """`headstart info` or a training run may have the cache open while an update starts."""
+    out = tmp_path / "c.h5"
+    extract(image_folder, out, tiny_config, batch_size=4, limit_per_class=2)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from headstart import open_cache\n"
+         "with open_cache(sys.argv[1]) as c:\n    print(len(c), flush=True); time.sleep(30)", str(out)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert reader.stdout.readline().strip() == "4"  # the reader has the file open now
+        assert extract(image_folder, out, tiny_config, batch_size=4).extracted == 8
+    finally:
+        reader.kill()
+        reader.wait()
+    with open_cache(out) as c:
+        assert len(c) == 12 and c.complete

@@ -50,6 +50,11 @@ except ImportError:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+LOCKING = False
+"""HDF5's own file locks are off for every open: a reader (``headstart info``, a training run)
+holding a shared lock made a starting writer fail, and the reverse. One writer at a time is kept
+by our ``.lock`` file instead; SWMR keeps readers consistent without locks (HDF5's locks only help
+callers follow SWMR rules), and a reader falls back to SWMR mode on a file being written."""
 CHUNK_BYTES = 1 << 20
 _STR = h5py.string_dtype("utf-8")
 _COMMIT_ROWS, _COMMIT_FAILED, _COMPLETE = 0, 1, 2
@@ -63,6 +68,7 @@ def _is_open_for_write_error(err: OSError) -> bool:
 def _latest_fapl() -> h5py.h5p.PropFAID:
     fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
     fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    fapl.set_file_locking(False, True)  # see LOCKING
     return fapl
 
 
@@ -107,7 +113,7 @@ def _write_empty(
 ) -> h5py.File:
     """Create every dataset of the schema with zero rows; returns the open file."""
     try:
-        f = h5py.File(path, "w", libver="latest")
+        f = h5py.File(path, "w", libver="latest", locking=LOCKING)
     except OSError as err:
         raise CacheError(f"Cannot create the cache {path}: {err}.") from None
     try:
@@ -142,12 +148,12 @@ def _open_any(path: Path) -> h5py.File:
     if not path.exists():
         raise CacheError(f"Expected a feature cache file. Received: {path} (no such file).")
     try:
-        return h5py.File(path, "r")
+        return h5py.File(path, "r", locking=LOCKING)
     except OSError as err:
         if not _is_open_for_write_error(err):
             raise CacheError(f"Expected an HDF5 feature cache. Received: {path} ({err}).") from err
     try:
-        return h5py.File(path, "r", swmr=True)
+        return h5py.File(path, "r", swmr=True, locking=LOCKING)
     except OSError as err:
         raise CacheError(f"Cannot read the feature cache {path}: {err}.") from err
 
