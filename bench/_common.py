@@ -285,6 +285,15 @@ def emit_json(result: dict[str, Any], path: Path | None) -> None:
     print("JSON " + text, flush=True)
 
 
+def finish(result: dict[str, Any], t_start: float, cores: int, path: Path | None) -> None:
+    """The closing lines of every benchmark: wall time, load at the end, and the JSON line."""
+    result["wall_s"] = time.perf_counter() - t_start
+    result["load_average_end"] = load_average()
+    print(describe_load(cores) + " (at the end)")
+    print(f"\nwhole benchmark: {result['wall_s']:.0f} s")
+    emit_json(result, path)
+
+
 class Stopwatch:
     """``with Stopwatch() as sw: ...`` then ``sw.seconds``."""
 

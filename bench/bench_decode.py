@@ -17,8 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    Stopwatch, add_common_options, cpu_cores, describe_device, describe_load, device_info, emit_json,
-    load_average, make_dataset, resolve_common, source_pictures, table,
+    finish,
+    Stopwatch, add_common_options, cpu_cores, describe_device, describe_load, device_info, load_average, make_dataset, resolve_common, source_pictures, table,
 )
 
 DEFAULT_N = {"mobilenet": 300, "vgg16": 300}
@@ -156,11 +156,7 @@ def main(argv=None) -> None:
                     [[w, r, r / base, r / w, r / base / w] for w, r in scaling.items()], 2))
         result["scaling_pps"] = {str(w): r for w, r in scaling.items()}
         result["scaling_speedup"] = {str(w): r / base for w, r in scaling.items()}
-    result["wall_s"] = time.perf_counter() - t_start
-    result["load_average_end"] = load_average()
-    print(describe_load(info["cpu_cores"]) + " (at the end)")
-    print(f"\nwhole benchmark: {result['wall_s']:.0f} s")
-    emit_json(result, args.json)
+    finish(result, t_start, info["cpu_cores"], args.json)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    Stopwatch, add_common_options, dataset_paths, describe_device, describe_load, device_info, emit_json,
-    load_average, make_dataset, model_config, peak_rss_mb, peak_rss_since_reset_mb, reset_peak_rss,
+    finish,
+    Stopwatch, add_common_options, dataset_paths, describe_device, describe_load, device_info, load_average, make_dataset, model_config, peak_rss_mb, peak_rss_since_reset_mb, reset_peak_rss,
     resolve_common, rss_mb, source_pictures, table,
 )
 
@@ -362,11 +362,7 @@ def main(argv=None) -> None:
                 print_part_b(b)
             if "c" in args.parts:
                 print_part_c(b, result["c"])
-    result["wall_s"] = time.perf_counter() - t_start
-    result["load_average_end"] = load_average()
-    print(describe_load(info["cpu_cores"]) + " (at the end)")
-    print(f"\nwhole benchmark: {result['wall_s']:.0f} s")
-    emit_json(result, args.json)
+    finish(result, t_start, info["cpu_cores"], args.json)
 
 
 if __name__ == "__main__":

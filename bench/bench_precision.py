@@ -18,7 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    Stopwatch, add_common_options, describe_device, describe_load, device_info, emit_json, fmt, load_average,
+    finish,
+    Stopwatch, add_common_options, describe_device, describe_load, device_info, fmt, load_average,
     make_dataset, model_config, resolve_common, source_pictures, table,
 )
 
@@ -152,11 +153,7 @@ def main(argv=None) -> None:
     else:
         print("accuracy: not measured (needs real MobileNet weights and real pictures; random weights or "
               "synthetic pictures give chance level).")
-    result["wall_s"] = time.perf_counter() - t_start
-    result["load_average_end"] = load_average()
-    print(describe_load(info["cpu_cores"]) + " (at the end)")
-    print(f"\nwhole benchmark: {result['wall_s']:.0f} s")
-    emit_json(result, args.json)
+    finish(result, t_start, info["cpu_cores"], args.json)
 
 
 if __name__ == "__main__":
