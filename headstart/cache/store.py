@@ -56,6 +56,7 @@ holding a shared lock made a starting writer fail, and the reverse. One writer a
 by our ``.lock`` file instead; SWMR keeps readers consistent without locks (HDF5's locks only help
 callers follow SWMR rules), and a reader falls back to SWMR mode on a file being written."""
 CHUNK_BYTES = 1 << 20
+CHUNKS_PER_READ = 8  # rows are read back 8 chunks (~8 MiB) at a time
 _STR = h5py.string_dtype("utf-8")
 _COMMIT_ROWS, _COMMIT_FAILED, _COMPLETE = 0, 1, 2
 
@@ -210,8 +211,9 @@ def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
         )
         try:
             kept = 0
-            for start in range(0, n_rows, rows * 8):
-                stop = min(n_rows, start + rows * 8)
+            step = rows * CHUNKS_PER_READ
+            for start in range(0, n_rows, step):
+                stop = min(n_rows, start + step)
                 mask = keep[start:stop]
                 if not mask.any():
                     continue
@@ -528,6 +530,11 @@ class CacheReader:
     def chunk_rows(self) -> int:
         return int(self.features.chunks[0])
 
+    @property
+    def block_rows(self) -> int:
+        """Rows in one read-back block (whole chunks, about 8 MiB)."""
+        return self.chunk_rows * CHUNKS_PER_READ
+
     def read(self, start: int = 0, stop: int | None = None, dtype=np.float32) -> np.ndarray:
         """Rows ``start:stop`` of the committed features, converted to ``dtype``."""
         stop = self._n if stop is None else min(stop, self._n)
@@ -541,7 +548,7 @@ class CacheReader:
         out = np.empty((len(idx), self.dim), dtype=dtype)
         order = np.argsort(idx, kind="stable")
         sorted_idx = idx[order]
-        block = self.chunk_rows * 8
+        block = self.block_rows
         i = 0
         while i < len(sorted_idx):
             lo = sorted_idx[i] - sorted_idx[i] % block
@@ -553,7 +560,7 @@ class CacheReader:
 
     def iter_chunks(self, rows: int | None = None, dtype=np.float32) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, features)`` blocks covering every committed row, in order."""
-        rows = rows or self.chunk_rows * 8
+        rows = rows or self.block_rows
         for start in range(0, self._n, rows):
             yield start, self.read(start, start + rows, dtype=dtype)
 

@@ -114,6 +114,16 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 
+def get_layer(spec: Backbone, name: str) -> Layer:
+    """The feature layer ``name`` of a backbone, or a `BackboneError` listing the ones it has."""
+    try:
+        return spec.layers[name]
+    except KeyError:
+        raise BackboneError(
+            f"Expected a layer of {spec.name} among {', '.join(spec.layers)}. Received: {name!r}."
+        ) from None
+
+
 def get_backbone(name: str) -> Backbone:
     try:
         return BACKBONES[name]
@@ -151,11 +161,7 @@ def build_model(config: ExtractionConfig):
     import keras
 
     spec = get_backbone(config.backbone)
-    layer = spec.layers.get(config.layer)
-    if layer is None:
-        raise BackboneError(
-            f"Expected a layer of {spec.name} among {', '.join(spec.layers)}. Received: {config.layer!r}."
-        )
+    layer = get_layer(spec, config.layer)
     if config.weights == IMAGENET:
         weights = "imagenet"
     elif config.weights == RANDOM_WEIGHTS:
@@ -263,8 +269,7 @@ def make_config(
 
     spec = get_backbone(backbone)
     layer = layer or spec.default_layer
-    if layer not in spec.layers:
-        raise BackboneError(f"Expected a layer of {spec.name} among {', '.join(spec.layers)}. Received: {layer!r}.")
+    get_layer(spec, layer)
     if spec.alphas:
         alpha = 1.0 if alpha is None else float(alpha)
         if alpha not in spec.alphas:

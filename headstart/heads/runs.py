@@ -208,7 +208,7 @@ class CacheSource:
         self.labels = cache.labels[self._rows] if labels is None else np.asarray(labels)
         self.n_features = cache.dim
         n = len(self._rows)
-        group = self._rows // (cache.chunk_rows * 8)
+        group = self._rows // cache.block_rows
         cuts = np.flatnonzero(np.diff(group)) + 1
         self._starts = np.concatenate([[0], cuts]).astype(np.int64) if n else np.zeros(0, np.int64)
         stops = np.concatenate([cuts, [n]]).astype(np.int64) if n else np.zeros(0, np.int64)
@@ -482,10 +482,6 @@ def _plot_run(folder: Path, head: str, history, metrics, class_names, chosen) ->
                                title=f"{head}: {shown} split, ECE {m['ece']:.3f}")
 
 
-def _open(cache_path: str | os.PathLike) -> CacheReader:
-    return open_cache(cache_path)
-
-
 def train(
     cache_path: str | os.PathLike,
     head: str = "logreg",
@@ -504,7 +500,7 @@ def train(
     out = Path(out)
     make_head(head, **dict(params or {}))  # bad options fail before the cache is read
     _check_out(out, RUN_JSON)
-    with _open(cache_path) as cache:
+    with open_cache(cache_path) as cache:
         data = _prepare(cache, split, stream)
         return _fit_one(data, head, dict(params or {}), out, plots)
 
@@ -540,7 +536,7 @@ def compare(
     _check_out(out, COMPARISON_JSON)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
-    with _open(cache_path) as cache:
+    with open_cache(cache_path) as cache:
         data = _prepare(cache, split, stream)
         if data.streamed and "logreg" in heads:
             log.warning("the cache is streamed from disk; logreg needs memory and is left out")
@@ -643,7 +639,7 @@ def evaluate(run_dir: str | os.PathLike, cache_path: str | os.PathLike | None = 
     if not own and path.exists() and Path(info["cache"]["path"]).exists():
         own = os.path.samefile(path, info["cache"]["path"])
     class_names = list(info["class_names"])
-    with _open(path) as cache:
+    with open_cache(path) as cache:
         _check_fingerprint(info, cache)
         mapping = _label_map(class_names, cache)
         excluded = 0
@@ -782,7 +778,7 @@ def misclassified(
     run_dir = Path(run_dir)
     info, head = load_run(run_dir)
     class_names = list(info["class_names"])
-    with _open(_run_cache_path(info, run_dir)) as cache:
+    with open_cache(_run_cache_path(info, run_dir)) as cache:
         _check_fingerprint(info, cache)
         mapping = _label_map(class_names, cache)
         rows = _test_rows(info, cache)
