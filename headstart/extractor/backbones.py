@@ -18,10 +18,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Layer:
-    """A feature layer: whether it needs the classifier top, and whether to average-pool it."""
+    """A feature layer: whether it needs the classifier top, and whether to average-pool it.
+
+    ``output``: the feature is the model's own output (ConvNeXt's pooled, layer-normalised last
+    stage, whose Keras layer has no stable name) instead of the layer of that name."""
 
     include_top: bool = False
     pooling: str | None = None
+    output: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,24 @@ def _mobilenet_file(config: ExtractionConfig, top: bool) -> str:
     return f"mobilenet_{alpha}_{config.input_size}_tf{'' if top else '_no_top'}.h5"
 
 
+def _application(model: str, **kwargs) -> Callable:
+    """``make`` for a `keras.applications` model cut at its pooled last stage (no top)."""
+
+    def make(include_top: bool, weights, config: ExtractionConfig):
+        import keras
+
+        size = config.input_size
+        return getattr(keras.applications, model)(
+            include_top=False, weights=weights, input_shape=(size, size, 3), pooling="avg", **kwargs
+        )
+
+    return make
+
+
+def _named_file(name: str) -> Callable[[ExtractionConfig, bool], str]:
+    return lambda config, top: name
+
+
 def _tiny(include_top: bool, weights, config: ExtractionConfig):
     """A few-thousand-parameter conv net for tests and smoke runs; random weights only."""
     import keras
@@ -102,6 +124,47 @@ BACKBONES: dict[str, Backbone] = {
         preprocessing="keras.applications.mobilenet.preprocess_input",
         weights_file=_mobilenet_file,
         alphas=(0.25, 0.5, 0.75, 1.0),
+    ),
+    "resnet50": Backbone(
+        name="resnet50",
+        make=_application("ResNet50"),
+        layers={"avg_pool": Layer(pooling="avg")},
+        default_layer="avg_pool",
+        preprocessing="keras.applications.resnet50.preprocess_input",
+        weights_file=_named_file("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    ),
+    "efficientnetv2_b0": Backbone(
+        name="efficientnetv2_b0",
+        make=_application("EfficientNetV2B0"),
+        layers={"avg_pool": Layer(pooling="avg")},
+        default_layer="avg_pool",
+        preprocessing="keras.applications.efficientnet_v2.preprocess_input",  # in the model: identity
+        weights_file=_named_file("efficientnetv2-b0_notop.h5"),
+    ),
+    "efficientnetv2_s": Backbone(
+        name="efficientnetv2_s",
+        make=_application("EfficientNetV2S"),
+        layers={"avg_pool": Layer(pooling="avg")},
+        default_layer="avg_pool",
+        preprocessing="keras.applications.efficientnet_v2.preprocess_input",
+        input_size=384,
+        weights_file=_named_file("efficientnetv2-s_notop.h5"),
+    ),
+    "convnext_tiny": Backbone(
+        name="convnext_tiny",
+        make=_application("ConvNeXtTiny"),
+        layers={"head_layernorm": Layer(pooling="avg", output=True)},
+        default_layer="head_layernorm",
+        preprocessing="keras.applications.convnext.preprocess_input",  # in the model: identity
+        weights_file=_named_file("convnext_tiny_notop.h5"),
+    ),
+    "mobilenetv3_large": Backbone(
+        name="mobilenetv3_large",
+        make=_application("MobileNetV3Large"),
+        layers={"avg_pool": Layer(pooling="avg")},
+        default_layer="avg_pool",
+        preprocessing="keras.applications.mobilenet_v3.preprocess_input",  # in the model: identity
+        weights_file=_named_file("weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),
     ),
     "tiny": Backbone(
         name="tiny",
@@ -190,7 +253,7 @@ def build_model(config: ExtractionConfig):
                 f"Could not build {spec.name} with weights {config.weights_path or weights}: "
                 f"{str(err).splitlines()[0] if str(err) else type(err).__name__}."
             ) from None
-        out = base.get_layer(config.layer).output
+        out = base.outputs[0] if layer.output else base.get_layer(config.layer).output
         if config.pooling == "avg" and len(out.shape) == 4:
             out = keras.layers.GlobalAveragePooling2D(name="feature_pool")(out)
         out = keras.layers.Activation("linear", dtype="float32", name="features")(out)
