@@ -37,3 +37,7 @@ class DownloadError(HeadstartError):
 
 class RunError(HeadstartError):
     """A run directory is missing files or was made with other settings."""
+
+
+class ExportError(HeadstartError):
+    """A model cannot be exported in the format asked for, or an exported file is not one of ours."""
