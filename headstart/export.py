@@ -79,9 +79,7 @@ PREPROCESSING_LAYERS: dict[str, Callable[[], list]] = {
     "keras.applications.vgg16.preprocess_input": _caffe_layers,
     "keras.applications.resnet50.preprocess_input": _caffe_layers,
     "keras.applications.mobilenet.preprocess_input": _tf_mode_layers,
-    "keras.applications.efficientnet_v2.preprocess_input": _in_model,
-    "keras.applications.convnext.preprocess_input": _in_model,
-    "keras.applications.mobilenet_v3.preprocess_input": _in_model,
+    "in_model": _in_model,
 }
 """The preprocessing of each backbone (by the name the fingerprint records) as Keras layers."""
 

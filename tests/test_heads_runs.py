@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import TINY_FINGERPRINT
 from headstart.cache import CacheHeader, CacheWriter, open_cache
 from headstart.errors import CacheError, CacheMismatchError, HeadstartError, RunError
 from headstart.heads import runs
@@ -16,7 +17,7 @@ from headstart.heads.split import SplitError, SplitSpec, assign
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CLASSES = ("cat", "dog", "fox")
-FP = {"backbone": "tiny", "layer": "embed", "input_size": 32, "weights": "none", "seed": 0}
+FP = TINY_FINGERPRINT
 KERAS = {"epochs": 12, "batch_size": 32, "learning_rate": 0.01, "patience": 3}
 
 

@@ -16,6 +16,11 @@ Layout (schema version 1)::
            created, versions (JSON of library versions), weights_path (where the weights
            file was at extraction; not part of the fingerprint)
 
+Validation. Opening a cache, to read or to append, checks every dataset and attribute once
+(`headstart.cache.validate`): ranks, dtypes, lengths, ``progress`` within them, labels within
+the class list, unique class names, the fingerprint's keys and types, and its digest. A broken
+file is one `CacheError` line naming the file and the rule; after that, readers trust the file.
+
 Crash safety. The writer opens the file in HDF5's single-writer/multiple-reader (SWMR) mode,
 which orders metadata writes so that the file on disk is always a valid HDF5 file, even after a
 ``kill -9``. A batch is written, flushed, and only then counted in ``/progress``; rows past the
@@ -32,6 +37,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -39,7 +45,8 @@ from typing import Any, Iterator, Sequence
 import h5py
 import numpy as np
 
-from headstart.cache.fingerprint import canonical_json, fingerprint_digest
+from headstart.cache import validate as _validate
+from headstart.cache.fingerprint import canonical_json, fingerprint_digest, fingerprint_problem
 from headstart.errors import CacheBusyError, CacheError
 
 try:  # POSIX advisory locks; Windows runs without the cross-process guard.
@@ -50,6 +57,7 @@ except ImportError:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+READABLE_SCHEMAS = (SCHEMA_VERSION,)
 LOCKING = False
 """HDF5's own file locks are off for every open: a reader (``headstart info``, a training run)
 holding a shared lock made a starting writer fail, and the reverse. One writer at a time is kept
@@ -144,34 +152,40 @@ def _create_datasets(f: h5py.File, dim: int, dtype: str, chunk_rows: int, class_
     f.create_dataset("progress", data=np.zeros(3, dtype="int64"))
 
 
+def _check_is_file(path: Path) -> None:
+    """A `CacheError` unless ``path`` is a regular file (or a link to one)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CacheError(f"Expected a feature cache file. Received: {path} (no such file).") from None
+    except OSError as err:  # a symbolic link loop (ELOOP), a path through a file (ENOTDIR), permissions
+        raise CacheError(f"Expected a feature cache file. Received: {path} ({err.strerror or err}).") from None
+    if not stat.S_ISREG(st.st_mode):
+        what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise CacheError(f"Expected a feature cache file. Received: {path} ({what}).")
+
+
 def _open_any(path: Path) -> h5py.File:
     """Open for reading, also a file that a writer holds or left behind after a crash."""
-    if not path.exists():
-        raise CacheError(f"Expected a feature cache file. Received: {path} (no such file).")
+    _check_is_file(path)
     try:
         return h5py.File(path, "r", locking=LOCKING)
     except OSError as err:
         if not _is_open_for_write_error(err):
-            raise CacheError(f"Expected an HDF5 feature cache. Received: {path} ({err}).") from err
+            raise CacheError(f"Expected an HDF5 feature cache. Received: {path} ({_one_line(err)}).") from None
     try:
         return h5py.File(path, "r", swmr=True, locking=LOCKING)
     except OSError as err:
-        raise CacheError(f"Cannot read the feature cache {path}: {err}.") from err
+        raise CacheError(f"Cannot read the feature cache {path}: {_one_line(err)}.") from None
 
 
-def _check_schema(f: h5py.File, path: Path) -> None:
-    missing = [k for k in ("features", "labels", "paths", "class_names", "progress") if k not in f]
-    if missing or "fingerprint" not in f.attrs:
-        raise CacheError(
-            f"Expected a headstart feature cache. Received: {path} "
-            f"(an HDF5 file without {', '.join(missing) or 'a fingerprint'})."
-        )
-    version = int(f.attrs.get("schema_version", -1))
-    if version != SCHEMA_VERSION:
-        raise CacheError(
-            f"Expected cache schema version {SCHEMA_VERSION}. Received: {path} (version {version}); "
-            "extract again with this version of headstart."
-        )
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _check_schema(f: h5py.File, path: Path) -> _validate.Contents:
+    """Validate the whole file once (see `headstart.cache.validate`); a `CacheError` names what is wrong."""
+    return _validate.check(f, path, READABLE_SCHEMAS)
 
 
 def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
@@ -329,6 +343,9 @@ class CacheWriter:
 
     def _create(self) -> None:
         h = self.header
+        problem = fingerprint_problem(h.fingerprint)
+        if problem:  # a cache we could not read back is never written
+            raise CacheError(f"Expected the settings of a headstart extraction. Received: {problem}.")
         tmp = self.path.with_name(self.path.name + ".new.tmp")
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -366,6 +383,13 @@ class CacheWriter:
             f = self._open_swmr_write()
         try:
             _check_schema(f, self.path)
+            fixed = [name for name in ("features", "labels", "paths", "failed_paths", "failed_reasons")
+                     if f[name].maxshape[0] is not None]
+            if fixed:
+                raise CacheError(
+                    f"Expected a feature cache that can grow. Received: {self.path} (/{fixed[0]} has a fixed "
+                    "size). Extract into another --out, or start again with --overwrite."
+                )
             if f["features"].shape[1] != self.header.dim or f["features"].dtype != np.dtype(self.header.dtype):
                 raise CacheError(
                     f"Expected features of {self.header.dim} x {self.header.dtype} in {self.path}. "
@@ -474,34 +498,37 @@ class CacheWriter:
 class CacheReader:
     """A feature cache opened for reading: features in slices, labels, paths, class names.
 
-    ``features`` is the HDF5 dataset itself (slice it to read rows; it may hold staged rows
-    past ``len(cache)`` while a writer is running, so prefer ``read``/``iter_chunks``).
+    The whole file is validated once when it is opened (`headstart.cache.validate`): what the
+    reader holds after that can be trusted. ``features`` is the HDF5 dataset itself (slice it to
+    read rows; it may hold staged rows past ``len(cache)`` while a writer is running, so prefer
+    ``read``/``take``/``iter_chunks``).
+
+    ``require_finite``: when true, ``read``, ``take`` and ``iter_chunks`` check every block they
+    return and raise a `CacheError` naming the first rows with NaN or infinite features (no second
+    pass over the file); `check_finite` makes that pass on its own.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, require_finite: bool = False):
         self.path = Path(path)
+        self.require_finite = require_finite
         self._f = _open_any(self.path)
         try:
-            _check_schema(self._f, self.path)
-            f = self._f
-            n_rows, n_failed, complete = (int(v) for v in f["progress"][:])
-            self._n = n_rows
-            self.complete = bool(complete)
-            self.features = f["features"]
-            self.labels = f["labels"][:n_rows].astype(np.int64)
-            self.paths: list[str] = f["paths"].asstr()[:n_rows].tolist()
-            self.class_names: list[str] = f["class_names"].asstr()[:].tolist()
-            self.failed: list[tuple[str, str]] = list(
-                zip(f["failed_paths"].asstr()[:n_failed], f["failed_reasons"].asstr()[:n_failed])
-            )
-            self.fingerprint_json: str = f.attrs["fingerprint"]
-            self.fingerprint: dict[str, Any] = json.loads(self.fingerprint_json)
-            self.fingerprint_digest: str = f.attrs["fingerprint_digest"]
-            self.root: str = f.attrs["root"]
-            self.created: str = f.attrs["created"]
-            self.versions: dict[str, str] = json.loads(f.attrs["versions"])
-            self.weights_path: str | None = f.attrs.get("weights_path", "") or None
-            self.schema_version = int(f.attrs["schema_version"])
+            c = _check_schema(self._f, self.path)
+            self._n = c.n_rows
+            self.complete = c.complete
+            self.features = self._f["features"]
+            self.labels = c.labels
+            self.paths: list[str] = c.paths
+            self.class_names: list[str] = c.class_names
+            self.failed: list[tuple[str, str]] = c.failed
+            self.fingerprint_json: str = c.fingerprint_json
+            self.fingerprint: dict[str, Any] = c.fingerprint
+            self.fingerprint_digest: str = c.fingerprint_digest
+            self.root: str = c.root
+            self.created: str = c.created
+            self.versions: dict[str, str] = c.versions
+            self.weights_path: str | None = c.weights_path
+            self.schema_version = c.schema_version
         except BaseException:
             self._f.close()
             raise
@@ -528,17 +555,40 @@ class CacheReader:
 
     @property
     def chunk_rows(self) -> int:
-        return int(self.features.chunks[0])
+        chunks = self.features.chunks
+        return int(chunks[0]) if chunks else chunk_rows_for(self.dim, self.dtype)
 
     @property
     def block_rows(self) -> int:
         """Rows in one read-back block (whole chunks, about 8 MiB)."""
         return self.chunk_rows * CHUNKS_PER_READ
 
+    def _rows(self, start: int, stop: int) -> np.ndarray:
+        """Raw rows ``start:stop`` from the file; an HDF5 read error becomes a `CacheError`."""
+        try:
+            return self.features[start:stop]
+        except (OSError, RuntimeError) as err:
+            raise CacheError(
+                f"Cannot read rows {start}-{stop} of the feature cache {self.path}: {_one_line(err)}. "
+                "The file is damaged: extract it again (extract --overwrite)."
+            ) from None
+
+    def _check_block(self, rows: np.ndarray, index: np.ndarray | int) -> None:
+        """A `CacheError` naming the first rows of ``rows`` (file rows ``index``) that are not finite."""
+        ok = np.isfinite(rows).all(axis=1)
+        if ok.all():
+            return
+        bad = np.flatnonzero(~ok)
+        at = (np.asarray(index)[bad] if np.ndim(index) else index + bad).tolist()
+        raise non_finite_error(self, at)
+
     def read(self, start: int = 0, stop: int | None = None, dtype=np.float32) -> np.ndarray:
         """Rows ``start:stop`` of the committed features, converted to ``dtype``."""
         stop = self._n if stop is None else min(stop, self._n)
-        return self.features[start:stop].astype(dtype, copy=False)
+        rows = self._rows(start, stop)
+        if self.require_finite:
+            self._check_block(rows, start)
+        return rows.astype(dtype, copy=False)
 
     def take(self, indices: Sequence[int], dtype=np.float32) -> np.ndarray:
         """Rows at ``indices`` (any order, repeats allowed), read a chunk-sized block at a time."""
@@ -553,8 +603,10 @@ class CacheReader:
         while i < len(sorted_idx):
             lo = sorted_idx[i] - sorted_idx[i] % block
             j = np.searchsorted(sorted_idx, lo + block, side="left")
-            rows = self.features[lo : min(lo + block, self._n)]
-            out[order[i:j]] = rows[sorted_idx[i:j] - lo]
+            rows = self._rows(lo, min(lo + block, self._n))[sorted_idx[i:j] - lo]
+            if self.require_finite:
+                self._check_block(rows, sorted_idx[i:j])
+            out[order[i:j]] = rows
             i = j
         return out
 
@@ -563,6 +615,12 @@ class CacheReader:
         rows = rows or self.block_rows
         for start in range(0, self._n, rows):
             yield start, self.read(start, start + rows, dtype=dtype)
+
+    def check_finite(self) -> None:
+        """One streaming pass over the committed features: a `CacheError` naming the paths of the
+        first rows that hold NaN or infinity (a fit or a score on them would be silently wrong)."""
+        for start in range(0, self._n, self.block_rows):
+            self._check_block(self._rows(start, min(start + self.block_rows, self._n)), start)
 
     def counts(self) -> dict[str, int]:
         """Rows per class name."""
@@ -578,6 +636,20 @@ class CacheReader:
         return self.path.stat().st_size
 
 
-def open_cache(path: str | os.PathLike) -> CacheReader:
-    """Open a feature cache for reading (also one still being written, or left by a crash)."""
-    return CacheReader(path)
+def non_finite_error(cache: CacheReader, rows: Sequence[int], shown: int = 3) -> CacheError:
+    """The error for rows of ``cache`` whose features are NaN or infinite, naming the first few."""
+    names = ", ".join(cache.paths[i] for i in rows[:shown])
+    more = f" and {len(rows) - shown} more in this block" if len(rows) > shown else ""
+    return CacheError(
+        f"Expected finite features in {cache.path}. Received: NaN or infinity in the rows of {names}{more}. "
+        "Extract them again (extract --overwrite), or make a cache without them."
+    )
+
+
+def open_cache(path: str | os.PathLike, *, require_finite: bool = False) -> CacheReader:
+    """Open a feature cache for reading (also one still being written, or left by a crash).
+
+    The file is validated once here; ``require_finite`` makes every read check its rows for
+    NaN / infinity as it goes (see `CacheReader`).
+    """
+    return CacheReader(path, require_finite=require_finite)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 from dataclasses import dataclass, field
 from typing import Callable
@@ -102,6 +101,41 @@ def _tiny(include_top: bool, weights, config: ExtractionConfig):
     return keras.Model(inputs, x, name="tiny")
 
 
+def _vgg16_preprocess(x: np.ndarray) -> np.ndarray:
+    import keras
+
+    return keras.applications.vgg16.preprocess_input(x)
+
+
+def _mobilenet_preprocess(x: np.ndarray) -> np.ndarray:
+    import keras
+
+    return keras.applications.mobilenet.preprocess_input(x)
+
+
+def _resnet50_preprocess(x: np.ndarray) -> np.ndarray:
+    import keras
+
+    return keras.applications.resnet50.preprocess_input(x)
+
+
+def _in_model(x: np.ndarray) -> np.ndarray:
+    """Identity: the backbone rescales 0-255 pixels itself (EfficientNetV2, ConvNeXt, MobileNetV3)."""
+    return x
+
+
+IN_MODEL = "in_model"
+
+PREPROCESSING: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "keras.applications.vgg16.preprocess_input": _vgg16_preprocess,
+    "keras.applications.mobilenet.preprocess_input": _mobilenet_preprocess,
+    "keras.applications.resnet50.preprocess_input": _resnet50_preprocess,
+    IN_MODEL: _in_model,
+}
+"""Every preprocessing a cache may name, keyed by the string its fingerprint holds (the Keras name,
+so caches keep their fingerprints). A new backbone adds one line here and names its key below."""
+
+
 BACKBONES: dict[str, Backbone] = {
     "vgg16": Backbone(
         name="vgg16",
@@ -138,7 +172,7 @@ BACKBONES: dict[str, Backbone] = {
         make=_application("EfficientNetV2B0"),
         layers={"avg_pool": Layer(pooling="avg")},
         default_layer="avg_pool",
-        preprocessing="keras.applications.efficientnet_v2.preprocess_input",  # in the model: identity
+        preprocessing=IN_MODEL,
         weights_file=_named_file("efficientnetv2-b0_notop.h5"),
     ),
     "efficientnetv2_s": Backbone(
@@ -146,7 +180,7 @@ BACKBONES: dict[str, Backbone] = {
         make=_application("EfficientNetV2S"),
         layers={"avg_pool": Layer(pooling="avg")},
         default_layer="avg_pool",
-        preprocessing="keras.applications.efficientnet_v2.preprocess_input",
+        preprocessing=IN_MODEL,
         input_size=384,
         weights_file=_named_file("efficientnetv2-s_notop.h5"),
     ),
@@ -155,7 +189,7 @@ BACKBONES: dict[str, Backbone] = {
         make=_application("ConvNeXtTiny"),
         layers={"head_layernorm": Layer(pooling="avg", output=True)},
         default_layer="head_layernorm",
-        preprocessing="keras.applications.convnext.preprocess_input",  # in the model: identity
+        preprocessing=IN_MODEL,
         weights_file=_named_file("convnext_tiny_notop.h5"),
     ),
     "mobilenetv3_large": Backbone(
@@ -163,7 +197,7 @@ BACKBONES: dict[str, Backbone] = {
         make=_application("MobileNetV3Large"),
         layers={"avg_pool": Layer(pooling="avg")},
         default_layer="avg_pool",
-        preprocessing="keras.applications.mobilenet_v3.preprocess_input",  # in the model: identity
+        preprocessing=IN_MODEL,
         weights_file=_named_file("weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),
     ),
     "tiny": Backbone(
@@ -195,9 +229,21 @@ def get_backbone(name: str) -> Backbone:
 
 
 def preprocess_function(config: ExtractionConfig) -> Callable[[np.ndarray], np.ndarray]:
-    """The Keras preprocessing function named in the config (e.g. `vgg16.preprocess_input`)."""
-    module, _, name = config.preprocessing.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+    """The preprocessing registered under the config's name (e.g. ``keras.applications.vgg16.preprocess_input``).
+
+    The name selects from `PREPROCESSING`; it never names code to import (it comes from files).
+    """
+    return get_preprocessing(config.preprocessing)
+
+
+def get_preprocessing(name: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The function registered as ``name`` in `PREPROCESSING`, or a `BackboneError` listing the known ones."""
+    try:
+        return PREPROCESSING[name]
+    except (KeyError, TypeError):
+        raise BackboneError(
+            f"Expected a preprocessing among {', '.join(PREPROCESSING)}. Received: {name!r}."
+        ) from None
 
 
 @contextlib.contextmanager
