@@ -39,5 +39,17 @@ class RunError(HeadstartError):
     """A run directory is missing files or was made with other settings."""
 
 
+class RunBusyError(RunError):
+    """Another headstart process is writing the same run folder."""
+
+
+class HeadError(HeadstartError):
+    """The head asked for does not exist, or was given an option it does not take."""
+
+
+class SplitError(HeadstartError):
+    """The split settings are malformed, or leave a split that training needs empty."""
+
+
 class ExportError(HeadstartError):
     """A model cannot be exported in the format asked for, or an exported file is not one of ours."""
