@@ -258,6 +258,10 @@ from headstart.cli_heads import register as _register_heads  # noqa: E402 - the 
 
 _register_heads(app)
 
+from headstart.cli_export import register as _register_export  # noqa: E402 - export, backbones
+
+_register_export(app)
+
 
 def run() -> None:  # pragma: no cover
     app()

@@ -252,7 +252,9 @@ def evaluate_cmd(
 
 
 def predict_cmd(
-    run: Path = typer.Argument(..., help="A run directory made by headstart train."),
+    run: Path = typer.Argument(
+        ..., help="A run directory made by headstart train, or a .keras file made by headstart export."
+    ),
     paths: List[Path] = typer.Argument(..., help="Pictures, and folders to search for pictures."),
     top_k: int = typer.Option(1, "--top-k", "-k", min=1, help="Print the K most probable classes."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of lines."),
@@ -263,7 +265,8 @@ def predict_cmd(
 ) -> None:
     """Classify pictures with a run's head: one line per picture, path, class, probability.
 
-    Features are extracted with the run's backbone and settings (from the cache fingerprint).
+    Features are extracted with the run's backbone and settings (from the cache fingerprint);
+    an exported .keras model gets each picture whole and does the rest itself.
 
     An unreadable picture gets an error line of its own on stderr; the others are still predicted; exit code 1.
 

@@ -35,6 +35,8 @@ FORMATS = ("keras", "saved_model", "onnx", "litert")
 """``keras``: one ``.keras`` file; the others go through Keras' ``model.export(format=...)``."""
 
 _KERAS_FORMAT = {"saved_model": "tf_saved_model", "onnx": "onnx", "litert": "litert"}
+PORTABLE_FORMATS = ("onnx", "litert")
+"""Formats whose converters lack the antialiased resize: they get the ``portable`` one."""
 MODEL_FILES = {"onnx": "model.onnx", "litert": "model.tflite"}
 FORMAT_NEEDS = {
     "saved_model": "TensorFlow",
@@ -172,11 +174,14 @@ def classifier_model(features, head, n_features: int, classes: Sequence[int], n_
 
 @dataclass
 class ExportResult:
-    """What `export` wrote: the model's path (a file or a folder), its format, the time it took."""
+    """What `export` wrote: the model's path (a file or a folder), its format, the time it took,
+    and the largest probability difference of the written file to the model in memory (None: not
+    checked, the format's runtime is not installed)."""
 
     path: Path
     format: str
     seconds: float
+    max_difference: float | None = None
 
 
 def _metadata(class_names: Sequence[str], config: ExtractionConfig, extra: dict[str, Any]) -> dict[str, Any]:
@@ -208,17 +213,22 @@ def _check_out(out: Path, fmt: str, overwrite: bool) -> None:
 
 
 def write_model(
-    model, out: str | os.PathLike, fmt: str, metadata: dict[str, Any], overwrite: bool = False
+    model, out: str | os.PathLike, fmt: str, metadata: dict[str, Any], overwrite: bool = False,
+    verify: bool = True,
 ) -> ExportResult:
     """Write ``model`` as ``fmt`` at ``out``: a ``.keras`` file, or for the other formats a folder
     with the model, ``labels.txt`` and ``headstart.json``. Built beside ``out`` under a temporary
-    name and moved in with `os.replace`; ``overwrite`` replaces only an earlier export."""
+    name, checked (``verify``: see `verify_export`) and only then moved in with `os.replace`;
+    ``overwrite`` replaces only an earlier export."""
     if fmt not in FORMATS:
         raise ExportError(f"Expected --format among {', '.join(FORMATS)}. Received: {fmt!r}.")
     out = Path(out)
     _check_out(out, fmt, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    probe = _probe(int(metadata["extraction"]["input_size"]))
+    expected = np.asarray(model.predict_on_batch(probe))  # also builds the graph model.export needs
+    diff = None
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".incomplete", dir=out.parent))
     text = json.dumps(metadata, indent=2, sort_keys=True) + "\n"
     try:
@@ -235,12 +245,14 @@ def write_model(
             _keras_export(model, target, fmt)
             (staged / METADATA).write_text(text, encoding="utf-8")
             (staged / LABELS).write_text("".join(f"{n}\n" for n in metadata["class_names"]), encoding="utf-8")
+        if verify:
+            diff = verify_export(expected, probe, staged, fmt, out)
         if out.exists() and out.is_dir():
             shutil.rmtree(out)  # an earlier export of ours (checked above)
         os.replace(staged, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return ExportResult(out, fmt, time.perf_counter() - t0)
+    return ExportResult(out, fmt, time.perf_counter() - t0, diff)
 
 
 def _keras_export(model, target: Path, fmt: str) -> None:
@@ -271,6 +283,89 @@ def _ours(path: Path, fmt: str) -> bool:
             return False
         return path.is_file()
     return path.is_dir() and (path / METADATA).is_file() and (path / LABELS).is_file()
+
+
+def export(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    fmt: str = "keras",
+    *,
+    weights: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    verify: bool = True,
+) -> ExportResult:
+    """Export a run's classifier from pixels to probabilities (see the module docstring).
+
+    ``weights`` is the backbone's weights file when the run's cache was extracted with one and it
+    has moved (its SHA-256 must match). ``verify`` runs the written file (onnxruntime, LiteRT, a
+    reloaded Keras model) on a random picture and checks it agrees with the model in memory."""
+    from headstart.predict import load_run, run_config
+
+    if fmt not in FORMATS:
+        raise ExportError(f"Expected --format among {', '.join(FORMATS)}. Received: {fmt!r}.")
+    _check_out(Path(out), fmt, overwrite)
+    info, head = load_run(run_dir)
+    config = run_config(info, run_dir, weights)
+    class_names = list(info["class_names"])
+    features = pixel_model(config, portable=fmt in PORTABLE_FORMATS)
+    model = classifier_model(features, head.to_keras(), int(head.n_features_in_), head.classes_, len(class_names))
+    extra = {"run": {"head": info["head"], "path": str(Path(run_dir).resolve())},
+             "resize": "portable" if fmt in PORTABLE_FORMATS else "antialias"}
+    return write_model(model, out, fmt, _metadata(class_names, config, extra), overwrite=overwrite, verify=verify)
+
+
+def _probe(input_size: int) -> np.ndarray:
+    """Two random pictures of an odd size (the resize has work to do)."""
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (2, input_size + 37, input_size + 11, 3)).astype(np.float32)
+
+
+def verify_export(expected: np.ndarray, probe: np.ndarray, path: Path, fmt: str, out: Path) -> float | None:
+    """Largest difference between ``expected`` (the Keras model on ``probe``) and the file written
+    at ``path`` run on ``probe`` (onnxruntime, LiteRT, TensorFlow, Keras); None when the runtime
+    for the format is not installed. Over 1e-3 is an `ExportError` (a converter that dropped or
+    changed an op), and nothing is written at ``out``."""
+    try:
+        got = _run_file(path, fmt, probe)
+    except ImportError as err:
+        log.warning("%s not checked: the runtime for %s is not installed (%s)", out, fmt, err)
+        return None
+    except Exception as err:  # noqa: BLE001 - any runtime failure means the file is not usable
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(f"Expected an exported {fmt} model that runs. Received: {first}; nothing written.") from None
+    diff = float(np.max(np.abs(np.asarray(got, np.float64) - expected)))
+    if not diff <= 1e-3:
+        raise ExportError(
+            f"Expected the exported {fmt} model to give the probabilities of the Keras model. "
+            f"Received: a largest difference of {diff:.3g} on a random picture; nothing written at {out}."
+        )
+    return diff
+
+
+def _run_file(path: Path, fmt: str, x: np.ndarray) -> np.ndarray:
+    """Probabilities of the file at ``path`` (format ``fmt``) on the pixels ``x``."""
+    if fmt == "keras":
+        model, _ = load_exported(path)
+        return model.predict_on_batch(x)
+    if fmt == "saved_model":
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(str(path))  # keep a reference: its variables live as long as it
+        return loaded.serve(tf.constant(x)).numpy()
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path / MODEL_FILES[fmt]), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: x})[0]
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(str(path / MODEL_FILES[fmt]))
+    inp = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(inp["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], x)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 
 
 # -- reading back ------------------------------------------------------------------------------
@@ -314,5 +409,5 @@ def load_exported(path: str | os.PathLike):
     return model, list(meta["class_names"])
 
 
-__all__ = ["FORMATS", "ExportResult", "classifier_model", "load_exported", "pixel_model", "read_metadata",
+__all__ = ["FORMATS", "ExportResult", "classifier_model", "export", "verify_export", "load_exported", "pixel_model", "read_metadata",
            "write_model"]

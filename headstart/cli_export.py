@@ -1,0 +1,46 @@
+"""The export and backbones commands of the CLI: parse, call `headstart.export` or the registry, print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from headstart.console import cli_errors, out_console, say
+
+
+def export_cmd(
+    run: Path = typer.Argument(..., help="A run directory made by headstart train (or compare)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="A .keras file, or for the other formats a folder (model, labels.txt, headstart.json)."
+    ),
+    fmt: str = typer.Option("keras", "--format", "-f", help="keras, saved_model, onnx or litert."),
+    weights: Optional[Path] = typer.Option(
+        None, "--weights", help="The backbone weights file, when the cache was extracted with one and it moved."
+    ),
+    overwrite: bool = typer.Option(False, help="Replace an earlier export at OUT (never other files)."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Do not run the written file once to check it."),
+) -> None:
+    """Export a run as one model from pixels to probabilities, for an app.
+
+    Input: a batch of RGB pixels 0-255 of any height and width; inside: the resize, the backbone's
+    preprocessing, the frozen backbone, the standardization and the head; output: one probability
+    per class. A .keras file loads with plain keras.saving.load_model, no headstart needed.
+
+    Example: headstart export runs/pets/logreg --out pets-classifier.keras
+    """
+    from headstart.export import export
+
+    with cli_errors():
+        result = export(run, out, fmt, weights=weights, overwrite=overwrite, verify=not no_verify)
+    checked = (
+        f", checked against the Keras model (largest difference {result.max_difference:.1e})"
+        if result.max_difference is not None else ""
+    )
+    say(f"Exported {run} as {fmt} to {result.path} in {result.seconds:.1f} s{checked}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add export and backbones to ``app``."""
+    app.command("export")(export_cmd)
