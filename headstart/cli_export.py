@@ -41,6 +41,40 @@ def export_cmd(
     say(f"Exported {run} as {fmt} to {result.path} in {result.seconds:.1f} s{checked}")
 
 
+def backbones_cmd(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """List the backbones: feature layers, feature size, input size, preprocessing, weights size,
+    and pictures per second on the machine the benchmark ran on (bench/bench_backbones.py).
+
+    Example: headstart backbones   (then: headstart extract PICTURES --out x.h5 --backbone convnext_tiny)
+    """
+    import json
+
+    from rich.table import Table
+
+    from headstart.extractor.backbones import describe_backbones
+
+    rows, machine = describe_backbones()
+    if as_json:
+        typer.echo(json.dumps({"backbones": rows, "measured_on": machine}, indent=2))
+        return
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    table = Table(title="backbones (--backbone NAME)")
+    for col in ("name", "layers (default first)", "features", "input", "preprocessing", "weights MB", "pictures/s"):
+        table.add_column(col, justify="left" if col in ("name", "layers (default first)", "preprocessing") else "right")
+    for r in rows:
+        layers = [r["default_layer"]] + [name for name in r["layers"] if name != r["default_layer"]]
+        table.add_row(r["name"], ", ".join(layers), fmt(r["features"], "d"), str(r["input_size"]),
+                      r["preprocessing"].replace("keras.applications.", ""), fmt(r["weights_mb"], ".0f"),
+                      fmt(r["pictures_per_second"], ".1f"))
+    out_console.print(table)
+    if machine:
+        say(f"pictures/s: the model alone, random weights, measured on {machine}.")
+    say("weights MB: float32 parameters up to the feature layer (the download is about this size).")
+
+
 def register(app: typer.Typer) -> None:
     """Add export and backbones to ``app``."""
     app.command("export")(export_cmd)
+    app.command("backbones")(backbones_cmd)

@@ -72,6 +72,23 @@ def _tf_mode_layers() -> list:
     return [keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_minus1_1")]
 
 
+def _normalise_layers(name: str) -> Callable[[], list]:
+    """(pixels / 255 - mean) / std as one fixed diagonal ``Dense`` on the channel axis."""
+
+    def make() -> list:
+        import keras
+
+        from headstart.extractor.hub import NORMALISATION
+
+        mean, std = (np.asarray(v, np.float64) for v in NORMALISATION[name])
+        dense = keras.layers.Dense(3, name=f"normalise_{name}", trainable=False)
+        dense.build((None, None, None, 3))
+        dense.set_weights([np.diag(1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)])
+        return [dense]
+
+    return make
+
+
 def _in_model() -> list:
     """The backbone rescales its input itself (EfficientNetV2, ConvNeXt, MobileNetV3)."""
     return []
@@ -82,6 +99,9 @@ PREPROCESSING_LAYERS: dict[str, Callable[[], list]] = {
     "keras.applications.resnet50.preprocess_input": _caffe_layers,
     "keras.applications.mobilenet.preprocess_input": _tf_mode_layers,
     "in_model": _in_model,
+    "imagenet_mean_std": _normalise_layers("imagenet_mean_std"),
+    "clip_mean_std": _normalise_layers("clip_mean_std"),
+    "scale_minus1_1": _normalise_layers("scale_minus1_1"),
 }
 """The preprocessing of each backbone (by the name the fingerprint records) as Keras layers."""
 
@@ -397,6 +417,12 @@ def load_exported(path: str | os.PathLike):
     import keras
 
     meta = read_metadata(path)
+    if str(meta.get("extraction", {}).get("backbone", "")).startswith("hub:"):
+        try:
+            import keras_hub  # noqa: F401 - registers the KerasHub layers the file names
+        except ImportError as err:
+            raise ExportError(f"Expected KerasHub to load a hub backbone's model (pip install keras-hub). "
+                              f"Received: {err}.") from None
     try:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as err:  # Keras raises ValueError, TypeError, OSError... for a broken file

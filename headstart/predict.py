@@ -90,13 +90,24 @@ def _weights_path(info: Mapping[str, Any], weights: str | os.PathLike | None) ->
         recorded = info["cache"].get("weights_path")
         if not recorded:
             return None
-        if not Path(recorded).is_file():
+        if not Path(recorded).exists():
             raise RunError(
                 f"Expected the weights file the cache was extracted with at {recorded}. "
                 "Received: no such file; pass it with --weights PATH."
             )
         weights = recorded
     path = Path(weights).expanduser()
+    if path.is_dir():  # a KerasHub preset folder
+        from headstart.extractor.hub import folder_digest
+
+        got = folder_digest(path)
+        expected = str(info["cache"]["fingerprint"].get("weights", ""))
+        if got != expected:
+            raise CacheMismatchError(
+                f"Expected the preset folder the run's cache was extracted with ({expected[:23]}...). "
+                f"Received: {path} ({got[:23]}...)."
+            )
+        return str(path.resolve())
     if not path.is_file():
         raise RunError(f"Expected --weights to be a weights file. Received: {path} (no such file).")
     expected = str(info["cache"]["fingerprint"].get("weights", ""))

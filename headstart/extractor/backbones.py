@@ -126,11 +126,32 @@ def _in_model(x: np.ndarray) -> np.ndarray:
 
 IN_MODEL = "in_model"
 
+
+def _normalise(name: str) -> Callable[[np.ndarray], np.ndarray]:
+    """(pixels / 255 - mean) / std per channel, the published values of a KerasHub family."""
+
+    def preprocess(x: np.ndarray) -> np.ndarray:
+        from headstart.extractor.hub import NORMALISATION
+
+        mean, std = (np.asarray(v, np.float32) for v in NORMALISATION[name])
+        x /= np.float32(255.0)
+        x -= mean
+        x /= std
+        return x
+
+    preprocess.__name__ = f"normalise_{name}"
+    return preprocess
+
+
 PREPROCESSING: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "keras.applications.vgg16.preprocess_input": _vgg16_preprocess,
     "keras.applications.mobilenet.preprocess_input": _mobilenet_preprocess,
     "keras.applications.resnet50.preprocess_input": _resnet50_preprocess,
     IN_MODEL: _in_model,
+    # KerasHub families (headstart.extractor.hub): published mean and std on pixels / 255.
+    "imagenet_mean_std": _normalise("imagenet_mean_std"),
+    "clip_mean_std": _normalise("clip_mean_std"),
+    "scale_minus1_1": _normalise("scale_minus1_1"),
 }
 """Every preprocessing a cache may name, keyed by the string its fingerprint holds (the Keras name,
 so caches keep their fingerprints). A new backbone adds one line here and names its key below."""
@@ -269,6 +290,10 @@ def build_model(config: ExtractionConfig):
     """A frozen Keras model from pictures (after preprocessing) to the config's feature vector."""
     import keras
 
+    from headstart.extractor import hub
+
+    if hub.is_hub(config.backbone):
+        return _build_hub(config)
     spec = get_backbone(config.backbone)
     layer = get_layer(spec, config.layer)
     if config.weights == IMAGENET:
@@ -308,6 +333,73 @@ def build_model(config: ExtractionConfig):
     log.info("built %s up to %s (%d values), weights %s, precision %s",
              spec.name, config.layer, model.output_shape[-1], config.weights, config.precision)
     return model
+
+
+def _build_hub(config: ExtractionConfig):
+    import keras
+
+    from headstart.extractor import hub
+
+    _, family, handle = hub.preset_of(config.backbone)
+    if config.weights.startswith("sha256:") and config.weights_path is None:
+        raise BackboneError(
+            f"Expected the preset folder with {config.weights} for this cache. Received: no --weights FOLDER."
+        )
+    if config.weights == RANDOM_WEIGHTS:
+        keras.utils.set_random_seed(config.seed or 0)
+    folder = config.weights_path if config.weights.startswith("sha256:") else None
+    with _dtype_policy(config.precision):
+        base = hub.build(family, handle, folder, config.weights != RANDOM_WEIGHTS, config.input_size)
+        out = keras.layers.Activation("linear", dtype="float32", name="features")(base.outputs[0])
+    model = keras.Model(base.inputs[0], out, name=base.name)
+    model.trainable = False
+    log.info("built %s (%s, %d values), weights %s", config.backbone, config.layer, model.output_shape[-1],
+             config.weights)
+    return model
+
+
+def make_hub_config(backbone: str, layer: str | None, *, weights: str, input_size: int | None, resize: str,
+                    jpeg_draft: bool, precision: str, dtype: str, seed: int) -> ExtractionConfig:
+    """`make_config` for ``hub:PRESET`` (see `headstart.extractor.hub`)."""
+    import keras
+
+    from pathlib import Path
+
+    from headstart.extractor import hub
+    from headstart.extractor.config import PRECISIONS, STORAGE_DTYPES
+    from headstart.extractor.decode import RESIZE_METHODS
+
+    _, family, handle = hub.preset_of(backbone)
+    if layer not in (None, family.layer):
+        raise BackboneError(f"Expected a layer of {backbone} among {family.layer}. Received: {layer!r}.")
+    if weights.lower() == IMAGENET:
+        identity, folder, seed_used = handle, None, None
+    elif weights.lower() == RANDOM_WEIGHTS:
+        identity, folder, seed_used = RANDOM_WEIGHTS, None, seed
+    else:
+        path = Path(weights).expanduser()
+        if not path.is_dir():
+            raise BackboneError(
+                f"Expected --weights imagenet (the preset's), none, or a KerasHub preset folder for {backbone}. "
+                f"Received: {weights} (no such folder)."
+            )
+        identity, folder, seed_used = hub.folder_digest(path), str(path.resolve()), None
+    size = hub.image_size(family, hub.read_config(family, handle, folder))
+    if input_size not in (None, size):
+        raise BackboneError(f"Expected --input-size {size} for {backbone} (the preset's). Received: {input_size}.")
+    if resize not in RESIZE_METHODS:
+        raise BackboneError(f"Expected --resize among {', '.join(RESIZE_METHODS)}. Received: {resize!r}.")
+    precision = default_precision(None) if precision == "auto" else precision
+    if precision not in PRECISIONS:
+        raise BackboneError(f"Expected --precision among auto, {', '.join(PRECISIONS)}. Received: {precision!r}.")
+    if dtype not in STORAGE_DTYPES:
+        raise BackboneError(f"Expected --dtype among {', '.join(STORAGE_DTYPES)}. Received: {dtype!r}.")
+    return ExtractionConfig(
+        backbone=backbone, layer=family.layer, pooling=None, alpha=None, weights=identity, seed=seed_used,
+        keras_version=keras.__version__, input_size=size, resize=resize, jpeg_draft=jpeg_draft,
+        preprocessing=family.preprocessing, precision=precision, dtype=dtype, backend=keras.backend.backend(),
+        weights_path=folder,
+    )
 
 
 def has_accelerator() -> bool:
@@ -373,6 +465,14 @@ def make_config(
     """Check the user's options and resolve defaults into an `ExtractionConfig`."""
     import keras
 
+    from headstart.extractor import hub
+
+    if hub.is_hub(backbone):
+        if alpha is not None:
+            raise BackboneError(f"Expected no --alpha for {backbone} (only mobilenet has one). Received: {alpha}.")
+        return make_hub_config(backbone, layer, weights=weights, input_size=input_size, resize=resize,
+                               jpeg_draft=jpeg_draft, precision=precision, dtype=dtype, seed=seed)
+
     from headstart.extractor.config import PRECISIONS, STORAGE_DTYPES, resolve_weights
     from headstart.extractor.decode import RESIZE_METHODS
 
@@ -421,3 +521,35 @@ def make_config(
         backend=keras.backend.backend(),
         weights_path=path,
     )
+
+
+SPEEDS_FILE = "backbone_speeds.json"
+"""Per-backbone figures measured once by ``bench/bench_backbones.py --write-package-data``."""
+
+
+def describe_backbones() -> tuple[list[dict], str | None]:
+    """One row per registered backbone (name, layers, default layer, input size, preprocessing,
+    and, where the benchmark measured them, feature size, weights MB and pictures/s), and the
+    machine the figures come from. Nothing is measured here."""
+    import json
+    from importlib import resources
+
+    try:
+        data = json.loads(resources.files("headstart.extractor").joinpath(SPEEDS_FILE).read_text())
+        measured, machine = data["backbones"], data.get("measured_on")
+    except (OSError, ValueError, KeyError, TypeError):
+        measured, machine = {}, None
+    rows = []
+    for spec in BACKBONES.values():
+        m = measured.get(spec.name, {}) if isinstance(measured, dict) else {}
+        rows.append({
+            "name": spec.name,
+            "layers": list(spec.layers),
+            "default_layer": spec.default_layer,
+            "input_size": spec.input_size,
+            "preprocessing": spec.preprocessing,
+            "features": m.get("features"),
+            "weights_mb": m.get("weights_mb"),
+            "pictures_per_second": m.get("pictures_per_second"),
+        })
+    return rows, machine
