@@ -235,7 +235,7 @@ def test_fingerprints_of_every_backbone_round_trip():
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"backbone": "resnet"}, "Expected backbone among vgg16, mobilenet, tiny"),
+        ({"backbone": "resnet"}, "Expected backbone among vgg16, mobilenet, resnet50,"),
         ({"backbone": 3}, "backbone is 3 of type integer"),
         ({"layer": "fc2"}, "Expected a layer of tiny among embed, pool"),
         ({"pooling": "max"}, "Expected pooling among null, avg"),
