@@ -83,8 +83,10 @@ def main() -> None:
             proc = subprocess.run([sys.executable, "-c", CHILD, str(run), str(out), fmt], capture_output=True, text=True)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
-                print(f"{fmt}: failed: {proc.stderr.strip().splitlines()[-1:]}")
-                rows.append({"format": fmt, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]})
+                lines = [ln for ln in proc.stderr.strip().splitlines() if "Error" in ln or "error" in ln]
+                error = (lines or proc.stderr.strip().splitlines() or ["?"])[-1][:300]
+                print(f"{fmt}: failed: {error}")
+                rows.append({"format": fmt, "error": error})
                 continue
             rows.append(json.loads(line[len("RESULT "):]))
             print(f"{fmt}: peak {rows[-1]['peak_rss_mb']:.0f} MiB, {rows[-1]['seconds']:.0f} s", flush=True)

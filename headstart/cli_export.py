@@ -51,8 +51,6 @@ def backbones_cmd(
     """
     import json
 
-    from rich.table import Table
-
     from headstart.extractor.backbones import describe_backbones
 
     rows, machine = describe_backbones()
@@ -60,18 +58,23 @@ def backbones_cmd(
         typer.echo(json.dumps({"backbones": rows, "measured_on": machine}, indent=2))
         return
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-    table = Table(title="backbones (--backbone NAME)")
-    for col in ("name", "layers (default first)", "features", "input", "preprocessing", "weights MB", "pictures/s"):
-        table.add_column(col, justify="left" if col in ("name", "layers (default first)", "preprocessing") else "right")
+    short = {"keras.applications.vgg16.preprocess_input": "caffe", "keras.applications.resnet50.preprocess_input":
+             "caffe", "keras.applications.mobilenet.preprocess_input": "-1..1", "in_model": "in model"}
+    headers = ("name", "layer (others)", "features", "input", "preprocessing", "weights MB", "pictures/s")
+    cells = [headers]
     for r in rows:
-        layers = [r["default_layer"]] + [name for name in r["layers"] if name != r["default_layer"]]
-        table.add_row(r["name"], ", ".join(layers), fmt(r["features"], "d"), str(r["input_size"]),
-                      r["preprocessing"].replace("keras.applications.", ""), fmt(r["weights_mb"], ".0f"),
-                      fmt(r["pictures_per_second"], ".1f"))
-    out_console.print(table)
+        others = [name for name in r["layers"] if name != r["default_layer"]]
+        layer = r["default_layer"] + (f" ({', '.join(others)})" if others else "")
+        cells.append((r["name"], layer, fmt(r["features"], "d"), str(r["input_size"]),
+                      short.get(r["preprocessing"], r["preprocessing"]), fmt(r["weights_mb"], ".0f"),
+                      fmt(r["pictures_per_second"], ".1f")))
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:  # plain columns: a pipe or a narrow terminal never truncates a name
+        say("  ".join(c.ljust(w) if i in (0, 1, 4) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
     if machine:
         say(f"pictures/s: the model alone, random weights, measured on {machine}.")
     say("weights MB: float32 parameters up to the feature layer (the download is about this size).")
+    say("Also: --backbone hub:PRESET, a DINOv2, CLIP or SigLIP preset of KerasHub (pip install 'headstart[hub]').")
 
 
 def register(app: typer.Typer) -> None:

@@ -247,7 +247,10 @@ def write_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     probe = _probe(int(metadata["extraction"]["input_size"]))
-    expected = np.asarray(model.predict_on_batch(probe))  # also builds the graph model.export needs
+    import keras
+
+    # A direct call (not predict) marks the model as called, which Keras' ONNX export requires.
+    expected = np.asarray(keras.ops.convert_to_numpy(model(probe, training=False)))
     diff = None
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".incomplete", dir=out.parent))
     text = json.dumps(metadata, indent=2, sort_keys=True) + "\n"
