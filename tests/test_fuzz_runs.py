@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from headstart.cli import app
 from headstart.heads import training
 from headstart.heads.rundir import RUN_JSON, manifest
-from test_heads_runs import features, write_cache
+from heads_fixtures import features, write_cache
 
 runner = CliRunner()
 PWNED = "headstart-fuzz-pwned"

@@ -19,7 +19,7 @@ from headstart.errors import RunBusyError, RunError
 from headstart.heads import evaluation, training
 from headstart.heads.rundir import is_comparison, is_run, read_run, result_writer, RUN_KIND
 from headstart.locking import exclusive_lock, lock_path_for
-from test_heads_runs import features, write_cache
+from heads_fixtures import features, write_cache
 
 
 @pytest.fixture(scope="module")
