@@ -37,3 +37,7 @@ class DownloadError(HeadstartError):
 
 class RunError(HeadstartError):
     """A run directory is missing files or was made with other settings."""
+
+
+class CacheReadError(CacheError):
+    """HDF5 could not read part of the cache: a damaged file, or a live writer's newest strings."""

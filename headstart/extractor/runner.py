@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from headstart.cache import CacheHeader, CacheWriter, describe_diff, diff_settings, open_cache
+from headstart.cache import CacheHeader, CacheLock, CacheWriter, describe_diff, diff_settings, open_cache
 from headstart.errors import CacheMismatchError, DatasetError, HeadstartError
 from headstart.extractor.config import ExtractionConfig
 from headstart.extractor.decode import DecodeError, load_image
@@ -239,6 +239,17 @@ def _check_existing(out: Path, config: ExtractionConfig, class_names: Sequence[s
         return cache.dim, list(cache.class_names)
 
 
+def _check_replaceable(out: Path) -> None:
+    """``--overwrite`` replaces a cache, broken or not, but never a file that is not HDF5 at all."""
+    import h5py
+
+    if out.is_dir() or (out.stat().st_size and not h5py.is_hdf5(out)):
+        raise DatasetError(
+            f"Expected --out to name a feature cache to replace. Received: {out} (not an HDF5 file); "
+            "headstart replaces only its own files: choose another --out or remove it yourself."
+        )
+
+
 def _printable(rel: str) -> str | None:
     """``rel`` if it can be stored as UTF-8, else None (a file name with undecodable bytes)."""
     try:
@@ -290,24 +301,33 @@ def extract(
     dataset = scan_dataset(source, exclude=exclude, limit_per_class=limit_per_class)
     if out.exists() and out.is_dir():
         raise DatasetError(f"Expected --out to be a file path. Received: {out} (a folder).")
-    header_probe = None
-    # The header needs the feature size; reuse the cache's when resuming, else build the model.
-    if out.exists() and not overwrite:
-        header_probe = _check_existing(out, config, dataset.class_names)
-    if header_probe is None:
-        embedder = embedder or Embedder(config, batch_size)
-        header_probe = (embedder.dim, list(dataset.class_names))
-    dim, class_names = header_probe
-    header = CacheHeader(
-        dim=dim,
-        dtype=config.dtype,
-        fingerprint=config.fingerprint(),
-        class_names=tuple(class_names),
-        root=str(source.resolve()),
-        weights_path=config.weights_path,
-    )
-    label_map = [class_names.index(name) for name in dataset.class_names]
-    with CacheWriter(out, header, overwrite=overwrite) as writer:
+    # The cache is checked under the writer lock, which the writer then keeps: no other process
+    # can create or change it between the check of its settings and our first row.
+    lock = CacheLock(out).acquire()
+    try:
+        header_probe = None
+        # The header needs the feature size; reuse the cache's when resuming, else build the model.
+        if out.exists() and not overwrite:
+            header_probe = _check_existing(out, config, dataset.class_names)
+        elif out.exists():
+            _check_replaceable(out)
+        if header_probe is None:
+            embedder = embedder or Embedder(config, batch_size)
+            header_probe = (embedder.dim, list(dataset.class_names))
+        dim, class_names = header_probe
+        header = CacheHeader(
+            dim=dim,
+            dtype=config.dtype,
+            fingerprint=config.fingerprint(),
+            class_names=tuple(class_names),
+            root=str(source.resolve()),
+            weights_path=config.weights_path,
+        )
+        label_map = [class_names.index(name) for name in dataset.class_names]
+    except BaseException:
+        lock.release()
+        raise
+    with CacheWriter(out, header, overwrite=overwrite, lock=lock) as writer:
         pruned = _prune(writer, source) if prune else 0
         done = writer.done_paths()
         todo, failed = [], []
