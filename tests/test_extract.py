@@ -307,3 +307,30 @@ def test_a_cache_whose_progress_passes_its_rows_is_refused_not_grown(image_folde
     with pytest.raises(CacheError, match="/progress counts 40 rows but /features holds 4"):
         extract(image_folder, out, tiny_config, batch_size=4)
     assert out.read_bytes() == before
+
+
+def test_a_cache_from_another_folder_is_refused_unless_the_pictures_moved(image_folder, tiny_config, tmp_path):
+    """Issue 7: extract OTHER_FOLDER --out existing.h5 mixed two folders in one cache."""
+    out = tmp_path / "c.h5"
+    extract(image_folder, out, tiny_config, batch_size=4)
+    other = make_images(tmp_path / "other", per_class=2, seed=3)
+    before = out.read_bytes()
+    with pytest.raises(CacheMismatchError) as err:
+        extract(other, out, tiny_config, batch_size=4)
+    assert str(image_folder.resolve()) in str(err.value) and str(other.resolve()) in str(err.value)
+    assert "--root-moved" in str(err.value) and out.read_bytes() == before
+    moved = tmp_path / "moved"
+    image_folder.rename(moved)
+    res = extract(moved, out, tiny_config, batch_size=4, root_moved=True)
+    assert (res.extracted, res.already, res.moved_from) == (0, 12, str(image_folder.resolve()))
+    with open_cache(out) as c:
+        assert c.root == str(moved.resolve()) and len(c) == 12 and c.missing_files() == []
+    again = extract(moved, out, tiny_config, batch_size=4)  # now the recorded folder
+    assert again.already == 12 and again.moved_from is None
+
+
+def test_extract_reports_the_links_it_did_not_follow(image_folder, tiny_config, tmp_path):
+    (image_folder / "cat" / "loop").symlink_to(".")
+    res = extract(image_folder, tmp_path / "c.h5", tiny_config, batch_size=4)
+    assert res.total_rows == 12
+    assert [p for p, _ in res.skipped_links] == ["cat/loop"]

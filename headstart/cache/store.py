@@ -468,6 +468,20 @@ class CacheWriter:
         """Relative paths of the committed rows, in row order."""
         return self._f["paths"].asstr()[: self._rows].tolist()
 
+    def set_root(self, root: str) -> str | None:
+        """Record that the pictures now lie under ``root``; returns the old root if it changed."""
+        old = self._f.attrs["root"]
+        if old == root:
+            return None
+        self.commit()
+        self._f.close()
+        self._f = None
+        with h5py.File(self.path, "r+", locking=LOCKING) as f:  # SWMR writers cannot rewrite attributes
+            f.attrs["root"] = root
+        self._open_for_append()
+        log.info("the pictures of %s moved from %s to %s", self.path, old, root)
+        return old
+
     def keep_rows(self, keep: np.ndarray) -> int:
         """Drop the committed rows where ``keep`` is false (rewrites the file under our lock)."""
         self.commit()
