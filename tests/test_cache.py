@@ -326,3 +326,83 @@ def test_non_finite_features_are_named_by_path(tmp_path):
         assert c.take([0, 11]).shape == (2, 8)
         with pytest.raises(CacheError, match="in the rows of c1/1-1.jpg"):
             list(c.iter_chunks(rows=4))
+
+
+# -- concurrency: SWMR readers beside a live writer --------------------------------------------------
+
+APPEND = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    sys.path.insert(0, {tests!r})
+    from test_cache import header
+    from headstart.cache import CacheWriter
+    with CacheWriter({path!r}, header()) as w:
+        print("open", flush=True)
+        sys.stdin.readline()  # the reader opens the cache now
+        for b in range({batches}):
+            i = w.rows
+            w.append(np.arange(i, i + 4, dtype=np.float32)[:, None].repeat(8, 1), [b % 2] * 4,
+                     [f"c{{b % 2}}/{{i + k}}.jpg" for k in range(4)])
+            w.commit()
+            time.sleep({pause})
+        w.close(complete=True)
+    """
+)
+
+
+def _writer(tmp_path, path, batches, pause=0.0):
+    code = APPEND.format(tests=str(__import__("pathlib").Path(__file__).parent), path=str(path),
+                         batches=batches, pause=pause)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "open\n", proc.stderr.read()
+    return proc
+
+
+def _consistent(c):
+    """Every counted row is readable and is the row the writer wrote at that index."""
+    n = len(c)
+    feats = c.read()
+    assert feats.shape == (n, 8) and len(c.paths) == n == len(c.labels)
+    np.testing.assert_array_equal(feats[:, 0], np.arange(n, dtype=np.float32))
+    assert c.paths == [f"c{lab}/{i}.jpg" for i, lab in enumerate(c.labels)]
+    return n
+
+
+def test_a_reader_opened_before_a_writer_appends_sees_its_rows_after_refresh(tmp_path):
+    """Issue 7, part 6: readers use SWMR read mode whenever a writer may append."""
+    path = tmp_path / "c.h5"
+    with CacheWriter(path, header()) as w:
+        w.append(np.zeros((4, 8), np.float32), [0] * 4, [f"c0/{i}.jpg" for i in range(4)])
+        w.close(complete=True)
+    edit(path, lambda f: f["features"].__setitem__(slice(None), np.arange(4)[:, None]))
+    with open_cache(path) as c:
+        assert len(c) == 4 and c.complete
+        proc = _writer(tmp_path, path, batches=5)
+        proc.communicate("go\n", timeout=120)
+        assert proc.returncode == 0
+        assert c.refresh() == 20
+        assert _consistent(c) == 24 and c.complete
+
+
+def test_readers_beside_a_live_writer_process_always_see_a_consistent_cache(tmp_path):
+    path = tmp_path / "c.h5"
+    with CacheWriter(path, header()) as w:
+        w.close()
+    proc = _writer(tmp_path, path, batches=150, pause=0.005)
+    seen = []
+    with open_cache(path) as kept:  # one reader kept open through the writer's run ...
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        while proc.poll() is None:
+            with open_cache(path) as c:  # ... and fresh ones opened again and again
+                seen.append(_consistent(c))
+            kept.refresh()
+            _consistent(kept)
+        assert proc.wait() == 0, proc.stderr.read()
+        kept.refresh()
+        assert _consistent(kept) == 600 and kept.complete
+    # Each open sees a consistent prefix of the committed rows (HDF5 shares one view of the file's
+    # end among the opens of one process, so a fresh open may see fewer than the kept one).
+    assert len(seen) > 1 and max(seen) <= 600

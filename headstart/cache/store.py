@@ -38,6 +38,8 @@ import json
 import logging
 import os
 import stat
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -47,7 +49,7 @@ import numpy as np
 
 from headstart.cache import validate as _validate
 from headstart.cache.fingerprint import canonical_json, fingerprint_digest, fingerprint_problem
-from headstart.errors import CacheBusyError, CacheError
+from headstart.errors import CacheBusyError, CacheError, CacheReadError
 
 try:  # POSIX advisory locks; Windows runs without the cross-process guard.
     import fcntl
@@ -64,6 +66,7 @@ holding a shared lock made a starting writer fail, and the reverse. One writer a
 by our ``.lock`` file instead; SWMR keeps readers consistent without locks (HDF5's locks only help
 callers follow SWMR rules), and a reader falls back to SWMR mode on a file being written."""
 CHUNK_BYTES = 1 << 20
+SWMR_OPEN_TRIES = 5
 CHUNKS_PER_READ = 8  # rows are read back 8 chunks (~8 MiB) at a time
 _STR = h5py.string_dtype("utf-8")
 _COMMIT_ROWS, _COMMIT_FAILED, _COMPLETE = 0, 1, 2
@@ -166,26 +169,28 @@ def _check_is_file(path: Path) -> None:
 
 
 def _open_any(path: Path) -> h5py.File:
-    """Open for reading, also a file that a writer holds or left behind after a crash."""
+    """Open for reading in SWMR mode: a writer may be appending (or have died appending) at any time.
+
+    SWMR read mode is what makes a reader see a consistent file while a writer appends; HDF5
+    also refuses a plain open of a file a writer holds or left behind. Rows counted in
+    ``/progress`` were flushed before they were counted, so what a reader counts it can read;
+    `CacheReader.refresh` sees rows committed since.
+    """
     _check_is_file(path)
-    try:
-        return h5py.File(path, "r", locking=LOCKING)
-    except OSError as err:
-        if not _is_open_for_write_error(err):
-            raise CacheError(f"Expected an HDF5 feature cache. Received: {path} ({_one_line(err)}).") from None
     try:
         return h5py.File(path, "r", swmr=True, locking=LOCKING)
     except OSError as err:
-        raise CacheError(f"Cannot read the feature cache {path}: {_one_line(err)}.") from None
+        raise CacheError(f"Expected an HDF5 feature cache. Received: {path} ({_one_line(err)}).") from None
 
 
 def _one_line(err: Exception) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
-def _check_schema(f: h5py.File, path: Path) -> _validate.Contents:
-    """Validate the whole file once (see `headstart.cache.validate`); a `CacheError` names what is wrong."""
-    return _validate.check(f, path, READABLE_SCHEMAS)
+def _check_schema(f: h5py.File, path: Path, progress: tuple[int, int, int] | None = None) -> _validate.Contents:
+    """Validate the whole file once (see `headstart.cache.validate`); a `CacheError` names what is wrong.
+    ``progress``: the counts to trust, read before ``f`` was opened (default: ``f``'s own)."""
+    return _validate.check(f, path, READABLE_SCHEMAS, progress)
 
 
 def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
@@ -273,40 +278,31 @@ class CacheHeader:
         return fingerprint_digest(self.fingerprint)
 
 
-class CacheWriter:
-    """Appends extracted rows to a cache; one process at a time (a ``.lock`` file beside it).
+class CacheLock:
+    """One writer at a time per cache: an exclusive ``flock`` on a ``.lock`` file beside it.
 
-    Use as a context manager. ``append`` stages a batch, ``commit`` makes it durable. A writer
-    killed between commits loses at most the uncommitted batch; nothing committed is lost.
+    ``acquire`` fails at once with `CacheBusyError` when another process (or another open in
+    this one) holds it. Checks that must see the cache as the writer will (its settings, its
+    classes) are made after ``acquire``; see `headstart.extractor.runner.extract`.
     """
 
-    def __init__(self, path: Path, header: CacheHeader, *, overwrite: bool = False):
+    def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.header = header
-        self._overwrite = overwrite
-        self._lock_file = None
-        self._f: h5py.File | None = None
-        self._rows = self._failed = 0
-        self._staged_rows = self._staged_failed = 0
+        self._fh = None
 
-    # -- opening -----------------------------------------------------------------------------
-    def __enter__(self) -> "CacheWriter":
-        self._acquire_lock()
-        try:
-            if self._overwrite or not self.path.exists():
-                self._create()
-            self._open_for_append()
-        except BaseException:
-            self._release_lock()
-            raise
-        return self
+    def __enter__(self) -> "CacheLock":
+        return self.acquire()
 
     def __exit__(self, *exc) -> None:
-        self.close()
+        self.release()
 
-    def _acquire_lock(self) -> None:
-        if fcntl is None:
-            return
+    @property
+    def held(self) -> bool:
+        return self._fh is not None
+
+    def acquire(self) -> "CacheLock":
+        if fcntl is None or self._fh is not None:
+            return self
         lock_path = self.path.with_name(self.path.name + ".lock")
         try:
             lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -330,16 +326,58 @@ class CacheWriter:
                 fh.close()
         except OSError as err:
             raise CacheError(f"Cannot write next to {self.path}: {err.strerror or err}.") from None
-        self._lock_file = fh
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            # Unlink while still holding the lock; a process that opened the old file checks, once
+            # it has the lock, that the file is still the one at the path (see acquire).
+            with contextlib.suppress(OSError):
+                os.unlink(self._fh.name)
+            self._fh.close()
+            self._fh = None
+
+
+class CacheWriter:
+    """Appends extracted rows to a cache; one process at a time (a ``.lock`` file beside it).
+
+    Use as a context manager. ``append`` stages a batch, ``commit`` makes it durable. A writer
+    killed between commits loses at most the uncommitted batch; nothing committed is lost.
+    """
+
+    def __init__(self, path: Path, header: CacheHeader, *, overwrite: bool = False, lock: CacheLock | None = None):
+        """``lock``: the cache's `CacheLock`, already acquired by the caller (to check settings
+        under it); the writer then owns it and releases it when closed. By default the writer
+        acquires it itself."""
+        self.path = Path(path)
+        self.header = header
+        self._overwrite = overwrite
+        self._lock = lock
+        self._f: h5py.File | None = None
+        self._rows = self._failed = 0
+        self._staged_rows = self._staged_failed = 0
+
+    # -- opening -----------------------------------------------------------------------------
+    def __enter__(self) -> "CacheWriter":
+        if self._lock is None:
+            self._lock = CacheLock(self.path).acquire()
+        try:
+            if self._overwrite or not self.path.exists():
+                self._create()
+            self._open_for_append()
+        except BaseException:
+            self._release_lock()
+            raise
+        return self
 
     def _release_lock(self) -> None:
-        if self._lock_file is not None:
-            # Unlink while still holding the lock; a process that opened the old file checks, once
-            # it has the lock, that the file is still the one at the path (see _acquire_lock).
-            with contextlib.suppress(OSError):
-                os.unlink(self._lock_file.name)
-            self._lock_file.close()
-            self._lock_file = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _create(self) -> None:
         h = self.header
@@ -430,6 +468,20 @@ class CacheWriter:
         """Relative paths of the committed rows, in row order."""
         return self._f["paths"].asstr()[: self._rows].tolist()
 
+    def set_root(self, root: str) -> str | None:
+        """Record that the pictures now lie under ``root``; returns the old root if it changed."""
+        old = self._f.attrs["root"]
+        if old == root:
+            return None
+        self.commit()
+        self._f.close()
+        self._f = None
+        with h5py.File(self.path, "r+", locking=LOCKING) as f:  # SWMR writers cannot rewrite attributes
+            f.attrs["root"] = root
+        self._open_for_append()
+        log.info("the pictures of %s moved from %s to %s", self.path, old, root)
+        return old
+
     def keep_rows(self, keep: np.ndarray) -> int:
         """Drop the committed rows where ``keep`` is false (rewrites the file under our lock)."""
         self.commit()
@@ -511,27 +563,63 @@ class CacheReader:
     def __init__(self, path: str | os.PathLike, *, require_finite: bool = False):
         self.path = Path(path)
         self.require_finite = require_finite
-        self._f = _open_any(self.path)
-        try:
-            c = _check_schema(self._f, self.path)
-            self._n = c.n_rows
-            self.complete = c.complete
-            self.features = self._f["features"]
-            self.labels = c.labels
-            self.paths: list[str] = c.paths
-            self.class_names: list[str] = c.class_names
-            self.failed: list[tuple[str, str]] = c.failed
-            self.fingerprint_json: str = c.fingerprint_json
-            self.fingerprint: dict[str, Any] = c.fingerprint
-            self.fingerprint_digest: str = c.fingerprint_digest
-            self.root: str = c.root
-            self.created: str = c.created
-            self.versions: dict[str, str] = c.versions
-            self.weights_path: str | None = c.weights_path
-            self.schema_version = c.schema_version
-        except BaseException:
-            self._f.close()
-            raise
+        self._f = None
+        self._open()
+
+    def _open(self) -> None:
+        """Open and validate, reading only the rows committed before the file was opened.
+
+        A SWMR reader knows the end of the file as of its open, and HDF5 does not order the
+        variable-length strings (paths) of a live writer for SWMR: ``/progress`` is read first,
+        the file is opened again, and a read error (strings past the end this open knows) is
+        retried on a fresh open.
+        """
+        for attempt in range(SWMR_OPEN_TRIES):
+            with _open_any(self.path) as f:
+                try:
+                    progress = tuple(int(v) for v in f["progress"][:3])
+                except Exception:  # no /progress, or a damaged one: validation says which
+                    progress = None
+            f = _open_any(self.path)
+            try:
+                self._f = f
+                self._load(progress)
+                return
+            except CacheReadError:
+                f.close()
+                if attempt == SWMR_OPEN_TRIES - 1:
+                    raise
+                log.debug("retrying to open %s (attempt %d): %s", self.path, attempt + 2, sys.exc_info()[1])
+                time.sleep(0.02 * (attempt + 1))
+            except BaseException:
+                f.close()
+                raise
+
+    def _load(self, progress: tuple[int, int, int] | None) -> None:
+        c = _check_schema(self._f, self.path, progress)
+        self._n = c.n_rows
+        self.complete = c.complete
+        self.features = self._f["features"]
+        self.labels = c.labels
+        self.paths: list[str] = c.paths
+        self.class_names: list[str] = c.class_names
+        self.failed: list[tuple[str, str]] = c.failed
+        self.fingerprint_json: str = c.fingerprint_json
+        self.fingerprint: dict[str, Any] = c.fingerprint
+        self.fingerprint_digest: str = c.fingerprint_digest
+        self.root: str = c.root
+        self.created: str = c.created
+        self.versions: dict[str, str] = c.versions
+        self.weights_path: str | None = c.weights_path
+        self.schema_version = c.schema_version
+
+    def refresh(self) -> int:
+        """See the rows a running writer committed since the cache was opened (or last refreshed);
+        the file is opened again and validated as on open. Returns how many rows were added."""
+        before = self._n
+        self._f.close()
+        self._open()
+        return self._n - before
 
     def __len__(self) -> int:
         return self._n

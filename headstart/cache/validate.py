@@ -9,6 +9,7 @@ A file that breaks a rule is a `CacheError` with one line naming the file and th
 from __future__ import annotations
 
 import json
+import logging
 import os
 import posixpath
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import h5py
 import numpy as np
 
 from headstart.cache.fingerprint import fingerprint_digest, fingerprint_problem
-from headstart.errors import CacheError
+from headstart.errors import CacheError, CacheReadError
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ ATTRIBUTES: dict[str, type] = {
 OPTIONAL_ATTRIBUTES: dict[str, type] = {"weights_path": str}
 
 FEATURE_DTYPES = ("float16", "float32")
+log = logging.getLogger(__name__)
 
 
 class Invalid(Exception):
@@ -139,6 +141,44 @@ def _text(ds: h5py.Dataset, stop: int, what: str) -> list[str]:
         raise Invalid(f"{what} holds bytes that are not UTF-8") from None
 
 
+def _visible_text(ds: h5py.Dataset, stop: int, what: str) -> list[str]:
+    """The strings ``[:stop]``, or in SWMR mode the longest prefix of them this open can read.
+
+    HDF5 does not order variable-length strings for SWMR readers: the newest strings of a live
+    writer may lie past the end of the file as this process knows it (every open of a file in one
+    process shares what the first open knew). Those rows are left for a later open or `refresh`.
+    """
+    try:
+        return _text(ds, stop, what)
+    except OSError as err:
+        if not (ds.file.swmr_mode and "EOA" in str(err)):
+            raise
+    out: list[str] = []
+    block = 1024
+    for start in range(0, stop, block):  # up to the first string this open cannot read
+        try:
+            out.extend(_text_range(ds, start, min(start + block, stop), what))
+            continue
+        except OSError:
+            pass
+        for i in range(start, min(start + block, stop)):
+            try:
+                out.extend(_text_range(ds, i, i + 1, what))
+            except OSError:
+                break
+        break
+    log.info("%s: %d of %d %s are visible to this process yet (a writer is appending)",
+             ds.file.filename, len(out), stop, what)
+    return out
+
+
+def _text_range(ds: h5py.Dataset, start: int, stop: int, what: str) -> list[str]:
+    try:
+        return ds.asstr()[start:stop].tolist()
+    except UnicodeDecodeError:
+        raise Invalid(f"{what} holds bytes that are not UTF-8") from None
+
+
 def _check_path(rel: str) -> str | None:
     if not rel:
         return "an empty path"
@@ -147,7 +187,7 @@ def _check_path(rel: str) -> str | None:
     return None
 
 
-def validate(f: h5py.File, supported_versions: tuple[int, ...]) -> Contents:
+def validate(f: h5py.File, supported_versions: tuple[int, ...], progress: tuple[int, int, int] | None = None) -> Contents:
     """Check every rule of the schema against the open file ``f``; `Invalid` names the first broken one."""
     missing = [name for name in DATASETS if name not in f]
     if missing:
@@ -161,13 +201,18 @@ def validate(f: h5py.File, supported_versions: tuple[int, ...]) -> Contents:
     ds = {name: _dataset(f, name, col) for name, col in DATASETS.items()}
     ds.update({name: _dataset(f, name, col) for name, col in OPTIONAL_DATASETS.items() if name in f})
     columns = {**DATASETS, **OPTIONAL_DATASETS}
+    if f.swmr_mode:  # a writer may be appending: read /progress first, then every length as of now
+        ds["progress"].refresh()
 
     features = ds["features"]
     if features.shape[1] < 1:
         raise Invalid(f"/features has shape {features.shape}, expected at least one value per row")
     if ds["progress"].shape != (3,):
         raise Invalid(f"/progress has shape {ds['progress'].shape}, expected (3,)")
-    n_rows, n_failed, complete = (int(v) for v in ds["progress"][:])
+    n_rows, n_failed, complete = progress if progress is not None else (int(v) for v in ds["progress"][:])
+    if f.swmr_mode:  # the writer flushes rows before it counts them: every length is now >= its count
+        for d in ds.values():
+            d.refresh()
     for count, per, what in ((n_rows, "row", "rows"), (n_failed, "failed", "skipped pictures")):
         lengths = {name: d.shape[0] for name, d in ds.items() if columns[name].per == per}
         shortest = min(lengths, key=lengths.get)
@@ -188,19 +233,20 @@ def validate(f: h5py.File, supported_versions: tuple[int, ...]) -> Contents:
     if len(set(class_names)) != len(class_names):
         dup = next(n for i, n in enumerate(class_names) if n in class_names[:i])
         raise Invalid(f"/class_names holds {dup!r:.40} twice")
+    paths = _visible_text(ds["paths"], n_rows, "/paths")
+    n_rows = len(paths)
     labels = ds["labels"][:n_rows].astype(np.int64)
     if n_rows and (labels.min() < 0 or labels.max() >= len(class_names)):
         bad = int(np.flatnonzero((labels < 0) | (labels >= len(class_names)))[0])
         raise Invalid(
             f"/labels[{bad}] is {labels[bad]}, expected 0 to {len(class_names) - 1} (one per class name)"
         )
-    paths = _text(ds["paths"], n_rows, "/paths")
     for i, rel in enumerate(paths):
         problem = _check_path(rel)
         if problem:
             raise Invalid(f"/paths[{i}] is {problem}")
-    failed = list(zip(_text(ds["failed_paths"], n_failed, "/failed_paths"),
-                      _text(ds["failed_reasons"], n_failed, "/failed_reasons")))
+    failed = list(zip(_visible_text(ds["failed_paths"], n_failed, "/failed_paths"),
+                      _visible_text(ds["failed_reasons"], n_failed, "/failed_reasons")))
 
     text = _attr(f, "fingerprint", str)
     try:
@@ -245,15 +291,18 @@ def validate(f: h5py.File, supported_versions: tuple[int, ...]) -> Contents:
     )
 
 
-def check(f: h5py.File, path: str | os.PathLike, supported_versions: tuple[int, ...]) -> Contents:
+def check(
+    f: h5py.File, path: str | os.PathLike, supported_versions: tuple[int, ...],
+    progress: tuple[int, int, int] | None = None,
+) -> Contents:
     """`validate`, with any broken rule or read error turned into one `CacheError` line naming ``path``."""
     try:
-        return validate(f, supported_versions)
+        return validate(f, supported_versions, progress)
     except Invalid as err:
-        problem = str(err)
+        problem, error = str(err), CacheError
     except (OSError, RuntimeError, ValueError, TypeError, KeyError) as err:  # HDF5 read errors
-        problem = f"cannot be read: {_one_line(err)}"
-    raise CacheError(
+        problem, error = f"cannot be read: {_one_line(err)}", CacheReadError
+    raise error(
         f"Expected a headstart feature cache. Received: {Path(path)} ({problem}). "
         "Extract it again (extract --overwrite), or use another cache."
     )
