@@ -210,3 +210,20 @@ def test_exported_mobilenet_agrees_with_predict_on_real_photos(tmp_path):
     accuracy = np.mean([top(by_file[p]) == y for p, y in test])
     run_accuracy = json.loads((run / "metrics.json").read_text())["test"]["accuracy"]
     assert abs(accuracy - run_accuracy) <= 0.01
+
+
+# -- headstart backbones ---------------------------------------------------------------------------
+
+
+def test_backbones_lists_the_registry_with_measured_figures():
+    from headstart.extractor.backbones import BACKBONES
+
+    result = runner.invoke(app, ["backbones"])
+    assert result.exit_code == 0, result.output
+    for name in BACKBONES:
+        assert any(line.startswith(name + " ") for line in result.stdout.splitlines()), name
+    assert "hub:PRESET" in result.stdout
+    data = json.loads(runner.invoke(app, ["backbones", "--json"]).stdout)
+    rows = {r["name"]: r for r in data["backbones"]}
+    assert rows["convnext_tiny"]["features"] == 768 and rows["convnext_tiny"]["preprocessing"] == "in_model"
+    assert rows["vgg16"]["pictures_per_second"] > 0 and data["measured_on"]
