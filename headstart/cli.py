@@ -258,6 +258,10 @@ from headstart.cli_heads import register as _register_heads  # noqa: E402 - the 
 
 _register_heads(app)
 
+from headstart.cli_demo import register as _register_demo  # noqa: E402 - headstart demo
+
+_register_demo(app)
+
 
 def run() -> None:  # pragma: no cover
     app()
