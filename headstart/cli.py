@@ -262,6 +262,10 @@ from headstart.cli_demo import register as _register_demo  # noqa: E402 - headst
 
 _register_demo(app)
 
+from headstart.cli_baseline import register as _register_baseline  # noqa: E402 - headstart baseline
+
+_register_baseline(app)
+
 
 def run() -> None:  # pragma: no cover
     app()
