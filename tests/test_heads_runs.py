@@ -10,8 +10,10 @@ from PIL import Image
 
 from headstart.cache import CacheHeader, CacheWriter, open_cache
 from headstart.errors import CacheError, CacheMismatchError, HeadstartError, RunError
-from headstart.heads import runs
-from headstart.heads.estimators import HeadError, LogRegHead
+from headstart import predict as prediction
+from headstart.heads import evaluation, training
+from headstart.heads.sources import CacheSource
+from headstart.heads import HeadError, LogRegHead
 from headstart.heads.split import SplitError, SplitSpec, assign
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -49,7 +51,7 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def logreg_run(cache, tmp_path_factory):
-    return runs.train(cache, "logreg", tmp_path_factory.mktemp("runs") / "logreg")
+    return training.train(cache, "logreg", tmp_path_factory.mktemp("runs") / "logreg")
 
 
 # -- train -------------------------------------------------------------------------------------
@@ -57,7 +59,7 @@ def logreg_run(cache, tmp_path_factory):
 
 def test_train_writes_every_run_file_and_each_parses(logreg_run, cache):
     d = logreg_run.run_dir
-    expected = {"head.json", "standardization.npz", "head.joblib", "run.json", "metrics.json", "history.csv",
+    expected = {"head.json", "standardization.npz", "head.npz", "run.json", "metrics.json", "history.csv",
                 "curves.png", "confusion.png", "calibration.png"}
     assert expected == {p.name for p in d.iterdir()}
 
@@ -101,7 +103,7 @@ def test_test_split_is_never_given_to_fit(cache, tmp_path, monkeypatch):
         return original(self, train, validation)
 
     monkeypatch.setattr(LogRegHead, "fit_source", spy)
-    result = runs.train(cache, "logreg", tmp_path / "run", plots=False)
+    result = training.train(cache, "logreg", tmp_path / "run", plots=False)
     assert seen == {"train": result.counts["train"], "val": result.counts["val"]}
     with open_cache(cache) as c:
         codes = assign(c.paths, SplitSpec())
@@ -109,7 +111,7 @@ def test_test_split_is_never_given_to_fit(cache, tmp_path, monkeypatch):
 
 
 def test_compare_trains_heads_on_the_same_split(cache, tmp_path):
-    result = runs.compare(cache, tmp_path / "cmp", heads=["softmax", "mlp"], params={**KERAS, "hidden_units": 32})
+    result = training.compare(cache, tmp_path / "cmp", heads=["softmax", "mlp"], params={**KERAS, "hidden_units": 32})
     assert [r["head"] for r in result.rows] == ["softmax", "mlp"]
     for r in result.rows:
         assert r["test_accuracy"] > 0.85 and r["val_accuracy"] > 0.85 and r["fit_seconds"] > 0
@@ -119,43 +121,43 @@ def test_compare_trains_heads_on_the_same_split(cache, tmp_path):
         assert im.format == "PNG"
     splits = [json.loads((tmp_path / "cmp" / h / "run.json").read_text())["split"] for h in ("softmax", "mlp")]
     assert splits[0] == splits[1]
-    assert (tmp_path / "cmp" / "mlp" / "head.keras").exists()
+    assert (tmp_path / "cmp" / "mlp" / "head.npz").exists()
     with open(tmp_path / "cmp" / "softmax" / "history.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert {"epoch", "loss", "accuracy", "val_loss", "val_accuracy"} <= set(rows[0])
 
 
 def test_compare_again_after_a_killed_compare(cache, tmp_path):
-    """A kill -9 leaves our temporary folders behind; the same command must still go on."""
+    """A kill -9 leaves our hidden temporary folder behind; the same command must still go on."""
     out = tmp_path / "cmp"
-    runs.compare(cache, out, heads=["logreg"])
-    (out / ".softmax.partial-4242").mkdir()  # a head that was being written when killed
-    (out / ".logreg.old-4242").mkdir()
-    result = runs.compare(cache, out, heads=["logreg"])
+    training.compare(cache, out, heads=["logreg"])
+    (tmp_path / ".cmp.partial-4242").mkdir()  # a comparison that was being written when killed
+    (tmp_path / ".cmp.partial-4242" / "comparison.png").write_bytes(b"half")
+    result = training.compare(cache, out, heads=["logreg"])
     assert [r["head"] for r in result.rows] == ["logreg"]
-    assert not (out / ".logreg.old-4242").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmp"]
 
 
 def test_compare_rejects_an_option_no_head_takes(cache, tmp_path):
     with pytest.raises(HeadError, match="No head among logreg takes the option epochs"):
-        runs.compare(cache, tmp_path / "cmp", heads=["logreg"], params={"epochs": 3})
+        training.compare(cache, tmp_path / "cmp", heads=["logreg"], params={"epochs": 3})
 
 
 def test_streaming_from_the_file_trains_as_well(cache, tmp_path):
-    result = runs.train(cache, "softmax", tmp_path / "s", params=KERAS, stream=True, plots=False)
+    result = training.train(cache, "softmax", tmp_path / "s", params=KERAS, stream=True, plots=False)
     assert result.streamed and result.test_accuracy > 0.85
     assert json.loads((tmp_path / "s" / "run.json").read_text())["streamed"] is True
 
 
 def test_logreg_refuses_a_streamed_cache(cache, tmp_path):
     with pytest.raises(RunError, match="needs the training rows in memory"):
-        runs.train(cache, "logreg", tmp_path / "s", stream=True)
+        training.train(cache, "logreg", tmp_path / "s", stream=True)
 
 
 def test_cache_source_reads_rows_in_any_order(cache):
     with open_cache(cache) as c:
         rows = np.array([3, 5, 200, 201, 599])
-        src = runs.CacheSource(c, rows)
+        src = CacheSource(c, rows)
         full = c.read()
         np.testing.assert_array_equal(src.gather(np.array([4, 0, 2])), full[[599, 3, 200]])
         np.testing.assert_array_equal(np.concatenate([src.read_block(b) for b in range(len(src.blocks))]), full[rows])
@@ -166,48 +168,58 @@ def test_cache_source_reads_rows_in_any_order(cache):
 
 def test_training_again_replaces_the_earlier_run(cache, tmp_path):
     out = tmp_path / "run"
-    runs.train(cache, "logreg", out, plots=False)
-    (out / "metrics.json").write_text("{}")
-    runs.train(cache, "logreg", out, plots=False)
-    assert json.loads((out / "metrics.json").read_text())["test"]["n"] > 0
+    first = training.train(cache, "logreg", out, plots=False)
+    stamp = json.loads((out / "run.json").read_text())["created"]
+    training.train(cache, "logreg", out, plots=False, split=SplitSpec(seed=1))
+    assert json.loads((out / "run.json").read_text())["split"]["seed"] == 1
+    assert first.run_dir == out and stamp
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no partial or old folders left
+
+
+def test_a_run_whose_files_changed_is_not_replaced(cache, tmp_path):
+    out = tmp_path / "run"
+    training.train(cache, "logreg", out, plots=False)
+    (out / "metrics.json").write_text("{}")  # edited by hand: no longer what headstart wrote
+    with pytest.raises(RunError, match="holds files headstart did not write"):
+        training.train(cache, "logreg", out, plots=False)
+    assert (out / "metrics.json").read_text() == "{}"
 
 
 def test_out_folder_with_other_files_is_refused(cache, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(RunError, match="holds other files"):
-        runs.train(cache, "logreg", tmp_path)
+    with pytest.raises(RunError, match="holds files headstart did not write"):
+        training.train(cache, "logreg", tmp_path)
 
 
 def test_bad_head_fails_before_the_cache_is_read(tmp_path):
     with pytest.raises(HeadError, match="Received: 'svm'"):
-        runs.train(tmp_path / "missing.h5", "svm", tmp_path / "run")
+        training.train(tmp_path / "missing.h5", "svm", tmp_path / "run")
     with pytest.raises(CacheError, match="no such file"):
-        runs.train(tmp_path / "missing.h5", "logreg", tmp_path / "run")
+        training.train(tmp_path / "missing.h5", "logreg", tmp_path / "run")
 
 
 def test_one_class_or_an_empty_cache_is_refused(tmp_path):
     X, y = features(100)
     write_cache(tmp_path / "one.h5", X, np.zeros(100, dtype=int))
     with pytest.raises(SplitError, match="at least two classes"):
-        runs.train(tmp_path / "one.h5", "logreg", tmp_path / "run")
+        training.train(tmp_path / "one.h5", "logreg", tmp_path / "run")
     write_cache(tmp_path / "empty.h5", X[:0], y[:0])
     with pytest.raises(RunError, match="0 rows"):
-        runs.train(tmp_path / "empty.h5", "logreg", tmp_path / "run")
+        training.train(tmp_path / "empty.h5", "logreg", tmp_path / "run")
 
 
 def test_not_a_run_directory(tmp_path):
     with pytest.raises(RunError, match="no run.json"):
-        runs.evaluate(tmp_path)
+        evaluation.evaluate(tmp_path)
     with pytest.raises(RunError, match="no such folder"):
-        runs.misclassified(tmp_path / "nope")
+        evaluation.misclassified(tmp_path / "nope")
 
 
 # -- evaluate ----------------------------------------------------------------------------------
 
 
 def test_evaluate_recomputes_the_test_metrics(logreg_run):
-    result = runs.evaluate(logreg_run.run_dir)
+    result = evaluation.evaluate(logreg_run.run_dir)
     assert result.scope == "test split"
     saved = json.loads((logreg_run.run_dir / "metrics.json").read_text())["test"]
     assert result.metrics["n"] == saved["n"]
@@ -218,7 +230,7 @@ def test_evaluate_recomputes_the_test_metrics(logreg_run):
 def test_evaluate_on_a_whole_other_cache(logreg_run, tmp_path):
     X, y = features(90, seed=7)
     other = write_cache(tmp_path / "new.h5", X, y, root="/data/new-pictures")
-    result = runs.evaluate(logreg_run.run_dir, other)
+    result = evaluation.evaluate(logreg_run.run_dir, other)
     assert result.scope == "whole cache" and result.metrics["n"] == 90 and result.excluded == 0
     assert result.metrics["accuracy"] > 0.8
 
@@ -226,7 +238,7 @@ def test_evaluate_on_a_whole_other_cache(logreg_run, tmp_path):
 def test_evaluate_leaves_out_the_runs_own_training_pictures(logreg_run, cache, tmp_path):
     X, y = features()  # the same pictures, same root, extracted again into another file
     again = write_cache(tmp_path / "again.h5", X, y)
-    result = runs.evaluate(logreg_run.run_dir, again)
+    result = evaluation.evaluate(logreg_run.run_dir, again)
     assert result.metrics["n"] == logreg_run.counts["test"]
     assert result.excluded == logreg_run.counts["train"] + logreg_run.counts["val"]
 
@@ -235,7 +247,7 @@ def test_evaluate_refuses_a_cache_with_other_settings(logreg_run, tmp_path):
     X, y = features(50)
     other = write_cache(tmp_path / "other.h5", X, y, fp={**FP, "input_size": 64})
     with pytest.raises(CacheMismatchError) as err:
-        runs.evaluate(logreg_run.run_dir, other)
+        evaluation.evaluate(logreg_run.run_dir, other)
     assert "input_size: 32 (run) vs 64 (cache)" in str(err.value)
     assert isinstance(err.value, HeadstartError)
 
@@ -244,27 +256,27 @@ def test_evaluate_maps_classes_by_name_and_refuses_unknown_ones(logreg_run, tmp_
     X, y = features(60)
     only_dogs = write_cache(tmp_path / "dogs.h5", X[y == 1], np.zeros(int((y == 1).sum()), int), classes=("dog",),
                             root="/data/dogs")
-    result = runs.evaluate(logreg_run.run_dir, only_dogs)
+    result = evaluation.evaluate(logreg_run.run_dir, only_dogs)
     assert result.metrics["per_class"]["dog"]["support"] == int((y == 1).sum())
     assert result.metrics["per_class"]["cat"]["support"] == 0
     birds = write_cache(tmp_path / "birds.h5", X, y, classes=("cat", "dog", "bird"), root="/data/birds")
     with pytest.raises(RunError, match="Received: .*birds.h5 with bird"):
-        runs.evaluate(logreg_run.run_dir, birds)
+        evaluation.evaluate(logreg_run.run_dir, birds)
 
 
 def test_evaluate_says_how_to_go_on_when_the_runs_cache_is_gone(cache, tmp_path):
     X, y = features(200)
     moved = write_cache(tmp_path / "moved.h5", X, y)
-    run = runs.train(moved, "logreg", tmp_path / "run", plots=False)
+    run = training.train(moved, "logreg", tmp_path / "run", plots=False)
     moved.unlink()
     with pytest.raises(RunError, match="headstart evaluate .* CACHE"):
-        runs.evaluate(run.run_dir)
+        evaluation.evaluate(run.run_dir)
 
 
 def test_evaluate_after_pictures_are_added_keeps_the_old_test_split(tmp_path):
     X, y = features(300)
     path = write_cache(tmp_path / "grow.h5", X, y)
-    run = runs.train(path, "logreg", tmp_path / "run", plots=False)
+    run = training.train(path, "logreg", tmp_path / "run", plots=False)
     with open_cache(path) as c:
         old_test = {p for p, k in zip(c.paths, assign(c.paths, SplitSpec())) if k == 2}
     X2, y2 = features(200, seed=9)
@@ -276,7 +288,7 @@ def test_evaluate_after_pictures_are_added_keeps_the_old_test_split(tmp_path):
         w.append(X2, y2, new_paths)
         w.close(complete=True)
     new_test = {p for p, k in zip(new_paths, assign(new_paths, SplitSpec())) if k == 2}
-    result = runs.evaluate(run.run_dir)
+    result = evaluation.evaluate(run.run_dir)
     assert result.metrics["n"] == len(old_test) + len(new_test) == run.counts["test"] + len(new_test)
 
 
@@ -284,7 +296,7 @@ def test_evaluate_after_pictures_are_added_keeps_the_old_test_split(tmp_path):
 
 
 def test_misclassified_lists_wrong_test_pictures_by_loss(logreg_run, tmp_path):
-    result = runs.misclassified(logreg_run.run_dir, n=3, montage=tmp_path / "m.png")
+    result = evaluation.misclassified(logreg_run.run_dir, n=3, montage=tmp_path / "m.png")
     cm = np.array(json.loads((logreg_run.run_dir / "metrics.json").read_text())["test"]["confusion_matrix"])
     assert result.n_wrong == cm.sum() - np.trace(cm) > 0
     assert result.n_test == logreg_run.counts["test"]
@@ -301,7 +313,7 @@ def test_misclassified_lists_wrong_test_pictures_by_loss(logreg_run, tmp_path):
 
 def test_misclassified_refuses_n_below_one(logreg_run):
     with pytest.raises(RunError, match="-n of 1 or more"):
-        runs.misclassified(logreg_run.run_dir, n=0)
+        evaluation.misclassified(logreg_run.run_dir, n=0)
 
 
 # -- predict (needs the extractor and ../shared) -----------------------------------------------
@@ -340,14 +352,14 @@ def picture_run(tmp_path_factory):
     with CacheWriter(tmp / "pets.h5", header) as w:
         w.append(res.features, [int(p.parent.name == "Dog") for p in ok], [p.relative_to(root).as_posix() for p in ok])
         w.close(complete=True)
-    run = runs.train(tmp / "pets.h5", "logreg", tmp / "run", split=SplitSpec((0.6, 0.2, 0.2)), plots=False)
+    run = training.train(tmp / "pets.h5", "logreg", tmp / "run", split=SplitSpec((0.6, 0.2, 0.2)), plots=False)
     return run.run_dir, files
 
 
 def test_predict_good_and_bad_pictures(picture_run):
     run_dir, files = picture_run
     bad = SHARED / "bad-images"
-    result = runs.predict(run_dir, [files[0], files[-1], bad, "no/such.jpg"], top_k=2)
+    result = prediction.predict(run_dir, [files[0], files[-1], bad, "no/such.jpg"], top_k=2)
     by_name = {p.path.name: p for p in result.predictions}
     assert result.predictions[0].path == files[0] and result.predictions[0].ok
     for p in result.predictions:
@@ -369,25 +381,25 @@ def test_predict_good_and_bad_pictures(picture_run):
 
 def test_predict_an_empty_folder_or_no_paths(picture_run, tmp_path):
     run_dir, _ = picture_run
-    result = runs.predict(run_dir, [tmp_path])
+    result = prediction.predict(run_dir, [tmp_path])
     assert result.predictions[0].error == "no pictures in this folder"
     with pytest.raises(RunError, match="at least one picture"):
-        runs.predict(run_dir, [])
+        prediction.predict(run_dir, [])
     with pytest.raises(RunError, match="--top-k of 1 or more"):
-        runs.predict(run_dir, [tmp_path], top_k=0)
+        prediction.predict(run_dir, [tmp_path], top_k=0)
 
 
 def test_predict_checks_the_weights_file_against_the_fingerprint(tmp_path):
     pytest.importorskip("headstart.extractor.runner")
     X, y = features(120)
     cache = write_cache(tmp_path / "w.h5", X, y, fp={**FP, "backbone": "mobilenet", "weights": "sha256:" + "0" * 64})
-    run = runs.train(cache, "logreg", tmp_path / "run", plots=False)
+    run = training.train(cache, "logreg", tmp_path / "run", plots=False)
     other = tmp_path / "other.h5"
     other.write_bytes(b"not the weights")
     with pytest.raises(CacheMismatchError, match="Expected the weights file the run's cache was extracted with"):
-        runs.predict(run.run_dir, [other], weights=other)
+        prediction.predict(run.run_dir, [other], weights=other)
     with pytest.raises(RunError, match="no such file"):
-        runs.predict(run.run_dir, [other], weights=tmp_path / "missing.h5")
+        prediction.predict(run.run_dir, [other], weights=tmp_path / "missing.h5")
 
 
 @pytest.mark.slow
@@ -412,8 +424,8 @@ def test_real_pictures_with_imagenet_weights_end_to_end(tmp_path):
     with CacheWriter(tmp_path / "pets.h5", header) as w:
         w.append(res.features, [int(p.parent.name == "Dog") for p in ok], [p.relative_to(root).as_posix() for p in ok])
         w.close(complete=True)
-    result = runs.compare(tmp_path / "pets.h5", tmp_path / "cmp")
+    result = training.compare(tmp_path / "pets.h5", tmp_path / "cmp")
     accuracy = {r["head"]: r["test_accuracy"] for r in result.rows}
     assert min(accuracy.values()) > 0.75, accuracy  # random weights give 0.5; ~47 test pictures
-    pred = runs.predict(tmp_path / "cmp" / "logreg", [files[0], files[-1]], weights=weights)
+    pred = prediction.predict(tmp_path / "cmp" / "logreg", [files[0], files[-1]], weights=weights)
     assert [p.label for p in pred.predictions] == ["Cat", "Dog"]
