@@ -200,11 +200,12 @@ def train_baseline(
 
     from headstart.extractor.scan import scan_dataset
     from headstart.heads.split import SPLITS, SplitSpec, assign, check_trainable, split_counts
-    from headstart.heads import runs as run_folder  # run-folder helpers shared with the heads
+    from headstart.heads import rundir
+    from headstart.heads.training import _plot_run, _write_history
 
     split = split or SplitSpec()
     out = Path(out)
-    run_folder._check_out(out, run_folder.RUN_JSON)
+    rundir.check_out(out, rundir.RUN_KIND)  # fail early; checked again under the lock
     root = Path(data)
     dataset = scan_dataset(root, exclude=exclude, limit_per_class=limit_per_class)
     failed: dict[str, str] = {}
@@ -258,9 +259,7 @@ def train_baseline(
         metrics[name], _ = _evaluate(model, root, *part[name], params, failed, class_names)
     failed_list = sorted(failed.items())
     run = {
-        "format": run_folder.RUN_FORMAT,
         "head": HEAD_NAME,
-        "kind": "baseline",
         "model": "notebook CNN: 4 x (Conv2D 32 3x3 relu + MaxPool 2), dropout 0.25 after blocks 2 and 4, "
                  "Dense 256 relu + dropout 0.5, softmax; Adam; pixels / 255; random horizontal flips",
         "params": {**params.__dict__},
@@ -272,15 +271,65 @@ def train_baseline(
         "failed": [{"path": p, "reason": r} for p, r in failed_list],
         "fit_seconds": round(fit_seconds, 3),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": run_folder._versions(),
+        "versions": rundir.versions(),
     }
-    with run_folder._atomic_dir(out) as tmp:
+    with rundir.result_writer(out, rundir.RUN_KIND) as tmp:
         model.save(tmp / MODEL_FILE)
-        run_folder._write_json(tmp / run_folder.RUN_JSON, run)
-        run_folder._write_json(tmp / run_folder.METRICS_JSON, {"class_names": class_names, **metrics})
-        run_folder._write_history(history, tmp / run_folder.HISTORY_CSV)
+        rundir.write_json(tmp / rundir.METRICS_JSON, {"class_names": class_names, **metrics})
+        _write_history(history, tmp / rundir.HISTORY_CSV)
         if plots:
-            run_folder._plot_run(tmp, HEAD_NAME, history, metrics, class_names, best_epoch)
+            _plot_run(tmp, HEAD_NAME, history, metrics, class_names, best_epoch)
+        rundir.seal_run(tmp, run)
     return BaselineResult(run_dir=out, metrics=metrics, fit_seconds=fit_seconds,
                           counts={k: len(v) for k, v in indices.items()}, epochs=len(history),
                           best_epoch=best_epoch, failed=failed_list)
+
+
+def read_baseline(run_dir: str | os.PathLike, split=None, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The comparison row of a baseline run folder, checked: written by `train_baseline`, files
+    unchanged, and (when given) on the same split and classes as the heads it joins."""
+    from headstart.heads import rundir
+    from headstart.heads.registry import _read_json
+
+    run_dir = Path(run_dir)
+    path = run_dir / rundir.RUN_JSON
+    if not path.is_file():
+        raise BaselineError(
+            f"Expected a run folder made by `headstart baseline`. Received: {run_dir} "
+            f"({'no ' + rundir.RUN_JSON + ' in it' if run_dir.is_dir() else 'no such folder'})."
+        )
+    info = _read_json(path)
+    if not isinstance(info, dict) or info.get("kind") != rundir.RUN_KIND or info.get("head") != HEAD_NAME:
+        got = info.get("head") if isinstance(info, dict) else type(info).__name__
+        raise BaselineError(f"Expected a run folder made by `headstart baseline` (head {HEAD_NAME!r}). "
+                            f"Received: {run_dir} (head {got!r}).")
+    if not rundir.is_run(run_dir):
+        raise BaselineError(f"Expected {run_dir} as headstart wrote it. Received: files that changed since, or "
+                            "other files beside them; run the baseline again.")
+    metrics = _read_json(run_dir / rundir.METRICS_JSON)
+    try:
+        spec = type(split).from_dict(info["split"]) if split is not None else None
+        row = {
+            "head": HEAD_NAME,
+            "val_accuracy": metrics["val"].get("accuracy"),
+            "test_accuracy": metrics["test"].get("accuracy"),
+            "test_log_loss": metrics["test"].get("log_loss"),
+            "fit_seconds": float(info["fit_seconds"]),
+            "run_dir": str(run_dir),
+        }
+    except (KeyError, TypeError, ValueError, AttributeError, HeadstartError) as err:
+        raise BaselineError(f"Expected run.json and metrics.json of a baseline in {run_dir}. Received: "
+                            f"files without a valid {err} field.") from None
+    for key in ("val_accuracy", "test_accuracy", "test_log_loss"):
+        if row[key] is not None and not (isinstance(row[key], (int, float)) and math.isfinite(row[key])):
+            raise BaselineError(f"Expected a number as {key} in {run_dir}/metrics.json. Received: {row[key]!r}.")
+    if spec is not None and (spec.fractions, spec.seed) != (split.fractions, split.seed):
+        raise BaselineError(
+            f"Expected the baseline on the heads' split ({','.join(map(str, split.fractions))}, seed {split.seed}). "
+            f"Received: {run_dir} on {','.join(map(str, spec.fractions))}, seed {spec.seed}; pass the same "
+            "--split and --seed to both commands."
+        )
+    if class_names is not None and list(info.get("class_names", [])) != list(class_names):
+        raise BaselineError(f"Expected the baseline on the classes {', '.join(class_names)}. Received: {run_dir} "
+                            f"on {', '.join(map(str, info.get('class_names', [])))}.")
+    return row

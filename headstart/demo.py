@@ -141,7 +141,7 @@ def run_demo(
     weights) and with random weights, and compare the heads on both caches (``out/runs-*``)."""
     from headstart.extractor.backbones import make_config
     from headstart.extractor.runner import extract
-    from headstart.heads import runs
+    from headstart.heads import training
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -162,7 +162,7 @@ def run_demo(
         res = extract(pictures, cache, config, overwrite=True)
         say(f"Extracted {res.extracted} pictures with MobileNet 0.25, {name} weights, in {res.seconds:.1f} s")
         # A learning rate of 0.01 (not 0.001) lets the Keras heads converge within the demo's minute.
-        result = runs.compare(cache, out / f"runs-{name}", params={"random_state": seed, "learning_rate": 0.01})
+        result = training.compare(cache, out / f"runs-{name}", params={"random_state": seed, "learning_rate": 0.01})
         tables[name] = result.rows
         plots.append(result.out / "comparison.png")
     seconds = time.perf_counter() - t0
@@ -188,7 +188,7 @@ def pets_steps(data: str | os.PathLike = "data", out: str | os.PathLike = "runs/
     """Download Dogs vs Cats (786 MB), extract VGG16 fc2 with ImageNet weights, compare the heads."""
     from headstart import download
     from headstart.extractor import backbones, runner
-    from headstart.heads import runs
+    from headstart.heads import training
 
     data, out, cache = Path(data), Path(out), Path(cache)
     folder = data / "PetImages"
@@ -196,5 +196,5 @@ def pets_steps(data: str | os.PathLike = "data", out: str | os.PathLike = "runs/
         Step(f"headstart download pets {data}", lambda: download.download_pets(data)),
         Step(f"headstart extract {folder} --out {cache}",
              lambda: runner.extract(folder, cache, backbones.make_config("vgg16", "fc2"))),
-        Step(f"headstart compare {cache} --out {out}", lambda: runs.compare(cache, out)),
+        Step(f"headstart compare {cache} --out {out}", lambda: training.compare(cache, out)),
     ]

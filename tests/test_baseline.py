@@ -36,7 +36,7 @@ def test_build_cnn_is_the_notebooks():
 
 def test_baseline_writes_a_run_on_the_heads_split(pictures, tmp_path, tiny_config):
     from headstart.extractor.runner import extract
-    from headstart.heads import runs
+    from headstart.heads import training
 
     out = tmp_path / "scratch"
     result = runner.invoke(app, ["baseline", str(pictures), "--out", str(out), *FAST])
@@ -56,7 +56,7 @@ def test_baseline_writes_a_run_on_the_heads_split(pictures, tmp_path, tiny_confi
     assert [r["epoch"] for r in rows] == ["1", "2"] and "val_loss" in rows[0]
     # A head on a cache of the same folder sees the same split of the readable pictures.
     extract(pictures, tmp_path / "c.h5", tiny_config)
-    head = runs.train(tmp_path / "c.h5", "logreg", tmp_path / "logreg", plots=False)
+    head = training.train(tmp_path / "c.h5", "logreg", tmp_path / "logreg", plots=False)
     head_run = json.loads((tmp_path / "logreg" / "run.json").read_text())
     for name in ("val", "test"):
         assert head_run["split"]["counts"][name] == _readable_counts(run, pictures, name)
@@ -118,3 +118,34 @@ def test_out_that_is_not_a_run_is_refused(pictures, tmp_path):
     result = runner.invoke(app, ["baseline", str(pictures), "--out", str(tmp_path / "o"), *FAST])
     assert result.exit_code == 2 and "Expected --out to be a new or empty folder" in result.output
     assert (tmp_path / "o" / "notes.txt").read_text() == "mine"
+
+
+def test_compare_adds_the_baseline_row(pictures, tmp_path, tiny_config):
+    from headstart.extractor.runner import extract
+
+    scratch = tmp_path / "scratch"
+    assert runner.invoke(app, ["baseline", str(pictures), "--out", str(scratch), *FAST]).exit_code == 0
+    extract(pictures, tmp_path / "c.h5", tiny_config)
+    out = tmp_path / "cmp"
+    result = runner.invoke(app, ["compare", str(tmp_path / "c.h5"), "--heads", "logreg", "--out", str(out),
+                                 "--baseline", str(scratch)])
+    assert result.exit_code == 0, result.output
+    assert "scratch" in result.output
+    rows = json.loads((out / "comparison.json").read_text())["rows"]
+    assert [r["head"] for r in rows] == ["logreg", "scratch"]
+    assert (out / "comparison.png").is_file()
+
+    # Another seed means another split: refused, one line.
+    other = runner.invoke(app, ["compare", str(tmp_path / "c.h5"), "--heads", "logreg", "--out", str(tmp_path / "x"),
+                                "--seed", "1", "--baseline", str(scratch)])
+    assert other.exit_code == 2 and "Expected the baseline on the heads' split" in other.output
+    # A head's run is not a baseline.
+    head = runner.invoke(app, ["compare", str(tmp_path / "c.h5"), "--heads", "logreg", "--out", str(tmp_path / "y"),
+                               "--baseline", str(out / "logreg")])
+    assert head.exit_code == 2 and "made by `headstart baseline`" in head.output
+    # A metrics.json edited after the run: refused.
+    (scratch / "metrics.json").write_text('{"val": {}, "test": {"accuracy": 1.0}}')
+    edited = runner.invoke(app, ["compare", str(tmp_path / "c.h5"), "--heads", "logreg", "--out", str(tmp_path / "z"),
+                                 "--baseline", str(scratch)])
+    assert edited.exit_code == 2 and "changed since" in edited.output
+    assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()

@@ -312,12 +312,14 @@ def compare(
     params: Mapping[str, Any] | None = None,
     plots: bool = True,
     stream: bool | None = None,
+    baseline: str | os.PathLike | None = None,
 ) -> CompareResult:
     """Fit several heads on the same split; each run goes to ``out/<head>``, the table to ``out``.
 
     ``params`` are shared options; each head takes those it knows (``epochs`` goes to the Keras
     heads, ``class_weight`` to all). An option no chosen head takes is an error. The comparison
-    is swapped into ``out`` whole when every head is done.
+    is swapped into ``out`` whole when every head is done. ``baseline``: a `headstart baseline` run
+    folder on the same split, added as one more row of the table and the plot.
     """
     out = Path(out)
     heads = list(dict.fromkeys(heads))
@@ -336,6 +338,11 @@ def compare(
     runs = []
     with open_cache(cache_path) as cache:
         data = prepare(cache, split, stream)
+        extra = []
+        if baseline is not None:
+            from headstart.baseline import read_baseline
+
+            extra.append(read_baseline(baseline, split, data.class_names))
         if data.streamed and "logreg" in heads:
             log.warning("the cache is streamed from disk; logreg needs memory and is left out")
             heads = [h for h in heads if h != "logreg"]
@@ -344,7 +351,7 @@ def compare(
         with result_writer(out, COMPARISON_KIND) as tmp:
             for name in heads:
                 runs.append(_fit_one(data, name, per_head[name], tmp / name, out / name, plots))
-            rows = [r.row() for r in runs]
+            rows = [r.row() for r in runs] + extra
             if plots:
                 from headstart.heads import plots as P
 
