@@ -260,11 +260,12 @@ def make_config(
     precision: str = "auto",
     dtype: str = "float16",
     seed: int = 0,
+    views: str = "none",
 ) -> ExtractionConfig:
     """Check the user's options and resolve defaults into an `ExtractionConfig`."""
     import keras
 
-    from headstart.extractor.config import PRECISIONS, STORAGE_DTYPES, resolve_weights
+    from headstart.extractor.config import PRECISIONS, STORAGE_DTYPES, VIEWS, resolve_weights
     from headstart.extractor.decode import RESIZE_METHODS
 
     spec = get_backbone(backbone)
@@ -284,6 +285,8 @@ def make_config(
         precision = default_precision(spec.name)
     if precision not in PRECISIONS:
         raise BackboneError(f"Expected --precision among auto, {', '.join(PRECISIONS)}. Received: {precision!r}.")
+    if views not in VIEWS:
+        raise BackboneError(f"Expected --views among {', '.join(VIEWS)}. Received: {views!r}.")
     if dtype not in STORAGE_DTYPES:
         raise BackboneError(f"Expected --dtype among {', '.join(STORAGE_DTYPES)}. Received: {dtype!r}.")
     size = input_size or spec.input_size
@@ -310,5 +313,6 @@ def make_config(
         precision=precision,
         dtype=dtype,
         backend=keras.backend.backend(),
+        views=views,
         weights_path=path,
     )

@@ -16,6 +16,8 @@ PRECISIONS = ("float32", "bfloat16", "float16")
 STORAGE_DTYPES = ("float16", "float32")
 RANDOM_WEIGHTS = "none"
 IMAGENET = "imagenet"
+VIEWS = ("none", "flip")
+"""Rows per picture: ``none`` one; ``flip`` two, the picture and its horizontal mirror."""
 
 
 def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
@@ -50,12 +52,15 @@ class ExtractionConfig:
     precision: str = "float32"
     dtype: str = "float16"
     backend: str = "tensorflow"
+    views: str = "none"
     weights_path: str | None = field(default=None, compare=False)
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that change the numbers, as a plain dict (``weights_path`` left out)."""
         out = dataclasses.asdict(self)
         out.pop("weights_path")
+        if out["views"] == "none":  # caches made before views existed keep their fingerprint
+            out.pop("views")
         return out
 
     def fingerprint_json(self) -> str:

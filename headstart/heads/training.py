@@ -43,6 +43,7 @@ from headstart.heads.rundir import (
 )
 from headstart.heads.sources import ArraySource, CacheSource, check_finite
 from headstart.heads.split import SPLITS, SplitSpec, assign, check_trainable, split_counts
+from headstart.heads.views import per_picture
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ class Data:
     sources: dict[str, Any]
     streamed: bool
     cache_info: dict[str, Any]
+    paths: dict[str, list[str]] | None = None  # per split, when the cache has views to average
 
     def labels(self, name: str) -> np.ndarray:
         return self.sources[name].labels
@@ -172,6 +174,7 @@ def prepare(cache, spec: SplitSpec, stream: bool | None) -> Data:
             name: ArraySource(arrays[k], cache.labels[indices[name]]) for k, name in enumerate(SPLITS)
         }
     return Data(
+        paths=None if cache.views is None else {k: [cache.paths[i] for i in v] for k, v in indices.items()},
         cache_path=cache.path.resolve(),
         class_names=list(cache.class_names),
         spec=spec,
@@ -230,8 +233,10 @@ def _fit_one(data: Data, name: str, params: Mapping[str, Any], folder: Path, fin
     n_classes = len(data.class_names)
     metrics = {}
     for split in ("val", "test"):
-        proba = predict_split(head, data.sources[split], n_classes)
-        metrics[split] = M.split_metrics(data.labels(split), proba, data.class_names)
+        proba, y = predict_split(head, data.sources[split], n_classes), data.labels(split)
+        if data.paths is not None:  # one score per picture: its views averaged
+            proba, y, _ = per_picture(proba, y, data.paths[split])
+        metrics[split] = M.split_metrics(y, proba, data.class_names)
         log.info("%s %s: %s", name, split, M.summary_line(metrics[split]))
     run = {
         "head": name,
