@@ -30,7 +30,10 @@ def _table(title: str, rows: Sequence[dict[str, Any]]):
 
 
 def demo_cmd(
-    out: Path = typer.Option(Path("headstart-demo"), "--out", "-o", help="Folder for the pictures, caches and runs."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Folder for the pictures, caches and runs (default headstart-demo); "
+        "with --pets, for the comparison (default runs/pets)."
+    ),
     per_class: int = typer.Option(60, "--per-class", min=10, help="Generated pictures per class."),
     seed: int = typer.Option(0, "--seed", help="Seed of the pictures, the random weights and the split."),
     pets: bool = typer.Option(False, "--pets", help="Run the real job instead: download Dogs vs Cats (786 MB), "
@@ -47,7 +50,7 @@ def demo_cmd(
 
     if pets:
         with cli_errors("Interrupted. Run the same command to resume: each step resumes."):
-            steps = demo.pets_steps(data, out if out != Path("headstart-demo") else Path("runs/pets"))
+            steps = demo.pets_steps(data, out or Path("runs/pets"))
             for i, step in enumerate(steps, 1):
                 say(f"[{i}/{len(steps)}] {step.command}")
                 if not dry_run:
@@ -55,6 +58,7 @@ def demo_cmd(
         if dry_run:
             say("Dry run: nothing was downloaded or extracted.")
         return
+    out = out or Path("headstart-demo")
     say(GENERATED_NOTE)
     with cli_errors(f"Interrupted. Run the same command to start the demo again in {out}."):
         result = demo.run_demo(out, per_class=per_class, seed=seed, say=say)
