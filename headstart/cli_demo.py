@@ -66,8 +66,13 @@ def demo_cmd(
         label = "ImageNet weights (bundled)" if name == "imagenet" else "random weights (same network)"
         out_console.print(_table(f"MobileNet 0.25, {label}: heads on {result.pictures} generated pictures", rows))
     best = {name: max(r["test_accuracy"] or 0 for r in rows) for name, rows in result.tables.items()}
-    say(f"Best test accuracy: {best['imagenet']:.3f} with ImageNet features, {best['random']:.3f} with random "
-        f"ones (chance {1 / len(demo.SHAPES):.3f}): what pretrained features buy.")
+    scale, chance = result.feature_scale, 1 / len(demo.SHAPES)
+    say(f"Best test accuracy: {best['imagenet']:.3f} with ImageNet features, {best['random']:.3f} with the random "
+        f"network's (chance {chance:.3f}). Mean |feature|: {scale['imagenet']:.3g} with ImageNet "
+        f"weights, {scale['random']:.3g} with random ones. "
+        + ("Through 14 untrained layers the signal fades to almost nothing: " if best["random"] < chance + 0.1
+           else "Random features tell the shapes apart only in part: ")
+        + "the weights are what transfer learning transfers.")
     say(f"Comparison plots: {', '.join(str(p) for p in result.plots)}; runs, caches and pictures in {result.out} "
         f"({result.seconds:.0f} s in all).")
 

@@ -118,6 +118,7 @@ class DemoResult:
     seconds: float
     report: Path | None = None
     plots: list[Path] = field(default_factory=list)
+    feature_scale: dict[str, float] = field(default_factory=dict)  # mean |feature| of each cache
 
 
 def _check_out(out: Path) -> None:
@@ -139,6 +140,7 @@ def run_demo(
 ) -> DemoResult:
     """Generate pictures in ``out/pictures``, extract them with the bundled MobileNet 0.25 (ImageNet
     weights) and with random weights, and compare the heads on both caches (``out/runs-*``)."""
+    from headstart.cache import open_cache
     from headstart.extractor.backbones import make_config
     from headstart.extractor.runner import extract
     from headstart.heads import training
@@ -155,12 +157,14 @@ def run_demo(
     n = per_class * len(SHAPES)
     say(f"Generated {n} pictures of {len(SHAPES)} shapes ({', '.join(SHAPES)}) in {pictures}")
     tables: dict[str, list[dict[str, Any]]] = {}
-    plots = []
+    plots, scale = [], {}
     for name, weights_arg in (("imagenet", str(weights)), ("random", "none")):
         config = make_config("mobilenet", alpha=0.25, weights=weights_arg, precision="float32", seed=seed)
         cache = out / f"{name}.h5"
         res = extract(pictures, cache, config, overwrite=True)
         say(f"Extracted {res.extracted} pictures with MobileNet 0.25, {name} weights, in {res.seconds:.1f} s")
+        with open_cache(cache) as c:
+            scale[name] = float(np.abs(c.read()).mean())
         # A learning rate of 0.01 (not 0.001) lets the Keras heads converge within the demo's minute.
         result = training.compare(cache, out / f"runs-{name}", params={"random_state": seed, "learning_rate": 0.01})
         tables[name] = result.rows
@@ -168,8 +172,8 @@ def run_demo(
     seconds = time.perf_counter() - t0
     (out / DEMO_JSON).write_text(json.dumps(
         {"pictures": n, "classes": list(SHAPES), "weights": {"imagenet": str(weights), "random": "none"},
-         "tables": tables, "seconds": round(seconds, 1)}, indent=2, default=str) + "\n")
-    return DemoResult(out=out, pictures=n, tables=tables, seconds=seconds, plots=plots)
+         "tables": tables, "feature_scale": scale, "seconds": round(seconds, 1)}, indent=2, default=str) + "\n")
+    return DemoResult(out=out, pictures=n, tables=tables, seconds=seconds, plots=plots, feature_scale=scale)
 
 
 # -- the real job ------------------------------------------------------------------------------
