@@ -64,6 +64,7 @@ def test_baseline_writes_a_run_on_the_heads_split(pictures, tmp_path, tiny_confi
     import keras
 
     assert keras.saving.load_model(out / "model.keras", safe_mode=True).output_shape == (None, 2)
+    _compare_with_baseline(tmp_path, out)
 
 
 def _split_of(run, pictures):
@@ -120,12 +121,8 @@ def test_out_that_is_not_a_run_is_refused(pictures, tmp_path):
     assert (tmp_path / "o" / "notes.txt").read_text() == "mine"
 
 
-def test_compare_adds_the_baseline_row(pictures, tmp_path, tiny_config):
-    from headstart.extractor.runner import extract
-
-    scratch = tmp_path / "scratch"
-    assert runner.invoke(app, ["baseline", str(pictures), "--out", str(scratch), *FAST]).exit_code == 0
-    extract(pictures, tmp_path / "c.h5", tiny_config)
+def _compare_with_baseline(tmp_path, scratch):
+    """compare --baseline adds the row; another split, a head's run, an edited run: one line each."""
     out = tmp_path / "cmp"
     result = runner.invoke(app, ["compare", str(tmp_path / "c.h5"), "--heads", "logreg", "--out", str(out),
                                  "--baseline", str(scratch)])
