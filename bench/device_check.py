@@ -160,13 +160,17 @@ def measure_precision(args, paths, pixels, precision: str, work: Path) -> dict:
     # Model on device: a preprocessed batch that is already on the accelerator.
     x = np.zeros((batch, config.input_size, config.input_size, 3), np.float32)
     x[: min(batch, n)] = pixels[:batch]
-    x_dev = _on_device(embedder._preprocess(x))
-    _sync(embedder.model.predict_on_batch(x_dev))
-    t0 = time.perf_counter()
-    for _ in starts:
-        out = embedder.model.predict_on_batch(x_dev)
-    _sync(out)
-    row["model_on_device_pps"] = len(starts) * batch / (time.perf_counter() - t0)
+    try:  # a backend that will not take a device tensor costs this one figure, not the row
+        x_dev = _on_device(embedder._preprocess(x))
+        _sync(embedder.model.predict_on_batch(x_dev))
+        t0 = time.perf_counter()
+        for _ in starts:
+            out = embedder.model.predict_on_batch(x_dev)
+        _sync(out)
+        row["model_on_device_pps"] = len(starts) * batch / (time.perf_counter() - t0)
+    except Exception as err:
+        row["model_on_device_pps"] = None
+        row["model_on_device_error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
 
     # Model alone: headstart's Embedder on pre-decoded batches, its parts timed one by one.
     buf = embedder._buffer
@@ -225,7 +229,7 @@ def verdict(row: dict, decode_pps: float) -> str:
         return "decode-bound: the decoding threads are the limit"
     if row["alone_preprocess_share"] + row["alone_copy_share"] > 0.5:
         return "host-bound: batch copy + preprocess_input on the main thread"
-    if row["model_on_device_pps"] > 2 * row["model_alone_pps"]:
+    if (row["model_on_device_pps"] or 0) > 2 * row["model_alone_pps"]:
         return "transfer-bound: host-to-device copies and the Python loop"
     return "main thread waits for decoded pictures while the model runs (no overlap)"
 
