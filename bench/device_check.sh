@@ -5,8 +5,9 @@
 #
 # Made for the GPU machine (one H200, 16 cores, PyTorch and JAX, no TensorFlow, no Keras, no network):
 # Keras and the two wheels it lacks travel in .whl/ (see bench/README.md) and are installed into
-# /tmp/site when `import keras` fails. About 3-5 minutes there; each backend is cut at
-# HS_CHECK_STEP_SECONDS so that the whole run stays within 8 minutes.
+# /tmp/site when `import keras` fails. About 3-5 minutes there; each backend is given an equal share
+# of what is left of HS_CHECK_SECONDS (450) and cut there, so the whole run stays within 8 minutes
+# (JAX compiles VGG16 once per batch size that --batch-size auto tries).
 #
 #   bash bench/device_check.sh                                   # the GPU machine
 #   HS_CHECK_N=64 HS_CHECK_BACKBONE=tiny HS_CHECK_BACKENDS=tensorflow \
@@ -14,7 +15,7 @@
 #
 # Settings (environment): HS_CHECK_N (pictures, 8000), HS_CHECK_BACKBONE (vgg16 | mobilenet | tiny),
 # HS_CHECK_BACKENDS ("torch jax"), HS_CHECK_PRECISIONS (float16,float32), HS_CHECK_BATCH (auto),
-# HS_CHECK_WORKERS (16), HS_CHECK_JOBS (generation processes, the cores), HS_CHECK_STEP_SECONDS (200),
+# HS_CHECK_WORKERS (16), HS_CHECK_JOBS (generation processes, the cores), HS_CHECK_SECONDS (450),
 # HS_CHECK_WORK (scratch folder, /tmp/headstart-device-check), HS_CHECK_PYTHON (python3).
 # Writes device_check.log and device_check.json to $OUT when it is set, else to the scratch folder.
 set -uo pipefail
@@ -27,7 +28,7 @@ PRECISIONS=${HS_CHECK_PRECISIONS:-float16,float32}
 BATCH=${HS_CHECK_BATCH:-auto}
 WORKERS=${HS_CHECK_WORKERS:-16}
 JOBS=${HS_CHECK_JOBS:-$(nproc)}
-STEP=${HS_CHECK_STEP_SECONDS:-200}
+BUDGET=${HS_CHECK_SECONDS:-450}
 WORK=${HS_CHECK_WORK:-/tmp/headstart-device-check}
 PY=${HS_CHECK_PYTHON:-python3}
 RESULTS=${OUT:-$WORK}
@@ -62,14 +63,23 @@ fi
 echo "   after $(( $(date +%s) - T0 )) s"
 
 FILES=()
+LEFT_BACKENDS=$(echo $BACKENDS | wc -w)
 for backend in $BACKENDS; do
+    STEP=$(( (BUDGET - ($(date +%s) - T0)) / LEFT_BACKENDS ))
+    LEFT_BACKENDS=$((LEFT_BACKENDS - 1))
+    [ "$STEP" -ge 20 ] || STEP=20
     echo "== KERAS_BACKEND=$backend ($PRECISIONS, batch $BATCH, $WORKERS decode workers, at most $STEP s)"
     rm -f "$WORK/$backend.json"
     KERAS_BACKEND=$backend timeout -k 10 "$STEP" "$PY" bench/device_check.py measure --data "$PICS" \
         --json "$WORK/$backend.json" --work "$WORK" --backbone "$BACKBONE" --precisions "$PRECISIONS" \
         --batch-size "$BATCH" --workers "$WORKERS"
     rc=$?
-    [ $rc -eq 0 ] || echo "   $backend: exit $rc$([ $rc -eq 124 ] && echo " (cut at $STEP s)")"
+    if [ $rc -ne 0 ]; then
+        why="exit $rc$([ $rc -eq 124 ] && echo " (cut at $STEP s)")"
+        echo "   $backend: $why"
+        [ -f "$WORK/$backend.json" ] || printf '{"rows": [{"backend": "%s", "precision": "all", "error": "%s, no row finished"}]}\n' \
+            "$backend" "$why" >"$WORK/$backend.json"
+    fi
     FILES+=("$WORK/$backend.json")
     echo "   after $(( $(date +%s) - T0 )) s"
 done
