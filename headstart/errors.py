@@ -49,3 +49,7 @@ class HeadError(HeadstartError):
 
 class SplitError(HeadstartError):
     """The split settings are malformed, or leave a split that training needs empty."""
+
+
+class CacheReadError(CacheError):
+    """HDF5 could not read part of the cache: a damaged file, or a live writer's newest strings."""
