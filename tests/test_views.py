@@ -147,3 +147,18 @@ def test_predict_averages_the_mirror(tmp_path, flip_config):
     expected = (head.predict_proba(res.features) + head.predict_proba(res.flipped)) / 2
     got = predict(tmp_path / "run", [f]).predictions[0].top[0][1]
     assert got == pytest.approx(float(expected.max()), abs=1e-5)
+
+
+def test_a_broken_view_column_is_one_line(image_folder, flip_config, tmp_path):
+    from headstart.extractor.runner import extract
+
+    extract(image_folder, tmp_path / "c.h5", flip_config)
+    with h5py.File(tmp_path / "c.h5", "a") as f:
+        f["view"][3] = 5
+    result = runner.invoke(app, ["info", str(tmp_path / "c.h5")])
+    assert result.exit_code == 2 and "/view[3] is not 0 or 1" in result.output
+    with h5py.File(tmp_path / "c.h5", "a") as f:
+        f["view"][3] = 0
+        f["view"].resize((10,))
+    result = runner.invoke(app, ["info", str(tmp_path / "c.h5")])
+    assert result.exit_code == 2 and "/view holds 10" in result.output and "Traceback" not in result.output
