@@ -139,6 +139,10 @@ def extract(
         "where the CPU has native bfloat16, else float32."
     ),
     dtype: str = typer.Option("float16", help="Storage type of the features: float16 or float32."),
+    views: str = typer.Option(
+        "none", help="none, or flip: also store each picture's horizontal mirror (heads train on both; "
+        "evaluate and predict average them)."
+    ),
     batch_size: str = typer.Option("32", help="Pictures per model call, or auto (the largest that fits a GPU; 32 on CPU)."),
     workers: Optional[int] = typer.Option(None, min=1, help="Decoding threads (default: one per CPU core)."),
     exclude: List[str] = typer.Option([], "--exclude", help="Leave out this class (repeatable)."),
@@ -170,7 +174,7 @@ def extract(
         batch = _batch_size(batch_size)
         config = make_config(
             backbone, layer, weights=weights, alpha=alpha, input_size=input_size, resize=resize,
-            jpeg_draft=not no_draft, precision=precision, dtype=dtype, seed=seed,
+            jpeg_draft=not no_draft, precision=precision, dtype=dtype, seed=seed, views=views,
         )
         with _progress(quiet) as bar:
             task = bar.add_task("extract", total=None, rate=0.0, skipped=0) if bar else None
@@ -272,6 +276,14 @@ _register_heads(app)
 from headstart.cli_export import register as _register_export  # noqa: E402 - export, backbones
 
 _register_export(app)
+
+from headstart.cli_demo import register as _register_demo  # noqa: E402 - headstart demo
+
+_register_demo(app)
+
+from headstart.cli_baseline import register as _register_baseline  # noqa: E402 - headstart baseline
+
+_register_baseline(app)
 
 
 def run() -> None:  # pragma: no cover

@@ -176,6 +176,9 @@ def compare_cmd(
     class_weight: str = CLASS_WEIGHT,
     stream: Optional[bool] = STREAM,
     no_plots: bool = NO_PLOTS,
+    baseline: Optional[Path] = typer.Option(
+        None, "--baseline", help="A `headstart baseline` run on the same split: one more row in the table and plot."
+    ),
 ) -> None:
     """Train several heads on the same split and print one table.
 
@@ -192,7 +195,7 @@ def compare_cmd(
         params["random_state"] = seed
         result = training.compare(
             cache, out or Path("runs") / f"compare-{cache.stem}", heads=names, split=_split(split, seed),
-            params=params, plots=not no_plots, stream=stream,
+            params=params, plots=not no_plots, stream=stream, baseline=baseline,
         )
     from rich.table import Table
 

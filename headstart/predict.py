@@ -234,6 +234,9 @@ def predict(
                 )
             class_names = list(info["class_names"])
             proba = M.full_proba(head.predict_proba(feats), head.classes_, len(class_names))
+            if res.flipped is not None:  # the run's cache has views: average the mirror's probabilities
+                flipped = np.asarray(res.flipped, dtype=np.float32)
+                proba = (proba + M.full_proba(head.predict_proba(flipped), head.classes_, len(class_names))) / 2
             k = min(top_k, len(class_names))
             order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
             for f, row, idx in zip(res.ok, proba, order):

@@ -219,16 +219,17 @@ def test_a_preprocessing_string_never_names_code(monkeypatch, name, tiny_config)
 def test_every_fingerprint_key_has_a_type_in_the_cache_schema():
     import dataclasses
 
-    from headstart.cache.fingerprint import FINGERPRINT_TYPES
+    from headstart.cache.fingerprint import FINGERPRINT_TYPES, OPTIONAL_FINGERPRINT_TYPES
 
     fields = {f.name for f in dataclasses.fields(ExtractionConfig)} - {"weights_path"}
-    assert set(FINGERPRINT_TYPES) == fields
+    assert set(FINGERPRINT_TYPES) | set(OPTIONAL_FINGERPRINT_TYPES) == fields
 
 
 def test_fingerprints_of_every_backbone_round_trip():
     for config in (make_config("vgg16", weights="none", precision="float32"),
                    make_config("vgg16", "block5_pool", weights="imagenet", input_size=64, precision="bfloat16"),
-                   make_config("mobilenet", alpha=0.25, weights=str(__file__), dtype="float32", resize="crop")):
+                   make_config("mobilenet", alpha=0.25, weights=str(__file__), dtype="float32", resize="crop"),
+                   make_config("tiny", weights="none", precision="float32", views="flip")):
         assert ExtractionConfig.from_fingerprint(config.fingerprint()) == config
 
 

@@ -3,7 +3,7 @@
 What lives here: the file layout, the writer that appends extracted rows, and the reader
 (`open_cache`). What does not: images, models (see `headstart.extractor`) and heads.
 
-Layout (schema version 1)::
+Layout (schema version 2; version 1 lacks the optional datasets and still opens)::
 
     /features        (N, D) float16 or float32, chunked by whole rows (~1 MiB), resizable
     /labels          (N,) int32, index into /class_names
@@ -12,6 +12,8 @@ Layout (schema version 1)::
     /failed_paths    (F,) UTF-8, pictures that could not be decoded ...
     /failed_reasons  (F,) UTF-8  ... and why
     /progress        (3,) int64: committed rows, committed failures, complete (0/1)
+    /view            (N,) int8, optional (schema 2, ``extract --views flip``): 0 the picture,
+                     1 its horizontal mirror; both rows of a picture share its path
     attrs: schema_version, fingerprint (canonical JSON), fingerprint_digest, root,
            created, versions (JSON of library versions), weights_path (where the weights
            file was at extraction; not part of the fingerprint)
@@ -58,8 +60,11 @@ except ImportError:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-READABLE_SCHEMAS = (SCHEMA_VERSION,)
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)  # version 1 has none of the optional per-row datasets
+ROW_DATASETS = {"view": "int8"}
+"""Optional per-row datasets of schema 2, by name: created when the header asks for them, copied
+by every row-copying path (recovery, prune), given to `CacheWriter.append` as keyword arguments."""
 LOCKING = False
 """HDF5's own file locks are off for every open: a reader (``headstart info``, a training run)
 holding a shared lock made a starting writer fail, and the reverse. One writer at a time is kept
@@ -122,6 +127,7 @@ def _write_empty(
     created: str | None = None,
     versions: str | None = None,
     weights_path: str | None = None,
+    row_datasets: Sequence[str] = (),
 ) -> h5py.File:
     """Create every dataset of the schema with zero rows; returns the open file."""
     try:
@@ -130,6 +136,8 @@ def _write_empty(
         raise CacheError(f"Cannot create the cache {path}: {err}.") from None
     try:
         _create_datasets(f, dim, dtype, chunk_rows, class_names)
+        for name in row_datasets:
+            f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=ROW_DATASETS[name], chunks=(4096,))
         f.attrs["schema_version"] = SCHEMA_VERSION
         f.attrs["fingerprint"] = fingerprint_json
         f.attrs["fingerprint_digest"] = fingerprint_digest
@@ -227,6 +235,7 @@ def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
             created=f.attrs["created"],
             versions=f.attrs["versions"],
             weights_path=f.attrs.get("weights_path", ""),
+            row_datasets=[name for name in ROW_DATASETS if name in f],
         )
         try:
             kept = 0
@@ -242,6 +251,7 @@ def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
                     ("features", block),
                     ("labels", f["labels"][start:stop][mask]),
                     ("paths", np.array(f["paths"].asstr()[start:stop], dtype=object)[mask]),
+                    *((name, f[name][start:stop][mask]) for name in ROW_DATASETS if name in f),
                 ):
                     out[name].resize(kept + n, axis=0)
                     out[name][kept:] = data
@@ -268,6 +278,7 @@ class CacheHeader:
     class_names: tuple[str, ...]
     root: str
     weights_path: str | None = None  # where the weights file was; its hash is in the fingerprint
+    row_datasets: tuple[str, ...] = ()  # optional per-row datasets (see ROW_DATASETS)
 
     @property
     def fingerprint_json(self) -> str:
@@ -397,6 +408,7 @@ class CacheWriter:
             root=h.root,
             chunk_rows=chunk_rows_for(h.dim, np.dtype(h.dtype)),
             weights_path=h.weights_path,
+            row_datasets=h.row_datasets,
         )
         f.close()
         os.replace(tmp, self.path)
@@ -436,7 +448,7 @@ class CacheWriter:
             self._rows, self._failed = (int(v) for v in f["progress"][:2])
             self._staged_rows, self._staged_failed = self._rows, self._failed
             # Drop anything staged after the last commit by a writer that died.
-            for name in ("features", "labels", "paths"):
+            for name in ("features", "labels", "paths", *(n for n in ROW_DATASETS if n in f)):
                 if f[name].shape[0] != self._rows:
                     f[name].resize(self._rows, axis=0)
             for name in ("failed_paths", "failed_reasons"):
@@ -492,19 +504,24 @@ class CacheWriter:
         return kept
 
     # -- writing -----------------------------------------------------------------------------
-    def append(self, features: np.ndarray, labels: Sequence[int], paths: Sequence[str]) -> None:
-        """Stage one batch of rows; call ``commit`` to make it durable."""
+    def append(self, features: np.ndarray, labels: Sequence[int], paths: Sequence[str], **columns) -> None:
+        """Stage one batch of rows; call ``commit`` to make it durable. ``columns``: a value per row
+        for each optional dataset this cache has (e.g. ``view=``), and no other."""
         n = len(paths)
         if n == 0:
             return
         if features.shape != (n, self.header.dim) or len(labels) != n:
             raise ValueError(f"batch shapes disagree: features {features.shape}, {len(labels)} labels, {n} paths")
         f = self._f
+        have = {name for name in ROW_DATASETS if name in f}
+        if set(columns) != have or any(len(v) != n for v in columns.values()):
+            raise ValueError(f"expected a value per row for {sorted(have)}, got {sorted(columns)}")
         start = self._staged_rows
         for name, data in (
             ("features", features.astype(f["features"].dtype, copy=False)),
             ("labels", np.asarray(labels, dtype="int32")),
             ("paths", np.array(list(paths), dtype=object)),
+            *((name, np.asarray(columns[name], dtype=ROW_DATASETS[name])) for name in sorted(have)),
         ):
             f[name].resize(start + n, axis=0)
             f[name][start:] = data
@@ -612,6 +629,10 @@ class CacheReader:
         self.versions: dict[str, str] = c.versions
         self.weights_path: str | None = c.weights_path
         self.schema_version = c.schema_version
+        # Schema 2, `extract --views flip`: 0 = the picture, 1 = its mirror; None without views.
+        self.views: np.ndarray | None = (
+            self._f["view"][: self._n].astype(np.int8) if "view" in self._f else None
+        )
 
     def refresh(self) -> int:
         """See the rows a running writer committed since the cache was opened (or last refreshed);

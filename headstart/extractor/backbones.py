@@ -359,16 +359,18 @@ def _build_hub(config: ExtractionConfig):
 
 
 def make_hub_config(backbone: str, layer: str | None, *, weights: str, input_size: int | None, resize: str,
-                    jpeg_draft: bool, precision: str, dtype: str, seed: int) -> ExtractionConfig:
+                    jpeg_draft: bool, precision: str, dtype: str, seed: int, views: str = "none") -> ExtractionConfig:
     """`make_config` for ``hub:PRESET`` (see `headstart.extractor.hub`)."""
     import keras
 
     from pathlib import Path
 
     from headstart.extractor import hub
-    from headstart.extractor.config import PRECISIONS, STORAGE_DTYPES
+    from headstart.extractor.config import PRECISIONS, STORAGE_DTYPES, VIEWS
     from headstart.extractor.decode import RESIZE_METHODS
 
+    if views not in VIEWS:
+        raise BackboneError(f"Expected --views among {', '.join(VIEWS)}. Received: {views!r}.")
     _, family, handle = hub.preset_of(backbone)
     if layer not in (None, family.layer):
         raise BackboneError(f"Expected a layer of {backbone} among {family.layer}. Received: {layer!r}.")
@@ -398,7 +400,7 @@ def make_hub_config(backbone: str, layer: str | None, *, weights: str, input_siz
         backbone=backbone, layer=family.layer, pooling=None, alpha=None, weights=identity, seed=seed_used,
         keras_version=keras.__version__, input_size=size, resize=resize, jpeg_draft=jpeg_draft,
         preprocessing=family.preprocessing, precision=precision, dtype=dtype, backend=keras.backend.backend(),
-        weights_path=folder,
+        views=views, weights_path=folder,
     )
 
 
@@ -461,6 +463,7 @@ def make_config(
     precision: str = "auto",
     dtype: str = "float16",
     seed: int = 0,
+    views: str = "none",
 ) -> ExtractionConfig:
     """Check the user's options and resolve defaults into an `ExtractionConfig`."""
     import keras
@@ -471,9 +474,9 @@ def make_config(
         if alpha is not None:
             raise BackboneError(f"Expected no --alpha for {backbone} (only mobilenet has one). Received: {alpha}.")
         return make_hub_config(backbone, layer, weights=weights, input_size=input_size, resize=resize,
-                               jpeg_draft=jpeg_draft, precision=precision, dtype=dtype, seed=seed)
+                               jpeg_draft=jpeg_draft, precision=precision, dtype=dtype, seed=seed, views=views)
 
-    from headstart.extractor.config import PRECISIONS, STORAGE_DTYPES, resolve_weights
+    from headstart.extractor.config import PRECISIONS, STORAGE_DTYPES, VIEWS, resolve_weights
     from headstart.extractor.decode import RESIZE_METHODS
 
     spec = get_backbone(backbone)
@@ -493,6 +496,8 @@ def make_config(
         precision = default_precision(spec.name)
     if precision not in PRECISIONS:
         raise BackboneError(f"Expected --precision among auto, {', '.join(PRECISIONS)}. Received: {precision!r}.")
+    if views not in VIEWS:
+        raise BackboneError(f"Expected --views among {', '.join(VIEWS)}. Received: {views!r}.")
     if dtype not in STORAGE_DTYPES:
         raise BackboneError(f"Expected --dtype among {', '.join(STORAGE_DTYPES)}. Received: {dtype!r}.")
     size = input_size or spec.input_size
@@ -519,6 +524,7 @@ def make_config(
         precision=precision,
         dtype=dtype,
         backend=keras.backend.backend(),
+        views=views,
         weights_path=path,
     )
 

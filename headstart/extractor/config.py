@@ -22,6 +22,8 @@ IMAGENET = "imagenet"
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 4096
 _WEIGHTS_FILE = re.compile(r"sha256:[0-9a-f]{64}")
 _VERSION = re.compile(r"[0-9][0-9A-Za-z.+-]{0,39}")
+VIEWS = ("none", "flip")
+"""Rows per picture: ``none`` one; ``flip`` two, the picture and its horizontal mirror."""
 
 
 def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
@@ -56,12 +58,15 @@ class ExtractionConfig:
     precision: str = "float32"
     dtype: str = "float16"
     backend: str = "tensorflow"
+    views: str = "none"
     weights_path: str | None = field(default=None, compare=False)
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that change the numbers, as a plain dict (``weights_path`` left out)."""
         out = dataclasses.asdict(self)
         out.pop("weights_path")
+        if out["views"] == "none":  # caches made before views existed keep their fingerprint
+            out.pop("views")
         return out
 
     def fingerprint_json(self) -> str:
@@ -132,6 +137,7 @@ def check_settings(fp: dict[str, Any]) -> None:
     _one_of("precision", fp["precision"], PRECISIONS)
     _one_of("dtype", fp["dtype"], STORAGE_DTYPES)
     _one_of("backend", fp["backend"], BACKENDS)
+    _one_of("views", fp.get("views", "none"), VIEWS)
 
 
 def _check_hub(fp: dict[str, Any]) -> None:

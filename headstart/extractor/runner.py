@@ -139,10 +139,19 @@ def auto_batch_size(model, config: ExtractionConfig, largest: int = 256, cpu_def
     return chosen
 
 
+def _embed(embedder: Embedder, pixels: list[np.ndarray]) -> np.ndarray:
+    """Features of a batch; with ``views == "flip"`` the rows of the mirrored pictures follow (2n rows)."""
+    feats = embedder(pixels)
+    if embedder.config.views == "flip":
+        feats = np.concatenate([feats, embedder([p[:, ::-1] for p in pixels])])
+    return feats
+
+
 def embed_stream(
     paths: Sequence[Path], embedder: Embedder, workers: int
 ) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, str]]]]:
-    """Yield ``(indices, features, failed)`` batch by batch, ``failed`` as (index, reason)."""
+    """Yield ``(indices, features, failed)`` batch by batch, ``failed`` as (index, reason). With
+    ``views == "flip"`` features has ``2 * len(indices)`` rows: the pictures', then their mirrors'."""
     batch_idx: list[int] = []
     batch_px: list[np.ndarray] = []
     failed: list[tuple[int, str]] = []
@@ -154,20 +163,22 @@ def embed_stream(
         batch_idx.append(index)
         batch_px.append(pixels)
         if len(batch_idx) == embedder.batch_size:
-            yield batch_idx, embedder(batch_px), failed
+            yield batch_idx, _embed(embedder, batch_px), failed
             batch_idx, batch_px, failed = [], [], []
     if batch_idx or failed:
-        feats = embedder(batch_px) if batch_px else np.zeros((0, embedder.dim), np.float32)
+        feats = _embed(embedder, batch_px) if batch_px else np.zeros((0, embedder.dim), np.float32)
         yield batch_idx, feats, failed
 
 
 @dataclass
 class EmbedResult:
-    """Features of pictures given one by one (for `predict`): rows follow ``ok``."""
+    """Features of pictures given one by one (for `predict`): rows follow ``ok``; ``flipped``: the
+    mirrored pictures' rows when the config has ``views == "flip"``, else None."""
 
     features: np.ndarray
     ok: list[Path]
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    flipped: np.ndarray | None = None
 
 
 def embed_files(
@@ -181,13 +192,16 @@ def embed_files(
     if isinstance(batch_size, int):  # a handful of pictures should not pay for a full batch
         batch_size = max(1, min(batch_size, len(files)))
     embedder = Embedder(config, batch_size)
-    feats, ok, failed = [], [], []
+    feats, flips, ok, failed = [], [], [], []
     for idx, f, bad in embed_stream(files, embedder, workers or default_workers()):
-        feats.append(f)
+        feats.append(f[: len(idx)])
+        flips.append(f[len(idx):])
         ok.extend(files[i] for i in idx)
         failed.extend((files[i], reason) for i, reason in bad)
-    features = np.concatenate(feats) if feats else np.zeros((0, embedder.dim), np.float32)
-    return EmbedResult(features=features, ok=ok, failed=failed)
+    empty = np.zeros((0, embedder.dim), np.float32)
+    features = np.concatenate(feats) if feats else empty
+    flipped = (np.concatenate(flips) if flips else empty) if config.views == "flip" else None
+    return EmbedResult(features=features, ok=ok, failed=failed, flipped=flipped)
 
 
 @dataclass
@@ -335,6 +349,7 @@ def extract(
             class_names=tuple(class_names),
             root=str(source.resolve()),
             weights_path=config.weights_path,
+            row_datasets=("view",) if config.views == "flip" else (),
         )
         label_map = [class_names.index(name) for name in dataset.class_names]
     except BaseException:
@@ -366,7 +381,11 @@ def extract(
             handled = 0
             t_loop = last_commit = time.perf_counter()
             for idx, feats, bad in embed_stream(paths, embedder, workers or default_workers()):
-                writer.append(feats, [todo[i][1] for i in idx], [todo[i][0] for i in idx])
+                labels, rels = [todo[i][1] for i in idx], [todo[i][0] for i in idx]
+                if config.views == "flip":  # both rows of a picture are committed together
+                    writer.append(feats, labels * 2, rels * 2, view=[0] * len(idx) + [1] * len(idx))
+                else:
+                    writer.append(feats, labels, rels)
                 bad_items = [(todo[i][0], reason) for i, reason in bad]
                 writer.add_failed(bad_items)
                 if time.perf_counter() - last_commit >= commit_seconds:

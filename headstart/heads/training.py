@@ -43,6 +43,7 @@ from headstart.heads.rundir import (
 )
 from headstart.heads.sources import ArraySource, CacheSource, check_finite
 from headstart.heads.split import SPLITS, SplitSpec, assign, check_trainable, split_counts
+from headstart.heads.views import per_picture
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ class Data:
     sources: dict[str, Any]
     streamed: bool
     cache_info: dict[str, Any]
+    paths: dict[str, list[str]] | None = None  # per split, when the cache has views to average
 
     def labels(self, name: str) -> np.ndarray:
         return self.sources[name].labels
@@ -172,6 +174,7 @@ def prepare(cache, spec: SplitSpec, stream: bool | None) -> Data:
             name: ArraySource(arrays[k], cache.labels[indices[name]]) for k, name in enumerate(SPLITS)
         }
     return Data(
+        paths=None if cache.views is None else {k: [cache.paths[i] for i in v] for k, v in indices.items()},
         cache_path=cache.path.resolve(),
         class_names=list(cache.class_names),
         spec=spec,
@@ -230,8 +233,10 @@ def _fit_one(data: Data, name: str, params: Mapping[str, Any], folder: Path, fin
     n_classes = len(data.class_names)
     metrics = {}
     for split in ("val", "test"):
-        proba = predict_split(head, data.sources[split], n_classes)
-        metrics[split] = M.split_metrics(data.labels(split), proba, data.class_names)
+        proba, y = predict_split(head, data.sources[split], n_classes), data.labels(split)
+        if data.paths is not None:  # one score per picture: its views averaged
+            proba, y, _ = per_picture(proba, y, data.paths[split])
+        metrics[split] = M.split_metrics(y, proba, data.class_names)
         log.info("%s %s: %s", name, split, M.summary_line(metrics[split]))
     run = {
         "head": name,
@@ -312,12 +317,14 @@ def compare(
     params: Mapping[str, Any] | None = None,
     plots: bool = True,
     stream: bool | None = None,
+    baseline: str | os.PathLike | None = None,
 ) -> CompareResult:
     """Fit several heads on the same split; each run goes to ``out/<head>``, the table to ``out``.
 
     ``params`` are shared options; each head takes those it knows (``epochs`` goes to the Keras
     heads, ``class_weight`` to all). An option no chosen head takes is an error. The comparison
-    is swapped into ``out`` whole when every head is done.
+    is swapped into ``out`` whole when every head is done. ``baseline``: a `headstart baseline` run
+    folder on the same split, added as one more row of the table and the plot.
     """
     out = Path(out)
     heads = list(dict.fromkeys(heads))
@@ -336,6 +343,11 @@ def compare(
     runs = []
     with open_cache(cache_path) as cache:
         data = prepare(cache, split, stream)
+        extra = []
+        if baseline is not None:
+            from headstart.baseline import read_baseline
+
+            extra.append(read_baseline(baseline, split, data.class_names))
         if data.streamed and "logreg" in heads:
             log.warning("the cache is streamed from disk; logreg needs memory and is left out")
             heads = [h for h in heads if h != "logreg"]
@@ -344,7 +356,7 @@ def compare(
         with result_writer(out, COMPARISON_KIND) as tmp:
             for name in heads:
                 runs.append(_fit_one(data, name, per_head[name], tmp / name, out / name, plots))
-            rows = [r.row() for r in runs]
+            rows = [r.row() for r in runs] + extra
             if plots:
                 from headstart.heads import plots as P
 
