@@ -37,3 +37,15 @@ class DownloadError(HeadstartError):
 
 class RunError(HeadstartError):
     """A run directory is missing files or was made with other settings."""
+
+
+class RayError(HeadstartError):
+    """Ray is missing, the cluster cannot be reached, or it could not run the extraction."""
+
+
+class ShardError(HeadstartError):
+    """The --shards / --shard options are malformed, or a cache is another shard."""
+
+
+class MergeError(HeadstartError):
+    """Caches given to merge do not fit together (settings, classes, paths, shards)."""

@@ -40,7 +40,7 @@ import h5py
 import numpy as np
 
 from headstart.cache.fingerprint import canonical_json, fingerprint_digest
-from headstart.errors import CacheBusyError, CacheError
+from headstart.errors import CacheBusyError, CacheError, CacheMismatchError
 
 try:  # POSIX advisory locks; Windows runs without the cross-process guard.
     import fcntl
@@ -111,6 +111,7 @@ def _write_empty(
     created: str | None = None,
     versions: str | None = None,
     weights_path: str | None = None,
+    shard: str = "",
 ) -> h5py.File:
     """Create every dataset of the schema with zero rows; returns the open file."""
     try:
@@ -126,6 +127,8 @@ def _write_empty(
         f.attrs["created"] = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         f.attrs["versions"] = versions or json.dumps(_library_versions(), sort_keys=True)
         f.attrs["weights_path"] = weights_path or ""
+        if shard:
+            f.attrs["shard"] = shard
     except BaseException:
         f.close()
         raise
@@ -195,7 +198,7 @@ def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
         if keep.shape != (n_rows,):
             raise ValueError(f"keep has shape {keep.shape}, expected ({n_rows},)")
         dim = feats.shape[1]
-        rows = feats.chunks[0]
+        rows = feats.chunks[0] if feats.chunks else chunk_rows_for(dim, feats.dtype)  # virtual: no chunks
         out = _write_empty(
             tmp,
             dim=dim,
@@ -208,6 +211,7 @@ def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
             created=f.attrs["created"],
             versions=f.attrs["versions"],
             weights_path=f.attrs.get("weights_path", ""),
+            shard=str(f.attrs.get("shard", "")),
         )
         try:
             kept = 0
@@ -239,6 +243,37 @@ def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
     return kept
 
 
+def _describe_shard(text: str) -> str:
+    try:
+        data = json.loads(text)
+        return f"shard {int(data['index'])} of {int(data['count'])}"
+    except (ValueError, TypeError, KeyError):
+        return f"shard {text!r}" if text else "the whole folder"
+
+
+def _check_shard(cached: str, now: str, path: Path) -> None:
+    """A shard's cache resumes only as the same shard, a whole-folder cache only as a whole."""
+    if cached != now:
+        raise CacheMismatchError(
+            f"Expected the same part of the folder as {path} holds ({_describe_shard(cached)}). "
+            f"Received: {_describe_shard(now)}. Use the cache's --shards/--shard options, or another --out."
+        )
+
+
+def _make_self_contained(path: Path) -> None:
+    """Turn a merged cache (features read from its shards) into an ordinary file before appending:
+    a virtual dataset cannot grow. Copies the rows; the caller holds the writer lock."""
+    with _open_any(path) as f:
+        virtual = "features" in f and isinstance(f["features"], h5py.Dataset) and f["features"].is_virtual
+        if virtual:
+            from headstart.cache.merge import check_sources
+
+            check_sources(f, path)
+    if virtual:
+        log.warning("%s reads its features from its shards; copying them into it before extending it", path)
+        rewrite(path, path)
+
+
 @dataclass(frozen=True)
 class CacheHeader:
     """What a new cache needs to know before the first row arrives."""
@@ -249,6 +284,7 @@ class CacheHeader:
     class_names: tuple[str, ...]
     root: str
     weights_path: str | None = None  # where the weights file was; its hash is in the fingerprint
+    shard: str = ""  # JSON of `headstart.extractor.shards.Shard` for a shard's cache, "" for a whole folder
 
     @property
     def fingerprint_json(self) -> str:
@@ -281,6 +317,8 @@ class CacheWriter:
         try:
             if self._overwrite or not self.path.exists():
                 self._create()
+            else:
+                _make_self_contained(self.path)
             self._open_for_append()
         except BaseException:
             self._release_lock()
@@ -342,6 +380,7 @@ class CacheWriter:
             root=h.root,
             chunk_rows=chunk_rows_for(h.dim, np.dtype(h.dtype)),
             weights_path=h.weights_path,
+            shard=h.shard,
         )
         f.close()
         os.replace(tmp, self.path)
@@ -371,6 +410,7 @@ class CacheWriter:
                     f"Expected features of {self.header.dim} x {self.header.dtype} in {self.path}. "
                     f"Received: {f['features'].shape[1]} x {f['features'].dtype}."
                 )
+            _check_shard(str(f.attrs.get("shard", "")), self.header.shard, self.path)
             self._rows, self._failed = (int(v) for v in f["progress"][:2])
             self._staged_rows, self._staged_failed = self._rows, self._failed
             # Drop anything staged after the last commit by a writer that died.
@@ -471,6 +511,18 @@ class CacheWriter:
             self._release_lock()
 
 
+@contextlib.contextmanager
+def writer_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold the writer lock of the cache at ``path`` (as `CacheWriter` does) without opening it:
+    for commands that replace a cache as a whole (merge)."""
+    holder = CacheWriter(Path(path), header=None)  # type: ignore[arg-type] - only the lock is used
+    holder._acquire_lock()
+    try:
+        yield
+    finally:
+        holder._release_lock()
+
+
 class CacheReader:
     """A feature cache opened for reading: features in slices, labels, paths, class names.
 
@@ -484,6 +536,10 @@ class CacheReader:
         try:
             _check_schema(self._f, self.path)
             f = self._f
+            if f["features"].is_virtual:  # a merged cache: its features live in the shards
+                from headstart.cache.merge import check_sources
+
+                check_sources(f, self.path)
             n_rows, n_failed, complete = (int(v) for v in f["progress"][:])
             self._n = n_rows
             self.complete = bool(complete)
@@ -502,6 +558,7 @@ class CacheReader:
             self.versions: dict[str, str] = json.loads(f.attrs["versions"])
             self.weights_path: str | None = f.attrs.get("weights_path", "") or None
             self.schema_version = int(f.attrs["schema_version"])
+            self.shard: str = str(f.attrs.get("shard", ""))  # JSON of the shard, "" for a whole folder
         except BaseException:
             self._f.close()
             raise
@@ -528,7 +585,8 @@ class CacheReader:
 
     @property
     def chunk_rows(self) -> int:
-        return int(self.features.chunks[0])
+        chunks = self.features.chunks  # None for the virtual features of a merged cache
+        return int(chunks[0]) if chunks else chunk_rows_for(self.dim, self.dtype)
 
     @property
     def block_rows(self) -> int:
