@@ -66,7 +66,7 @@ def connect(address: str) -> Any:
     # The C++ core logs warnings meant for Ray developers to the driver's stderr; keep them in
     # Ray's log files unless asked for more output.
     if not verbose:
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     kwargs: dict[str, Any] = dict(
         logging_level=logging.INFO if verbose else logging.ERROR,
         log_to_driver=verbose,
@@ -89,11 +89,11 @@ def connect(address: str) -> Any:
 
 
 def _worker_env() -> dict[str, str]:
-    env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-    backend = os.environ.get("KERAS_BACKEND")
-    if backend:
-        env["KERAS_BACKEND"] = backend
-    return env
+    """Environment of this job's Ray workers: the driver's Keras backend (part of the fingerprint)."""
+    import keras  # loaded already: the extraction config names the backend and Keras version
+
+    return {"KERAS_BACKEND": keras.backend.backend(),
+            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
 
 
 def cluster_gpus(address: str) -> int:
@@ -263,6 +263,10 @@ def embed_stream(
     ds = ds.map_batches(
         _decode_batch, batch_size=None, batch_format="numpy",
         fn_kwargs={"size": config.input_size, "resize": config.resize, "draft": config.jpeg_draft},
+        # The memory a task's pictures take once decoded. Besides helping Ray place the tasks, it
+        # keeps Ray Data from fusing decoding into the model actors (it fuses operators whose
+        # resource requests are equal; the GPU actor would then decode one picture after another).
+        memory=block * config.input_size**2 * 3 * 2,
     )
     ds = ds.map_batches(
         EmbedActor, batch_size=ray_batch, batch_format="numpy",

@@ -357,6 +357,8 @@ def extract(
             handled = 0
             t_loop = last_commit = time.perf_counter()
             for idx, feats, bad in stream:
+                if ray and not handled:  # the cluster's start-up (actors building the model) is not the loop
+                    t_loop = time.perf_counter()
                 writer.append(feats, [todo[i][1] for i in idx], [todo[i][0] for i in idx])
                 bad_items = [(todo[i][0], reason) for i, reason in bad]
                 writer.add_failed(bad_items)
