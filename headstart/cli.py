@@ -247,6 +247,7 @@ def info(
                 "vanished": missing,
                 "size_bytes": c.size_bytes(),
                 "schema_version": c.schema_version,
+                "shard": _shard_record(c.shard, cache),
             }
     if as_json:
         out_console.print_json(json.dumps(data))
@@ -265,6 +266,8 @@ def info(
     row("created", data["created"])
     fp = data["fingerprint"]
     row("settings", ", ".join(f"{k}={v}" for k, v in fp.items() if v is not None))
+    if data["shard"]:
+        row("shard", f"{data['shard']['index']} of {data['shard']['count']} (join the shards: headstart merge)")
     row("skipped", str(len(data["skipped"])))
     row("vanished", str(len(missing)) + (" (drop them: extract --prune)" if missing else ""))
     out_console.print(t, soft_wrap=True)
@@ -274,6 +277,14 @@ def info(
         say(f"  vanished {path}")
     if len(missing) > 20:
         say(f"  ... and {len(missing) - 20} more (--json lists all)")
+
+
+def _shard_record(text: str, cache: Path) -> Optional[dict]:
+    """The shard a cache holds, checked, as a dict; None for a whole-folder cache."""
+    from headstart.extractor.shards import Shard
+
+    part = Shard.from_json(text, str(cache))
+    return json.loads(part.to_json()) if part else None
 
 
 from headstart.cli_heads import register as _register_heads  # noqa: E402 - the head commands
