@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import make_images
 from headstart.cache import open_cache
 from headstart.cache.merge import merge
 from headstart.cli import app
@@ -25,15 +26,26 @@ def rows(path):
                 sorted(c.failed), c.class_names, c.fingerprint, c.complete)
 
 
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Made once for the module: a local run of a small folder and its 3 shards (one unreadable picture)."""
+    base = tmp_path_factory.mktemp("merge")
+    images = make_images(base / "images")
+    (images / "dog" / "empty.jpg").write_bytes(b"")
+    config = make_config("tiny", weights="none", precision="float32")
+    extract(images, base / "whole.h5", config, batch_size=4)
+    for i in range(3):
+        extract(images, base / "parts" / f"part-{i}.h5", config, batch_size=4, shards=3, shard=i)
+    return base
+
+
 @pytest.fixture
-def shards(image_folder, tiny_config, tmp_path):
-    """A local run of the folder and its 3 shards (one unreadable picture among them)."""
+def shards(built, image_folder, tmp_path):
+    """This test's copies of the local run and the shards; ``image_folder`` holds the same pictures."""
     (image_folder / "dog" / "empty.jpg").write_bytes(b"")
-    extract(image_folder, tmp_path / "whole.h5", tiny_config, batch_size=4)
-    parts = [tmp_path / "parts" / f"part-{i}.h5" for i in range(3)]
-    for i, p in enumerate(parts):
-        extract(image_folder, p, tiny_config, batch_size=4, shards=3, shard=i)
-    return tmp_path / "whole.h5", parts
+    shutil.copytree(built / "parts", tmp_path / "parts")
+    shutil.copy(built / "whole.h5", tmp_path / "whole.h5")
+    return tmp_path / "whole.h5", [tmp_path / "parts" / f"part-{i}.h5" for i in range(3)]
 
 
 def invoke(*args):
@@ -120,8 +132,7 @@ def test_mismatched_settings_duplicated_paths_and_missing_shards_are_refused(sha
     assert invoke("merge", out, parts[0], parts[1], "--partial").exit_code == 0
     assert_clean_error(invoke("merge", out, parts[0], parts[1], parts[2]), "--overwrite")
     # two whole-folder caches of the same pictures: every path twice
-    extract(image_folder, tmp_path / "whole2.h5", make_config("tiny", weights="none", precision="float32"),
-            batch_size=4)
+    shutil.copy(whole, tmp_path / "whole2.h5")
     assert_clean_error(invoke("merge", tmp_path / "w.h5", whole, tmp_path / "whole2.h5"),
                        "Expected each picture in one cache only")
     assert not (tmp_path / "w.h5").exists()
@@ -173,3 +184,25 @@ def test_out_that_is_not_a_cache_is_never_overwritten(shards, tmp_path):
     assert_clean_error(invoke("merge", precious, *parts, "--overwrite"), "not a headstart cache")
     assert precious.read_text() == "my notes"
     assert_clean_error(invoke("merge", parts[0], *parts), "Expected OUT to be a new file")
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_optional_per_row_datasets_of_schema_2_are_carried(shards, tmp_path, copy):
+    whole, parts = shards
+    expected = {}
+    for i, p in enumerate(parts):
+        with h5py.File(p, "r+") as f:
+            n = int(f["progress"][0])
+            paths = f["paths"].asstr()[:n]
+            digests = np.array([(f"{i}" * 64)[:64].encode()] * n, dtype="S64")
+            f.create_dataset("sha256", data=digests, maxshape=(None,))
+            if i == 1:  # only one shard has views: the others' rows are pictures (view 0)
+                f.create_dataset("view", data=np.ones(n, dtype="int8"), maxshape=(None,))
+            for path, d in zip(paths, digests):
+                expected[path] = (d, 1 if i == 1 else 0)
+    out = tmp_path / "m.h5"
+    merge(out, parts, copy=copy)
+    with h5py.File(out, "r") as f:
+        got = {p: (d, int(v)) for p, d, v in zip(f["paths"].asstr()[:], f["sha256"][:], f["view"][:])}
+        assert f["sha256"].dtype == np.dtype("S64") and f["view"].dtype == np.dtype("int8")
+    assert got == expected
