@@ -129,6 +129,8 @@ def test_mismatched_settings_duplicated_paths_and_missing_shards_are_refused(sha
                        "Expected each shard once")
     assert_clean_error(invoke("merge", out, parts[0], parts[0]), "Expected each cache once")
     assert_clean_error(invoke("merge", out, parts[0], parts[1]), "Expected all 3 shards", "missing: 2", "--partial")
+    with pytest.raises(MergeError, match="Expected all 3 shards"):
+        merge(out, parts[:2])
     assert invoke("merge", out, parts[0], parts[1], "--partial").exit_code == 0
     assert_clean_error(invoke("merge", out, parts[0], parts[1], parts[2]), "--overwrite")
     # two whole-folder caches of the same pictures: every path twice
