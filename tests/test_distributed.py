@@ -56,6 +56,20 @@ def assert_same_rows(a_path, b_path):
         np.testing.assert_allclose(a[p][1], b[p][1], rtol=2e-3, atol=1e-3)  # float16 rounding
 
 
+@pytest.mark.parametrize("address, fragment", [
+    ("127.0.0.1:1", "Expected a Ray cluster listening at 127.0.0.1:1"),
+    ("ray://127.0.0.1:1", "Expected a Ray cluster listening at ray://127.0.0.1:1"),
+    ("head-node", "Expected --ray auto, local, HOST:PORT or ray://HOST:PORT"),
+])
+def test_an_unreachable_cluster_is_one_line_in_seconds(monkeypatch, image_folder, tmp_path, address, fragment):
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh process
+    result = CliRunner().invoke(app, ["extract", str(image_folder), "--out", str(tmp_path / "c.h5"), *TINY,
+                                      "--ray", address])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert fragment in " ".join(result.output.split())
+    assert not (tmp_path / "c.h5").exists()
+
+
 def test_ray_gives_the_rows_of_a_local_run(local_ray, image_folder, tiny_config, tmp_path):
     (image_folder / "dog" / "empty.jpg").write_bytes(b"")
     extract(image_folder, tmp_path / "local.h5", tiny_config, batch_size=4)

@@ -54,6 +54,12 @@ def _import_ray():
     return ray
 
 
+def check_ray(address: str) -> None:
+    """Before any work: Ray is installed, and a HOST:PORT address has something listening."""
+    _import_ray()
+    _check_reachable(address)
+
+
 def connect(address: str) -> Any:
     """Join the Ray cluster at ``address`` (``auto``, ``ray://host:10001``, ``host:6379``) or start
     one on this machine (``local``); reuse the Ray this process already joined. Returns ``ray``."""
@@ -62,6 +68,7 @@ def connect(address: str) -> Any:
         return ray
     if not address:
         raise RayError("Expected --ray ADDRESS, auto or local. Received: an empty address.")
+    _check_reachable(address)
     verbose = log.isEnabledFor(logging.INFO)
     # The C++ core logs warnings meant for Ray developers to the driver's stderr; keep them in
     # Ray's log files unless asked for more output.
@@ -86,6 +93,28 @@ def connect(address: str) -> Any:
         ) from None
     log.info("Ray cluster: %s", ray.cluster_resources())
     return ray
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds on a HOST:PORT (or ray://HOST:PORT) nobody listens on: Ray itself retries
+    for minutes before it gives up."""
+    import socket
+
+    if address in ("local", "auto"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise RayError(
+            f"Expected --ray auto, local, HOST:PORT or ray://HOST:PORT. Received: {address!r}."
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise RayError(
+            f"Expected a Ray cluster listening at {address}. Received: {err.strerror or err} from {hostport}. "
+            "Start it with `ray start --head` and check the address (`ray status` on the head node)."
+        ) from None
 
 
 def _worker_env() -> dict[str, str]:

@@ -297,6 +297,10 @@ def extract(
     if embedder is not None and embedder.config != config:
         raise HeadstartError("Expected an embedder built for the same extraction config as the one given.")
     part = Shard.from_options(shards, shard)
+    if ray:
+        from headstart.extractor import distributed
+
+        distributed.check_ray(ray)  # fail in seconds, before the cache is touched
     dataset = scan_dataset(source, exclude=exclude, limit_per_class=limit_per_class)
     if part is not None:
         keep = part.select([rel for rel, _ in dataset.items])
