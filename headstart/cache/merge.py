@@ -38,8 +38,8 @@ from headstart.cache.store import (
     _open_any,
     _write_empty,
     chunk_rows_for,
+    CacheLock,
     open_cache,
-    writer_lock,
 )
 from headstart.errors import CacheError, MergeError
 
@@ -264,7 +264,7 @@ def merge(
         _check_fit(readers, None if root is None else str(root), partial)
         columns = _optional_columns(readers)
         _check_unique(readers, columns)
-        with writer_lock(out):
+        with CacheLock(out):
             result = _write(out, readers, copy=copy, columns=columns, root=root, progress=progress)
     finally:
         for r in readers:
