@@ -144,7 +144,10 @@ def extract(
         "evaluate and predict average them)."
     ),
     batch_size: str = typer.Option("32", help="Pictures per model call, or auto (the largest that fits a GPU; 32 on CPU)."),
-    workers: Optional[int] = typer.Option(None, min=1, help="Decoding threads (default: one per CPU core)."),
+    workers: Optional[int] = typer.Option(
+        None, min=1, help="Decoding threads (default: one per CPU core); with --ray, model actors (default: one "
+        "per GPU of the cluster, else one per node)."
+    ),
     exclude: List[str] = typer.Option([], "--exclude", help="Leave out this class (repeatable)."),
     limit_per_class: Optional[int] = typer.Option(None, help="At most N pictures per class (the first N, sorted)."),
     seed: int = typer.Option(0, help="Seed of --weights none."),
@@ -159,12 +162,27 @@ def extract(
         1.0, help="Make extracted rows durable at least this often; a crash loses at most this much work."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", help="Run on a Ray cluster: auto (the one this machine joined), ray://HOST:10001, HOST:6379, "
+        "or local (start one here). Decoding runs as Ray tasks, the model in --workers actors (one per GPU "
+        "by default). Needs pip install 'headstart[ray]'."
+    ),
+    shards: Optional[int] = typer.Option(
+        None, "--shards", help="Split the folder into N shards by a hash of each picture's path (with --shard)."
+    ),
+    shard: Optional[int] = typer.Option(
+        None, "--shard", help="Extract only shard I (0 to N-1) into OUT; join the shards with headstart merge."
+    ),
 ) -> None:
     """Run the backbone once over every picture and store the features in an HDF5 cache.
 
     Running it again resumes an interrupted extraction, or adds pictures new in SOURCE.
 
     Example: headstart extract PetImages/ --out pets-vgg16-fc2.h5
+
+    On a Ray cluster: headstart extract /mnt/pictures --out catalog.h5 --ray auto
+
+    One shard of 16 (any scheduler): headstart extract /mnt/pictures --out part-3.h5 --shards 16 --shard 3
     """
     from headstart.extractor.backbones import make_config
     from headstart.extractor.runner import extract as run_extract
@@ -172,6 +190,10 @@ def extract(
     interrupted = f"Interrupted. What was extracted is kept in {out}; run the same command to resume."
     with cli_errors(interrupted):
         batch = _batch_size(batch_size)
+        if ray and precision == "auto":
+            from headstart.extractor.distributed import cluster_gpus
+
+            precision = "float16" if cluster_gpus(ray) else precision  # auto means float16 on GPUs
         config = make_config(
             backbone, layer, weights=weights, alpha=alpha, input_size=input_size, resize=resize,
             jpeg_draft=not no_draft, precision=precision, dtype=dtype, seed=seed, views=views,
@@ -190,7 +212,7 @@ def extract(
             result = run_extract(
                 source, out, config, batch_size=batch, workers=workers, exclude=exclude,
                 limit_per_class=limit_per_class, overwrite=overwrite, prune=prune, progress=progress,
-                commit_seconds=commit_seconds, root_moved=root_moved,
+                commit_seconds=commit_seconds, root_moved=root_moved, ray=ray, shards=shards, shard=shard,
             )
     skipped = f", skipped {result.skipped} (see: headstart info {out})" if result.skipped else ", skipped 0"
     already = f", {result.already} already there" if result.already else ""
@@ -240,6 +262,7 @@ def info(
                 "vanished": missing,
                 "size_bytes": c.size_bytes(),
                 "schema_version": c.schema_version,
+                "shard": _shard_record(c.shard, cache),
             }
     if as_json:
         out_console.print_json(json.dumps(data))
@@ -258,6 +281,8 @@ def info(
     row("created", data["created"])
     fp = data["fingerprint"]
     row("settings", ", ".join(f"{k}={v}" for k, v in fp.items() if v is not None))
+    if data["shard"]:
+        row("shard", f"{data['shard']['index']} of {data['shard']['count']} (join the shards: headstart merge)")
     row("skipped", str(len(data["skipped"])))
     row("vanished", str(len(missing)) + (" (drop them: extract --prune)" if missing else ""))
     out_console.print(t, soft_wrap=True)
@@ -267,6 +292,14 @@ def info(
         say(f"  vanished {path}")
     if len(missing) > 20:
         say(f"  ... and {len(missing) - 20} more (--json lists all)")
+
+
+def _shard_record(text: str, cache: Path) -> Optional[dict]:
+    """The shard a cache holds, checked, as a dict; None for a whole-folder cache."""
+    from headstart.extractor.shards import Shard
+
+    part = Shard.from_json(text, str(cache))
+    return json.loads(part.to_json()) if part else None
 
 
 from headstart.cli_heads import register as _register_heads  # noqa: E402 - the head commands
@@ -284,6 +317,10 @@ _register_demo(app)
 from headstart.cli_baseline import register as _register_baseline  # noqa: E402 - headstart baseline
 
 _register_baseline(app)
+
+from headstart.cli_merge import register as _register_merge  # noqa: E402 - the merge command
+
+_register_merge(app)
 
 
 def run() -> None:  # pragma: no cover

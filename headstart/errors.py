@@ -57,3 +57,15 @@ class CacheReadError(CacheError):
 
 class ExportError(HeadstartError):
     """A model cannot be exported in the format asked for, or an exported file is not one of ours."""
+
+
+class RayError(HeadstartError):
+    """Ray is missing, the cluster cannot be reached, or it could not run the extraction."""
+
+
+class ShardError(HeadstartError):
+    """The --shards / --shard options are malformed, or a cache is another shard."""
+
+
+class MergeError(HeadstartError):
+    """Caches given to merge do not fit together (settings, classes, paths, shards)."""

@@ -51,7 +51,7 @@ import numpy as np
 
 from headstart.cache import validate as _validate
 from headstart.cache.fingerprint import canonical_json, fingerprint_digest, fingerprint_problem
-from headstart.errors import CacheBusyError, CacheError, CacheReadError
+from headstart.errors import CacheBusyError, CacheError, CacheMismatchError, CacheReadError
 
 try:  # POSIX advisory locks; Windows runs without the cross-process guard.
     import fcntl
@@ -128,6 +128,7 @@ def _write_empty(
     versions: str | None = None,
     weights_path: str | None = None,
     row_datasets: Sequence[str] = (),
+    shard: str = "",
 ) -> h5py.File:
     """Create every dataset of the schema with zero rows; returns the open file."""
     try:
@@ -145,6 +146,8 @@ def _write_empty(
         f.attrs["created"] = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         f.attrs["versions"] = versions or json.dumps(_library_versions(), sort_keys=True)
         f.attrs["weights_path"] = weights_path or ""
+        if shard:
+            f.attrs["shard"] = shard
     except BaseException:
         f.close()
         raise
@@ -222,7 +225,7 @@ def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
         if keep.shape != (n_rows,):
             raise ValueError(f"keep has shape {keep.shape}, expected ({n_rows},)")
         dim = feats.shape[1]
-        rows = feats.chunks[0]
+        rows = feats.chunks[0] if feats.chunks else chunk_rows_for(dim, feats.dtype)  # virtual: no chunks
         out = _write_empty(
             tmp,
             dim=dim,
@@ -236,6 +239,7 @@ def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
             versions=f.attrs["versions"],
             weights_path=f.attrs.get("weights_path", ""),
             row_datasets=[name for name in ROW_DATASETS if name in f],
+            shard=str(f.attrs.get("shard", "")),
         )
         try:
             kept = 0
@@ -268,6 +272,37 @@ def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
     return kept
 
 
+def _describe_shard(text: str) -> str:
+    try:
+        data = json.loads(text)
+        return f"shard {int(data['index'])} of {int(data['count'])}"
+    except (ValueError, TypeError, KeyError):
+        return f"shard {text!r}" if text else "the whole folder"
+
+
+def _check_shard(cached: str, now: str, path: Path) -> None:
+    """A shard's cache resumes only as the same shard, a whole-folder cache only as a whole."""
+    if cached != now:
+        raise CacheMismatchError(
+            f"Expected the same part of the folder as {path} holds ({_describe_shard(cached)}). "
+            f"Received: {_describe_shard(now)}. Use the cache's --shards/--shard options, or another --out."
+        )
+
+
+def _make_self_contained(path: Path) -> None:
+    """Turn a merged cache (features read from its shards) into an ordinary file before appending:
+    a virtual dataset cannot grow. Copies the rows; the caller holds the writer lock."""
+    with _open_any(path) as f:
+        virtual = "features" in f and isinstance(f["features"], h5py.Dataset) and f["features"].is_virtual
+        if virtual:
+            from headstart.cache.merge import check_sources
+
+            check_sources(f, path)
+    if virtual:
+        log.warning("%s reads its features from its shards; copying them into it before extending it", path)
+        rewrite(path, path)
+
+
 @dataclass(frozen=True)
 class CacheHeader:
     """What a new cache needs to know before the first row arrives."""
@@ -279,6 +314,7 @@ class CacheHeader:
     root: str
     weights_path: str | None = None  # where the weights file was; its hash is in the fingerprint
     row_datasets: tuple[str, ...] = ()  # optional per-row datasets (see ROW_DATASETS)
+    shard: str = ""  # JSON of `headstart.extractor.shards.Shard` for a shard's cache, "" for a whole folder
 
     @property
     def fingerprint_json(self) -> str:
@@ -376,6 +412,8 @@ class CacheWriter:
         try:
             if self._overwrite or not self.path.exists():
                 self._create()
+            else:
+                _make_self_contained(self.path)
             self._open_for_append()
         except BaseException:
             self._release_lock()
@@ -409,6 +447,7 @@ class CacheWriter:
             chunk_rows=chunk_rows_for(h.dim, np.dtype(h.dtype)),
             weights_path=h.weights_path,
             row_datasets=h.row_datasets,
+            shard=h.shard,
         )
         f.close()
         os.replace(tmp, self.path)
@@ -445,6 +484,7 @@ class CacheWriter:
                     f"Expected features of {self.header.dim} x {self.header.dtype} in {self.path}. "
                     f"Received: {f['features'].shape[1]} x {f['features'].dtype}."
                 )
+            _check_shard(str(f.attrs.get("shard", "")), self.header.shard, self.path)
             self._rows, self._failed = (int(v) for v in f["progress"][:2])
             self._staged_rows, self._staged_failed = self._rows, self._failed
             # Drop anything staged after the last commit by a writer that died.
@@ -614,6 +654,10 @@ class CacheReader:
 
     def _load(self, progress: tuple[int, int, int] | None) -> None:
         c = _check_schema(self._f, self.path, progress)
+        if self._f["features"].is_virtual:  # a merged cache: its features live in the shards
+            from headstart.cache.merge import check_sources
+
+            check_sources(self._f, self.path)
         self._n = c.n_rows
         self.complete = c.complete
         self.features = self._f["features"]
@@ -633,6 +677,7 @@ class CacheReader:
         self.views: np.ndarray | None = (
             self._f["view"][: self._n].astype(np.int8) if "view" in self._f else None
         )
+        self.shard: str = str(self._f.attrs.get("shard", ""))  # JSON of the shard, "" for a whole folder
 
     def refresh(self) -> int:
         """See the rows a running writer committed since the cache was opened (or last refreshed);

@@ -7,14 +7,14 @@ import logging
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from headstart.cache import CacheHeader, CacheLock, CacheWriter, describe_diff, diff_settings, open_cache
-from headstart.errors import CacheMismatchError, DatasetError, HeadstartError
+from headstart.errors import CacheMismatchError, DatasetError, HeadstartError, RayError
 from headstart.extractor.config import ExtractionConfig
 from headstart.extractor.decode import DecodeError, load_image
 from headstart.extractor.scan import scan_dataset
@@ -307,6 +307,9 @@ def extract(
     progress: Progress | None = None,
     commit_seconds: float = COMMIT_SECONDS,
     embedder: Embedder | None = None,
+    ray: str | None = None,
+    shards: int | None = None,
+    shard: int | None = None,
 ) -> ExtractResult:
     """Extract features of every picture under ``source`` into the cache ``out``.
 
@@ -317,7 +320,13 @@ def extract(
     Rows become durable at least every ``commit_seconds`` (and at the end, and on Ctrl-C).
     ``embedder``: an `Embedder` already built for ``config`` (to extract several folders with one
     model); by default one is built here, and only if there is something to extract.
+    ``ray``: run decoding and the model on the Ray cluster at this address (``auto``,
+    ``ray://host:10001``, or ``local``); `headstart.extractor.distributed` explains how.
+    ``shards``, ``shard``: extract only shard ``shard`` (from 0) of ``shards``, chosen by a hash of
+    each relative path (`headstart.extractor.shards`); the cache records it.
     """
+    from headstart.extractor.shards import Shard
+
     from headstart.extractor.backbones import make_config
 
     t0 = time.perf_counter()
@@ -325,7 +334,19 @@ def extract(
     config = config or (embedder.config if embedder else make_config())
     if embedder is not None and embedder.config != config:
         raise HeadstartError("Expected an embedder built for the same extraction config as the one given.")
+    part = Shard.from_options(shards, shard)
+    if ray:
+        from headstart.extractor import distributed
+
+        if config.views == "flip":
+            raise RayError("Expected --views none with --ray: flipped views run on one machine only for now. "
+                           "Extract with --views flip without --ray, or shard the folder (--shards N --shard I).")
+        distributed.check_ray(ray)  # fail in seconds, before the cache is touched
     dataset = scan_dataset(source, exclude=exclude, limit_per_class=limit_per_class)
+    if part is not None:
+        keep = part.select([rel for rel, _ in dataset.items])
+        dataset = replace(dataset, items=tuple(it for it, k in zip(dataset.items, keep) if k))
+        log.info("%s: %d pictures", part, len(dataset))
     if out.exists() and out.is_dir():
         raise DatasetError(f"Expected --out to be a file path. Received: {out} (a folder).")
     # The cache is checked under the writer lock, which the writer then keeps: no other process
@@ -338,6 +359,10 @@ def extract(
             header_probe = _check_existing(out, config, dataset.class_names, str(source.resolve()), root_moved)
         elif out.exists():
             _check_replaceable(out)
+        if header_probe is None and ray:
+            from headstart.extractor import distributed
+
+            header_probe = (distributed.feature_dim(config), list(dataset.class_names))
         if header_probe is None:
             embedder = embedder or Embedder(config, batch_size)
             header_probe = (embedder.dim, list(dataset.class_names))
@@ -350,6 +375,7 @@ def extract(
             root=str(source.resolve()),
             weights_path=config.weights_path,
             row_datasets=("view",) if config.views == "flip" else (),
+            shard=part.to_json() if part else "",
         )
         label_map = [class_names.index(name) for name in dataset.class_names]
     except BaseException:
@@ -376,11 +402,19 @@ def extract(
         if progress:
             progress(0, total, 0)
         if todo:
-            embedder = embedder or Embedder(config, batch_size)
             paths = [source / rel for rel, _ in todo]
+            if ray:
+                from headstart.extractor import distributed
+
+                stream = distributed.embed_stream(paths, config, address=ray, batch_size=batch_size, workers=workers)
+            else:
+                embedder = embedder or Embedder(config, batch_size)
+                stream = embed_stream(paths, embedder, workers or default_workers())
             handled = 0
             t_loop = last_commit = time.perf_counter()
-            for idx, feats, bad in embed_stream(paths, embedder, workers or default_workers()):
+            for idx, feats, bad in stream:
+                if ray and not handled:  # the cluster's start-up (actors building the model) is not the loop
+                    t_loop = time.perf_counter()
                 labels, rels = [todo[i][1] for i in idx], [todo[i][0] for i in idx]
                 if config.views == "flip":  # both rows of a picture are committed together
                     writer.append(feats, labels * 2, rels * 2, view=[0] * len(idx) + [1] * len(idx))
