@@ -3,7 +3,7 @@
 What lives here: the file layout, the writer that appends extracted rows, and the reader
 (`open_cache`). What does not: images, models (see `headstart.extractor`) and heads.
 
-Layout (schema version 1)::
+Layout (schema version 2; version 1 is the same without the optional datasets)::
 
     /features        (N, D) float16 or float32, chunked by whole rows (~1 MiB), resizable
     /labels          (N,) int32, index into /class_names
@@ -12,6 +12,7 @@ Layout (schema version 1)::
     /failed_paths    (F,) UTF-8, pictures that could not be decoded ...
     /failed_reasons  (F,) UTF-8  ... and why
     /progress        (3,) int64: committed rows, committed failures, complete (0/1)
+    /sha256          (N,) S64, optional: hex SHA-256 of each picture file's bytes ("" = unknown)
     attrs: schema_version, fingerprint (canonical JSON), fingerprint_digest, root,
            created, versions (JSON of library versions), weights_path (where the weights
            file was at extraction; not part of the fingerprint)
@@ -49,7 +50,11 @@ except ImportError:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
+"""Version 2 adds optional per-row datasets (`OPTIONAL_ROWS`); a version-1 cache still opens."""
+OPTIONAL_ROWS = {"sha256": "S64"}
+"""Optional per-row datasets: name -> dtype. Every row-copying path copies those a file has."""
 LOCKING = False
 """HDF5's own file locks are off for every open: a reader (``headstart info``, a training run)
 holding a shared lock made a starting writer fail, and the reverse. One writer at a time is kept
@@ -142,6 +147,8 @@ def _create_datasets(f: h5py.File, dim: int, dtype: str, chunk_rows: int, class_
     f.create_dataset("failed_paths", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(256,))
     f.create_dataset("failed_reasons", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(256,))
     f.create_dataset("progress", data=np.zeros(3, dtype="int64"))
+    for name, dt in OPTIONAL_ROWS.items():
+        f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt, chunks=(4096,))
 
 
 def _open_any(path: Path) -> h5py.File:
@@ -167,10 +174,10 @@ def _check_schema(f: h5py.File, path: Path) -> None:
             f"(an HDF5 file without {', '.join(missing) or 'a fingerprint'})."
         )
     version = int(f.attrs.get("schema_version", -1))
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_SCHEMAS:
         raise CacheError(
-            f"Expected cache schema version {SCHEMA_VERSION}. Received: {path} (version {version}); "
-            "extract again with this version of headstart."
+            f"Expected cache schema version {' or '.join(map(str, READABLE_SCHEMAS))}. Received: {path} "
+            f"(version {version}); extract again with this version of headstart."
         )
 
 
@@ -219,11 +226,15 @@ def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
                     continue
                 block = feats[start:stop][mask]
                 n = len(block)
-                for name, data in (
+                columns = [
                     ("features", block),
                     ("labels", f["labels"][start:stop][mask]),
                     ("paths", np.array(f["paths"].asstr()[start:stop], dtype=object)[mask]),
-                ):
+                ]
+                for name in OPTIONAL_ROWS:  # a version-1 source leaves them empty ("" = unknown)
+                    data = f[name][start:stop] if name in f else np.zeros(stop - start, OPTIONAL_ROWS[name])
+                    columns.append((name, data[mask]))
+                for name, data in columns:
                     out[name].resize(kept + n, axis=0)
                     out[name][kept:] = data
                 kept += n
@@ -374,7 +385,7 @@ class CacheWriter:
             self._rows, self._failed = (int(v) for v in f["progress"][:2])
             self._staged_rows, self._staged_failed = self._rows, self._failed
             # Drop anything staged after the last commit by a writer that died.
-            for name in ("features", "labels", "paths"):
+            for name in ("features", "labels", "paths", *(k for k in OPTIONAL_ROWS if k in f)):
                 if f[name].shape[0] != self._rows:
                     f[name].resize(self._rows, axis=0)
             for name in ("failed_paths", "failed_reasons"):
@@ -416,8 +427,11 @@ class CacheWriter:
         return kept
 
     # -- writing -----------------------------------------------------------------------------
-    def append(self, features: np.ndarray, labels: Sequence[int], paths: Sequence[str]) -> None:
-        """Stage one batch of rows; call ``commit`` to make it durable."""
+    def append(
+        self, features: np.ndarray, labels: Sequence[int], paths: Sequence[str], sha256: Sequence[str] | None = None
+    ) -> None:
+        """Stage one batch of rows; call ``commit`` to make it durable. ``sha256``: hex digests of
+        the picture files (stored where the cache has the column; ``None`` or "" = unknown)."""
         n = len(paths)
         if n == 0:
             return
@@ -432,7 +446,13 @@ class CacheWriter:
         ):
             f[name].resize(start + n, axis=0)
             f[name][start:] = data
-        self._staged_rows = start + n  # only once all three datasets hold the batch
+        if "sha256" in f:  # a resumed version-1 cache has no such column
+            digests = np.array([(d or "").encode("ascii") for d in sha256] if sha256 else [b""] * n, dtype="S64")
+            if len(digests) != n:
+                raise ValueError(f"batch shapes disagree: {len(digests)} sha256 digests, {n} paths")
+            f["sha256"].resize(start + n, axis=0)
+            f["sha256"][start:] = digests
+        self._staged_rows = start + n  # only once all the datasets hold the batch
 
     def add_failed(self, items: Sequence[tuple[str, str]]) -> None:
         """Stage skipped pictures as (relative path, reason)."""
@@ -502,6 +522,16 @@ class CacheReader:
             self.versions: dict[str, str] = json.loads(f.attrs["versions"])
             self.weights_path: str | None = f.attrs.get("weights_path", "") or None
             self.schema_version = int(f.attrs["schema_version"])
+            self.sha256: list[str] | None = None
+            """Hex SHA-256 of each row's picture file ("" = unknown); None in a version-1 cache."""
+            if "sha256" in f:
+                column = f["sha256"]
+                if column.shape[0] < n_rows or column.dtype != np.dtype("S64"):
+                    raise CacheError(
+                        f"Expected {n_rows} sha256 digests of 64 hex characters in {self.path}. Received: "
+                        f"{column.shape[0]} of type {column.dtype}; extract again with --overwrite."
+                    )
+                self.sha256 = [d.decode("ascii", "replace") for d in column[:n_rows]]
         except BaseException:
             self._f.close()
             raise

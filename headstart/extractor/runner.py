@@ -16,7 +16,7 @@ import numpy as np
 from headstart.cache import CacheHeader, CacheWriter, describe_diff, diff_settings, open_cache
 from headstart.errors import CacheMismatchError, DatasetError, HeadstartError
 from headstart.extractor.config import ExtractionConfig
-from headstart.extractor.decode import DecodeError, load_image
+from headstart.extractor.decode import DecodeError, load_image_hashed
 from headstart.extractor.scan import scan_dataset
 
 log = logging.getLogger(__name__)
@@ -43,16 +43,18 @@ def default_workers() -> int:
 
 def decode_stream(
     paths: Sequence[Path], config: ExtractionConfig, workers: int, prefetch: int
-) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+) -> Iterator[tuple[int, np.ndarray | None, str | None, str | None]]:
     """Decode ``paths`` in worker threads, ``prefetch`` pictures ahead; yields in input order
-    ``(index, pixels, None)`` or ``(index, None, reason)``. Memory is bounded by ``prefetch``."""
+    ``(index, pixels, None, sha256)`` or ``(index, None, reason, None)``, ``sha256`` the hex digest
+    of the file's bytes (hashed by the worker from the bytes it decodes). Memory is bounded by ``prefetch``."""
     size = (config.input_size, config.input_size)
 
     def work(path: Path):
         try:
-            return load_image(path, size, config.resize, config.jpeg_draft), None
+            pixels, digest = load_image_hashed(path, size, config.resize, config.jpeg_draft)
+            return pixels, None, digest
         except DecodeError as err:
-            return None, str(err)
+            return None, str(err), None
 
     if workers < 1:
         raise HeadstartError(f"Expected --workers of at least 1. Received: {workers}.")
@@ -66,11 +68,11 @@ def decode_stream(
                 break
         index = 0
         while pending:
-            pixels, reason = pending.popleft().result()
+            pixels, reason, digest = pending.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
                 pending.append(pool.submit(work, nxt[1]))
-            yield index, pixels, reason
+            yield index, pixels, reason, digest
             index += 1
     finally:
         # On Ctrl-C (or any early exit) do not wait for the pictures queued ahead.
@@ -141,24 +143,27 @@ def auto_batch_size(model, config: ExtractionConfig, largest: int = 256, cpu_def
 
 def embed_stream(
     paths: Sequence[Path], embedder: Embedder, workers: int
-) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, str]]]]:
-    """Yield ``(indices, features, failed)`` batch by batch, ``failed`` as (index, reason)."""
+) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, str]], list[str]]]:
+    """Yield ``(indices, features, failed, sha256)`` batch by batch, ``failed`` as (index, reason),
+    ``sha256`` the hex digest of each file in ``indices``."""
     batch_idx: list[int] = []
     batch_px: list[np.ndarray] = []
+    batch_sha: list[str] = []
     failed: list[tuple[int, str]] = []
     prefetch = max(2 * embedder.batch_size, 4 * workers)
-    for index, pixels, reason in decode_stream(paths, embedder.config, workers, prefetch):
+    for index, pixels, reason, digest in decode_stream(paths, embedder.config, workers, prefetch):
         if pixels is None:
             failed.append((index, reason))
             continue
         batch_idx.append(index)
         batch_px.append(pixels)
+        batch_sha.append(digest)
         if len(batch_idx) == embedder.batch_size:
-            yield batch_idx, embedder(batch_px), failed
-            batch_idx, batch_px, failed = [], [], []
+            yield batch_idx, embedder(batch_px), failed, batch_sha
+            batch_idx, batch_px, failed, batch_sha = [], [], [], []
     if batch_idx or failed:
         feats = embedder(batch_px) if batch_px else np.zeros((0, embedder.dim), np.float32)
-        yield batch_idx, feats, failed
+        yield batch_idx, feats, failed, batch_sha
 
 
 @dataclass
@@ -182,7 +187,7 @@ def embed_files(
         batch_size = max(1, min(batch_size, len(files)))
     embedder = Embedder(config, batch_size)
     feats, ok, failed = [], [], []
-    for idx, f, bad in embed_stream(files, embedder, workers or default_workers()):
+    for idx, f, bad, _ in embed_stream(files, embedder, workers or default_workers()):
         feats.append(f)
         ok.extend(files[i] for i in idx)
         failed.extend((files[i], reason) for i, reason in bad)
@@ -331,8 +336,8 @@ def extract(
             paths = [source / rel for rel, _ in todo]
             handled = 0
             t_loop = last_commit = time.perf_counter()
-            for idx, feats, bad in embed_stream(paths, embedder, workers or default_workers()):
-                writer.append(feats, [todo[i][1] for i in idx], [todo[i][0] for i in idx])
+            for idx, feats, bad, digests in embed_stream(paths, embedder, workers or default_workers()):
+                writer.append(feats, [todo[i][1] for i in idx], [todo[i][0] for i in idx], sha256=digests)
                 bad_items = [(todo[i][0], reason) for i, reason in bad]
                 writer.add_failed(bad_items)
                 if time.perf_counter() - last_commit >= commit_seconds:
