@@ -37,3 +37,7 @@ class DownloadError(HeadstartError):
 
 class RunError(HeadstartError):
     """A run directory is missing files or was made with other settings."""
+
+
+class AuditError(HeadstartError):
+    """An audit, map or report cannot be made from what it was given (or an input file is malformed)."""

@@ -45,3 +45,67 @@ def tiny_config():
     from headstart.extractor.backbones import make_config
 
     return make_config("tiny", weights="none", precision="float32")
+
+
+def plant_problems(src: Path, dst: Path, seed: int = 0) -> dict[str, list]:
+    """Copy the photo folder ``src`` to ``dst`` with known problems planted; returns what was planted.
+
+    10 flipped labels (moved to the other class folder), 10 exact duplicates (same bytes, new
+    name), 10 near duplicates (JPEG quality 60, resized to 80 %), 5 pictures that are not pets
+    (text, stripes, a gradient, noise, shapes), as relative paths: ``{"flipped": [...],
+    "exact": [(copy, original)], "near": [(copy, original)], "outliers": [...]}``.
+    """
+    import shutil
+
+    from PIL import Image, ImageDraw
+
+    shutil.copytree(src, dst, symlinks=False)
+    classes = sorted(p.name for p in dst.iterdir() if p.is_dir())
+    rng = np.random.default_rng(seed)
+    files = {c: sorted(p.name for p in (dst / c).iterdir()) for c in classes}
+    picks = {c: list(rng.permutation(files[c])) for c in classes}
+    planted: dict[str, list] = {"flipped": [], "exact": [], "near": [], "outliers": []}
+    for k in range(10):  # flipped: 5 of each class moved to the other
+        c = classes[k % 2]
+        other = classes[(k + 1) % 2]
+        name = picks[c].pop()
+        (dst / c / name).rename(dst / other / name)
+        planted["flipped"].append(f"{other}/{name}")
+    for k in range(10):
+        c = classes[k % 2]
+        name = picks[c].pop()
+        shutil.copyfile(dst / c / name, dst / c / f"exact-copy-{name}")
+        planted["exact"].append((f"{c}/exact-copy-{name}", f"{c}/{name}"))
+    for k in range(10):
+        c = classes[k % 2]
+        name = picks[c].pop()
+        with Image.open(dst / c / name) as im:
+            im = im.convert("RGB")
+            im = im.resize((round(im.width * 0.8), round(im.height * 0.8)), Image.BICUBIC)
+            im.save(dst / c / f"near-copy-{name}", quality=60)
+        planted["near"].append((f"{c}/near-copy-{name}", f"{c}/{name}"))
+    w, h = 320, 240
+    yy, xx = np.mgrid[0:h, 0:w]
+    pictures = {
+        "text": None,
+        "stripes": np.stack([((xx // 16) % 2) * 255] * 3, axis=-1),
+        "gradient": np.stack([xx * 255 // w, yy * 255 // h, np.full_like(xx, 128)], axis=-1),
+        "noise": rng.integers(0, 256, (h, w, 3)),
+        "shapes": None,
+    }
+    for k, (kind, arr) in enumerate(pictures.items()):
+        if arr is None:
+            im = Image.new("RGB", (w, h), "white")
+            draw = ImageDraw.Draw(im)
+            if kind == "text":
+                for line in range(8):
+                    draw.text((10, 10 + 28 * line), "INVOICE 2024 TOTAL DUE 1234.56 EUR", fill="black")
+            else:
+                draw.rectangle((20, 20, 140, 200), fill="red")
+                draw.ellipse((160, 40, 300, 180), fill="blue")
+        else:
+            im = Image.fromarray(arr.astype("uint8"))
+        c = classes[k % 2]
+        im.save(dst / c / f"not-a-pet-{kind}.jpg", quality=90)
+        planted["outliers"].append(f"{c}/not-a-pet-{kind}.jpg")
+    return planted
