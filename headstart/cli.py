@@ -258,6 +258,10 @@ from headstart.cli_heads import register as _register_heads  # noqa: E402 - the 
 
 _register_heads(app)
 
+from headstart.cli_audit import register as _register_audit  # noqa: E402 - audit, map, report
+
+_register_audit(app)
+
 
 def run() -> None:  # pragma: no cover
     app()
