@@ -109,3 +109,37 @@ def plant_problems(src: Path, dst: Path, seed: int = 0) -> dict[str, list]:
         im.save(dst / c / f"not-a-pet-{kind}.jpg", quality=90)
         planted["outliers"].append(f"{c}/not-a-pet-{kind}.jpg")
     return planted
+
+
+def write_cache(path: Path, features, labels, paths, class_names, sha256=None, root: str = "/nowhere") -> Path:
+    """A cache written directly (no model): ``features`` (N, D), ``labels`` indices into ``class_names``."""
+    from headstart.cache import CacheHeader, CacheWriter
+
+    features = np.asarray(features, dtype=np.float32)
+    header = CacheHeader(dim=features.shape[1], dtype="float32", fingerprint={"backbone": "synthetic"},
+                         class_names=tuple(class_names), root=str(root))
+    with CacheWriter(path, header) as w:
+        w.append(features, list(labels), list(paths), sha256=sha256)
+        w.close(complete=True)
+    return path
+
+
+def planted_features(seed: int = 0, dim: int = 64, per_class: int = 40):
+    """Three clustered classes with planted problems; returns (features, labels, paths, sha256, planted).
+
+    Planted: rows 0-1 an exact duplicate (same digest), rows 2-3 a near duplicate, row 4 a flipped
+    label (a class-0 row labelled 1), row 5 an outlier (far from every cluster).
+    """
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1, (3, dim))  # same-class rows at cosine ~0.5: far from duplicates
+    labels = np.repeat(np.arange(3), per_class)
+    x = centres[labels] + rng.normal(0, 1, (len(labels), dim))
+    x[1] = x[0]
+    x[3] = x[2] + rng.normal(0, 0.05, dim)
+    labels[4] = 1  # row 4 is a class-0 row
+    x[5] = rng.normal(0, 1, dim) * 15
+    paths = [f"c{k}/{i}.jpg" for i, k in enumerate(labels)]
+    sha = [f"{i:064x}" for i in range(len(labels))]
+    sha[1] = sha[0]
+    planted = {"exact": (paths[0], paths[1]), "near": (paths[2], paths[3]), "flipped": paths[4], "outlier": paths[5]}
+    return x, labels, paths, sha, planted
