@@ -251,3 +251,12 @@ def test_a_reader_in_another_process_does_not_block_the_writer(image_folder, tin
         reader.wait()
     with open_cache(out) as c:
         assert len(c) == 12 and c.complete
+
+
+def test_cache_holds_the_sha256_of_each_picture_file(image_folder, tiny_config, tmp_path):
+    import hashlib
+
+    out = tmp_path / "c.h5"
+    extract(image_folder, out, tiny_config)
+    with open_cache(out) as c:
+        assert c.sha256 == [hashlib.sha256((image_folder / p).read_bytes()).hexdigest() for p in c.paths]
