@@ -94,19 +94,25 @@ def test_reduce_streams_blocks_and_matches_svd(planted_cache):
         space = S.reduce(c, dims=10, block_rows=16)  # many small blocks
     s = np.linalg.svd(x, compute_uv=False)
     assert space.coords.shape == (len(x), 10)
-    assert space.explained == pytest.approx((s[:10] ** 2).sum() / (s**2).sum(), rel=1e-3)
+    assert space.explained == pytest.approx((s[:10] ** 2).sum() / (s**2).sum(), rel=1e-2)  # randomized
     assert np.allclose(np.linalg.norm(space.unit, axis=1), 1, atol=1e-5)
 
 
-def test_nearest_excludes_itself_and_sorts():
+def test_neighbours_match_brute_force_tile_by_tile():
     rng = np.random.default_rng(1)
-    u = S._normalize(rng.normal(size=(50, 8)).astype(np.float32))
-    idx, sim = S.nearest(u, 4, query_rows=7)
-    full = u @ u.T
-    np.fill_diagonal(full, -np.inf)
-    assert (idx != np.arange(50)[:, None]).all()
-    assert np.allclose(sim[:, 0], full.max(axis=1), atol=1e-5)
-    assert (np.diff(sim, axis=1) <= 1e-6).all()
+    coords = np.abs(rng.normal(size=(50, 8))).astype(np.float32)
+    coords[7] = coords[3] * 1.01  # a near copy
+    mean = coords.mean(axis=0)
+    space = S.Space(mean.astype(np.float64), None, coords, mean, 1.0)
+    got = S.neighbours(space, 4, cut=0.9, per_row=3, query_rows=7)
+    raw = S._normalize(coords) @ S._normalize(coords).T
+    np.fill_diagonal(raw, -np.inf)
+    assert np.allclose(got.top_sim, -np.sort(-raw, axis=1)[:, :4], atol=1e-5)
+    cen = S._normalize(coords - mean) @ S._normalize(coords - mean).T
+    np.fill_diagonal(cen, -np.inf)
+    want = {(i, j) for i, j in zip(*np.nonzero(cen >= 0.9)) if i < j}
+    assert {tuple(p) for p in got.pairs.tolist()} == want and (3, 7) in want
+    assert np.allclose(got.pair_sim, [cen[i, j] for i, j in got.pairs], atol=1e-5)
 
 
 def test_version1_cache_hashes_files_and_notes_missing(tmp_path):

@@ -1,9 +1,9 @@
 """Duplicates: the same file bytes (exact) and near-identical pictures (feature similarity), grouped.
 
 Exact duplicates share a content hash. Near duplicates are pairs whose centred feature rows have
-a cosine similarity of at least the threshold; they are searched among each picture's nearest
-neighbours in the reduced space (`headstart.audit.space`) and, when the features were reduced,
-confirmed on the full feature rows. Pairs are joined into groups (a copy of a copy is in the same
+a cosine similarity of at least the threshold; they are searched in the reduced space
+(`headstart.audit.space.neighbours`) and, when the features were reduced, confirmed on the full
+feature rows. Pairs are joined into groups (a copy of a copy is in the same
 group). A group whose pictures fall in more than one of the train / validation / test splits
 leaks: a test picture the head has, in effect, already seen.
 """
@@ -11,7 +11,7 @@ leaks: a test picture the head has, in effect, already seen.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -61,28 +61,6 @@ class _Groups:
         for i in list(self.parent):
             members.setdefault(self.find(i), []).append(i)
         return [(sorted(rows), self.weakest.get(root, 1.0)) for root, rows in members.items() if len(rows) > 1]
-
-
-def near_pairs(
-    nn_idx: np.ndarray,
-    nn_sim: np.ndarray,
-    threshold: float,
-    similarity: Callable[[np.ndarray], np.ndarray],
-    margin: float = 0.0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs ``(i, j)``, i < j, of neighbours at least ``threshold`` similar, and their similarity.
-
-    Candidates are the neighbours at least ``threshold - margin`` similar in the search space;
-    ``similarity(pairs)`` gives the similarity that decides (on the full rows when the search ran
-    on reduced ones, with a margin of `SEARCH_MARGIN`).
-    """
-    rows, cols = np.nonzero(nn_sim >= threshold - margin)
-    if not len(rows):
-        return np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
-    pairs = np.unique(np.sort(np.stack([rows, nn_idx[rows, cols]], axis=1), axis=1), axis=0)
-    sims = np.asarray(similarity(pairs), dtype=np.float32)
-    keep = sims >= threshold
-    return pairs[keep], sims[keep]
 
 
 def find_duplicates(

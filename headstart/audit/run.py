@@ -147,19 +147,16 @@ def audit(
         _check_labels(cache)
         space = S.reduce(cache, dims=dims, seed=seed)
         lap("reduce")
-        # Two neighbour searches: centred cosine tells copies from look-alikes, raw cosine tells
-        # a picture unlike any other (centring pulls such a row towards the crowd).
-        dup_idx, dup_sim = S.nearest(space.centred_unit, neighbours)
-        out_idx, out_sim = S.nearest(space.unit, O.K)
+        # Centred cosine tells copies from look-alikes; raw cosine tells a picture unlike any
+        # other (centring pulls such a row towards the crowd). Both come from one pass.
+        reduced = space.components is not None
+        near = S.neighbours(space, O.K, threshold - (D.SEARCH_MARGIN if reduced else 0.0), per_row=neighbours)
         lap("neighbours")
-        if space.components is not None:
-            similarity = lambda pairs: S.exact_similarity(cache, space.mean, pairs)  # noqa: E731
-            margin = D.SEARCH_MARGIN
-        else:
-            unit = space.centred_unit
-            similarity = lambda pairs: np.einsum("ij,ij->i", unit[pairs[:, 0]], unit[pairs[:, 1]])  # noqa: E731
-            margin = 0.0
-        pairs, sims = D.near_pairs(dup_idx, dup_sim, threshold, similarity, margin)
+        pairs, sims = near.pairs, near.pair_sim
+        if reduced:  # confirmed on the full rows
+            sims = S.exact_similarity(cache, space.mean, pairs)
+        keep = sims >= threshold
+        pairs, sims = pairs[keep], sims[keep]
         codes = assign(paths, split)
         groups = D.find_duplicates(hashes, pairs, sims, codes)
         lap("duplicates")
@@ -167,7 +164,7 @@ def audit(
     if issues.note:
         notes.append(issues.note)
     lap("label_issues")
-    scores = O.outlier_scores(out_sim)
+    scores = O.outlier_scores(near.top_sim)
     top = O.rank_outliers(scores, min(top_outliers, n))
     lap("outliers")
 
