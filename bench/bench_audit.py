@@ -6,7 +6,9 @@ row and ``--copies`` planted duplicate rows), then runs the whole audit (`headst
 montages off: there are no pictures) in a child process, and prints its seconds per step, wall
 seconds, and peak resident memory (``ru_maxrss`` from ``os.wait4``) next to a child that only
 imports the libraries and opens the cache (the floor). The features alone would take
-rows x dim x 4 bytes as float32: the audit reads them a block at a time.
+rows x dim x 4 bytes as float32: the audit reads them a block at a time. The child's CPU seconds
+(user + system) are printed too: on a shared machine the wall time depends on the load, the CPU
+time much less.
 
     python bench/bench_audit.py                          # full size, about a minute here
     python bench/bench_audit.py --rows 2000 --dim 256    # a quick run
@@ -97,7 +99,8 @@ def run_child(mode: str, cache: Path) -> dict:
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{mode} failed:\n{out['stderr'][-3000:]}")
     scale = 1 if sys.platform == "darwin" else 1024
-    return {**json.loads(out["stdout"].strip().splitlines()[-1]), "peak_rss_mb": usage.ru_maxrss * scale / 2**20}
+    return {**json.loads(out["stdout"].strip().splitlines()[-1]), "peak_rss_mb": usage.ru_maxrss * scale / 2**20,
+            "cpu_seconds": usage.ru_utime + usage.ru_stime}
 
 
 def main() -> None:
@@ -125,7 +128,9 @@ def main() -> None:
         floor = run_child("floor", cache)
         res = run_child("audit", cache)
     steps = "  ".join(f"{k} {v:.1f}" for k, v in res["steps"].items())
-    print(f"\naudit: {res['audit_seconds']:.1f} s ({steps}); whole child {res['wall_seconds']:.1f} s")
+    print(f"\naudit: {res['audit_seconds']:.1f} s ({steps}); whole child {res['wall_seconds']:.1f} s, "
+          f"{res['cpu_seconds']:.1f} CPU seconds (imports included) on {cores} cores: on an idle machine the wall "
+          f"time is about {res['cpu_seconds'] / cores:.0f}-{res['cpu_seconds']:.0f} s")
     print(f"peak RSS: audit {res['peak_rss_mb']:.0f} MB, floor (imports + open) {floor['peak_rss_mb']:.0f} MB, "
           f"difference {res['peak_rss_mb'] - floor['peak_rss_mb']:.0f} MB")
     print(f"found: {res['exact_groups']} exact groups of {args.copies} planted, {res['duplicate_groups']} groups in all, "
