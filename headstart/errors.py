@@ -39,5 +39,17 @@ class RunError(HeadstartError):
     """A run directory is missing files or was made with other settings."""
 
 
+class RunBusyError(RunError):
+    """Another headstart process is writing the same run folder."""
+
+
+class HeadError(HeadstartError):
+    """The head asked for does not exist, or was given an option it does not take."""
+
+
+class SplitError(HeadstartError):
+    """The split settings are malformed, or leave a split that training needs empty."""
+
+
 class AuditError(HeadstartError):
     """An audit, map or report cannot be made from what it was given (or an input file is malformed)."""
