@@ -151,6 +151,10 @@ def extract(
         1.0, help="Make extracted rows durable at least this often; a crash loses at most this much work."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    exclude_list: Optional[Path] = typer.Option(
+        None, "--exclude-list", help="Do not extract the pictures listed in this file, one relative path a line "
+        "(with --prune, drop their rows too)."
+    ),
 ) -> None:
     """Run the backbone once over every picture and store the features in an HDF5 cache.
 
@@ -159,6 +163,7 @@ def extract(
     Example: headstart extract PetImages/ --out pets-vgg16-fc2.h5
     """
     from headstart.extractor.backbones import make_config
+    from headstart.exclude_list import read_exclude_list
     from headstart.extractor.runner import extract as run_extract
 
     interrupted = f"Interrupted. What was extracted is kept in {out}; run the same command to resume."
@@ -183,6 +188,7 @@ def extract(
                 source, out, config, batch_size=batch, workers=workers, exclude=exclude,
                 limit_per_class=limit_per_class, overwrite=overwrite, prune=prune, progress=progress,
                 commit_seconds=commit_seconds,
+                exclude_paths=read_exclude_list(exclude_list).paths if exclude_list is not None else (),
             )
     skipped = f", skipped {result.skipped} (see: headstart info {out})" if result.skipped else ", skipped 0"
     already = f", {result.already} already there" if result.already else ""

@@ -53,3 +53,7 @@ class SplitError(HeadstartError):
 
 class AuditError(HeadstartError):
     """An audit, map or report cannot be made from what it was given (or an input file is malformed)."""
+
+
+class ExcludeListError(HeadstartError):
+    """An --exclude-list file cannot be read as one relative picture path a line."""

@@ -26,14 +26,14 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on thi
 def comparison(tmp_path_factory):
     """A comparison folder of one logreg run on a small cache whose paths hold HTML, with an audit."""
     from headstart.audit import audit
-    from headstart.heads import runs
+    from headstart.heads.training import compare
 
     tmp = tmp_path_factory.mktemp("report")
     x, y, paths, sha, _ = planted_features()
     y[::7] = (y[::7] + 1) % 3  # some mistakes to show
     paths = [p.replace(".jpg", f"{HOSTILE}.jpg") if i % 3 == 0 else p for i, p in enumerate(paths)]
     cache = write_cache(tmp / "c.h5", x, y, paths, CLASSES, sha256=sha)
-    runs.compare(cache, tmp / "cmp", heads=["logreg"])
+    compare(cache, tmp / "cmp", heads=["logreg"])
     audit(cache, tmp / "cmp", montages=False)  # audit.json beside comparison.json is picked up
     return tmp / "cmp"
 

@@ -117,10 +117,10 @@ def _comparison_rows(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any]
 def _mistakes(run_dir: Path, n: int, notes: list[str]) -> list[dict[str, Any]]:
     """The run's most confident test mistakes with JPEG thumbnails; a note instead if unavailable."""
     from headstart.audit.pictures import thumbnail_jpeg
-    from headstart.heads import runs
+    from headstart.heads.evaluation import misclassified
 
     try:
-        result = runs.misclassified(run_dir, n)
+        result = misclassified(run_dir, n)
     except (HeadstartError, OSError, ValueError, KeyError) as err:
         notes.append(f"{run_dir.name}: mistakes not shown ({err})")
         return []

@@ -9,7 +9,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Collection, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -253,8 +253,8 @@ def _printable(rel: str) -> str | None:
         return None
 
 
-def _prune(writer: CacheWriter, root: Path) -> int:
-    keep = np.array([(root / p).exists() for p in writer.paths()], dtype=bool)
+def _prune(writer: CacheWriter, root: Path, exclude_paths: Collection[str] = ()) -> int:
+    keep = np.array([(root / p).exists() and p not in exclude_paths for p in writer.paths()], dtype=bool)
     gone = int((~keep).sum())
     if gone:
         writer.keep_rows(keep)
@@ -276,6 +276,7 @@ def extract(
     progress: Progress | None = None,
     commit_seconds: float = COMMIT_SECONDS,
     embedder: Embedder | None = None,
+    exclude_paths: Collection[str] = (),
 ) -> ExtractResult:
     """Extract features of every picture under ``source`` into the cache ``out``.
 
@@ -284,6 +285,8 @@ def extract(
     Rows become durable at least every ``commit_seconds`` (and at the end, and on Ctrl-C).
     ``embedder``: an `Embedder` already built for ``config`` (to extract several folders with one
     model); by default one is built here, and only if there is something to extract.
+    ``exclude_paths``: relative paths not to extract (``--exclude-list``); with ``prune``, rows
+    already in the cache for them are dropped too.
     """
     from headstart.extractor.backbones import make_config
 
@@ -313,17 +316,22 @@ def extract(
     )
     label_map = [class_names.index(name) for name in dataset.class_names]
     with CacheWriter(out, header, overwrite=overwrite) as writer:
-        pruned = _prune(writer, source) if prune else 0
+        pruned = _prune(writer, source, exclude_paths) if prune else 0
         done = writer.done_paths()
         todo, failed = [], []
+        excluded = 0
         for rel, label in dataset.items:
             if _printable(rel) is None:  # HDF5 stores UTF-8 only: record it under a readable name
                 shown = rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
                 if shown not in done:
                     failed.append((shown, "file name is not valid UTF-8; rename the file"))
+            elif rel in exclude_paths:
+                excluded += 1
             elif rel not in done:
                 todo.append((rel, label_map[label]))
-        already = len(dataset) - len(todo) - len(failed)
+        already = len(dataset) - len(todo) - len(failed) - excluded
+        if excluded:
+            log.info("left out %d pictures listed to exclude", excluded)
         total = len(todo)
         if already:
             log.info("%d pictures already in %s; %d to extract", already, out, total)
