@@ -200,3 +200,36 @@ def test_load_audit_rejects_malformed_files(tmp_path, text):
     (tmp_path / "audit.json").write_text(text)
     with pytest.raises(AuditError, match="Expected an audit.json"):
         load_audit(tmp_path)
+
+
+def _damage(f, how):
+    if how == "features-1d":
+        del f["features"]
+        f.create_dataset("features", data=np.zeros(120))
+    elif how == "labels-short":
+        del f["labels"]
+        f.create_dataset("labels", data=np.zeros(5, "int32"))
+    elif how == "paths-int":
+        del f["paths"]
+        f.create_dataset("paths", data=np.zeros(120, "int32"))
+    elif how == "progress-negative":
+        f["progress"][0] = -5
+    elif how == "fingerprint-not-json":
+        f.attrs["fingerprint"] = "{not json"
+    elif how == "sha256-int":
+        del f["sha256"]
+        f.create_dataset("sha256", data=np.zeros(120, "int32"))
+
+
+@pytest.mark.parametrize("how", ["features-1d", "labels-short", "paths-int", "progress-negative",
+                                 "fingerprint-not-json", "sha256-int"])
+@pytest.mark.parametrize("command", ["audit", "map"])
+def test_damaged_cache_is_one_line_for_audit_and_map(tmp_path, how, command):
+    x, y, paths, sha, _ = planted_features()
+    cache = write_cache(tmp_path / "c.h5", x, y, paths, CLASSES, sha256=sha)
+    with h5py.File(cache, "a") as f:
+        _damage(f, how)
+    args = ["--no-montages"] if command == "audit" else ["--out", str(tmp_path / "m.png"), "--method", "pca"]
+    res = runner.invoke(app, [command, str(cache), *args])
+    assert res.exit_code == 2, (res.output, res.exception)
+    assert res.output.startswith("Error:") and len(res.output.strip().splitlines()) == 1

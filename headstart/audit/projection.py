@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from headstart.audit import html as H
-from headstart.cache import open_cache
+from headstart.audit.reading import open_checked, read_rows
 from headstart.errors import AuditError
 
 log = logging.getLogger(__name__)
@@ -111,18 +111,16 @@ def make_map(
         raise AuditError(f"Expected --out to end in .png or .html. Received: {out}.")
     if max_points < 3:
         raise AuditError(f"Expected --max-points of at least 3. Received: {max_points}.")
-    with open_cache(cache_path) as cache:
+    with open_checked(cache_path) as cache:
         n = len(cache)
         if n < 3:
             raise AuditError(f"Expected a cache of at least 3 pictures to map. Received: {cache_path} ({n} rows).")
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(n, max_points, replace=False)) if n > max_points else np.arange(n)
-        x = cache.take(rows)
+        x = read_rows(cache, rows)
         if not np.isfinite(x).all():
             raise AuditError(f"Expected finite feature values in {cache_path}. Received: NaN or infinity.")
         labels = cache.labels[rows]
-        if labels.min() < 0 or labels.max() >= len(cache.class_names):
-            raise AuditError(f"Expected labels that name one of the cache's classes in {cache_path}. Received: out of range.")
         paths = [cache.paths[i] for i in rows]
         class_names = list(cache.class_names)
         base = Path(root) if root is not None else Path(cache.root or ".")

@@ -28,7 +28,7 @@ from headstart.audit import labels as L
 from headstart.audit import outliers as O
 from headstart.audit import space as S
 from headstart.audit.hashes import content_hashes
-from headstart.cache import open_cache
+from headstart.audit.reading import open_checked
 from headstart.errors import AuditError
 from headstart.heads.split import SPLITS, SplitSpec, assign
 
@@ -93,15 +93,6 @@ class AuditResult:
         }
 
 
-def _check_labels(cache) -> None:
-    labels = cache.labels
-    if len(labels) and (labels.min() < 0 or labels.max() >= len(cache.class_names)):
-        raise AuditError(
-            f"Expected labels between 0 and {len(cache.class_names) - 1} in {cache.path}. "
-            f"Received: {int(labels.min())} to {int(labels.max())}; the cache is damaged, extract it again."
-        )
-
-
 def audit(
     cache_path: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -135,7 +126,7 @@ def audit(
         seconds[name] = round(now - t, 3)
         t = now
 
-    with open_cache(cache_path) as cache:
+    with open_checked(cache_path) as cache:
         n = len(cache)
         if n < 3:
             raise AuditError(f"Expected a cache of at least 3 pictures to audit. Received: {cache_path} ({n} rows).")
@@ -144,7 +135,6 @@ def audit(
         base = Path(root) if root is not None else Path(cache.root or ".")
         hashes, notes = content_hashes(paths, cache.sha256, base)
         lap("hashes")
-        _check_labels(cache)
         space = S.reduce(cache, dims=dims, seed=seed)
         lap("reduce")
         # Centred cosine tells copies from look-alikes; raw cosine tells a picture unlike any
