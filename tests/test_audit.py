@@ -233,3 +233,10 @@ def test_damaged_cache_is_one_line_for_audit_and_map(tmp_path, how, command):
     res = runner.invoke(app, [command, str(cache), *args])
     assert res.exit_code == 2, (res.output, res.exception)
     assert res.output.startswith("Error:") and len(res.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("shape, width", [((7, 100), 8), ((3, 1000), 64), ((4, 20), 64)])
+def test_top_k_equals_a_full_sort(shape, width):
+    g = np.random.default_rng(2).normal(size=shape).astype(np.float32)
+    want = -np.sort(-g, axis=1)[:, :5]
+    assert np.array_equal(S._top_k(g, 5, width=width), want)

@@ -192,7 +192,7 @@ def neighbours(space: Space, k: int, cut: float, per_row: int = 10, query_rows: 
         g[b, b + start] = -np.inf
         centred[b, b + start] = -np.inf
         if k:
-            top[start:stop] = -np.sort(-np.partition(g, n - k, axis=1)[:, n - k :], axis=1)
+            top[start:stop] = _top_k(g, k)
         rows, cols = np.nonzero(centred >= cut)
         if len(rows):
             vals = centred[rows, cols]
@@ -211,6 +211,24 @@ def neighbours(space: Space, k: int, cut: float, per_row: int = 10, query_rows: 
     else:
         pairs, vals = np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
     return Neighbours(top, pairs, vals.astype(np.float32))
+
+
+def _top_k(g: np.ndarray, k: int, width: int = 64) -> np.ndarray:
+    """The ``k`` largest values of each row of ``g``, largest first.
+
+    Cheaper than `numpy.partition` over whole rows: the row's maximum of each run of ``width``
+    columns is one fast reduction, and the ``k`` largest values lie in the ``k`` runs with the
+    largest maxima (and the columns past the last whole run), a few hundred values to partition.
+    """
+    b, n = g.shape
+    whole = n // width * width
+    if whole < width * (k + 1):
+        return -np.sort(-np.partition(g, n - k, axis=1)[:, n - k :], axis=1)
+    runs = g[:, :whole].reshape(b, whole // width, width)
+    best = np.argpartition(runs.max(axis=2), -k, axis=1)[:, -k:]  # (b, k) runs
+    pool = np.take_along_axis(runs, best[:, :, None], axis=1).reshape(b, k * width)
+    pool = np.concatenate([pool, g[:, whole:]], axis=1)
+    return -np.sort(-np.partition(pool, pool.shape[1] - k, axis=1)[:, -k:], axis=1)
 
 
 def exact_similarity(cache: CacheReader, mean: np.ndarray, pairs: np.ndarray, chunk: int = 2048) -> np.ndarray:
