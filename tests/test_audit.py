@@ -240,3 +240,15 @@ def test_top_k_equals_a_full_sort(shape, width):
     g = np.random.default_rng(2).normal(size=shape).astype(np.float32)
     want = -np.sort(-g, axis=1)[:, :5]
     assert np.array_equal(S._top_k(g, 5, width=width), want)
+
+
+def test_cli_defaults_match_the_library():
+    import inspect
+
+    from headstart.audit import duplicates, labels, run
+    from headstart.cli_audit import audit_cmd
+
+    defaults = {k: v.default.default for k, v in inspect.signature(audit_cmd).parameters.items()}
+    assert defaults["threshold"] == duplicates.THRESHOLD
+    assert defaults["folds"] == labels.FOLDS
+    assert defaults["outliers"] == run.TOP_OUTLIERS
