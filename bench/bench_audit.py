@@ -32,12 +32,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_cores, describe_load, finish  # noqa: E402
 
 
+FINGERPRINT = {  # a complete fingerprint (the tiny test backbone's): caches must be readable back
+    "backbone": "tiny", "layer": "embed", "pooling": None, "alpha": None, "weights": "none", "seed": 0,
+    "keras_version": None, "input_size": 32, "resize": "squash", "jpeg_draft": True,
+    "preprocessing": "keras.applications.mobilenet.preprocess_input", "precision": "float32",
+    "dtype": "float16", "backend": "tensorflow",
+}
+
+
 def write_cache(path: Path, rows: int, dim: int, classes: int, copies: int, seed: int = 0) -> float:
     """bench_heads' synthetic features plus a sha256 per row; ``copies`` rows repeat earlier rows exactly."""
     from headstart.cache import CacheHeader, CacheWriter
 
     names = tuple(f"class{k}" for k in range(classes))
-    header = CacheHeader(dim=dim, dtype="float16", fingerprint={"backbone": "synthetic", "rows": rows, "dim": dim},
+    header = CacheHeader(dim=dim, dtype="float16", fingerprint=FINGERPRINT,
                          class_names=names, root="/synthetic")
     rng = np.random.default_rng(seed)
     base = rng.gamma(2.0, 0.5, dim).astype(np.float32)

@@ -51,6 +51,10 @@ class SplitError(HeadstartError):
     """The split settings are malformed, or leave a split that training needs empty."""
 
 
+class CacheReadError(CacheError):
+    """HDF5 could not read part of the cache: a damaged file, or a live writer's newest strings."""
+
+
 class AuditError(HeadstartError):
     """An audit, map or report cannot be made from what it was given (or an input file is malformed)."""
 

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from conftest import TINY_FINGERPRINT
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,7 @@ from headstart.heads import training
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CLASSES = ("cat", "dog", "fox")
-FP = {"backbone": "tiny", "layer": "embed", "input_size": 32, "weights": "none", "seed": 0}
+FP = TINY_FINGERPRINT
 KERAS = {"epochs": 12, "batch_size": 32, "learning_rate": 0.01, "patience": 3}
 
 def features(n=600, dim=64, classes=3, seed=0, sep=0.4):
