@@ -66,8 +66,8 @@ def test_report_of_one_run(comparison, tmp_path):
         ("comparison.json", "{not json", "comparison.json"),
         ("comparison.json", '{"rows": [{"head": "../../etc"}]}', "plain name"),
         ("comparison.json", '{"rows": [{"head": "logreg", "test_accuracy": "high"}]}', "not a number"),
-        ("logreg/run.json", '{"head": 3}', "head is not text"),
-        ("logreg/metrics.json", '{"test": {"confusion_matrix": [["<b>"]]}}', "confusion_matrix"),
+        ("logreg/run.json", '{"head": 3}', "run.json"),
+        ("logreg/metrics.json", '{"test": {"confusion_matrix": [["<b>"]]}}', "metrics.json"),
         ("audit.json", '{"outliers": [{"path": "a"}]}', "audit.json"),
     ],
 )
