@@ -60,8 +60,6 @@ def write_cache(path: Path, rows: int, dim: int, classes: int, copies: int, seed
             digests = [f"{start + i:064x}" for i in range(n)]
             if first is None:
                 first = (x[:copies].copy(), y[:copies].copy())
-            elif start + n == rows or copies == 0:
-                pass
             if start + n >= rows and copies:  # the last rows repeat the first ones, same bytes
                 x[-copies:], y[-copies:] = first
                 digests[-copies:] = [f"{i:064x}" for i in range(copies)]

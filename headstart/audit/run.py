@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from headstart.audit import duplicates as D
 from headstart.audit import labels as L
