@@ -173,6 +173,10 @@ def extract(
     shard: Optional[int] = typer.Option(
         None, "--shard", help="Extract only shard I (0 to N-1) into OUT; join the shards with headstart merge."
     ),
+    exclude_list: Optional[Path] = typer.Option(
+        None, "--exclude-list", help="Do not extract the pictures listed in this file, one relative path a line "
+        "(with --prune, drop their rows too)."
+    ),
 ) -> None:
     """Run the backbone once over every picture and store the features in an HDF5 cache.
 
@@ -185,6 +189,7 @@ def extract(
     One shard of 16 (any scheduler): headstart extract /mnt/pictures --out part-3.h5 --shards 16 --shard 3
     """
     from headstart.extractor.backbones import make_config
+    from headstart.exclude_list import read_exclude_list
     from headstart.extractor.runner import extract as run_extract
 
     interrupted = f"Interrupted. What was extracted is kept in {out}; run the same command to resume."
@@ -213,6 +218,7 @@ def extract(
                 source, out, config, batch_size=batch, workers=workers, exclude=exclude,
                 limit_per_class=limit_per_class, overwrite=overwrite, prune=prune, progress=progress,
                 commit_seconds=commit_seconds, root_moved=root_moved, ray=ray, shards=shards, shard=shard,
+                exclude_paths=read_exclude_list(exclude_list).paths if exclude_list is not None else (),
             )
     skipped = f", skipped {result.skipped} (see: headstart info {out})" if result.skipped else ", skipped 0"
     already = f", {result.already} already there" if result.already else ""
@@ -321,6 +327,10 @@ _register_baseline(app)
 from headstart.cli_merge import register as _register_merge  # noqa: E402 - the merge command
 
 _register_merge(app)
+
+from headstart.cli_audit import register as _register_audit  # noqa: E402 - audit, map, report
+
+_register_audit(app)
 
 
 def run() -> None:  # pragma: no cover

@@ -69,3 +69,11 @@ class ShardError(HeadstartError):
 
 class MergeError(HeadstartError):
     """Caches given to merge do not fit together (settings, classes, paths, shards)."""
+
+
+class AuditError(HeadstartError):
+    """An audit, map or report cannot be made from what it was given (or an input file is malformed)."""
+
+
+class ExcludeListError(HeadstartError):
+    """An --exclude-list file cannot be read as one relative picture path a line."""

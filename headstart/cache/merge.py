@@ -32,6 +32,7 @@ import numpy as np
 
 from headstart.cache.fingerprint import describe_diff, diff_settings, fingerprint_digest
 from headstart.cache.store import (
+    ROW_DATASETS,
     CacheReader,
     _check_schema,
     _fsync_dir,
@@ -46,7 +47,7 @@ from headstart.errors import CacheError, MergeError
 log = logging.getLogger(__name__)
 
 SOURCES_ATTR = "merged_from"
-OPTIONAL_ROWS: dict[str, np.dtype] = {"sha256": np.dtype("S64"), "view": np.dtype("int8")}
+OPTIONAL_ROWS: dict[str, np.dtype] = {name: np.dtype(dt) for name, dt in ROW_DATASETS.items()}
 """Optional per-row datasets of cache schema 2, carried by a merge when present."""
 COPY_ROWS = 1 << 16  # rows of labels / paths / optional datasets copied at a time
 

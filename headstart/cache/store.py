@@ -12,6 +12,7 @@ Layout (schema version 2; version 1 lacks the optional datasets and still opens)
     /failed_paths    (F,) UTF-8, pictures that could not be decoded ...
     /failed_reasons  (F,) UTF-8  ... and why
     /progress        (3,) int64: committed rows, committed failures, complete (0/1)
+    /sha256          (N,) S64, optional: hex SHA-256 of each picture file's bytes ("" = unknown)
     /view            (N,) int8, optional (schema 2, ``extract --views flip``): 0 the picture,
                      1 its horizontal mirror; both rows of a picture share its path
     attrs: schema_version, fingerprint (canonical JSON), fingerprint_digest, root,
@@ -62,9 +63,12 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)  # version 1 has none of the optional per-row datasets
-ROW_DATASETS = {"view": "int8"}
-"""Optional per-row datasets of schema 2, by name: created when the header asks for them, copied
-by every row-copying path (recovery, prune), given to `CacheWriter.append` as keyword arguments."""
+ROW_DATASETS = {"sha256": "S64", "view": "int8"}
+"""Optional per-row datasets of schema 2, by name (their rules: `validate.OPTIONAL_DATASETS`): created
+when the header asks for them, copied by every row-copying path (recovery, prune, merge), given to
+`CacheWriter.append` as keyword arguments. ``sha256`` is the hex SHA-256 of the picture file's bytes
+("" = unknown); ``view`` is 0 for the picture, 1 for its horizontal mirror (``extract --views flip``)."""
+OPTIONAL_ROWS = ROW_DATASETS
 LOCKING = False
 """HDF5's own file locks are off for every open: a reader (``headstart info``, a training run)
 holding a shared lock made a starting writer fail, and the reverse. One writer at a time is kept
@@ -313,7 +317,7 @@ class CacheHeader:
     class_names: tuple[str, ...]
     root: str
     weights_path: str | None = None  # where the weights file was; its hash is in the fingerprint
-    row_datasets: tuple[str, ...] = ()  # optional per-row datasets (see ROW_DATASETS)
+    row_datasets: tuple[str, ...] = ("sha256",)  # optional per-row datasets (see ROW_DATASETS)
     shard: str = ""  # JSON of `headstart.extractor.shards.Shard` for a shard's cache, "" for a whole folder
 
     @property
@@ -546,7 +550,9 @@ class CacheWriter:
     # -- writing -----------------------------------------------------------------------------
     def append(self, features: np.ndarray, labels: Sequence[int], paths: Sequence[str], **columns) -> None:
         """Stage one batch of rows; call ``commit`` to make it durable. ``columns``: a value per row
-        for each optional dataset this cache has (e.g. ``view=``), and no other."""
+        for each optional dataset this cache has (e.g. ``view=``), and no other; ``sha256=`` (hex digests
+        of the picture files) may be left out or given where the cache has no column (stored as "" = unknown,
+        or not stored)."""
         n = len(paths)
         if n == 0:
             return
@@ -554,6 +560,9 @@ class CacheWriter:
             raise ValueError(f"batch shapes disagree: features {features.shape}, {len(labels)} labels, {n} paths")
         f = self._f
         have = {name for name in ROW_DATASETS if name in f}
+        digests = columns.pop("sha256", None)
+        if "sha256" in have:  # unknown digests are stored as ""; a resumed version-1 cache has no column
+            columns["sha256"] = [(d or "").encode("ascii") for d in digests] if digests is not None else [b""] * n
         if set(columns) != have or any(len(v) != n for v in columns.values()):
             raise ValueError(f"expected a value per row for {sorted(have)}, got {sorted(columns)}")
         start = self._staged_rows
@@ -565,7 +574,7 @@ class CacheWriter:
         ):
             f[name].resize(start + n, axis=0)
             f[name][start:] = data
-        self._staged_rows = start + n  # only once all three datasets hold the batch
+        self._staged_rows = start + n  # only once all the datasets hold the batch
 
     def add_failed(self, items: Sequence[tuple[str, str]]) -> None:
         """Stage skipped pictures as (relative path, reason)."""
@@ -678,6 +687,13 @@ class CacheReader:
             self._f["view"][: self._n].astype(np.int8) if "view" in self._f else None
         )
         self.shard: str = str(self._f.attrs.get("shard", ""))  # JSON of the shard, "" for a whole folder
+        self.sha256: list[str] | None = None
+        """Hex SHA-256 of each row's picture file ("" = unknown); None in a version-1 cache."""
+        if "sha256" in self._f:  # rank, kind and length checked by validate
+            column = self._f["sha256"]
+            if column.dtype != np.dtype("S64"):
+                raise CacheError(f"Expected /sha256 of 64-byte strings in {self.path}. Received: {column.dtype}.")
+            self.sha256 = [d.decode("ascii", "replace") for d in column[: self._n]]
 
     def refresh(self) -> int:
         """See the rows a running writer committed since the cache was opened (or last refreshed);

@@ -49,6 +49,7 @@ DATASETS: dict[str, Column] = {
 """Datasets every cache has."""
 
 OPTIONAL_DATASETS: dict[str, Column] = {
+    "sha256": Column(1, "ascii", per="row"),
     "view": Column(1, "int", per="row"),  # extract --views flip: 0 the picture, 1 its mirror
 }
 """Per-row datasets a cache may have (schema 2 adds ``sha256`` and ``view``: one line each here)."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -38,7 +41,7 @@ def load_pixels(path: str | Path) -> np.ndarray:
 
 
 def load_image(
-    path: str | Path, size: tuple[int, int] | None, resize: str = "squash", draft: bool = True
+    path: str | Path | BinaryIO, size: tuple[int, int] | None, resize: str = "squash", draft: bool = True
 ) -> np.ndarray:
     """Decode ``path`` to an ``(height, width, 3)`` uint8 array of ``size = (height, width)``.
 
@@ -51,7 +54,7 @@ def load_image(
     """
     height, width = size or (0, 0)
     try:
-        if Path(path).stat().st_size == 0:
+        if isinstance(path, (str, Path)) and Path(path).stat().st_size == 0:
             raise DecodeError("empty file")
         # Pillow refuses pictures over 2 x Image.MAX_IMAGE_PIXELS (~179 MP) as decompression bombs.
         with Image.open(path) as img:
@@ -81,3 +84,21 @@ def load_image(
     if size is not None and arr.shape != (height, width, 3):  # pragma: no cover - Pillow contract
         raise DecodeError(f"decoded to shape {arr.shape}")
     return arr
+
+
+def load_image_hashed(
+    path: str | Path, size: tuple[int, int], resize: str = "squash", draft: bool = True
+) -> tuple[np.ndarray, str]:
+    """`load_image`, and the hex SHA-256 of the file's bytes, from one read of the file.
+
+    The file is read into memory once (Pillow reads it whole anyway), hashed, and decoded from
+    those bytes. Raises `DecodeError` as `load_image` does.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except (OSError, MemoryError) as err:
+        raise DecodeError(f"cannot read: {getattr(err, 'strerror', None) or err}") from None
+    if not data:
+        raise DecodeError("empty file")
+    digest = hashlib.sha256(data).hexdigest()
+    return load_image(io.BytesIO(data), size, resize, draft), digest

@@ -1,7 +1,7 @@
 """Extraction on a Ray cluster: decoding as Ray tasks, the backbone in a pool of actors (Ray Data).
 
 What lives here: connecting to Ray, the actor that runs the backbone, and `embed_stream`, which
-yields finished batches in the same ``(indices, features, failed)`` form as the local
+yields finished batches in the same ``(indices, features, failed, sha256)`` form as the local
 `headstart.extractor.runner.embed_stream`. What does not: deciding what to extract, and writing
 the cache. The runner does both, in the one process that owns the HDF5 file, exactly as for a
 local run: the cache, resume, skipped files and the fingerprint do not know Ray exists.
@@ -176,20 +176,23 @@ def feature_dim(config: ExtractionConfig) -> int:
 
 
 def _decode_batch(batch: dict[str, np.ndarray], size: int, resize: str, draft: bool) -> dict[str, np.ndarray]:
-    """Ray task: paths → pixels (zeros where a file could not be decoded) and reasons ("" if fine)."""
-    from headstart.extractor.decode import DecodeError, load_image
+    """Ray task: paths → pixels (zeros where a file could not be decoded), reasons ("" if fine) and
+    the SHA-256 of each file's bytes (from the one read that decodes it)."""
+    from headstart.extractor.decode import DecodeError, load_image_hashed
 
     n = len(batch["index"])
     pixels = np.zeros((n, size, size, 3), dtype=np.uint8)
-    reasons = []
+    reasons, digests = [], []
     for i, path in enumerate(batch["path"]):
         try:
-            pixels[i] = load_image(str(path), (size, size), resize, draft)
+            pixels[i], digest = load_image_hashed(str(path), (size, size), resize, draft)
             reasons.append("")
+            digests.append(digest)
         except DecodeError as err:
             reasons.append(str(err))
+            digests.append("")
     return {"index": np.asarray(batch["index"], dtype=np.int64), "pixels": pixels,
-            "reason": np.array(reasons, dtype=object)}
+            "reason": np.array(reasons, dtype=object), "sha256": np.array(digests, dtype=object)}
 
 
 class EmbedActor:
@@ -210,7 +213,7 @@ class EmbedActor:
         for start in range(0, len(ok), step):
             rows = ok[start:start + step]
             feats[rows] = self.embedder([batch["pixels"][i] for i in rows])
-        return {"index": batch["index"], "features": feats, "reason": reasons}
+        return {"index": batch["index"], "features": feats, "reason": reasons, "sha256": batch["sha256"]}
 
 
 def _explain(err: Exception) -> HeadstartError:
@@ -315,7 +318,8 @@ def embed_stream(
             reasons, feats = out["reason"], out["features"]
             ok = [i for i in np.flatnonzero(fresh) if not reasons[i]]
             bad = [(int(index[i]), str(reasons[i])) for i in np.flatnonzero(fresh) if reasons[i]]
-            yield [int(index[i]) for i in ok], np.asarray(feats[ok], dtype=np.float32), bad
+            digests = [str(out["sha256"][i]) for i in ok]
+            yield [int(index[i]) for i in ok], np.asarray(feats[ok], dtype=np.float32), bad, digests
     except ray.exceptions.RayError as err:
         raise _explain(err) from None
     except Exception as err:  # Ray Data re-raises worker errors as its own exception types

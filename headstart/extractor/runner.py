@@ -9,14 +9,14 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Collection, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from headstart.cache import CacheHeader, CacheLock, CacheWriter, describe_diff, diff_settings, open_cache
 from headstart.errors import CacheMismatchError, DatasetError, HeadstartError, RayError
 from headstart.extractor.config import ExtractionConfig
-from headstart.extractor.decode import DecodeError, load_image
+from headstart.extractor.decode import DecodeError, load_image_hashed
 from headstart.extractor.scan import scan_dataset
 
 log = logging.getLogger(__name__)
@@ -43,16 +43,18 @@ def default_workers() -> int:
 
 def decode_stream(
     paths: Sequence[Path], config: ExtractionConfig, workers: int, prefetch: int
-) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+) -> Iterator[tuple[int, np.ndarray | None, str | None, str | None]]:
     """Decode ``paths`` in worker threads, ``prefetch`` pictures ahead; yields in input order
-    ``(index, pixels, None)`` or ``(index, None, reason)``. Memory is bounded by ``prefetch``."""
+    ``(index, pixels, None, sha256)`` or ``(index, None, reason, None)``, ``sha256`` the hex digest
+    of the file's bytes (hashed by the worker from the bytes it decodes). Memory is bounded by ``prefetch``."""
     size = (config.input_size, config.input_size)
 
     def work(path: Path):
         try:
-            return load_image(path, size, config.resize, config.jpeg_draft), None
+            pixels, digest = load_image_hashed(path, size, config.resize, config.jpeg_draft)
+            return pixels, None, digest
         except DecodeError as err:
-            return None, str(err)
+            return None, str(err), None
 
     if workers < 1:
         raise HeadstartError(f"Expected --workers of at least 1. Received: {workers}.")
@@ -66,11 +68,11 @@ def decode_stream(
                 break
         index = 0
         while pending:
-            pixels, reason = pending.popleft().result()
+            pixels, reason, digest = pending.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
                 pending.append(pool.submit(work, nxt[1]))
-            yield index, pixels, reason
+            yield index, pixels, reason, digest
             index += 1
     finally:
         # On Ctrl-C (or any early exit) do not wait for the pictures queued ahead.
@@ -149,25 +151,28 @@ def _embed(embedder: Embedder, pixels: list[np.ndarray]) -> np.ndarray:
 
 def embed_stream(
     paths: Sequence[Path], embedder: Embedder, workers: int
-) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, str]]]]:
-    """Yield ``(indices, features, failed)`` batch by batch, ``failed`` as (index, reason). With
-    ``views == "flip"`` features has ``2 * len(indices)`` rows: the pictures', then their mirrors'."""
+) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, str]], list[str]]]:
+    """Yield ``(indices, features, failed, sha256)`` batch by batch, ``failed`` as (index, reason),
+    ``sha256`` the hex digest of each file in ``indices``. With ``views == "flip"`` features has
+    ``2 * len(indices)`` rows: the pictures', then their mirrors'."""
     batch_idx: list[int] = []
     batch_px: list[np.ndarray] = []
+    batch_sha: list[str] = []
     failed: list[tuple[int, str]] = []
     prefetch = max(2 * embedder.batch_size, 4 * workers)
-    for index, pixels, reason in decode_stream(paths, embedder.config, workers, prefetch):
+    for index, pixels, reason, digest in decode_stream(paths, embedder.config, workers, prefetch):
         if pixels is None:
             failed.append((index, reason))
             continue
         batch_idx.append(index)
         batch_px.append(pixels)
+        batch_sha.append(digest)
         if len(batch_idx) == embedder.batch_size:
-            yield batch_idx, _embed(embedder, batch_px), failed
-            batch_idx, batch_px, failed = [], [], []
+            yield batch_idx, _embed(embedder, batch_px), failed, batch_sha
+            batch_idx, batch_px, failed, batch_sha = [], [], [], []
     if batch_idx or failed:
         feats = _embed(embedder, batch_px) if batch_px else np.zeros((0, embedder.dim), np.float32)
-        yield batch_idx, feats, failed
+        yield batch_idx, feats, failed, batch_sha
 
 
 @dataclass
@@ -193,7 +198,7 @@ def embed_files(
         batch_size = max(1, min(batch_size, len(files)))
     embedder = Embedder(config, batch_size)
     feats, flips, ok, failed = [], [], [], []
-    for idx, f, bad in embed_stream(files, embedder, workers or default_workers()):
+    for idx, f, bad, _ in embed_stream(files, embedder, workers or default_workers()):
         feats.append(f[: len(idx)])
         flips.append(f[len(idx):])
         ok.extend(files[i] for i in idx)
@@ -283,8 +288,8 @@ def _printable(rel: str) -> str | None:
         return None
 
 
-def _prune(writer: CacheWriter, root: Path) -> int:
-    keep = np.array([(root / p).exists() for p in writer.paths()], dtype=bool)
+def _prune(writer: CacheWriter, root: Path, exclude_paths: Collection[str] = ()) -> int:
+    keep = np.array([(root / p).exists() and p not in exclude_paths for p in writer.paths()], dtype=bool)
     gone = int((~keep).sum())
     if gone:
         writer.keep_rows(keep)
@@ -310,6 +315,7 @@ def extract(
     ray: str | None = None,
     shards: int | None = None,
     shard: int | None = None,
+    exclude_paths: Collection[str] = (),
 ) -> ExtractResult:
     """Extract features of every picture under ``source`` into the cache ``out``.
 
@@ -324,6 +330,8 @@ def extract(
     ``ray://host:10001``, or ``local``); `headstart.extractor.distributed` explains how.
     ``shards``, ``shard``: extract only shard ``shard`` (from 0) of ``shards``, chosen by a hash of
     each relative path (`headstart.extractor.shards`); the cache records it.
+    ``exclude_paths``: relative paths not to extract (``--exclude-list``); with ``prune``, rows
+    already in the cache for them are dropped too.
     """
     from headstart.extractor.shards import Shard
 
@@ -374,7 +382,7 @@ def extract(
             class_names=tuple(class_names),
             root=str(source.resolve()),
             weights_path=config.weights_path,
-            row_datasets=("view",) if config.views == "flip" else (),
+            row_datasets=("sha256", "view") if config.views == "flip" else ("sha256",),
             shard=part.to_json() if part else "",
         )
         label_map = [class_names.index(name) for name in dataset.class_names]
@@ -383,17 +391,22 @@ def extract(
         raise
     with CacheWriter(out, header, overwrite=overwrite, lock=lock) as writer:
         moved_from = writer.set_root(header.root) if root_moved else None
-        pruned = _prune(writer, source) if prune else 0
+        pruned = _prune(writer, source, exclude_paths) if prune else 0
         done = writer.done_paths()
         todo, failed = [], []
+        excluded = 0
         for rel, label in dataset.items:
             if _printable(rel) is None:  # HDF5 stores UTF-8 only: record it under a readable name
                 shown = rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
                 if shown not in done:
                     failed.append((shown, "file name is not valid UTF-8; rename the file"))
+            elif rel in exclude_paths:
+                excluded += 1
             elif rel not in done:
                 todo.append((rel, label_map[label]))
-        already = len(dataset) - len(todo) - len(failed)
+        already = len(dataset) - len(todo) - len(failed) - excluded
+        if excluded:
+            log.info("left out %d pictures listed to exclude", excluded)
         total = len(todo)
         if already:
             log.info("%d pictures already in %s; %d to extract", already, out, total)
@@ -412,14 +425,15 @@ def extract(
                 stream = embed_stream(paths, embedder, workers or default_workers())
             handled = 0
             t_loop = last_commit = time.perf_counter()
-            for idx, feats, bad in stream:
+            for idx, feats, bad, digests in stream:
                 if ray and not handled:  # the cluster's start-up (actors building the model) is not the loop
                     t_loop = time.perf_counter()
                 labels, rels = [todo[i][1] for i in idx], [todo[i][0] for i in idx]
                 if config.views == "flip":  # both rows of a picture are committed together
-                    writer.append(feats, labels * 2, rels * 2, view=[0] * len(idx) + [1] * len(idx))
+                    writer.append(feats, labels * 2, rels * 2, view=[0] * len(idx) + [1] * len(idx),
+                                  sha256=list(digests) * 2)
                 else:
-                    writer.append(feats, labels, rels)
+                    writer.append(feats, labels, rels, sha256=digests)
                 bad_items = [(todo[i][0], reason) for i, reason in bad]
                 writer.add_failed(bad_items)
                 if time.perf_counter() - last_commit >= commit_seconds:

@@ -98,7 +98,14 @@ def _run_cache_path(info: Mapping[str, Any], run_dir: Path) -> Path:
 
 
 def _test_rows(info: Mapping[str, Any], cache) -> np.ndarray:
-    return np.flatnonzero(assign(cache.paths, info["split_spec"]) == SPLITS.index("test"))
+    test = assign(cache.paths, info["split_spec"]) == SPLITS.index("test")
+    excluded = info.get("excluded")
+    if excluded is not None:  # pictures the run left out (--exclude-list) stay out of its test split
+        paths = excluded.get("paths") if isinstance(excluded, dict) else None
+        if not (isinstance(paths, list) and all(isinstance(p, str) for p in paths)):
+            raise RunError(f"Expected excluded.paths in the run's run.json as a list of paths. Received: {paths!r:.80}.")
+        test &= ~np.isin(np.array(cache.paths, dtype=object), np.array(paths, dtype=object))
+    return np.flatnonzero(test)
 
 
 def evaluate(run_dir: str | os.PathLike, cache_path: str | os.PathLike | None = None) -> EvaluateResult:

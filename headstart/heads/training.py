@@ -137,19 +137,27 @@ class Data:
     streamed: bool
     cache_info: dict[str, Any]
     paths: dict[str, list[str]] | None = None  # per split, when the cache has views to average
+    excluded: dict[str, Any] | None = None  # what --exclude-list left out (recorded in run.json)
 
     def labels(self, name: str) -> np.ndarray:
         return self.sources[name].labels
 
 
-def prepare(cache, spec: SplitSpec, stream: bool | None) -> Data:
-    """Split an open cache and make a row source per split (in memory, or streamed by size)."""
+def prepare(cache, spec: SplitSpec, stream: bool | None, exclude=None) -> Data:
+    """Split an open cache and make a row source per split (in memory, or streamed by size).
+    ``exclude``: an `ExcludeList` whose pictures are in no split."""
     n = len(cache)
     if n == 0:
         raise RunError(f"Expected a cache with extracted pictures. Received: {cache.path} (0 rows); run extract first.")
     if not cache.complete:
         log.warning("%s: extraction did not finish; training on the %d rows committed so far", cache.path, n)
     codes = assign(cache.paths, spec)
+    excluded = None
+    if exclude is not None:
+        left_out = np.array([p in exclude.paths for p in cache.paths], dtype=bool)
+        codes[left_out] = -1  # in no split
+        excluded = exclude.record([p for p, out in zip(cache.paths, left_out) if out])
+        log.info("left out %d pictures listed in %s", int(left_out.sum()), exclude.file)
     indices = {name: np.flatnonzero(codes == k) for k, name in enumerate(SPLITS)}
     counts = split_counts(cache.labels, indices, cache.class_names)
     check_trainable(counts, cache.counts())
@@ -193,6 +201,7 @@ def prepare(cache, spec: SplitSpec, stream: bool | None) -> Data:
             "dtype": str(cache.dtype),
             "complete": cache.complete,
         },
+        excluded=excluded,
     )
 
 
@@ -244,6 +253,7 @@ def _fit_one(data: Data, name: str, params: Mapping[str, Any], folder: Path, fin
         "fitted": fitted_info(head),
         "cache": data.cache_info,
         "split": {**data.spec.to_dict(), "counts": data.counts},
+        **({"excluded": data.excluded} if data.excluded else {}),
         "class_names": data.class_names,
         "streamed": data.streamed,
         "fit_seconds": round(fit_seconds, 3),
@@ -292,18 +302,20 @@ def train(
     params: Mapping[str, Any] | None = None,
     plots: bool = True,
     stream: bool | None = None,
+    exclude=None,
 ) -> TrainResult:
     """Fit one head on the training split of a cache and write a run folder to ``out``.
 
     ``params`` are the head's options (see `head_params`); ``stream`` forces (True) or forbids
-    (False) reading batches from the file instead of memory; None decides by size. ``out`` must
+    (False) reading batches from the file instead of memory; None decides by size. ``exclude``: an
+    `headstart.exclude_list.ExcludeList` of pictures to leave out of every split. ``out`` must
     be new, empty or an earlier run (replaced whole, in one step, when the new one is complete).
     """
     out = Path(out)
     make_head(head, **dict(params or {}))  # bad options fail before the cache is read
     check_out(out, RUN_KIND)  # fail early; checked again under the lock
     with open_cache(cache_path) as cache:
-        data = prepare(cache, split, stream)
+        data = prepare(cache, split, stream, exclude)
         with result_writer(out, RUN_KIND) as tmp:
             return _fit_one(data, head, dict(params or {}), tmp, out, plots)
 
@@ -318,6 +330,7 @@ def compare(
     plots: bool = True,
     stream: bool | None = None,
     baseline: str | os.PathLike | None = None,
+    exclude=None,
 ) -> CompareResult:
     """Fit several heads on the same split; each run goes to ``out/<head>``, the table to ``out``.
 
@@ -342,7 +355,7 @@ def compare(
     check_out(out, COMPARISON_KIND)
     runs = []
     with open_cache(cache_path) as cache:
-        data = prepare(cache, split, stream)
+        data = prepare(cache, split, stream, exclude)
         extra = []
         if baseline is not None:
             from headstart.baseline import read_baseline
