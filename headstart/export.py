@@ -240,6 +240,8 @@ def write_model(
     with the model, ``labels.txt`` and ``headstart.json``. Built beside ``out`` under a temporary
     name, checked (``verify``: see `verify_export`) and only then moved in with `os.replace`;
     ``overwrite`` replaces only an earlier export."""
+    import keras
+
     if fmt not in FORMATS:
         raise ExportError(f"Expected --format among {', '.join(FORMATS)}. Received: {fmt!r}.")
     out = Path(out)
@@ -247,8 +249,6 @@ def write_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     probe = _probe(int(metadata["extraction"]["input_size"]))
-    import keras
-
     # A direct call (not predict) marks the model as called, which Keras' ONNX export requires.
     expected = np.asarray(keras.ops.convert_to_numpy(model(probe, training=False)))
     diff = None
