@@ -257,6 +257,9 @@ def info(
 from headstart.cli_heads import register as _register_heads  # noqa: E402 - the head commands
 
 _register_heads(app)
+from headstart.cli_sweep import register as _register_sweep  # noqa: E402 - sweep and runs
+
+_register_sweep(app)
 
 
 def run() -> None:  # pragma: no cover

@@ -110,6 +110,9 @@ STREAM = typer.Option(
     None, "--stream/--in-memory", help="Read batches from the file, or load the cache (default: by size)."
 )
 NO_PLOTS = typer.Option(False, "--no-plots", help="Skip the PNG plots.")
+CALIBRATE = typer.Option(
+    "none", "--calibrate", help="none, or temperature: fit one temperature on the validation split (any head)."
+)
 
 
 def train_cmd(
@@ -127,6 +130,7 @@ def train_cmd(
     class_weight: str = CLASS_WEIGHT,
     stream: Optional[bool] = STREAM,
     no_plots: bool = NO_PLOTS,
+    calibrate: str = CALIBRATE,
 ) -> None:
     """Train one head on the cache's training split and write a run directory.
 
@@ -142,7 +146,7 @@ def train_cmd(
         params["random_state"] = seed
         result = training.train(
             cache, head, out or Path("runs") / head, split=_split(split, seed), params=params,
-            plots=not no_plots, stream=stream,
+            plots=not no_plots, stream=stream, calibrate=calibrate,
         )
     from headstart.heads.metrics import summary_line
 
@@ -154,6 +158,10 @@ def train_cmd(
     )
     _echo(f"  validation  {summary_line(result.metrics['val'])}")
     _echo(f"  test        {summary_line(result.metrics['test'])}")
+    cal = result.metrics.get("calibration", {}).get("val")
+    if cal:
+        _echo(f"  calibration (validation): log loss {cal['log_loss_before']:.3f} -> {cal['log_loss_after']:.3f}, "
+              f"ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}")
     _echo(f"Run written to {result.run_dir}  (next: headstart evaluate {result.run_dir})")
 
 

@@ -49,3 +49,7 @@ class HeadError(HeadstartError):
 
 class SplitError(HeadstartError):
     """The split settings are malformed, or leave a split that training needs empty."""
+
+
+class SweepError(HeadstartError):
+    """A sweep's search is malformed, or its folder cannot be resumed."""
