@@ -88,9 +88,8 @@ class Head(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         d = int(self.n_features_in_)
         inputs = keras.Input((d,), name="features")
-        x = keras.layers.Normalization(
-            mean=self.scaler_.mean.reshape(1, d), variance=np.square(self.scaler_.scale).reshape(1, d),
-            name="standardization",
+        x = keras.layers.Normalization(  # (d,) vectors: Keras 3 refuses a (1, d) mean for axis -1
+            mean=self.scaler_.mean, variance=np.square(self.scaler_.scale), name="standardization",
         )(inputs)
         outputs = self._keras_layers(keras, x)
         return keras.Model(inputs, outputs, name=f"{self.name}_head")

@@ -168,6 +168,10 @@ class KNNHead(Head):
         _, idx = _top_k(self._unit(X), self.arrays_["rows"], k)
         return np.log(self._vote(labels[idx]))
 
+    def to_keras(self):
+        """Refused: see `_keras_logits` (raised before Keras is imported)."""
+        return self._keras_logits(None, None)
+
     def _keras_logits(self, keras, x):
         raise HeadError(
             "Expected a head that Keras layers can rebuild (softmax, logreg, mlp, svm). Received: knn, whose "
