@@ -188,3 +188,15 @@ def test_predict_json_and_exit_0_when_all_are_read(picture_run):
     assert data["failed"] == 0
     (pred,) = data["predictions"]
     assert pred["path"] == str(files[1]) and pred["class"] in ("Cat", "Dog") and 0.5 <= pred["probability"] <= 1
+
+
+def test_train_knn_with_temperature_calibration(cache, tmp_path):
+    out = tmp_path / "knn"
+    result = runner.invoke(app, ["train", str(cache), "--head", "knn", "--calibrate", "temperature", "--out", str(out),
+                                 "--no-plots"])
+    assert result.exit_code == 0, result.output
+    assert "Trained knn" in result.stdout and "temperature" in result.stdout
+    assert "calibration (validation): log loss" in result.stdout
+    assert json.loads((out / "metrics.json").read_text())["calibration"]["method"] == "temperature"
+    result = runner.invoke(app, ["train", str(cache), "--head", "knn", "--calibrate", "isotonic"])
+    assert result.exit_code == 2 and "Expected --calibrate among none, temperature" in result.stderr

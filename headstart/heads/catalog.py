@@ -149,6 +149,9 @@ def _unfinished_sweep_row(folder: Path, top: Path) -> dict[str, Any] | None:
     from headstart.heads.registry import HEADS
 
     head = best["head"] if best["head"] in HEADS else "?"
+    header = journal_header(folder / JOURNAL) or {}
+    cache = header.get("cache") if isinstance(header.get("cache"), str) else "?"
+    digest = header.get("fingerprint_digest") if isinstance(header.get("fingerprint_digest"), str) else None
     params = best.get("params") if isinstance(best.get("params"), dict) else {}
     return {
         "path": str(folder.relative_to(top)) if folder != top else ".", "kind": "sweep (unfinished)",
@@ -156,8 +159,8 @@ def _unfinished_sweep_row(folder: Path, top: Path) -> dict[str, Any] | None:
         "params": " ".join(f"{k}={v}" for k, v in params.items() if isinstance(v, (int, float, str))),
         "val_accuracy": _num(best["val"].get("accuracy")), "test_accuracy": None,
         "log_loss": _num(best["val"].get("log_loss")), "ece": _num(best["val"].get("ece")),
-        "fit_seconds": _num(best.get("seconds")), "calibrate": None, "cache": "?", "cache_digest": None,
-        "cache_key": "?", "date": best.get("finished") if isinstance(best.get("finished"), str) else None,
+        "fit_seconds": _num(best.get("seconds")), "calibrate": None, "cache": cache, "cache_digest": digest,
+        "cache_key": f"{digest}|{cache}", "date": best.get("finished") if isinstance(best.get("finished"), str) else None,
     }
 
 

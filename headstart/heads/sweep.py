@@ -448,7 +448,9 @@ def sweep(
             journal = out / JOURNAL
             if not out.exists() or not any(out.iterdir()):
                 out.mkdir(exist_ok=True)
-                _append(journal, {"kind": JOURNAL_KIND, "format": SWEEP_FORMAT})
+                _append(journal, {"kind": JOURNAL_KIND, "format": SWEEP_FORMAT, "head": head,
+                                  "cache": data.cache_info["path"],
+                                  "fingerprint_digest": data.cache_info["fingerprint_digest"]})
             finished = read_journal(journal, head)
 
             all_trials: list[Trial] = []
