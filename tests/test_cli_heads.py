@@ -105,7 +105,7 @@ def test_misclassified_lists_pictures_and_draws_a_montage(run_dir, tmp_path):
     ("args", "message"),
     [
         (["train", "{cache}", "--split", "0.5,0.5"], "three comma-separated fractions"),
-        (["train", "{cache}", "--head", "svm"], "Expected a head among softmax, logreg, mlp"),
+        (["train", "{cache}", "--head", "rbf"], "Expected a head among softmax, logreg, mlp, knn, svm"),
         (["train", "{cache}", "--head", "logreg", "--epochs", "3"], "--epochs does not apply to the logreg head"),
         (["train", "{cache}", "--class-weight", "uneven"], "--class-weight none or balanced"),
         (["train", "{tmp}/missing.h5"], "no such file"),
