@@ -248,3 +248,34 @@ def test_mlp_sweep_with_halving_in_worker_processes(cache, tmp_path):
                      params={"epochs": 6, "batch_size": 32}, halving=True, eta=2, jobs=2)
     assert len(result.trials) == 4 and result.trials[0]["params"]["epochs"] == 6
     assert result.best.metrics["test"]["accuracy"] > 0.8
+
+
+def test_ctrl_c_keeps_finished_trials_stops_the_workers_and_says_so(cache, tmp_path):
+    import psutil
+
+    out = tmp_path / "sw"
+    grid = "C=" + ",".join(str(c) for c in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0))
+    cmd = [sys.executable, "-c", "from headstart.cli import run; run()", "sweep", str(cache), "--head", "svm",
+           "--grid", grid, "--jobs", "2", "--no-plots", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            journal = out / JOURNAL
+            if journal.exists() and len(journal.read_bytes().splitlines()) >= 2:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the sweep ended before it could be interrupted"
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "Finished trials are kept" in stderr and "Traceback" not in stderr
+    psutil.wait_procs(workers, timeout=10)
+    assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+    done = len((out / JOURNAL).read_bytes().splitlines()) - 1
+    assert done >= 1
+    again = S.sweep(cache, "svm", out, grid={"C": [1e-4, 3e-4]}, jobs=1, plots=False)
+    assert again.skipped >= 1

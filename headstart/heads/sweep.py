@@ -24,6 +24,7 @@ unfinished sweep (a journal alone) or the previous finished sweep with a longer 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import csv
 import datetime as _dt
 import hashlib
@@ -35,6 +36,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -47,7 +49,7 @@ from headstart.cache import open_cache
 from headstart.errors import HeadError, RunError, SweepError
 from headstart.heads import metrics as M
 from headstart.heads.base import fitted_info
-from headstart.heads.registry import head_class, head_params, make_head
+from headstart.heads.registry import head_class, head_params, head_params_json, make_head
 from headstart.heads.rundir import (
     BEST,
     JOURNAL,
@@ -220,8 +222,11 @@ class Trial:
     rung: int = 0
     record: dict[str, Any] | None = None  # filled when done (or read from the journal)
 
-    def key(self, context: str, fixed: Mapping[str, Any]) -> str:
-        return _digest({"context": context, "params": {**fixed, **self.params}})
+    def key(self, context: str, head: str, fixed: Mapping[str, Any]) -> str:
+        """Same key, same trial: the context and every option the head gets, defaults included (so
+        ``random_state=0`` given or left to its default is the same trial)."""
+        options = head_params_json(make_head(head, **{**fixed, **self.params}))
+        return _digest({"context": context, "params": options})
 
 
 def score_trial(data: Data, head_name: str, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -229,10 +234,16 @@ def score_trial(data: Data, head_name: str, params: Mapping[str, Any]) -> dict[s
     head = make_head(head_name, **params)
     val = data.sources["val"]
     t0 = time.perf_counter()
+    # A trial stopped by its epoch budget is expected in a sweep (halving): no warning per trial.
+    quiet = logging.getLogger("headstart.heads.keras_heads")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         head.fit_source(data.sources["train"], val)
     except ValueError as err:
         raise RunError(f"Training the {head_name} head failed: {err}") from err
+    finally:
+        quiet.setLevel(level)
     seconds = time.perf_counter() - t0
     proba = predict_split(head, val, len(data.class_names))
     m = M.split_metrics(val.labels, proba, data.class_names)
@@ -280,14 +291,28 @@ def _run_trials(
     if executor == "thread":
         pool = cf.ThreadPoolExecutor(jobs)
     else:
-        pool = cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"))
+        pool = cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"),
+                                      initializer=_ignore_ctrl_c)
     try:
         futures = {pool.submit(_score_in_worker, head_name, params): trial for trial, params in todo}
         for fut in cf.as_completed(futures):
             done(futures[fut], fut.result())
-    finally:
+    except BaseException:
+        # Ctrl-C or an error: trials already journaled stay; running ones are stopped, not awaited.
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            with contextlib.suppress(Exception):
+                proc.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    else:
+        pool.shutdown(wait=True)
+    finally:
         _WORKER_DATA = None
+
+
+def _ignore_ctrl_c() -> None:
+    """In a worker process: Ctrl-C reaches the whole process group; the parent alone handles it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # -- the journal -----------------------------------------------------------------------------------
@@ -459,7 +484,7 @@ def sweep(
             def run_rung(rung_trials: list[Trial], total: int) -> None:
                 todo = []
                 for t in rung_trials:
-                    key = t.key(context, fixed)
+                    key = t.key(context, head, fixed)
                     if key in finished:
                         t.record = {**finished[key], "rung": t.rung}
                         counts["skipped"] += 1
@@ -473,7 +498,7 @@ def sweep(
 
                 def done(t: Trial, result: dict[str, Any]) -> None:
                     t.record = {
-                        "kind": TRIAL_KIND, "head": head, "key": t.key(context, fixed), "context": context,
+                        "kind": TRIAL_KIND, "head": head, "key": t.key(context, head, fixed), "context": context,
                         "params": t.params, "rung": t.rung, **result,
                         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     }
