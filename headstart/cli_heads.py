@@ -71,6 +71,8 @@ _FLAGS = {
     "dropout": "--dropout",
     "patience": "--patience",
     "class_weight": "--class-weight",
+    "k": "--k",
+    "C": "--C",
 }
 
 
@@ -131,6 +133,10 @@ def train_cmd(
     stream: Optional[bool] = STREAM,
     no_plots: bool = NO_PLOTS,
     calibrate: str = CALIBRATE,
+    k: Optional[int] = typer.Option(None, "--k", help="Neighbours of knn (default: chosen on validation)."),
+    c: Optional[float] = typer.Option(
+        None, "--C", help="Inverse regularization of logreg and svm (default: chosen on validation)."
+    ),
 ) -> None:
     """Train one head on the cache's training split and write a run directory.
 
@@ -142,6 +148,7 @@ def train_cmd(
 
     with cli_errors():
         params = _params(epochs, batch_size, learning_rate, hidden_units, dropout, patience, class_weight)
+        params.update({key: v for key, v in (("k", k), ("C", c)) if v is not None})
         _check_applies(params, [head])
         params["random_state"] = seed
         result = training.train(

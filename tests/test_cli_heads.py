@@ -200,3 +200,11 @@ def test_train_knn_with_temperature_calibration(cache, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["calibration"]["method"] == "temperature"
     result = runner.invoke(app, ["train", str(cache), "--head", "knn", "--calibrate", "isotonic"])
     assert result.exit_code == 2 and "Expected --calibrate among none, temperature" in result.stderr
+
+
+def test_train_takes_k_and_c_only_for_the_heads_that_have_them(cache, tmp_path):
+    result = runner.invoke(app, ["train", str(cache), "--head", "svm", "--C", "0.01", "--out", str(tmp_path / "svm"),
+                                 "--no-plots"])
+    assert result.exit_code == 0 and "C=0.01" in result.stdout
+    result = runner.invoke(app, ["train", str(cache), "--head", "logreg", "--k", "3", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "--k does not apply to the logreg head; it applies to knn" in result.stderr
