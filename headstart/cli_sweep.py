@@ -64,6 +64,9 @@ def sweep_cmd(
     stream: Optional[bool] = typer.Option(
         None, "--stream/--in-memory", help="Read batches from the file, or load the cache (default: by size)."
     ),
+    rank_by: str = typer.Option(
+        "accuracy", "--rank-by", help="accuracy (ties: log loss), or log_loss: finer on a small validation split."
+    ),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG plots."),
 ) -> None:
     """Search a head's options: each trial scored on the validation split, the best one kept as a run.
@@ -97,7 +100,7 @@ def sweep_cmd(
         result = S.sweep(
             cache, head, out or Path("runs") / f"sweep-{head}", grid=g, ranges=r, trials=trials,
             split=SplitSpec.parse(split, seed), params=fixed, calibrate=calibrate, halving=halving,
-            jobs=jobs, plots=not no_plots, stream=stream, search_seed=seed, on_trial=progress,
+            jobs=jobs, plots=not no_plots, stream=stream, search_seed=seed, rank_by=rank_by, on_trial=progress,
         )
     from rich.markup import escape
     from rich.table import Table

@@ -42,6 +42,7 @@ def test_sweep_prints_a_ranked_table_and_the_best_run(cache, tmp_path):
     (["--grid", "C=1", "--epochs", "3"], "--epochs does not apply to the logreg head"),
     (["--grid", "C=1", "--calibrate", "platt"], "Expected --calibrate among none, temperature"),
     (["--grid", "C=1", "--halving"], "Expected a Keras head (softmax, mlp) for --halving"),
+    (["--grid", "C=1", "--rank-by", "f1"], "Expected --rank-by among accuracy, log_loss. Received: 'f1'."),
 ])
 def test_bad_sweeps_are_one_line_and_exit_2(cache, tmp_path, args, message):
     result = runner.invoke(app, ["sweep", str(cache), "--head", "logreg", "--out", str(tmp_path / "sw"), *args])

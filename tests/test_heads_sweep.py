@@ -94,6 +94,13 @@ def test_rerun_skips_finished_trials_and_adds_new_ones(logreg_sweep, cache):
     assert len(lines) == 1 + 5  # the header and each trial once
 
 
+def test_rank_by_log_loss(logreg_sweep, cache):
+    again = S.sweep(cache, "logreg", logreg_sweep.out, grid={"C": [0.001, 0.01, 0.1, 1.0]}, jobs=1, plots=False,
+                    rank_by="log_loss")
+    losses = [t["val"]["log_loss"] for t in again.trials]
+    assert again.skipped == 4 and losses == sorted(losses)
+
+
 def test_other_split_or_calibration_does_not_reuse_trials(cache, tmp_path):
     from headstart.heads.split import SplitSpec
 

@@ -387,7 +387,13 @@ class SweepResult:
     executor: str
 
 
-def _rank_key(rec: Mapping[str, Any]) -> tuple:
+RANK_BY = ("accuracy", "log_loss")
+
+
+def _rank_key(rec: Mapping[str, Any], by: str = "accuracy") -> tuple:
+    """Later halving rungs first; then validation accuracy (ties: lower log loss), or log loss alone."""
+    if by == "log_loss":
+        return (-rec.get("rung", 0), rec["val"]["log_loss"], -rec["val"]["accuracy"])
     return (-rec.get("rung", 0), -rec["val"]["accuracy"], rec["val"]["log_loss"])
 
 
@@ -409,6 +415,7 @@ def sweep(
     plots: bool = True,
     stream: bool | None = None,
     search_seed: int = 0,
+    rank_by: str = "accuracy",
     on_trial: Callable[[dict[str, Any], int, int], None] | None = None,
 ) -> SweepResult:
     """Search ``head``'s options on ``cache_path``; write the sweep folder ``out`` (see the module doc).
@@ -417,7 +424,8 @@ def sweep(
     settings (from ``grid``'s values and ``ranges``). ``params`` are options shared by every trial.
     ``halving`` (softmax, mlp) trains all settings for a few epochs first and continues the best
     ``1/eta``. ``jobs`` trials run at once (default: as many as cores and memory allow).
-    ``on_trial(record, done, total)`` is called as each trial ends.
+    ``rank_by`` orders the trials: validation ``accuracy`` (ties broken by log loss) or ``log_loss``
+    (finer on a small validation split). ``on_trial(record, done, total)`` is called as each trial ends.
     """
     from headstart.heads.calibration import check_calibration
 
@@ -426,6 +434,8 @@ def sweep(
     grid, ranges, fixed = dict(grid or {}), dict(ranges or {}), dict(params or {})
     calibrate = check_calibration(calibrate)
     head_class(head)
+    if rank_by not in RANK_BY:
+        raise HeadError(f"Expected --rank-by among {', '.join(RANK_BY)}. Received: {rank_by!r}.")
     both = sorted(set(fixed) & (set(grid) | set(ranges)))
     if both:
         raise HeadError(f"Expected each option either fixed or searched. Received: {', '.join(both)} as both.")
@@ -515,8 +525,8 @@ def sweep(
                 all_trials = [Trial(dict(s)) for s in settings]
                 run_rung(all_trials, len(all_trials))
             else:
-                all_trials = _halving(settings, fixed, head, eta, run_rung)
-            ranked = sorted((t.record for t in all_trials), key=_rank_key)
+                all_trials = _halving(settings, fixed, head, eta, run_rung, rank_by)
+            ranked = sorted((t.record for t in all_trials), key=lambda r: _rank_key(r, rank_by))
             best = ranked[0]
             n_jobs, how = run_rung.plan
 
@@ -541,7 +551,7 @@ def sweep(
                     "class_names": data.class_names, "calibrate": calibrate, "fixed_params": fixed,
                     "search": {"mode": mode, "grid": grid, "ranges": {k: list(v) for k, v in ranges.items()},
                                "trials": trials, "seed": search_seed, "halving": halving,
-                               "eta": eta if halving else None, "searched": searched},
+                               "eta": eta if halving else None, "searched": searched, "rank_by": rank_by},
                     "jobs": n_jobs, "executor": how, "seconds": round(seconds, 3), "skipped": counts["skipped"],
                     "trials": rows,
                     "best": {"params": best["params"], "val": best["val"], "run": BEST,
@@ -552,7 +562,7 @@ def sweep(
     return SweepResult(out, rows, result, counts["skipped"], time.perf_counter() - t_start, n_jobs, how)
 
 
-def _halving(settings, fixed, head, eta, run_rung) -> list[Trial]:
+def _halving(settings, fixed, head, eta, run_rung, rank_by: str = "accuracy") -> list[Trial]:
     """Successive halving: every setting for ``max_epochs / eta**(R-1)`` epochs, then the best
     ``1/eta`` for ``eta`` times more, ... up to the head's ``epochs``. Each rung trains from the start
     with the same seed (a longer run of the same setting repeats the shorter one, then goes on)."""
@@ -566,7 +576,7 @@ def _halving(settings, fixed, head, eta, run_rung) -> list[Trial]:
         run_rung(trials, len(trials))
         for t in trials:
             kept[json.dumps({k: v for k, v in t.params.items() if k != "epochs"}, sort_keys=True)] = t
-        ranked = sorted(trials, key=lambda t: _rank_key(t.record))
+        ranked = sorted(trials, key=lambda t: _rank_key(t.record, rank_by))
         survivors = [
             {k: v for k, v in t.params.items() if k != "epochs"} for t in ranked[: max(1, len(ranked) // eta)]
         ]
