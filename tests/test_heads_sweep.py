@@ -286,3 +286,29 @@ def test_ctrl_c_keeps_finished_trials_stops_the_workers_and_says_so(cache, tmp_p
     assert done >= 1
     again = S.sweep(cache, "svm", out, grid={"C": [1e-4, 3e-4]}, jobs=1, plots=False)
     assert again.skipped >= 1
+
+
+def test_workers_die_with_a_killed_sweep(cache, tmp_path):
+    import psutil
+
+    out = tmp_path / "sw"
+    grid = "C=" + ",".join(str(c) for c in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0))
+    cmd = [sys.executable, "-c", "from headstart.cli import run; run()", "sweep", str(cache), "--head", "svm",
+           "--grid", grid, "--jobs", "2", "--no-plots", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / JOURNAL).exists() and len((out / JOURNAL).read_bytes().splitlines()) >= 2:
+                break
+            time.sleep(0.01)
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        proc.kill()
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive
+    again = S.sweep(cache, "svm", out, grid={"C": [1e-4, 3e-4]}, jobs=1, plots=False)  # the lock is free
+    assert again.skipped >= 1

@@ -292,7 +292,7 @@ def _run_trials(
         pool = cf.ThreadPoolExecutor(jobs)
     else:
         pool = cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"),
-                                      initializer=_ignore_ctrl_c)
+                                      initializer=_worker_init, initargs=(os.getpid(),))
     try:
         futures = {pool.submit(_score_in_worker, head_name, params): trial for trial, params in todo}
         for fut in cf.as_completed(futures):
@@ -310,9 +310,17 @@ def _run_trials(
         _WORKER_DATA = None
 
 
-def _ignore_ctrl_c() -> None:
-    """In a worker process: Ctrl-C reaches the whole process group; the parent alone handles it."""
+def _worker_init(parent: int) -> None:
+    """In a worker process: Ctrl-C reaches the whole process group, and the parent alone handles it;
+    a worker dies with its parent (Linux), so a killed sweep leaves no worker holding the folder's lock."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl
+        os._exit(1)
 
 
 # -- the journal -----------------------------------------------------------------------------------
