@@ -9,6 +9,7 @@ broken or not what headstart writes, becomes a note (path, reason), never an err
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from dataclasses import dataclass, field
@@ -92,8 +93,6 @@ def key_params(head: str, params: Mapping[str, Any], fitted: Mapping[str, Any], 
 
 def _defaults(head: str) -> dict[str, Any]:
     from headstart.heads.registry import head_class
-
-    import inspect
 
     sig = inspect.signature(head_class(head).__init__)
     return {n: p.default for n, p in sig.parameters.items() if n != "self"}

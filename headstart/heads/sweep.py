@@ -513,6 +513,8 @@ def sweep(
                 n_jobs, how = plan_jobs(data, head, len(todo), jobs)
                 if executor and n_jobs > 1:
                     how = executor
+                if todo:
+                    plan.update(jobs=n_jobs, how=how)
 
                 def done(t: Trial, result: dict[str, Any]) -> None:
                     t.record = {
@@ -525,10 +527,9 @@ def sweep(
                     if on_trial:
                         on_trial(t.record, counts["done"] + counts["skipped"], total)
 
-                run_rung.plan = (n_jobs, how)
                 _run_trials(data, head, todo, n_jobs, how, done)
 
-            run_rung.plan = (1, "serial")
+            plan = {"jobs": 1, "how": "serial"}  # how trials ran (with halving: the last rung that fitted any)
             if not halving:
                 all_trials = [Trial(dict(s)) for s in settings]
                 run_rung(all_trials, len(all_trials))
@@ -536,7 +537,7 @@ def sweep(
                 all_trials = _halving(settings, fixed, head, eta, run_rung, rank_by)
             ranked = sorted((t.record for t in all_trials), key=lambda r: _rank_key(r, rank_by))
             best = ranked[0]
-            n_jobs, how = run_rung.plan
+            n_jobs, how = plan["jobs"], plan["how"]
 
             with staged_result(out, SWEEP_KIND) as tmp:
                 best_params = {**fixed, **best["params"]}
