@@ -71,3 +71,10 @@ def test_save_load_round_trip_and_array_checks(tmp_path):
     np.savez(tmp_path / "head.npz", coef=np.full((3, 32), np.nan, np.float32), intercept=np.zeros(3, np.float32))
     with pytest.raises(RunError, match="finite values of coef"):
         load_head(tmp_path)
+
+
+def test_to_keras_gives_the_same_probabilities():
+    X, y = blobs()
+    head = SVMHead().fit(X[:400], y[:400], validation_data=(X[400:500], y[400:500]))
+    model = head.to_keras()
+    np.testing.assert_allclose(np.asarray(model(X[500:])), head.predict_proba(X[500:]), atol=2e-5)
