@@ -118,14 +118,14 @@ def plot_calibration(
     width = np.array([b["upper"] - b["lower"] for b in bins])
     acc = np.array([b.get("accuracy", np.nan) for b in bins])
     count = np.array([b["count"] for b in bins])
-    ax.bar(lo, np.nan_to_num(acc), width=width, align="edge", edgecolor="black", alpha=0.7, label="accuracy")
+    label = "accuracy" if before is None else f"after calibration (ECE {ece:.3f})"
+    ax.bar(lo, np.nan_to_num(acc), width=width, align="edge", edgecolor="black", alpha=0.7, label=label)
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfectly calibrated")
     if before is not None:
         b_bins, b_ece = before
         pts = [(b["confidence"], b["accuracy"]) for b in b_bins if b.get("count")]
         if pts:
             ax.plot(*zip(*pts), "o-", color="tab:red", label=f"before calibration (ECE {b_ece:.3f})")
-        ax.bar([], [], label=f"after (ECE {ece:.3f})", color="tab:blue")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
     ax.legend(loc="upper left")
@@ -209,6 +209,6 @@ def plot_sweep_param(rows: Sequence[Mapping[str, Any]], name: str, path: Path, h
     ax.set_xlabel(name)
     ax.set_ylabel("validation accuracy")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     ax.set_title(f"{head + ': ' if head else ''}validation accuracy by {name}")
     return _save(fig, path)
