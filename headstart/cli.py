@@ -147,6 +147,10 @@ def extract(
     no_draft: bool = typer.Option(False, "--no-draft", help="Decode JPEGs at full size (slower, same as Keras)."),
     overwrite: bool = typer.Option(False, help="Start a new cache even if OUT exists with other settings."),
     prune: bool = typer.Option(False, help="Drop rows whose pictures are no longer in SOURCE."),
+    root_moved: bool = typer.Option(
+        False, "--root-moved", help="OUT was extracted from another folder and the pictures moved to SOURCE: "
+        "match rows by their relative path and record SOURCE as the cache's folder."
+    ),
     commit_seconds: float = typer.Option(
         1.0, help="Make extracted rows durable at least this often; a crash loses at most this much work."
     ),
@@ -182,16 +186,20 @@ def extract(
             result = run_extract(
                 source, out, config, batch_size=batch, workers=workers, exclude=exclude,
                 limit_per_class=limit_per_class, overwrite=overwrite, prune=prune, progress=progress,
-                commit_seconds=commit_seconds,
+                commit_seconds=commit_seconds, root_moved=root_moved,
             )
     skipped = f", skipped {result.skipped} (see: headstart info {out})" if result.skipped else ", skipped 0"
     already = f", {result.already} already there" if result.already else ""
     pruned = f", pruned {result.pruned}" if result.pruned else ""
+    links = len(result.skipped_links)
+    pruned += f", {links} link{'s' if links > 1 else ''} to folders not followed (loops or repeats)" if links else ""
     say(
         f"Extracted {result.extracted}{skipped}{already}{pruned} in {result.seconds:.1f} s "
         f"({result.pictures_per_second:.1f} pictures/s after {result.setup_seconds:.1f} s of start-up, "
         f"batch {result.batch_size}); {result.total_rows} rows in {out}"
     )
+    if result.moved_from:
+        say(f"The cache's folder is now {source.resolve()} (was {result.moved_from})")
 
 
 @app.command()
@@ -207,6 +215,9 @@ def info(
     from headstart.cache import open_cache
 
     with cli_errors():
+        if root is not None and not root.is_dir():
+            raise fail(f"Expected --root to be the folder of the pictures. Received: {root} "
+                       f"({'not a folder' if root.exists() else 'no such folder'}).")
         with open_cache(cache) as c:
             missing = c.missing_files(root)
             data = {

@@ -51,5 +51,9 @@ class SplitError(HeadstartError):
     """The split settings are malformed, or leave a split that training needs empty."""
 
 
+class CacheReadError(CacheError):
+    """HDF5 could not read part of the cache: a damaged file, or a live writer's newest strings."""
+
+
 class SweepError(HeadstartError):
     """A sweep's search is malformed, or its folder cannot be resumed."""

@@ -17,6 +17,14 @@ MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
 
 needs_shared = pytest.mark.skipif(not PETS.is_dir(), reason="../shared/data is not on this machine")
 
+TINY_FINGERPRINT = {
+    "backbone": "tiny", "layer": "embed", "pooling": None, "alpha": None, "weights": "none", "seed": 0,
+    "keras_version": None, "input_size": 32, "resize": "squash", "jpeg_draft": True,
+    "preprocessing": "keras.applications.mobilenet.preprocess_input", "precision": "float32",
+    "dtype": "float16", "backend": "tensorflow",
+}
+"""A complete, valid fingerprint (the tiny backbone's) for caches written without a model."""
+
 
 def make_images(root: Path, per_class: int = 6, classes=("cat", "dog"), size=(40, 48), seed: int = 0) -> Path:
     """A folder of small JPEGs, one sub-folder per class, colours that tell the classes apart."""

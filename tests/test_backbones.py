@@ -135,3 +135,99 @@ def test_vgg16_block5_pool_takes_another_input_size():
     emb = Embedder(config, batch_size=2)
     assert emb.model.input_shape == (None, 64, 64, 3)
     assert emb(list(np.zeros((2, 64, 64, 3), np.uint8))).shape == (2, 512)
+
+
+# -- preprocessing and fingerprints come from files: names select from registries -------------
+
+def test_preprocessing_registry_keeps_the_fingerprints_of_existing_caches():
+    from headstart.extractor.backbones import BACKBONES, PREPROCESSING
+
+    assert set(PREPROCESSING) == {
+        "keras.applications.vgg16.preprocess_input", "keras.applications.mobilenet.preprocess_input"
+    }
+    assert all(spec.preprocessing in PREPROCESSING for spec in BACKBONES.values())
+    x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+    for name, keras_fn in [("keras.applications.vgg16.preprocess_input", keras.applications.vgg16.preprocess_input),
+                           ("keras.applications.mobilenet.preprocess_input",
+                            keras.applications.mobilenet.preprocess_input)]:
+        np.testing.assert_array_equal(PREPROCESSING[name](x.copy()), keras_fn(x.copy()))
+
+
+@pytest.mark.parametrize("name", ["os.system", "this.s", "numpy.asarray", "builtins.eval", ""])
+def test_a_preprocessing_string_never_names_code(monkeypatch, name, tiny_config):
+    """Issue 7: the fingerprint's preprocessing was imported and called (os.system with the pixels)."""
+    import dataclasses
+    import os
+    import sys
+
+    from headstart.extractor.backbones import preprocess_function
+
+    called = []
+    monkeypatch.setattr(os, "system", lambda *a: called.append(a))
+    monkeypatch.delitem(sys.modules, "this", raising=False)
+    config = dataclasses.replace(tiny_config, preprocessing=name)
+    with pytest.raises(BackboneError) as err:
+        preprocess_function(config)
+    assert "keras.applications.vgg16.preprocess_input, keras.applications.mobilenet.preprocess_input" in str(err.value)
+    with pytest.raises(BackboneError, match="preprocessing among"):
+        ExtractionConfig.from_fingerprint({**tiny_config.fingerprint(), "preprocessing": name})
+    assert not called and "this" not in sys.modules
+
+
+def test_every_fingerprint_key_has_a_type_in_the_cache_schema():
+    import dataclasses
+
+    from headstart.cache.fingerprint import FINGERPRINT_TYPES
+
+    fields = {f.name for f in dataclasses.fields(ExtractionConfig)} - {"weights_path"}
+    assert set(FINGERPRINT_TYPES) == fields
+
+
+def test_fingerprints_of_every_backbone_round_trip():
+    for config in (make_config("vgg16", weights="none", precision="float32"),
+                   make_config("vgg16", "block5_pool", weights="imagenet", input_size=64, precision="bfloat16"),
+                   make_config("mobilenet", alpha=0.25, weights=str(__file__), dtype="float32", resize="crop")):
+        assert ExtractionConfig.from_fingerprint(config.fingerprint()) == config
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"backbone": "resnet"}, "Expected backbone among vgg16, mobilenet, tiny"),
+        ({"backbone": 3}, "backbone is 3 of type integer"),
+        ({"layer": "fc2"}, "Expected a layer of tiny among embed, pool"),
+        ({"pooling": "max"}, "Expected pooling among null, avg"),
+        ({"pooling": "avg"}, "Expected pooling None for tiny embed"),
+        ({"preprocessing": "keras.applications.vgg16.preprocess_input"}, "Expected preprocessing keras.applications.mobilenet"),
+        ({"preprocessing": ["os.system"]}, "of type array"),
+        ({"alpha": 0.5}, "Expected alpha of tiny among null"),
+        ({"alpha": 1}, "alpha is 1 of type integer"),
+        ({"weights": "sha256:abc"}, "Expected weights among imagenet, none, sha256:<64 hex digits>"),
+        ({"weights": "imagenet"}, "Expected a seed with weights none only"),
+        ({"seed": "0"}, "seed is '0' of type string"),
+        ({"seed": True}, "seed is True of type boolean"),
+        ({"keras_version": "$(rm -rf /)"}, "Expected keras_version like"),
+        ({"input_size": 0}, "Expected input_size from 32 to 4096"),
+        ({"input_size": 10**9}, "Expected input_size from 32 to 4096"),
+        ({"input_size": 32.0}, "input_size is 32.0 of type number"),
+        ({"resize": "stretch"}, "Expected resize among squash, crop"),
+        ({"jpeg_draft": 1}, "jpeg_draft is 1 of type integer"),
+        ({"precision": "int8"}, "Expected precision among float32, bfloat16, float16"),
+        ({"dtype": "float64"}, "Expected dtype among float16, float32"),
+        ({"backend": "numpy"}, "Expected backend among tensorflow, jax, torch"),
+    ],
+)
+def test_a_fingerprint_from_a_file_is_checked_field_by_field(tiny_config, change, message):
+    with pytest.raises(BackboneError) as err:
+        ExtractionConfig.from_fingerprint({**tiny_config.fingerprint(), **change})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("fingerprint, message", [
+    ([], "JSON type array, not an object"),
+    ("vgg16", "JSON type string, not an object"),
+    ({"backbone": "tiny"}, "lacks the settings layer, pooling"),
+])
+def test_a_fingerprint_that_is_not_an_object_of_settings_is_refused(fingerprint, message):
+    with pytest.raises(BackboneError, match=message):
+        ExtractionConfig.from_fingerprint(fingerprint)

@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import TINY_FINGERPRINT
 from headstart.cache import (
     SCHEMA_VERSION,
     CacheHeader,
@@ -21,7 +22,7 @@ from headstart.cache import (
 )
 from headstart.errors import CacheBusyError, CacheError
 
-FP = {"backbone": "tiny", "layer": "embed", "dtype": "float16"}
+FP = TINY_FINGERPRINT
 
 
 def header(dim=8, dtype="float16", classes=("cat", "dog")):
@@ -145,3 +146,263 @@ def test_crashed_writer_keeps_committed_rows_and_drops_the_rest(tmp_path):
         assert c.read()[:12].tolist() == np.repeat([0, 1, 2], 4)[:, None].repeat(8, 1).tolist()
     with h5py.File(path, "r+"):
         pass  # a normal HDF5 file again
+
+
+# -- validation at the door ----------------------------------------------------------------------
+
+def edit(path, fn):
+    """Change a cache with h5py directly, as a hostile or buggy tool would."""
+    with h5py.File(path, "r+", locking=False) as f:
+        fn(f)
+
+
+def refused(path, *fragments):
+    """Reading ``path`` is one CacheError line naming the file and each fragment."""
+    with pytest.raises(CacheError) as err:
+        open_cache(path)
+    text = str(err.value)
+    assert str(path) in text and "\n" not in text, text
+    for fragment in fragments:
+        assert fragment in text, text
+    return text
+
+
+def test_progress_beyond_the_rows_is_refused_by_readers_and_writers(tmp_path):
+    """Issue 7: a progress counter past the rows made info count rows that are not there and
+    extract grow the file with empty rows."""
+    path = tmp_path / "c.h5"
+    write_rows(path)
+    edit(path, lambda f: f["progress"].__setitem__(0, 20))
+    before = path.read_bytes()
+    refused(path, "/progress counts 20 rows but /features holds 12")
+    with pytest.raises(CacheError, match="/progress counts 20 rows"):
+        with CacheWriter(path, header()):
+            pass
+    assert path.read_bytes() == before
+    edit(path, lambda f: f["progress"].__setitem__(slice(None), [-1, 0, 1]))
+    refused(path, "/progress counts -1 rows")
+    edit(path, lambda f: f["progress"].__setitem__(slice(None), [12, 0, 7]))
+    refused(path, "completeness 7, expected 0 or 1")
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([0] * 11 + [2], "/labels[11] is 2, expected 0 to 1"),
+    ([-1] + [0] * 11, "/labels[0] is -1, expected 0 to 1"),
+])
+def test_labels_outside_the_class_list_are_refused(tmp_path, labels, message):
+    """Issue 7: labels out of range gave wrong counts in info and tracebacks in train."""
+    path = tmp_path / "c.h5"
+    write_rows(path)
+    edit(path, lambda f: f["labels"].__setitem__(slice(None), labels))
+    refused(path, message)
+
+
+def test_class_names_must_be_unique_folder_names(tmp_path):
+    """Issue 7: duplicate class names merged two classes' counts."""
+    path = tmp_path / "c.h5"
+    write_rows(path)
+
+    def names(values):
+        def fn(f):
+            del f["class_names"]
+            f.create_dataset("class_names", data=np.array(values, dtype=object), dtype=h5py.string_dtype())
+        return fn
+
+    edit(path, names(["cat", "cat"]))
+    refused(path, "/class_names holds 'cat' twice")
+    edit(path, names(["cat", ""]))
+    refused(path, "/class_names holds ''")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "attribute fingerprint is not JSON"),
+    ("[1, 2]", "JSON type array, not an object"),
+    ('{"backbone": "tiny"}', "lacks the settings layer"),
+])
+def test_a_fingerprint_must_be_a_json_object_of_settings(tmp_path, text, message):
+    """Issue 7: a fingerprint that was not a JSON object was a traceback."""
+    path = tmp_path / "c.h5"
+    write_rows(path)
+    edit(path, lambda f: f.attrs.__setitem__("fingerprint", text))
+    refused(path, message)
+
+
+def test_the_fingerprint_digest_is_recomputed(tmp_path):
+    """Issue 7: fingerprint_digest was never checked; an edited fingerprint passed for the original."""
+    path = tmp_path / "c.h5"
+    write_rows(path)
+    edit(path, lambda f: f.attrs.__setitem__("fingerprint", canonical_json({**FP, "preprocessing": "os.system"})))
+    refused(path, "does not match the fingerprint", "the settings were edited")
+
+
+@pytest.mark.parametrize("attr, value, message", [
+    ("root", 3, "attribute root is int64 3, expected a string"),
+    ("created", np.float64(1.5), "attribute created is float64"),
+    ("versions", "[]", "attribute versions is '[]', expected a JSON object"),
+    ("schema_version", "1", "attribute schema_version is str '1', expected an integer"),
+    ("schema_version", 99, "schema version 99, expected 1"),
+])
+def test_attributes_of_the_wrong_type_are_refused(tmp_path, attr, value, message):
+    path = tmp_path / "c.h5"
+    write_rows(path)
+    edit(path, lambda f: f.attrs.__setitem__(attr, value))
+    refused(path, message)
+
+
+def test_features_must_be_two_dimensional_floats(tmp_path):
+    path = tmp_path / "c.h5"
+    write_rows(path)
+
+    def replace(data):
+        def fn(f):
+            del f["features"]
+            f["features"] = data
+        return fn
+
+    edit(path, replace(np.zeros((12, 8), np.int32)))
+    refused(path, "/features holds int32, expected float16 or float32")
+    edit(path, replace(np.zeros(12, np.float16)))
+    refused(path, "/features has shape (12,), expected 2 dimensions")
+    edit(path, replace(np.zeros((12, 0), np.float16)))
+    refused(path, "expected at least one value per row")
+    edit(path, replace(np.zeros((12, 8), np.float32)))
+    refused(path, "/features holds float32, but the fingerprint says 'float16'")
+
+
+def test_a_folder_a_link_loop_and_garbage_are_named(tmp_path):
+    (tmp_path / "dir.h5").mkdir()
+    refused(tmp_path / "dir.h5", "a folder")
+    (tmp_path / "loop.h5").symlink_to(tmp_path / "loop.h5")
+    refused(tmp_path / "loop.h5", "symbolic links")
+    (tmp_path / "empty.h5").write_bytes(b"")
+    refused(tmp_path / "empty.h5", "Expected an HDF5 feature cache")
+    path = tmp_path / "c.h5"
+    write_rows(path)
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    refused(cut)
+
+
+def test_a_cache_that_cannot_grow_is_refused_by_the_writer(tmp_path):
+    path = tmp_path / "c.h5"
+    write_rows(path)
+
+    def fixed(f):
+        data = f["labels"][:]
+        del f["labels"]
+        f["labels"] = data
+
+    edit(path, fixed)
+    with open_cache(path) as c:
+        assert len(c) == 12
+    with pytest.raises(CacheError, match="/labels has a fixed size"):
+        with CacheWriter(path, header()):
+            pass
+
+
+def test_non_finite_features_are_named_by_path(tmp_path):
+    """Issue 7: NaN / inf features gave wrong accuracies or tracebacks in train and evaluate."""
+    path = tmp_path / "c.h5"
+    write_rows(path)
+
+    def poison(f):
+        f["features"][5, 3] = np.nan
+        f["features"][9, 0] = np.inf
+
+    edit(path, poison)
+    with open_cache(path) as c:  # validation at the door does not read every feature ...
+        assert c.read().shape == (12, 8)
+        with pytest.raises(CacheError) as err:  # ... check_finite does, in one pass
+            c.check_finite()
+        assert "c1/1-1.jpg, c1/1-2.jpg" not in str(err.value)
+        assert f"Expected finite features in {path}" in str(err.value)
+        assert "c1/1-1.jpg" in str(err.value) and "c0/2-1.jpg" in str(err.value)
+    with open_cache(path, require_finite=True) as c:  # or every read checks what it returns
+        np.testing.assert_array_equal(c.read(0, 5), c.features[:5].astype(np.float32))
+        with pytest.raises(CacheError, match="in the rows of c1/1-1.jpg, c0/2-1.jpg"):
+            c.read()
+        with pytest.raises(CacheError, match="in the rows of c0/2-1.jpg"):
+            c.take([9, 0])
+        assert c.take([0, 11]).shape == (2, 8)
+        with pytest.raises(CacheError, match="in the rows of c1/1-1.jpg"):
+            list(c.iter_chunks(rows=4))
+
+
+# -- concurrency: SWMR readers beside a live writer --------------------------------------------------
+
+APPEND = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    sys.path.insert(0, {tests!r})
+    from test_cache import header
+    from headstart.cache import CacheWriter
+    with CacheWriter({path!r}, header()) as w:
+        print("open", flush=True)
+        sys.stdin.readline()  # the reader opens the cache now
+        for b in range({batches}):
+            i = w.rows
+            w.append(np.arange(i, i + 4, dtype=np.float32)[:, None].repeat(8, 1), [b % 2] * 4,
+                     [f"c{{b % 2}}/{{i + k}}.jpg" for k in range(4)])
+            w.commit()
+            time.sleep({pause})
+        w.close(complete=True)
+    """
+)
+
+
+def _writer(tmp_path, path, batches, pause=0.0):
+    code = APPEND.format(tests=str(__import__("pathlib").Path(__file__).parent), path=str(path),
+                         batches=batches, pause=pause)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "open\n", proc.stderr.read()
+    return proc
+
+
+def _consistent(c):
+    """Every counted row is readable and is the row the writer wrote at that index."""
+    n = len(c)
+    feats = c.read()
+    assert feats.shape == (n, 8) and len(c.paths) == n == len(c.labels)
+    np.testing.assert_array_equal(feats[:, 0], np.arange(n, dtype=np.float32))
+    assert c.paths == [f"c{lab}/{i}.jpg" for i, lab in enumerate(c.labels)]
+    return n
+
+
+def test_a_reader_opened_before_a_writer_appends_sees_its_rows_after_refresh(tmp_path):
+    """Issue 7, part 6: readers use SWMR read mode whenever a writer may append."""
+    path = tmp_path / "c.h5"
+    with CacheWriter(path, header()) as w:
+        w.append(np.zeros((4, 8), np.float32), [0] * 4, [f"c0/{i}.jpg" for i in range(4)])
+        w.close(complete=True)
+    edit(path, lambda f: f["features"].__setitem__(slice(None), np.arange(4)[:, None]))
+    with open_cache(path) as c:
+        assert len(c) == 4 and c.complete
+        proc = _writer(tmp_path, path, batches=5)
+        proc.communicate("go\n", timeout=120)
+        assert proc.returncode == 0
+        assert c.refresh() == 20
+        assert _consistent(c) == 24 and c.complete
+
+
+def test_readers_beside_a_live_writer_process_always_see_a_consistent_cache(tmp_path):
+    path = tmp_path / "c.h5"
+    with CacheWriter(path, header()) as w:
+        w.close()
+    proc = _writer(tmp_path, path, batches=150, pause=0.005)
+    seen = []
+    with open_cache(path) as kept:  # one reader kept open through the writer's run ...
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        while proc.poll() is None:
+            with open_cache(path) as c:  # ... and fresh ones opened again and again
+                seen.append(_consistent(c))
+            kept.refresh()
+            _consistent(kept)
+        assert proc.wait() == 0, proc.stderr.read()
+        kept.refresh()
+        assert _consistent(kept) == 600 and kept.complete
+    # Each open sees a consistent prefix of the committed rows (HDF5 shares one view of the file's
+    # end among the opens of one process, so a fresh open may see fewer than the kept one).
+    assert len(seen) > 1 and max(seen) <= 600

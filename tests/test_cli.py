@@ -163,3 +163,33 @@ def test_unwritable_output_is_one_message(image_folder, tmp_path):
     (tmp_path / "a-file").write_text("not a folder")
     result = invoke("extract", image_folder, "--out", tmp_path / "a-file" / "c.h5", *TINY)
     assert_clean_error(result, "Cannot write next to")
+
+
+def test_extract_from_another_folder_needs_root_moved(image_folder, tmp_path):
+    out = tmp_path / "c.h5"
+    assert invoke("extract", image_folder, "--out", out, *TINY).exit_code == 0
+    moved = tmp_path / "moved"
+    image_folder.rename(moved)
+    result = invoke("extract", moved, "--out", out, *TINY)
+    assert_clean_error(result, str(image_folder.resolve()), str(moved.resolve()), "--root-moved")
+    result = invoke("extract", moved, "--out", out, *TINY, "--root-moved")
+    assert result.exit_code == 0, result.output
+    assert "The cache's folder is now" in " ".join(result.output.split())
+    assert json.loads(invoke("info", out, "--json").output)["root"] == str(moved.resolve())
+
+
+def test_info_root_that_is_missing_says_so(image_folder, tmp_path):
+    out = tmp_path / "c.h5"
+    assert invoke("extract", image_folder, "--out", out, *TINY).exit_code == 0
+    result = invoke("info", out, "--root", tmp_path / "gone")
+    assert_clean_error(result, "Expected --root to be the folder of the pictures", "no such folder")
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_extract_names_a_link_loop_it_did_not_follow(image_folder, tmp_path):
+    (image_folder / "dog" / "again").symlink_to("..")
+    result = invoke("extract", image_folder, "--out", tmp_path / "c.h5", *TINY)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "12 rows in" in text and "1 link to folders not followed (loops or repeats)" in text
+    assert text.count("a symbolic link loop back to") == 1  # the warning, once

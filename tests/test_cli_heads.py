@@ -10,11 +10,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from conftest import TINY_FINGERPRINT
 from headstart.cache import CacheHeader, CacheWriter
 from headstart.cli_heads import register
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-FP = {"backbone": "tiny", "layer": "embed", "input_size": 32, "weights": "none", "seed": 0}
+FP = TINY_FINGERPRINT
 
 app = typer.Typer()
 register(app)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from headstart.cli_sweep import register
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_heads_runs import features, write_cache  # noqa: E402
+from heads_fixtures import features, write_cache  # noqa: E402
 
 app = typer.Typer()
 register(app)

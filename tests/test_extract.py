@@ -251,3 +251,86 @@ def test_a_reader_in_another_process_does_not_block_the_writer(image_folder, tin
         reader.wait()
     with open_cache(out) as c:
         assert len(c) == 12 and c.complete
+
+
+def test_the_settings_are_checked_under_the_writer_lock(image_folder, tiny_config, tmp_path, monkeypatch):
+    """Issue 7, part 6: another writer slipping in between the settings check and the first row
+    (here while the model is built) mixed two settings in one cache."""
+    from headstart.cache import CacheHeader, CacheWriter
+    from headstart.errors import CacheBusyError
+
+    out = tmp_path / "c.h5"
+    other = {**tiny_config.fingerprint(), "resize": "crop"}
+    intruder = []
+    real = runner.Embedder
+
+    def build_while_another_writer_tries(config, batch_size):
+        header = CacheHeader(dim=32, dtype="float16", fingerprint=other, class_names=("cat", "dog"), root="/x")
+        try:
+            with CacheWriter(out, header) as w:
+                w.append(np.zeros((1, 32), np.float32), [0], ["cat/other.jpg"])
+                w.close(complete=True)
+            intruder.append("wrote")
+        except CacheBusyError:
+            intruder.append("busy")
+        return real(config, batch_size)
+
+    monkeypatch.setattr(runner, "Embedder", build_while_another_writer_tries)
+    extract(image_folder, out, tiny_config, batch_size=4)
+    assert intruder == ["busy"]
+    with open_cache(out) as c:
+        assert c.fingerprint == tiny_config.fingerprint() and len(c) == 12 and "cat/other.jpg" not in c.paths
+
+
+def test_overwrite_replaces_only_a_cache(image_folder, tiny_config, tmp_path):
+    from headstart.errors import DatasetError
+
+    notes = tmp_path / "notes.h5"
+    notes.write_text("my notes, not a cache")
+    with pytest.raises(DatasetError, match="not an HDF5 file"):
+        extract(image_folder, notes, tiny_config, batch_size=4, overwrite=True)
+    assert notes.read_text() == "my notes, not a cache"
+    assert not (tmp_path / "notes.h5.lock").exists()
+
+
+def test_a_cache_whose_progress_passes_its_rows_is_refused_not_grown(image_folder, tiny_config, tmp_path):
+    """Issue 7: extract grew such a cache with empty rows."""
+    import h5py
+
+    from headstart.errors import CacheError
+
+    out = tmp_path / "c.h5"
+    extract(image_folder, out, tiny_config, batch_size=4, limit_per_class=2)
+    with h5py.File(out, "r+", locking=False) as f:
+        f["progress"][0] = 40
+    before = out.read_bytes()
+    with pytest.raises(CacheError, match="/progress counts 40 rows but /features holds 4"):
+        extract(image_folder, out, tiny_config, batch_size=4)
+    assert out.read_bytes() == before
+
+
+def test_a_cache_from_another_folder_is_refused_unless_the_pictures_moved(image_folder, tiny_config, tmp_path):
+    """Issue 7: extract OTHER_FOLDER --out existing.h5 mixed two folders in one cache."""
+    out = tmp_path / "c.h5"
+    extract(image_folder, out, tiny_config, batch_size=4)
+    other = make_images(tmp_path / "other", per_class=2, seed=3)
+    before = out.read_bytes()
+    with pytest.raises(CacheMismatchError) as err:
+        extract(other, out, tiny_config, batch_size=4)
+    assert str(image_folder.resolve()) in str(err.value) and str(other.resolve()) in str(err.value)
+    assert "--root-moved" in str(err.value) and out.read_bytes() == before
+    moved = tmp_path / "moved"
+    image_folder.rename(moved)
+    res = extract(moved, out, tiny_config, batch_size=4, root_moved=True)
+    assert (res.extracted, res.already, res.moved_from) == (0, 12, str(image_folder.resolve()))
+    with open_cache(out) as c:
+        assert c.root == str(moved.resolve()) and len(c) == 12 and c.missing_files() == []
+    again = extract(moved, out, tiny_config, batch_size=4)  # now the recorded folder
+    assert again.already == 12 and again.moved_from is None
+
+
+def test_extract_reports_the_links_it_did_not_follow(image_folder, tiny_config, tmp_path):
+    (image_folder / "cat" / "loop").symlink_to(".")
+    res = extract(image_folder, tmp_path / "c.h5", tiny_config, batch_size=4)
+    assert res.total_rows == 12
+    assert [p for p, _ in res.skipped_links] == ["cat/loop"]

@@ -90,7 +90,7 @@ def test_train_with_calibration_reports_before_and_after(tmp_path):
     import sys
 
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    from test_heads_runs import features, write_cache
+    from heads_fixtures import features, write_cache
 
     X, y = features(sep=0.25)
     cache = write_cache(tmp_path / "c.h5", X, y)

@@ -15,7 +15,7 @@ from headstart.heads import catalog, training
 from headstart.heads import sweep as S
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_heads_runs import FP, features, write_cache  # noqa: E402
+from heads_fixtures import FP, features, write_cache  # noqa: E402
 
 app = typer.Typer()
 register(app)

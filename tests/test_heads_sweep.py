@@ -16,7 +16,7 @@ from headstart.heads import sweep as S
 from headstart.heads.rundir import JOURNAL, read_run
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_heads_runs import features, write_cache  # noqa: E402
+from heads_fixtures import features, write_cache  # noqa: E402
 
 
 @pytest.fixture(scope="module")

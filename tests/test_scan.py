@@ -71,3 +71,55 @@ def test_find_images_takes_files_as_given_and_searches_folders(tmp_path):
     assert find_images([tmp_path / "odd.name", tmp_path / "d"]) == [
         tmp_path / "odd.name", tmp_path / "d" / "1.jpg", tmp_path / "d" / "2.png"
     ]
+
+
+# -- symbolic links: each real folder once, loops reported --------------------------------------
+
+def nine_cats(tmp_path: Path) -> Path:
+    for i in range(9):
+        touch(tmp_path / "Cat" / f"{i}.jpg")
+    touch(tmp_path / "Dog" / "d.jpg")
+    return tmp_path
+
+
+def test_a_symbolic_link_loop_is_reported_once_and_not_followed(tmp_path, caplog):
+    """Issue 7: `ln -s . loop` in a class folder made 9 pictures 369 rows."""
+    root = nine_cats(tmp_path)
+    (root / "Cat" / "loop").symlink_to(".")
+    (root / "Cat" / "sub").mkdir()
+    (root / "Cat" / "sub" / "up").symlink_to("..")
+    with caplog.at_level("WARNING"):
+        ds = scan_dataset(root)
+    assert ds.counts() == {"Cat": 9, "Dog": 1}
+    assert [p for p, _ in ds.skipped_links] == ["Cat/loop", "Cat/sub/up"]
+    assert all("symbolic link loop back to" in reason for _, reason in ds.skipped_links)
+    assert sum("not following" in r.message for r in caplog.records) == 2
+
+
+def test_a_folder_reached_twice_is_scanned_once(tmp_path):
+    root = nine_cats(tmp_path / "data")
+    outside = tmp_path / "more"
+    touch(outside / "x.jpg")
+    (root / "Dog" / "a").symlink_to(outside)
+    (root / "Dog" / "b").symlink_to(outside)
+    ds = scan_dataset(root)
+    assert ds.items[-2:] == (("Dog/a/x.jpg", 1), ("Dog/d.jpg", 1))
+    assert ds.skipped_links == (("Dog/b", f"the folder {root / 'Dog' / 'a'} again"),)
+
+
+def test_a_class_folder_that_links_to_the_root_is_not_a_class_of_everything(tmp_path):
+    root = nine_cats(tmp_path)
+    (root / "All").symlink_to(root)
+    with pytest.raises(DatasetError, match="All"):
+        scan_dataset(root)
+
+
+def test_find_images_uses_the_same_walk(tmp_path):
+    """Issue 7: predict on a folder with a loop predicted each picture ~40 times."""
+    from headstart.extractor.scan import find_pictures
+
+    root = nine_cats(tmp_path)
+    (root / "Cat" / "loop").symlink_to(".")
+    assert len(find_images([root / "Cat"])) == 9
+    found = find_pictures([root])
+    assert len(found.files) == 10 and [p.name for p, _ in found.skipped_links] == ["loop"]

@@ -16,6 +16,11 @@ Layout (schema version 1)::
            created, versions (JSON of library versions), weights_path (where the weights
            file was at extraction; not part of the fingerprint)
 
+Validation. Opening a cache, to read or to append, checks every dataset and attribute once
+(`headstart.cache.validate`): ranks, dtypes, lengths, ``progress`` within them, labels within
+the class list, unique class names, the fingerprint's keys and types, and its digest. A broken
+file is one `CacheError` line naming the file and the rule; after that, readers trust the file.
+
 Crash safety. The writer opens the file in HDF5's single-writer/multiple-reader (SWMR) mode,
 which orders metadata writes so that the file on disk is always a valid HDF5 file, even after a
 ``kill -9``. A batch is written, flushed, and only then counted in ``/progress``; rows past the
@@ -32,6 +37,9 @@ import datetime as _dt
 import json
 import logging
 import os
+import stat
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -39,8 +47,9 @@ from typing import Any, Iterator, Sequence
 import h5py
 import numpy as np
 
-from headstart.cache.fingerprint import canonical_json, fingerprint_digest
-from headstart.errors import CacheBusyError, CacheError
+from headstart.cache import validate as _validate
+from headstart.cache.fingerprint import canonical_json, fingerprint_digest, fingerprint_problem
+from headstart.errors import CacheBusyError, CacheError, CacheReadError
 
 try:  # POSIX advisory locks; Windows runs without the cross-process guard.
     import fcntl
@@ -50,12 +59,14 @@ except ImportError:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+READABLE_SCHEMAS = (SCHEMA_VERSION,)
 LOCKING = False
 """HDF5's own file locks are off for every open: a reader (``headstart info``, a training run)
 holding a shared lock made a starting writer fail, and the reverse. One writer at a time is kept
 by our ``.lock`` file instead; SWMR keeps readers consistent without locks (HDF5's locks only help
 callers follow SWMR rules), and a reader falls back to SWMR mode on a file being written."""
 CHUNK_BYTES = 1 << 20
+SWMR_OPEN_TRIES = 5
 CHUNKS_PER_READ = 8  # rows are read back 8 chunks (~8 MiB) at a time
 _STR = h5py.string_dtype("utf-8")
 _COMMIT_ROWS, _COMMIT_FAILED, _COMPLETE = 0, 1, 2
@@ -144,34 +155,42 @@ def _create_datasets(f: h5py.File, dim: int, dtype: str, chunk_rows: int, class_
     f.create_dataset("progress", data=np.zeros(3, dtype="int64"))
 
 
-def _open_any(path: Path) -> h5py.File:
-    """Open for reading, also a file that a writer holds or left behind after a crash."""
-    if not path.exists():
-        raise CacheError(f"Expected a feature cache file. Received: {path} (no such file).")
+def _check_is_file(path: Path) -> None:
+    """A `CacheError` unless ``path`` is a regular file (or a link to one)."""
     try:
-        return h5py.File(path, "r", locking=LOCKING)
-    except OSError as err:
-        if not _is_open_for_write_error(err):
-            raise CacheError(f"Expected an HDF5 feature cache. Received: {path} ({err}).") from err
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CacheError(f"Expected a feature cache file. Received: {path} (no such file).") from None
+    except OSError as err:  # a symbolic link loop (ELOOP), a path through a file (ENOTDIR), permissions
+        raise CacheError(f"Expected a feature cache file. Received: {path} ({err.strerror or err}).") from None
+    if not stat.S_ISREG(st.st_mode):
+        what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise CacheError(f"Expected a feature cache file. Received: {path} ({what}).")
+
+
+def _open_any(path: Path) -> h5py.File:
+    """Open for reading in SWMR mode: a writer may be appending (or have died appending) at any time.
+
+    SWMR read mode is what makes a reader see a consistent file while a writer appends; HDF5
+    also refuses a plain open of a file a writer holds or left behind. Rows counted in
+    ``/progress`` were flushed before they were counted, so what a reader counts it can read;
+    `CacheReader.refresh` sees rows committed since.
+    """
+    _check_is_file(path)
     try:
         return h5py.File(path, "r", swmr=True, locking=LOCKING)
     except OSError as err:
-        raise CacheError(f"Cannot read the feature cache {path}: {err}.") from err
+        raise CacheError(f"Expected an HDF5 feature cache. Received: {path} ({_one_line(err)}).") from None
 
 
-def _check_schema(f: h5py.File, path: Path) -> None:
-    missing = [k for k in ("features", "labels", "paths", "class_names", "progress") if k not in f]
-    if missing or "fingerprint" not in f.attrs:
-        raise CacheError(
-            f"Expected a headstart feature cache. Received: {path} "
-            f"(an HDF5 file without {', '.join(missing) or 'a fingerprint'})."
-        )
-    version = int(f.attrs.get("schema_version", -1))
-    if version != SCHEMA_VERSION:
-        raise CacheError(
-            f"Expected cache schema version {SCHEMA_VERSION}. Received: {path} (version {version}); "
-            "extract again with this version of headstart."
-        )
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _check_schema(f: h5py.File, path: Path, progress: tuple[int, int, int] | None = None) -> _validate.Contents:
+    """Validate the whole file once (see `headstart.cache.validate`); a `CacheError` names what is wrong.
+    ``progress``: the counts to trust, read before ``f`` was opened (default: ``f``'s own)."""
+    return _validate.check(f, path, READABLE_SCHEMAS, progress)
 
 
 def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
@@ -259,40 +278,31 @@ class CacheHeader:
         return fingerprint_digest(self.fingerprint)
 
 
-class CacheWriter:
-    """Appends extracted rows to a cache; one process at a time (a ``.lock`` file beside it).
+class CacheLock:
+    """One writer at a time per cache: an exclusive ``flock`` on a ``.lock`` file beside it.
 
-    Use as a context manager. ``append`` stages a batch, ``commit`` makes it durable. A writer
-    killed between commits loses at most the uncommitted batch; nothing committed is lost.
+    ``acquire`` fails at once with `CacheBusyError` when another process (or another open in
+    this one) holds it. Checks that must see the cache as the writer will (its settings, its
+    classes) are made after ``acquire``; see `headstart.extractor.runner.extract`.
     """
 
-    def __init__(self, path: Path, header: CacheHeader, *, overwrite: bool = False):
+    def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.header = header
-        self._overwrite = overwrite
-        self._lock_file = None
-        self._f: h5py.File | None = None
-        self._rows = self._failed = 0
-        self._staged_rows = self._staged_failed = 0
+        self._fh = None
 
-    # -- opening -----------------------------------------------------------------------------
-    def __enter__(self) -> "CacheWriter":
-        self._acquire_lock()
-        try:
-            if self._overwrite or not self.path.exists():
-                self._create()
-            self._open_for_append()
-        except BaseException:
-            self._release_lock()
-            raise
-        return self
+    def __enter__(self) -> "CacheLock":
+        return self.acquire()
 
     def __exit__(self, *exc) -> None:
-        self.close()
+        self.release()
 
-    def _acquire_lock(self) -> None:
-        if fcntl is None:
-            return
+    @property
+    def held(self) -> bool:
+        return self._fh is not None
+
+    def acquire(self) -> "CacheLock":
+        if fcntl is None or self._fh is not None:
+            return self
         lock_path = self.path.with_name(self.path.name + ".lock")
         try:
             lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -316,19 +326,64 @@ class CacheWriter:
                 fh.close()
         except OSError as err:
             raise CacheError(f"Cannot write next to {self.path}: {err.strerror or err}.") from None
-        self._lock_file = fh
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            # Unlink while still holding the lock; a process that opened the old file checks, once
+            # it has the lock, that the file is still the one at the path (see acquire).
+            with contextlib.suppress(OSError):
+                os.unlink(self._fh.name)
+            self._fh.close()
+            self._fh = None
+
+
+class CacheWriter:
+    """Appends extracted rows to a cache; one process at a time (a ``.lock`` file beside it).
+
+    Use as a context manager. ``append`` stages a batch, ``commit`` makes it durable. A writer
+    killed between commits loses at most the uncommitted batch; nothing committed is lost.
+    """
+
+    def __init__(self, path: Path, header: CacheHeader, *, overwrite: bool = False, lock: CacheLock | None = None):
+        """``lock``: the cache's `CacheLock`, already acquired by the caller (to check settings
+        under it); the writer then owns it and releases it when closed. By default the writer
+        acquires it itself."""
+        self.path = Path(path)
+        self.header = header
+        self._overwrite = overwrite
+        self._lock = lock
+        self._f: h5py.File | None = None
+        self._rows = self._failed = 0
+        self._staged_rows = self._staged_failed = 0
+
+    # -- opening -----------------------------------------------------------------------------
+    def __enter__(self) -> "CacheWriter":
+        if self._lock is None:
+            self._lock = CacheLock(self.path).acquire()
+        try:
+            if self._overwrite or not self.path.exists():
+                self._create()
+            self._open_for_append()
+        except BaseException:
+            self._release_lock()
+            raise
+        return self
 
     def _release_lock(self) -> None:
-        if self._lock_file is not None:
-            # Unlink while still holding the lock; a process that opened the old file checks, once
-            # it has the lock, that the file is still the one at the path (see _acquire_lock).
-            with contextlib.suppress(OSError):
-                os.unlink(self._lock_file.name)
-            self._lock_file.close()
-            self._lock_file = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _create(self) -> None:
         h = self.header
+        problem = fingerprint_problem(h.fingerprint)
+        if problem:  # a cache we could not read back is never written
+            raise CacheError(f"Expected the settings of a headstart extraction. Received: {problem}.")
         tmp = self.path.with_name(self.path.name + ".new.tmp")
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -366,6 +421,13 @@ class CacheWriter:
             f = self._open_swmr_write()
         try:
             _check_schema(f, self.path)
+            fixed = [name for name in ("features", "labels", "paths", "failed_paths", "failed_reasons")
+                     if f[name].maxshape[0] is not None]
+            if fixed:
+                raise CacheError(
+                    f"Expected a feature cache that can grow. Received: {self.path} (/{fixed[0]} has a fixed "
+                    "size). Extract into another --out, or start again with --overwrite."
+                )
             if f["features"].shape[1] != self.header.dim or f["features"].dtype != np.dtype(self.header.dtype):
                 raise CacheError(
                     f"Expected features of {self.header.dim} x {self.header.dtype} in {self.path}. "
@@ -405,6 +467,20 @@ class CacheWriter:
     def paths(self) -> list[str]:
         """Relative paths of the committed rows, in row order."""
         return self._f["paths"].asstr()[: self._rows].tolist()
+
+    def set_root(self, root: str) -> str | None:
+        """Record that the pictures now lie under ``root``; returns the old root if it changed."""
+        old = self._f.attrs["root"]
+        if old == root:
+            return None
+        self.commit()
+        self._f.close()
+        self._f = None
+        with h5py.File(self.path, "r+", locking=LOCKING) as f:  # SWMR writers cannot rewrite attributes
+            f.attrs["root"] = root
+        self._open_for_append()
+        log.info("the pictures of %s moved from %s to %s", self.path, old, root)
+        return old
 
     def keep_rows(self, keep: np.ndarray) -> int:
         """Drop the committed rows where ``keep`` is false (rewrites the file under our lock)."""
@@ -474,37 +550,76 @@ class CacheWriter:
 class CacheReader:
     """A feature cache opened for reading: features in slices, labels, paths, class names.
 
-    ``features`` is the HDF5 dataset itself (slice it to read rows; it may hold staged rows
-    past ``len(cache)`` while a writer is running, so prefer ``read``/``iter_chunks``).
+    The whole file is validated once when it is opened (`headstart.cache.validate`): what the
+    reader holds after that can be trusted. ``features`` is the HDF5 dataset itself (slice it to
+    read rows; it may hold staged rows past ``len(cache)`` while a writer is running, so prefer
+    ``read``/``take``/``iter_chunks``).
+
+    ``require_finite``: when true, ``read``, ``take`` and ``iter_chunks`` check every block they
+    return and raise a `CacheError` naming the first rows with NaN or infinite features (no second
+    pass over the file); `check_finite` makes that pass on its own.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, require_finite: bool = False):
         self.path = Path(path)
-        self._f = _open_any(self.path)
-        try:
-            _check_schema(self._f, self.path)
-            f = self._f
-            n_rows, n_failed, complete = (int(v) for v in f["progress"][:])
-            self._n = n_rows
-            self.complete = bool(complete)
-            self.features = f["features"]
-            self.labels = f["labels"][:n_rows].astype(np.int64)
-            self.paths: list[str] = f["paths"].asstr()[:n_rows].tolist()
-            self.class_names: list[str] = f["class_names"].asstr()[:].tolist()
-            self.failed: list[tuple[str, str]] = list(
-                zip(f["failed_paths"].asstr()[:n_failed], f["failed_reasons"].asstr()[:n_failed])
-            )
-            self.fingerprint_json: str = f.attrs["fingerprint"]
-            self.fingerprint: dict[str, Any] = json.loads(self.fingerprint_json)
-            self.fingerprint_digest: str = f.attrs["fingerprint_digest"]
-            self.root: str = f.attrs["root"]
-            self.created: str = f.attrs["created"]
-            self.versions: dict[str, str] = json.loads(f.attrs["versions"])
-            self.weights_path: str | None = f.attrs.get("weights_path", "") or None
-            self.schema_version = int(f.attrs["schema_version"])
-        except BaseException:
-            self._f.close()
-            raise
+        self.require_finite = require_finite
+        self._f = None
+        self._open()
+
+    def _open(self) -> None:
+        """Open and validate, reading only the rows committed before the file was opened.
+
+        A SWMR reader knows the end of the file as of its open, and HDF5 does not order the
+        variable-length strings (paths) of a live writer for SWMR: ``/progress`` is read first,
+        the file is opened again, and a read error (strings past the end this open knows) is
+        retried on a fresh open.
+        """
+        for attempt in range(SWMR_OPEN_TRIES):
+            with _open_any(self.path) as f:
+                try:
+                    progress = tuple(int(v) for v in f["progress"][:3])
+                except Exception:  # no /progress, or a damaged one: validation says which
+                    progress = None
+            f = _open_any(self.path)
+            try:
+                self._f = f
+                self._load(progress)
+                return
+            except CacheReadError:
+                f.close()
+                if attempt == SWMR_OPEN_TRIES - 1:
+                    raise
+                log.debug("retrying to open %s (attempt %d): %s", self.path, attempt + 2, sys.exc_info()[1])
+                time.sleep(0.02 * (attempt + 1))
+            except BaseException:
+                f.close()
+                raise
+
+    def _load(self, progress: tuple[int, int, int] | None) -> None:
+        c = _check_schema(self._f, self.path, progress)
+        self._n = c.n_rows
+        self.complete = c.complete
+        self.features = self._f["features"]
+        self.labels = c.labels
+        self.paths: list[str] = c.paths
+        self.class_names: list[str] = c.class_names
+        self.failed: list[tuple[str, str]] = c.failed
+        self.fingerprint_json: str = c.fingerprint_json
+        self.fingerprint: dict[str, Any] = c.fingerprint
+        self.fingerprint_digest: str = c.fingerprint_digest
+        self.root: str = c.root
+        self.created: str = c.created
+        self.versions: dict[str, str] = c.versions
+        self.weights_path: str | None = c.weights_path
+        self.schema_version = c.schema_version
+
+    def refresh(self) -> int:
+        """See the rows a running writer committed since the cache was opened (or last refreshed);
+        the file is opened again and validated as on open. Returns how many rows were added."""
+        before = self._n
+        self._f.close()
+        self._open()
+        return self._n - before
 
     def __len__(self) -> int:
         return self._n
@@ -528,17 +643,40 @@ class CacheReader:
 
     @property
     def chunk_rows(self) -> int:
-        return int(self.features.chunks[0])
+        chunks = self.features.chunks
+        return int(chunks[0]) if chunks else chunk_rows_for(self.dim, self.dtype)
 
     @property
     def block_rows(self) -> int:
         """Rows in one read-back block (whole chunks, about 8 MiB)."""
         return self.chunk_rows * CHUNKS_PER_READ
 
+    def _rows(self, start: int, stop: int) -> np.ndarray:
+        """Raw rows ``start:stop`` from the file; an HDF5 read error becomes a `CacheError`."""
+        try:
+            return self.features[start:stop]
+        except (OSError, RuntimeError) as err:
+            raise CacheError(
+                f"Cannot read rows {start}-{stop} of the feature cache {self.path}: {_one_line(err)}. "
+                "The file is damaged: extract it again (extract --overwrite)."
+            ) from None
+
+    def _check_block(self, rows: np.ndarray, index: np.ndarray | int) -> None:
+        """A `CacheError` naming the first rows of ``rows`` (file rows ``index``) that are not finite."""
+        ok = np.isfinite(rows).all(axis=1)
+        if ok.all():
+            return
+        bad = np.flatnonzero(~ok)
+        at = (np.asarray(index)[bad] if np.ndim(index) else index + bad).tolist()
+        raise non_finite_error(self, at)
+
     def read(self, start: int = 0, stop: int | None = None, dtype=np.float32) -> np.ndarray:
         """Rows ``start:stop`` of the committed features, converted to ``dtype``."""
         stop = self._n if stop is None else min(stop, self._n)
-        return self.features[start:stop].astype(dtype, copy=False)
+        rows = self._rows(start, stop)
+        if self.require_finite:
+            self._check_block(rows, start)
+        return rows.astype(dtype, copy=False)
 
     def take(self, indices: Sequence[int], dtype=np.float32) -> np.ndarray:
         """Rows at ``indices`` (any order, repeats allowed), read a chunk-sized block at a time."""
@@ -553,8 +691,10 @@ class CacheReader:
         while i < len(sorted_idx):
             lo = sorted_idx[i] - sorted_idx[i] % block
             j = np.searchsorted(sorted_idx, lo + block, side="left")
-            rows = self.features[lo : min(lo + block, self._n)]
-            out[order[i:j]] = rows[sorted_idx[i:j] - lo]
+            rows = self._rows(lo, min(lo + block, self._n))[sorted_idx[i:j] - lo]
+            if self.require_finite:
+                self._check_block(rows, sorted_idx[i:j])
+            out[order[i:j]] = rows
             i = j
         return out
 
@@ -563,6 +703,12 @@ class CacheReader:
         rows = rows or self.block_rows
         for start in range(0, self._n, rows):
             yield start, self.read(start, start + rows, dtype=dtype)
+
+    def check_finite(self) -> None:
+        """One streaming pass over the committed features: a `CacheError` naming the paths of the
+        first rows that hold NaN or infinity (a fit or a score on them would be silently wrong)."""
+        for start in range(0, self._n, self.block_rows):
+            self._check_block(self._rows(start, min(start + self.block_rows, self._n)), start)
 
     def counts(self) -> dict[str, int]:
         """Rows per class name."""
@@ -578,6 +724,20 @@ class CacheReader:
         return self.path.stat().st_size
 
 
-def open_cache(path: str | os.PathLike) -> CacheReader:
-    """Open a feature cache for reading (also one still being written, or left by a crash)."""
-    return CacheReader(path)
+def non_finite_error(cache: CacheReader, rows: Sequence[int], shown: int = 3) -> CacheError:
+    """The error for rows of ``cache`` whose features are NaN or infinite, naming the first few."""
+    names = ", ".join(cache.paths[i] for i in rows[:shown])
+    more = f" and {len(rows) - shown} more in this block" if len(rows) > shown else ""
+    return CacheError(
+        f"Expected finite features in {cache.path}. Received: NaN or infinity in the rows of {names}{more}. "
+        "Extract them again (extract --overwrite), or make a cache without them."
+    )
+
+
+def open_cache(path: str | os.PathLike, *, require_finite: bool = False) -> CacheReader:
+    """Open a feature cache for reading (also one still being written, or left by a crash).
+
+    The file is validated once here; ``require_finite`` makes every read check its rows for
+    NaN / infinity as it goes (see `CacheReader`).
+    """
+    return CacheReader(path, require_finite=require_finite)

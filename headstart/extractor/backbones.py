@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 from dataclasses import dataclass, field
 from typing import Callable
@@ -80,6 +79,26 @@ def _tiny(include_top: bool, weights, config: ExtractionConfig):
     return keras.Model(inputs, x, name="tiny")
 
 
+def _vgg16_preprocess(x: np.ndarray) -> np.ndarray:
+    import keras
+
+    return keras.applications.vgg16.preprocess_input(x)
+
+
+def _mobilenet_preprocess(x: np.ndarray) -> np.ndarray:
+    import keras
+
+    return keras.applications.mobilenet.preprocess_input(x)
+
+
+PREPROCESSING: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "keras.applications.vgg16.preprocess_input": _vgg16_preprocess,
+    "keras.applications.mobilenet.preprocess_input": _mobilenet_preprocess,
+}
+"""Every preprocessing a cache may name, keyed by the string its fingerprint holds (the Keras name,
+so caches keep their fingerprints). A new backbone adds one line here and names its key below."""
+
+
 BACKBONES: dict[str, Backbone] = {
     "vgg16": Backbone(
         name="vgg16",
@@ -132,9 +151,21 @@ def get_backbone(name: str) -> Backbone:
 
 
 def preprocess_function(config: ExtractionConfig) -> Callable[[np.ndarray], np.ndarray]:
-    """The Keras preprocessing function named in the config (e.g. `vgg16.preprocess_input`)."""
-    module, _, name = config.preprocessing.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+    """The preprocessing registered under the config's name (e.g. ``keras.applications.vgg16.preprocess_input``).
+
+    The name selects from `PREPROCESSING`; it never names code to import (it comes from files).
+    """
+    return get_preprocessing(config.preprocessing)
+
+
+def get_preprocessing(name: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The function registered as ``name`` in `PREPROCESSING`, or a `BackboneError` listing the known ones."""
+    try:
+        return PREPROCESSING[name]
+    except (KeyError, TypeError):
+        raise BackboneError(
+            f"Expected a preprocessing among {', '.join(PREPROCESSING)}. Received: {name!r}."
+        ) from None
 
 
 @contextlib.contextmanager

@@ -5,17 +5,23 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from headstart.cache.fingerprint import canonical_json, fingerprint_digest
+from headstart.cache.fingerprint import canonical_json, fingerprint_digest, fingerprint_problem
 from headstart.errors import BackboneError
 
 PRECISIONS = ("float32", "bfloat16", "float16")
 STORAGE_DTYPES = ("float16", "float32")
+POOLINGS = (None, "avg")
+BACKENDS = ("tensorflow", "jax", "torch")
 RANDOM_WEIGHTS = "none"
 IMAGENET = "imagenet"
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 4096
+_WEIGHTS_FILE = re.compile(r"sha256:[0-9a-f]{64}")
+_VERSION = re.compile(r"[0-9][0-9A-Za-z.+-]{0,39}")
 
 
 def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
@@ -65,15 +71,62 @@ class ExtractionConfig:
         return fingerprint_digest(self.fingerprint())
 
     @classmethod
-    def from_fingerprint(cls, fingerprint: dict[str, Any], weights_path: str | None = None) -> "ExtractionConfig":
-        """Rebuild the config a cache was made with (e.g. to embed new pictures the same way)."""
-        known = {f.name for f in dataclasses.fields(cls)} - {"weights_path"}
-        unknown = sorted(set(fingerprint) - known)
-        if unknown:
-            raise BackboneError(
-                f"Expected a fingerprint of this headstart version. Received unknown settings: {', '.join(unknown)}."
-            )
+    def from_fingerprint(cls, fingerprint: Any, weights_path: str | None = None) -> "ExtractionConfig":
+        """Rebuild the config a cache was made with (e.g. to embed new pictures the same way).
+
+        The fingerprint comes from a file: every key and type is checked, and every name is looked
+        up in its registry (backbone, layer, pooling, preprocessing, resize, precision, dtype,
+        backend, weights); anything else is a `BackboneError` naming the allowed values.
+        """
+        problem = fingerprint_problem(fingerprint)
+        if problem:
+            raise BackboneError(f"Expected a fingerprint of this headstart version. Received: {problem}.")
+        check_settings(fingerprint)
         return cls(**fingerprint, weights_path=weights_path)
+
+
+def _one_of(name: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        shown = ", ".join("null" if a is None else str(a) for a in allowed)
+        raise BackboneError(f"Expected {name} among {shown}. Received: {value!r:.80}.")
+
+
+def check_settings(fp: dict[str, Any]) -> None:
+    """Check the values of a fingerprint whose keys and types are right against the registries."""
+    from headstart.extractor.backbones import BACKBONES, PREPROCESSING
+    from headstart.extractor.decode import RESIZE_METHODS
+
+    _one_of("backbone", fp["backbone"], BACKBONES)
+    spec = BACKBONES[fp["backbone"]]
+    _one_of(f"a layer of {spec.name}", fp["layer"], spec.layers)
+    layer = spec.layers[fp["layer"]]
+    _one_of("pooling", fp["pooling"], POOLINGS)
+    if fp["pooling"] != layer.pooling:
+        raise BackboneError(
+            f"Expected pooling {layer.pooling!r} for {spec.name} {fp['layer']}. Received: {fp['pooling']!r}."
+        )
+    _one_of("preprocessing", fp["preprocessing"], PREPROCESSING)
+    if fp["preprocessing"] != spec.preprocessing:
+        raise BackboneError(
+            f"Expected preprocessing {spec.preprocessing} for {spec.name}. Received: {fp['preprocessing']}."
+        )
+    _one_of(f"alpha of {spec.name}", fp["alpha"], spec.alphas or (None,))
+    weights = fp["weights"]
+    if weights not in (IMAGENET, RANDOM_WEIGHTS) and not _WEIGHTS_FILE.fullmatch(weights):
+        raise BackboneError(f"Expected weights among imagenet, none, sha256:<64 hex digits>. Received: {weights!r:.80}.")
+    if (fp["seed"] is None) != (weights != RANDOM_WEIGHTS):
+        raise BackboneError(f"Expected a seed with weights none only. Received: seed {fp['seed']!r}, weights {weights}.")
+    if fp["keras_version"] is not None and not _VERSION.fullmatch(fp["keras_version"]):
+        raise BackboneError(f"Expected keras_version like 3.8.0. Received: {fp['keras_version']!r:.80}.")
+    size = fp["input_size"]
+    if not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
+        raise BackboneError(f"Expected input_size from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}. Received: {size}.")
+    if layer.include_top and size != spec.input_size:
+        raise BackboneError(f"Expected input_size {spec.input_size} for {spec.name} {fp['layer']}. Received: {size}.")
+    _one_of("resize", fp["resize"], RESIZE_METHODS)
+    _one_of("precision", fp["precision"], PRECISIONS)
+    _one_of("dtype", fp["dtype"], STORAGE_DTYPES)
+    _one_of("backend", fp["backend"], BACKENDS)
 
 
 def resolve_weights(weights: str, seed: int) -> tuple[str, str | None, int | None]:

@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from headstart.cache import CacheHeader, CacheWriter, describe_diff, diff_settings, open_cache
+from headstart.cache import CacheHeader, CacheLock, CacheWriter, describe_diff, diff_settings, open_cache
 from headstart.errors import CacheMismatchError, DatasetError, HeadstartError
 from headstart.extractor.config import ExtractionConfig
 from headstart.extractor.decode import DecodeError, load_image
@@ -205,6 +205,8 @@ class ExtractResult:
     complete: bool
     batch_size: int | str = 32
     loop_seconds: float = 0.0  # from the first picture to the last, without start-up
+    skipped_links: tuple[tuple[str, str], ...] = ()  # links to folders not followed (loops, repeats)
+    moved_from: str | None = None  # the cache's old root, when --root-moved updated it
 
     @property
     def pictures_per_second(self) -> float:
@@ -216,8 +218,11 @@ class ExtractResult:
         return self.seconds - self.loop_seconds
 
 
-def _check_existing(out: Path, config: ExtractionConfig, class_names: Sequence[str]) -> tuple[int, list[str]]:
-    """Refuse a cache made with other settings or classes; else its feature size and classes."""
+def _check_existing(
+    out: Path, config: ExtractionConfig, class_names: Sequence[str], root: str | None = None, root_moved: bool = False
+) -> tuple[int, list[str]]:
+    """Refuse a cache made with other settings or classes, or from another folder (unless the
+    pictures moved); else its feature size and classes."""
     with open_cache(out) as cache:
         diff = diff_settings(cache.fingerprint, config.fingerprint())
         if diff:
@@ -236,7 +241,23 @@ def _check_existing(out: Path, config: ExtractionConfig, class_names: Sequence[s
                 f"Expected the classes of {out} ({', '.join(cache.class_names)}). Received new classes: "
                 f"{', '.join(new)}. Pass --exclude for them, or --overwrite to extract everything again."
             )
+        if root is not None and cache.root != root and not root_moved:
+            raise CacheMismatchError(
+                f"Expected the folder {out} was extracted from ({cache.root}). Received: {root}. "
+                "If the pictures moved there, pass --root-moved; else use another --out."
+            )
         return cache.dim, list(cache.class_names)
+
+
+def _check_replaceable(out: Path) -> None:
+    """``--overwrite`` replaces a cache, broken or not, but never a file that is not HDF5 at all."""
+    import h5py
+
+    if out.is_dir() or (out.stat().st_size and not h5py.is_hdf5(out)):
+        raise DatasetError(
+            f"Expected --out to name a feature cache to replace. Received: {out} (not an HDF5 file); "
+            "headstart replaces only its own files: choose another --out or remove it yourself."
+        )
 
 
 def _printable(rel: str) -> str | None:
@@ -268,6 +289,7 @@ def extract(
     limit_per_class: int | None = None,
     overwrite: bool = False,
     prune: bool = False,
+    root_moved: bool = False,
     progress: Progress | None = None,
     commit_seconds: float = COMMIT_SECONDS,
     embedder: Embedder | None = None,
@@ -275,7 +297,9 @@ def extract(
     """Extract features of every picture under ``source`` into the cache ``out``.
 
     Resumes (or updates) an existing cache made with the same ``config``; refuses one made
-    with other settings unless ``overwrite``. Unreadable pictures are recorded, not fatal.
+    with other settings unless ``overwrite``, and one made from another folder unless
+    ``root_moved`` (the pictures moved: the cache's root is then updated; rows are matched by
+    their path relative to the root). Unreadable pictures are recorded, not fatal.
     Rows become durable at least every ``commit_seconds`` (and at the end, and on Ctrl-C).
     ``embedder``: an `Embedder` already built for ``config`` (to extract several folders with one
     model); by default one is built here, and only if there is something to extract.
@@ -290,24 +314,34 @@ def extract(
     dataset = scan_dataset(source, exclude=exclude, limit_per_class=limit_per_class)
     if out.exists() and out.is_dir():
         raise DatasetError(f"Expected --out to be a file path. Received: {out} (a folder).")
-    header_probe = None
-    # The header needs the feature size; reuse the cache's when resuming, else build the model.
-    if out.exists() and not overwrite:
-        header_probe = _check_existing(out, config, dataset.class_names)
-    if header_probe is None:
-        embedder = embedder or Embedder(config, batch_size)
-        header_probe = (embedder.dim, list(dataset.class_names))
-    dim, class_names = header_probe
-    header = CacheHeader(
-        dim=dim,
-        dtype=config.dtype,
-        fingerprint=config.fingerprint(),
-        class_names=tuple(class_names),
-        root=str(source.resolve()),
-        weights_path=config.weights_path,
-    )
-    label_map = [class_names.index(name) for name in dataset.class_names]
-    with CacheWriter(out, header, overwrite=overwrite) as writer:
+    # The cache is checked under the writer lock, which the writer then keeps: no other process
+    # can create or change it between the check of its settings and our first row.
+    lock = CacheLock(out).acquire()
+    try:
+        header_probe = None
+        # The header needs the feature size; reuse the cache's when resuming, else build the model.
+        if out.exists() and not overwrite:
+            header_probe = _check_existing(out, config, dataset.class_names, str(source.resolve()), root_moved)
+        elif out.exists():
+            _check_replaceable(out)
+        if header_probe is None:
+            embedder = embedder or Embedder(config, batch_size)
+            header_probe = (embedder.dim, list(dataset.class_names))
+        dim, class_names = header_probe
+        header = CacheHeader(
+            dim=dim,
+            dtype=config.dtype,
+            fingerprint=config.fingerprint(),
+            class_names=tuple(class_names),
+            root=str(source.resolve()),
+            weights_path=config.weights_path,
+        )
+        label_map = [class_names.index(name) for name in dataset.class_names]
+    except BaseException:
+        lock.release()
+        raise
+    with CacheWriter(out, header, overwrite=overwrite, lock=lock) as writer:
+        moved_from = writer.set_root(header.root) if root_moved else None
         pruned = _prune(writer, source) if prune else 0
         done = writer.done_paths()
         todo, failed = [], []
@@ -363,6 +397,8 @@ def extract(
         complete=True,
         batch_size=embedder.batch_size if embedder else batch_size,
         loop_seconds=loop_seconds,
+        skipped_links=dataset.skipped_links,
+        moved_from=moved_from,
     )
     log.info("extracted %d, skipped %d in %.1f s (%.1f pictures/s)",
              extracted, len(failed), seconds, result.pictures_per_second)

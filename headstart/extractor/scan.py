@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -22,11 +22,16 @@ def is_image_file(path: Path) -> bool:
 
 @dataclass(frozen=True)
 class Dataset:
-    """The pictures of a dataset: ``items[i] = (path relative to root, label index)``."""
+    """The pictures of a dataset: ``items[i] = (path relative to root, label index)``.
+
+    ``skipped_links``: symbolic links to folders that were not followed, as (path relative to
+    root, reason): a loop back to a folder above them, or a folder already scanned elsewhere.
+    """
 
     root: Path
     class_names: tuple[str, ...]
     items: tuple[tuple[str, int], ...]
+    skipped_links: tuple[tuple[str, str], ...] = ()
 
     def __len__(self) -> int:
         return len(self.items)
@@ -38,12 +43,85 @@ class Dataset:
         return out
 
 
-def _walk_images(folder: Path) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found.extend(Path(dirpath) / name for name in filenames if is_image_file(Path(name)))
-    return found
+@dataclass
+class Pictures:
+    """Picture files found under some folders, and the links to folders not followed (path, reason)."""
+
+    files: list[Path] = field(default_factory=list)
+    skipped_links: list[tuple[Path, str]] = field(default_factory=list)
+
+
+class _Walk:
+    """Finds pictures under folders, following each real folder at most once.
+
+    A symbolic link to a folder is followed unless that folder was already scanned: a link back
+    to a folder above it (a loop; ``ln -s . loop`` once made 9 pictures 369 rows) or a second way
+    to a folder seen before. Each such link is skipped, logged once and listed.
+    """
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.seen: dict[tuple[int, int], Path] = {}
+        self.skipped: list[tuple[Path, str]] = []
+        self.above: frozenset[tuple[int, int]] = frozenset()  # folders above every walk (a dataset root)
+        if root is not None:
+            st = os.stat(root)
+            self.above = frozenset({(st.st_dev, st.st_ino)})
+            self.seen[(st.st_dev, st.st_ino)] = root
+
+    def _skip(self, link: Path, reason: str) -> None:
+        log.warning("not following %s: %s", link, reason)
+        self.skipped.append((link, reason))
+
+    def images(self, folder: Path) -> list[Path]:
+        found: list[Path] = []
+        try:
+            st = os.stat(folder)
+        except OSError as err:
+            self._skip(folder, f"cannot be read ({err.strerror or err})")
+            return found
+        key = (st.st_dev, st.st_ino)
+        if key in self.above:
+            self._skip(folder, f"a symbolic link loop back to {self.seen[key]}")
+            return found
+        if key in self.seen:
+            self._skip(folder, f"the folder {self.seen[key]} again")
+            return found
+        self.seen[key] = folder
+        stack = [(folder, self.above | {key})]
+        while stack:
+            here, above = stack.pop()
+            try:
+                entries = sorted(os.scandir(here), key=lambda e: e.name)
+            except OSError as err:
+                log.warning("cannot read the folder %s: %s", here, err.strerror or err)
+                continue
+            below = []
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                path = Path(entry.path)
+                try:
+                    is_dir = entry.is_dir()  # follows links; False for a broken one or a link to itself
+                except OSError:
+                    is_dir = False
+                if not is_dir:
+                    if is_image_file(path):
+                        found.append(path)
+                    continue
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                key = (st.st_dev, st.st_ino)
+                if key in above:
+                    self._skip(path, f"a symbolic link loop back to {self.seen[key]}")
+                elif key in self.seen:
+                    self._skip(path, f"the folder {self.seen[key]} again")
+                else:
+                    self.seen[key] = path
+                    below.append((path, above | {key}))
+            stack.extend(reversed(below))  # depth first, in name order
+        return found
 
 
 def scan_dataset(
@@ -85,8 +163,9 @@ def scan_dataset(
             f"({', '.join(class_names) or 'none'}) after exclusions."
         )
     items: list[tuple[str, int]] = []
+    walk = _Walk(root)  # a link back to the root is a loop too
     for label, name in enumerate(class_names):
-        files = sorted(p.relative_to(root).as_posix() for p in _walk_images(root / name))
+        files = sorted(p.relative_to(root).as_posix() for p in walk.images(root / name))
         if not files:
             raise DatasetError(
                 f"Expected pictures ({', '.join(sorted(IMAGE_EXTENSIONS))}) in every class folder. "
@@ -95,17 +174,26 @@ def scan_dataset(
         if limit_per_class is not None:
             files = files[:limit_per_class]
         items.extend((f, label) for f in files)
-    dataset = Dataset(root=root, class_names=class_names, items=tuple(items))
+    skipped = tuple((p.relative_to(root).as_posix(), reason) for p, reason in walk.skipped)
+    dataset = Dataset(root=root, class_names=class_names, items=tuple(items), skipped_links=skipped)
     log.info("found %d pictures in %d classes under %s", len(dataset), len(class_names), root)
     return dataset
 
 
-def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files as given (whatever their extension) and, for folders, every picture inside, sorted."""
-    out: list[Path] = []
+def find_pictures(paths: Sequence[str | os.PathLike]) -> Pictures:
+    """Files as given (whatever their extension) and, for folders, every picture inside, sorted per
+    folder; each real folder is scanned once (links that loop or repeat are listed, not followed)."""
+    out = Pictures()
+    walk = _Walk()
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(_walk_images(p)))
+            out.files.extend(sorted(walk.images(p)))
         else:
-            out.append(p)
+            out.files.append(p)
+    out.skipped_links = walk.skipped
     return out
+
+
+def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """The files of `find_pictures` (links not followed are logged as warnings)."""
+    return find_pictures(paths).files

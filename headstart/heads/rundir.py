@@ -40,7 +40,7 @@ from typing import Any, Iterator, Mapping
 
 from headstart.cache.fingerprint import fingerprint_digest
 from headstart.errors import RunBusyError, RunError, SplitError
-from headstart.heads.registry import HEADS, _read_json, head_name, load_head
+from headstart.heads.registry import HEAD_FILES, HEADS, _read_json, head_name, load_head
 from headstart.heads.split import SplitSpec
 from headstart.locking import exclusive_lock, lock_path_for
 
@@ -336,7 +336,8 @@ def validate_run_json(info: Any, path: Path) -> dict[str, Any]:
                 "it is no longer read. Train the head again from its cache (seconds): headstart train CACHE."
             )
         _need(False, path, f"kind {RUN_KIND!r} and format {RUN_FORMAT}", (info.get("kind"), info.get("format")))
-    _need(info.get("head") in HEADS, path, f"head among {', '.join(HEADS)}", info.get("head"))
+    _need(isinstance(info.get("head"), str) and info["head"] in HEADS, path,
+          f"head among {', '.join(HEADS)}", info.get("head"))
     names = info.get("class_names")
     _need(
         isinstance(names, list) and len(names) >= 2 and all(isinstance(c, str) and c for c in names)
@@ -368,6 +369,8 @@ def validate_run_json(info: Any, path: Path) -> dict[str, Any]:
     _need(_is_str_map(info.get("versions", {})), path, "versions as text", info.get("versions"))
     files = info.get("files")
     _need(_is_str_map(files), path, "files as a map of names to SHA-256", files)
+    missing = [name for name in (*HEAD_FILES, METRICS_JSON) if name not in files]
+    _need(not missing, path, f"files listing {', '.join(missing)}", sorted(files))
     return info
 
 
