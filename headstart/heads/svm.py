@@ -28,6 +28,7 @@ from headstart.heads.base import (
     check_fraction,
     check_positive,
     check_two_classes,
+    class_weights,
     dense,
     encode,
     fit_scaler,
@@ -144,7 +145,7 @@ class SVMHead(Head):
             history.append(row)
         _, self.C_, model, dv = best
         if dv is not None:
-            slope, offset = fit_scaling(dv, yv_idx)
+            slope, offset = fit_scaling(dv, yv_idx, class_weights(self.class_weight, self.classes_, y_idx))
         else:
             slope, offset = 1.0, np.zeros(len(self.classes_))
         coef = model.coef_.astype(np.float64)
@@ -174,16 +175,19 @@ class SVMHead(Head):
         return dense(keras, "predictions", a["coef"].T, a["intercept"])(x)
 
 
-def fit_scaling(d: np.ndarray, y_idx: np.ndarray) -> tuple[float, np.ndarray]:
+def fit_scaling(d: np.ndarray, y_idx: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, np.ndarray]:
     """Slope ``a > 0`` and per-class offsets ``b`` minimising the log loss of ``softmax(a * d + b)``.
 
     The targets are Platt's smoothed ones (the true class ``(n_c + 1) / (n_c + 2)``, the rest shared
     by the other classes), so a validation split the SVM separates perfectly does not send the
     slope to infinity. Offsets have a small L2 penalty (they are only defined up to a constant, and
     a class missing from a small validation split must not get an offset of minus infinity).
+    ``weights`` (one per class, from ``class_weight``) weigh the rows as the SVM's fit did.
     """
     n, c = d.shape
     onehot = smoothed_targets(y_idx, c)
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)[y_idx]
+    w = w / w.sum()
     scale = float(np.std(d)) or 1.0
     z = d / scale
 
@@ -193,8 +197,8 @@ def fit_scaling(d: np.ndarray, y_idx: np.ndarray) -> tuple[float, np.ndarray]:
         m = logits.max(axis=1, keepdims=True)
         lse = m[:, 0] + np.log(np.exp(logits - m).sum(axis=1))
         p = np.exp(logits - lse[:, None])
-        value = np.mean(lse - np.sum(onehot * logits, axis=1)) + 1e-3 * np.sum(b**2)
-        g_logits = (p - onehot) / n
+        value = np.sum(w * (lse - np.sum(onehot * logits, axis=1))) + 1e-3 * np.sum(b**2)
+        g_logits = (p - onehot) * w[:, None]
         grad = np.concatenate([[np.sum(g_logits * z) * a], g_logits.sum(axis=0) + 2e-3 * b])
         return value, grad
 
