@@ -31,7 +31,14 @@ def write_cache(path: Path, rows: int, dim: int, classes: int, seed: int = 0) ->
     """Synthetic non-negative features (like fc2 after ReLU) whose class means differ a little."""
     from headstart.cache import CacheHeader, CacheWriter
 
-    fp = {"backbone": "synthetic", "rows": rows, "dim": dim, "seed": seed}
+    # A complete fingerprint (the tiny backbone's, as tests/conftest.py's TINY_FINGERPRINT): caches
+    # are validated when opened, and a fingerprint missing settings is refused.
+    fp = {
+        "backbone": "tiny", "layer": "embed", "pooling": None, "alpha": None, "weights": "none", "seed": seed,
+        "keras_version": None, "input_size": 32, "resize": "squash", "jpeg_draft": True,
+        "preprocessing": "keras.applications.mobilenet.preprocess_input", "precision": "float32",
+        "dtype": "float16", "backend": "tensorflow",
+    }
     names = tuple(f"class{k}" for k in range(classes))
     header = CacheHeader(
         dim=dim, dtype="float16", fingerprint=fp, class_names=names, root="/synthetic",

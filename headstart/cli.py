@@ -311,6 +311,9 @@ def _shard_record(text: str, cache: Path) -> Optional[dict]:
 from headstart.cli_heads import register as _register_heads  # noqa: E402 - the head commands
 
 _register_heads(app)
+from headstart.cli_sweep import register as _register_sweep  # noqa: E402 - sweep and runs
+
+_register_sweep(app)
 
 from headstart.cli_export import register as _register_export  # noqa: E402 - export, backbones
 

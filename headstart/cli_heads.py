@@ -71,6 +71,8 @@ _FLAGS = {
     "dropout": "--dropout",
     "patience": "--patience",
     "class_weight": "--class-weight",
+    "k": "--k",
+    "C": "--C",
 }
 
 
@@ -121,6 +123,11 @@ def _exclude(path: Optional[Path]):
     return read_exclude_list(path) if path is not None else None
 
 
+CALIBRATE = typer.Option(
+    "none", "--calibrate", help="none, or temperature: fit one temperature on the validation split (any head)."
+)
+
+
 def train_cmd(
     cache: Path = typer.Argument(..., help="A feature cache made by headstart extract."),
     head: str = typer.Option("logreg", "--head", help=f"One of: {', '.join(_HEADS)}."),
@@ -137,6 +144,11 @@ def train_cmd(
     stream: Optional[bool] = STREAM,
     no_plots: bool = NO_PLOTS,
     exclude_list: Optional[Path] = EXCLUDE_LIST,
+    calibrate: str = CALIBRATE,
+    k: Optional[int] = typer.Option(None, "--k", help="Neighbours of knn (default: chosen on validation)."),
+    c: Optional[float] = typer.Option(
+        None, "--C", help="Inverse regularization of logreg and svm (default: chosen on validation)."
+    ),
 ) -> None:
     """Train one head on the cache's training split and write a run directory.
 
@@ -148,11 +160,12 @@ def train_cmd(
 
     with cli_errors():
         params = _params(epochs, batch_size, learning_rate, hidden_units, dropout, patience, class_weight)
+        params.update({key: v for key, v in (("k", k), ("C", c)) if v is not None})
         _check_applies(params, [head])
         params["random_state"] = seed
         result = training.train(
             cache, head, out or Path("runs") / head, split=_split(split, seed), params=params,
-            plots=not no_plots, stream=stream, exclude=_exclude(exclude_list),
+            plots=not no_plots, stream=stream, exclude=_exclude(exclude_list), calibrate=calibrate,
         )
     from headstart.heads.metrics import summary_line
 
@@ -164,6 +177,10 @@ def train_cmd(
     )
     _echo(f"  validation  {summary_line(result.metrics['val'])}")
     _echo(f"  test        {summary_line(result.metrics['test'])}")
+    cal = result.metrics.get("calibration", {}).get("val")
+    if cal:
+        _echo(f"  calibration (validation): log loss {cal['log_loss_before']:.3f} -> {cal['log_loss_after']:.3f}, "
+              f"ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}")
     _echo(f"Run written to {result.run_dir}  (next: headstart evaluate {result.run_dir})")
 
 

@@ -77,3 +77,7 @@ class AuditError(HeadstartError):
 
 class ExcludeListError(HeadstartError):
     """An --exclude-list file cannot be read as one relative picture path a line."""
+
+
+class SweepError(HeadstartError):
+    """A sweep's search is malformed, or its folder cannot be resumed."""

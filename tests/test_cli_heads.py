@@ -106,7 +106,7 @@ def test_misclassified_lists_pictures_and_draws_a_montage(run_dir, tmp_path):
     ("args", "message"),
     [
         (["train", "{cache}", "--split", "0.5,0.5"], "three comma-separated fractions"),
-        (["train", "{cache}", "--head", "svm"], "Expected a head among softmax, logreg, mlp"),
+        (["train", "{cache}", "--head", "rbf"], "Expected a head among softmax, logreg, mlp, knn, svm"),
         (["train", "{cache}", "--head", "logreg", "--epochs", "3"], "--epochs does not apply to the logreg head"),
         (["train", "{cache}", "--class-weight", "uneven"], "--class-weight none or balanced"),
         (["train", "{tmp}/missing.h5"], "no such file"),
@@ -189,3 +189,23 @@ def test_predict_json_and_exit_0_when_all_are_read(picture_run):
     assert data["failed"] == 0
     (pred,) = data["predictions"]
     assert pred["path"] == str(files[1]) and pred["class"] in ("Cat", "Dog") and 0.5 <= pred["probability"] <= 1
+
+
+def test_train_knn_with_temperature_calibration(cache, tmp_path):
+    out = tmp_path / "knn"
+    result = runner.invoke(app, ["train", str(cache), "--head", "knn", "--calibrate", "temperature", "--out", str(out),
+                                 "--no-plots"])
+    assert result.exit_code == 0, result.output
+    assert "Trained knn" in result.stdout and "temperature" in result.stdout
+    assert "calibration (validation): log loss" in result.stdout
+    assert json.loads((out / "metrics.json").read_text())["calibration"]["method"] == "temperature"
+    result = runner.invoke(app, ["train", str(cache), "--head", "knn", "--calibrate", "isotonic"])
+    assert result.exit_code == 2 and "Expected --calibrate among none, temperature" in result.stderr
+
+
+def test_train_takes_k_and_c_only_for_the_heads_that_have_them(cache, tmp_path):
+    result = runner.invoke(app, ["train", str(cache), "--head", "svm", "--C", "0.01", "--out", str(tmp_path / "svm"),
+                                 "--no-plots"])
+    assert result.exit_code == 0 and "C=0.01" in result.stdout
+    result = runner.invoke(app, ["train", str(cache), "--head", "logreg", "--k", "3", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "--k does not apply to the logreg head; it applies to knn" in result.stderr

@@ -211,8 +211,8 @@ def test_string_classes_round_trip(tmp_path):
 
 
 def test_make_head_rejects_unknown_heads_and_options():
-    with pytest.raises(HeadError, match="Expected a head among softmax, logreg, mlp. Received: 'svm'"):
-        make_head("svm")
+    with pytest.raises(HeadError, match="Expected a head among softmax, logreg, mlp, knn, svm. Received: 'rbf'"):
+        make_head("rbf")
     with pytest.raises(HeadError, match="takes no option epochs"):
         make_head("logreg", epochs=3)
     with pytest.raises(HeadError, match="dropout in \\[0, 1\\). Received: 1.5"):

@@ -154,8 +154,8 @@ def test_out_folder_with_other_files_is_refused(cache, tmp_path):
 
 
 def test_bad_head_fails_before_the_cache_is_read(tmp_path):
-    with pytest.raises(HeadError, match="Received: 'svm'"):
-        training.train(tmp_path / "missing.h5", "svm", tmp_path / "run")
+    with pytest.raises(HeadError, match="Received: 'rbf'"):
+        training.train(tmp_path / "missing.h5", "rbf", tmp_path / "run")
     with pytest.raises(CacheError, match="no such file"):
         training.train(tmp_path / "missing.h5", "logreg", tmp_path / "run")
 

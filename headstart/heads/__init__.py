@@ -1,10 +1,12 @@
 """Heads on cached features: the split, the heads, training, evaluation, metrics, plots and run folders.
 
 One job a module: ``sources`` (rows and standardization), ``base`` (what every head shares),
-``logreg`` and ``keras_heads`` (the heads), ``registry`` (heads by name; a head on disk),
+``logreg``, ``keras_heads``, ``knn`` and ``svm`` (the heads), ``calibration`` (temperature
+scaling), ``registry`` (heads by name; a head on disk),
 ``rundir`` (the run folder: written locked and atomically, read back validated), ``training``
 (``train``, ``compare``), ``evaluation`` (``evaluate``, ``misclassified``), ``split``, ``metrics``,
-``plots``. Predicting new pictures needs the extractor and lives in `headstart.predict`.
+``plots``, ``sweep`` (searches of a head's options), ``catalog`` (every run below a folder).
+Predicting new pictures needs the extractor and lives in `headstart.predict`.
 
 Importing this package loads scikit-learn and h5py, not TensorFlow, Keras or matplotlib; those
 load when a Keras head is fitted or exported, or a plot is drawn. Names load on first use.
@@ -40,6 +42,12 @@ _WHERE = {
     "TrainResult": "headstart.heads.training",
     "compare": "headstart.heads.training",
     "train": "headstart.heads.training",
+    "KNNHead": "headstart.heads.knn",
+    "SVMHead": "headstart.heads.svm",
+    "calibrate": "headstart.heads.calibration",
+    "SweepResult": "headstart.heads.sweep",
+    "sweep": "headstart.heads.sweep",
+    "find_runs": "headstart.heads.catalog",
 }
 
 
@@ -78,4 +86,10 @@ __all__ = [
     "save_head",
     "split_indices",
     "train",
+    "KNNHead",
+    "SVMHead",
+    "calibrate",
+    "SweepResult",
+    "sweep",
+    "find_runs",
 ]

@@ -22,24 +22,47 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from headstart.heads.sources import RowSource, Standardizer, iter_blocks
 
 DTYPES = [np.float32, np.float64, np.float16]
+FITTED_KEYS = ("n_iter_", "best_epoch_", "C_", "k_", "n_rows_", "temperature_")
 PREDICT_ROWS = 8192
 
 
 class Head(ClassifierMixin, BaseEstimator):
     """Base of the heads: prediction a block of rows at a time from ``_proba_rows``.
 
-    Subclasses define ``_proba_rows`` (raw rows → probabilities), ``array_shapes`` (the names and
-    shapes of the fitted arrays that `save_head` writes) and ``_keras_layers``.
+    Subclasses define ``_logits_rows`` (raw rows → scores whose softmax is the probabilities),
+    ``array_shapes`` (the names and shapes of the fitted arrays that `save_head` writes) and
+    ``_keras_logits`` (the same scores from Keras' own layers).
+
+    A fitted head may carry ``temperature_`` (set by `headstart.heads.calibration`): its scores
+    are divided by it before the softmax, in NumPy and in ``to_keras()`` alike.
     """
 
     name = ""
 
-    def _proba_rows(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover
+    def _logits_rows(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
+
+    @property
+    def temperature(self) -> float:
+        """The fitted temperature (1.0 when the head is not calibrated)."""
+        return float(getattr(self, "temperature_", None) or 1.0)
+
+    def _proba_rows(self, X: np.ndarray) -> np.ndarray:
+        return softmax(self._logits_rows(X) / self.temperature)
+
+    def logits_source(self, source: RowSource) -> np.ndarray:
+        """The scores (before temperature and softmax) of every row of a source."""
+        check_is_fitted(self)
+        parts = [self._logits_rows(block) for block in iter_blocks(source)]
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.classes_)))
 
     def array_shapes(self, n_features: int, n_classes: int) -> dict[str, tuple[int, ...]]:  # pragma: no cover
         """Names and shapes of the arrays of a fitted head (what ``arrays_`` holds)."""
         raise NotImplementedError
+
+    def check_arrays(self, arrays: Mapping[str, np.ndarray]) -> str | None:
+        """What is wrong with loaded arrays beyond names, shapes and finiteness (None: nothing)."""
+        return None
 
     def predict_proba(self, X) -> np.ndarray:
         """Probability of each class, columns in the order of ``classes_``."""
@@ -76,7 +99,14 @@ class Head(ClassifierMixin, BaseEstimator):
         outputs = self._keras_layers(keras, x)
         return keras.Model(inputs, outputs, name=f"{self.name}_head")
 
-    def _keras_layers(self, keras, x):  # pragma: no cover
+    def _keras_layers(self, keras, x):
+        """Scores, divided by the temperature when there is one, then softmax."""
+        z = self._keras_logits(keras, x)
+        if self.temperature != 1.0:
+            z = keras.layers.Rescaling(1.0 / self.temperature, name="temperature")(z)
+        return keras.layers.Activation("softmax", name="probabilities")(z)
+
+    def _keras_logits(self, keras, x):  # pragma: no cover
         raise NotImplementedError
 
 
@@ -192,7 +222,7 @@ def check_class_weight(value) -> None:
 def fitted_info(head) -> dict[str, Any]:
     """What fitting chose (``C_``, ``best_epoch_``, ``n_iter_``) as JSON-ready values."""
     out = {}
-    for k in ("n_iter_", "best_epoch_", "C_"):
+    for k in FITTED_KEYS:
         if hasattr(head, k):
             v = getattr(head, k)
             out[k] = v.item() if isinstance(v, np.generic) else v

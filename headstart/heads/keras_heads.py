@@ -27,7 +27,6 @@ from headstart.heads.base import (
     holdout,
     log_loss,
     seed_of,
-    softmax,
 )
 from headstart.heads.sources import ArraySource, RowSource, iter_blocks
 
@@ -216,20 +215,20 @@ class KerasHead(Head):
             )
         return self
 
-    def _proba_rows(self, X: np.ndarray) -> np.ndarray:
+    def _logits_rows(self, X: np.ndarray) -> np.ndarray:
         x = self.scaler_.transform(X)
         a = self.arrays_
         for name in self.dense_layers[:-1]:
             x = np.maximum(x @ a[f"{name}.kernel"] + a[f"{name}.bias"], 0.0)
         last = self.dense_layers[-1]
-        return softmax(x @ a[f"{last}.kernel"] + a[f"{last}.bias"])
+        return x @ a[f"{last}.kernel"] + a[f"{last}.bias"]
 
-    def _keras_layers(self, keras, x):
+    def _keras_logits(self, keras, x):
         a = self.arrays_
         for name in self.dense_layers[:-1]:
             x = dense(keras, name, a[f"{name}.kernel"], a[f"{name}.bias"], activation="relu")(x)
         last = self.dense_layers[-1]
-        return dense(keras, last, a[f"{last}.kernel"], a[f"{last}.bias"], activation="softmax")(x)
+        return dense(keras, last, a[f"{last}.kernel"], a[f"{last}.bias"])(x)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -31,7 +31,6 @@ from headstart.heads.base import (
     fit_scaler,
     holdout,
     log_loss,
-    softmax,
 )
 from headstart.heads.sources import ArraySource, RowSource, as_array
 
@@ -175,10 +174,10 @@ class LogRegHead(Head):
         log.info("logreg head: C=%g chosen from %s", self.C_, Cs)
         return self
 
-    def _proba_rows(self, X: np.ndarray) -> np.ndarray:
+    def _logits_rows(self, X: np.ndarray) -> np.ndarray:
         a = self.arrays_
-        return softmax(self.scaler_.transform(X) @ a["coef"].T + a["intercept"])
+        return self.scaler_.transform(X) @ a["coef"].T + a["intercept"]
 
-    def _keras_layers(self, keras, x):
+    def _keras_logits(self, keras, x):
         a = self.arrays_
-        return dense(keras, "predictions", a["coef"].T, a["intercept"], activation="softmax")(x)
+        return dense(keras, "predictions", a["coef"].T, a["intercept"])(x)

@@ -3,5 +3,5 @@
 `headstart.heads.registry.HEADS` holds the classes under exactly these names (a test checks).
 """
 
-HEAD_NAMES = ("softmax", "logreg", "mlp")
+HEAD_NAMES = ("softmax", "logreg", "mlp", "knn", "svm")
 DEFAULT_HEADS = ("softmax", "logreg", "mlp")

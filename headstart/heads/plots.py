@@ -59,17 +59,20 @@ def plot_curves(
     fig = _figure(9, 3.6)
     ax_loss, ax_acc = fig.subplots(1, 2)
     by_c = bool(history) and "C" in history[0]
-    x = [row["C" if by_c else "epoch"] for row in history]
+    x_key = next((k for k in ("C", "k") if history and k in history[0]), "epoch")
+    x = [row[x_key] for row in history]
     for ax, key, label in ((ax_loss, "loss", "log loss"), (ax_acc, "accuracy", "accuracy")):
         for prefix, name in (("", "training"), ("val_", "validation")):
             ys = [row.get(prefix + key) for row in history]
             if any(v is not None for v in ys):
-                ax.plot(x, [np.nan if v is None else v for v in ys], marker="o" if by_c else None, label=name)
+                ax.plot(x, [np.nan if v is None else v for v in ys], marker="o" if x_key != "epoch" else None,
+                        label=name)
         if chosen is not None:
-            ax.axvline(chosen, color="gray", linestyle=":", label=f"kept ({'C' if by_c else 'epoch'} {chosen:g})")
-        ax.set_xlabel("C (inverse regularization)" if by_c else "epoch")
+            ax.axvline(chosen, color="gray", linestyle=":", label=f"kept ({x_key} {chosen:g})")
+        ax.set_xlabel({"C": "C (inverse regularization)", "k": "k (neighbours)"}.get(x_key, "epoch"))
         ax.set_ylabel(label)
-        if by_c:
+        if by_c and len(set(x)) > 1:
+            ax.set_xlim(min(x) / 2, max(x) * 2)  # a curve of one point must not collapse the axis
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
         ax.legend()
@@ -101,16 +104,28 @@ def plot_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], 
     return _save(fig, path)
 
 
-def plot_calibration(bins: Sequence[Mapping[str, Any]], ece: float, path: Path, title: str = "") -> Path:
-    """Reliability diagram: accuracy against confidence per bin, with the share of rows below."""
+def plot_calibration(
+    bins: Sequence[Mapping[str, Any]], ece: float, path: Path, title: str = "",
+    before: tuple[Sequence[Mapping[str, Any]], float] | None = None,
+) -> Path:
+    """Reliability diagram: accuracy against confidence per bin, with the share of rows below.
+
+    ``before`` (bins, ECE) of the uncalibrated head draws it too, as points and a line.
+    """
     fig = _figure(5, 6)
     ax, ax_n = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
     lo = np.array([b["lower"] for b in bins])
     width = np.array([b["upper"] - b["lower"] for b in bins])
     acc = np.array([b.get("accuracy", np.nan) for b in bins])
     count = np.array([b["count"] for b in bins])
-    ax.bar(lo, np.nan_to_num(acc), width=width, align="edge", edgecolor="black", alpha=0.7, label="accuracy")
+    label = "accuracy" if before is None else f"after calibration (ECE {ece:.3f})"
+    ax.bar(lo, np.nan_to_num(acc), width=width, align="edge", edgecolor="black", alpha=0.7, label=label)
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfectly calibrated")
+    if before is not None:
+        b_bins, b_ece = before
+        pts = [(b["confidence"], b["accuracy"]) for b in b_bins if b.get("count")]
+        if pts:
+            ax.plot(*zip(*pts), "o-", color="tab:red", label=f"before calibration (ECE {b_ece:.3f})")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
     ax.legend(loc="upper left")
@@ -164,4 +179,36 @@ def plot_montage(items: Sequence[Mapping[str, Any]], path: Path, columns: int = 
             log.warning("montage: cannot read %s (%s)", item["file"], err)
             ax.text(0.5, 0.5, "unreadable", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(f"{item['true']} → {item['predicted']} ({item['probability']:.2f})", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_sweep_param(rows: Sequence[Mapping[str, Any]], name: str, path: Path, head: str = "") -> Path:
+    """Validation accuracy of every trial against one searched option; the best trial ringed.
+
+    Numbers go on a linear axis (logarithmic when they span a factor of 50 or more), anything
+    else (``class_weight``) on a categorical one. A trial that did not set the option is left out.
+    """
+    fig = _figure(5.5, 3.8)
+    ax = fig.subplots()
+    pts = [(r["params"][name], r["val"]["accuracy"], r.get("rank", 0)) for r in rows if name in r["params"]]
+    values = [p[0] for p in pts]
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if numeric:
+        xs = np.array(values, dtype=float)
+    else:
+        cats = list(dict.fromkeys("none" if v is None else str(v) for v in values))
+        xs = np.array([cats.index("none" if v is None else str(v)) for v in values], dtype=float)
+        ax.set_xticks(range(len(cats)), labels=cats)
+    ys = np.array([p[1] for p in pts], dtype=float)
+    ax.scatter(xs, ys, alpha=0.7, label="trials")
+    best = [i for i, p in enumerate(pts) if p[2] == 1]
+    if best:
+        ax.scatter(xs[best], ys[best], s=160, facecolors="none", edgecolors="tab:red", linewidths=2, label="best")
+    if numeric and len(xs) and xs.min() > 0 and xs.max() / xs.min() >= 50:
+        ax.set_xscale("log")
+    ax.set_xlabel(name)
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    ax.set_title(f"{head + ': ' if head else ''}validation accuracy by {name}")
     return _save(fig, path)

@@ -18,13 +18,17 @@ import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
 from headstart.errors import HeadError, RunError
-from headstart.heads.base import fitted_info
+from headstart.heads.base import FITTED_KEYS, fitted_info
 from headstart.heads.keras_heads import MLPHead, SoftmaxHead
+from headstart.heads.knn import KNNHead
 from headstart.heads.logreg import LogRegHead
+from headstart.heads.svm import SVMHead
 from headstart.heads.names import HEAD_NAMES
 from headstart.heads.sources import Standardizer, load_arrays
 
-HEADS: dict[str, type] = {"softmax": SoftmaxHead, "logreg": LogRegHead, "mlp": MLPHead}
+HEADS: dict[str, type] = {
+    "softmax": SoftmaxHead, "logreg": LogRegHead, "mlp": MLPHead, "knn": KNNHead, "svm": SVMHead,
+}
 assert tuple(HEADS) == HEAD_NAMES, "headstart.heads.names.HEAD_NAMES must list the registry"
 HEAD_FORMAT = 2
 HEAD_JSON = "head.json"
@@ -185,10 +189,17 @@ def load_head(folder: str | Path):
     _need(isinstance(history, list) and all(isinstance(r, dict) for r in history), path, "history as a list", history)
     fitted = meta.get("fitted", {})
     _need(
-        isinstance(fitted, dict) and set(fitted) <= {"n_iter_", "best_epoch_", "C_"}
+        isinstance(fitted, dict) and set(fitted) <= set(FITTED_KEYS)
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in fitted.values()),
         path, "fitted values as numbers", fitted,
     )
+    for key in ("n_iter_", "best_epoch_", "k_", "n_rows_"):
+        if key in fitted:
+            _need(_is_int(fitted[key]) and 0 <= fitted[key] <= 1 << 40, path, f"fitted {key} an integer", fitted[key])
+    for key in ("C_", "temperature_"):
+        if key in fitted:
+            v = fitted[key]
+            _need(np.isfinite(v) and 1e-6 <= v <= 1e6, path, f"fitted {key} a positive number", v)
     cls = HEADS[name]
     try:
         head = make_head(name, **{k: _from_json(v) for k, v in params.items() if k in cls._get_param_names()})
@@ -200,5 +211,12 @@ def load_head(folder: str | Path):
     for k, v in fitted.items():
         setattr(head, k, v)
     head.scaler_ = Standardizer.load(folder / SCALER_FILE, n_features)
-    head.arrays_ = load_arrays(folder / HEAD_ARRAYS, head.array_shapes(n_features, len(classes)))
+    try:
+        shapes = head.array_shapes(n_features, len(classes))
+    except HeadError as err:
+        raise RunError(f"Expected the fitted values of a {name} head in {path}. Received: {err}") from None
+    head.arrays_ = load_arrays(folder / HEAD_ARRAYS, shapes)
+    problem = head.check_arrays(head.arrays_)
+    if problem:
+        raise RunError(f"Expected valid arrays in {folder / HEAD_ARRAYS}. Received: {problem}.")
     return head

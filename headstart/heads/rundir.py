@@ -49,6 +49,11 @@ log = logging.getLogger(__name__)
 RUN_FORMAT = 2
 RUN_KIND = "headstart-run"
 COMPARISON_KIND = "headstart-comparison"
+SWEEP_KIND = "headstart-sweep"
+JOURNAL_KIND = "headstart-sweep-journal"
+SWEEP_JSON = "sweep.json"
+JOURNAL = "journal.jsonl"
+BEST = "best"
 RUN_JSON = "run.json"
 METRICS_JSON = "metrics.json"
 HISTORY_CSV = "history.csv"
@@ -132,9 +137,40 @@ def is_comparison(folder: Path) -> bool:
     return _manifest_matches(folder, data.get("files"), {COMPARISON_JSON, *runs})
 
 
+def journal_header(path: Path) -> dict | None:
+    """The first line of a sweep journal, when it is a journal header headstart wrote (else None)."""
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline(4096)
+        data = json.loads(first.decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) and data.get("kind") == JOURNAL_KIND else None
+
+
+def is_sweep(folder: Path) -> bool:
+    """A sweep folder headstart wrote: a journal alone (an unfinished sweep), or a finished sweep
+    (sweep.json whose manifest matches, its journal, and its best run) that holds nothing else."""
+    if journal_header(folder / JOURNAL) is None:
+        return False
+    data = _json_object(folder / SWEEP_JSON)
+    if data is None:
+        return not (folder / SWEEP_JSON).exists() and {p.name for p in folder.iterdir()} == {JOURNAL}
+    if data.get("kind") != SWEEP_KIND:
+        return False
+    best = folder / BEST
+    if best.exists() and (best.is_symlink() or not best.is_dir() or not is_run(best)):
+        return False
+    return _manifest_matches(folder, data.get("files"), {SWEEP_JSON, JOURNAL, BEST})
+
+
 def _replaceable(out: Path, kind: str) -> bool:
     if not any(out.iterdir()):
         return True
+    if kind == SWEEP_KIND:
+        return is_sweep(out)
     return is_comparison(out) if kind == COMPARISON_KIND else is_run(out)
 
 
@@ -143,7 +179,7 @@ def check_out(out: Path, kind: str) -> None:
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise RunError(f"Expected --out to be a folder. Received: {out} ({'a link' if out.is_symlink() else 'a file'}).")
     if out.is_dir() and not _replaceable(out, kind):
-        what = "run" if kind == RUN_KIND else "comparison"
+        what = {RUN_KIND: "run", COMPARISON_KIND: "comparison", SWEEP_KIND: "sweep"}[kind]
         raise RunError(
             f"Expected --out to be a new or empty folder, or an earlier headstart {what} to replace. "
             f"Received: {out}, which holds files headstart did not write (or that changed since); "
@@ -197,41 +233,52 @@ def result_writer(out: Path, kind: str) -> Iterator[Path]:
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    busy = RunBusyError(
+    with exclusive_lock(lock_path_for(out), busy_error(out)):
+        with staged_result(out, kind) as tmp:
+            yield tmp
+
+
+def busy_error(out: Path) -> RunBusyError:
+    return RunBusyError(
         f"Another headstart process is writing {out}. Wait for it to finish, or choose another --out."
     )
-    with exclusive_lock(lock_path_for(out), busy):
-        check_out(out, kind)
-        prefix = f".{out.name}{_PARTIAL}"
-        for stale in out.parent.glob(prefix + "*"):
-            if stale.is_dir() and not stale.is_symlink():
-                log.info("removing %s, left by a run that was killed", stale)
-                shutil.rmtree(stale, ignore_errors=True)
-        tmp = out.parent / f"{prefix}{os.getpid()}"
-        tmp.mkdir()
-        try:
-            yield tmp
-            _sync_tree(tmp)
-            if not out.exists():
-                os.rename(tmp, out)
-            elif _exchange(tmp, out):
-                old = tmp  # the previous result now sits at the temporary name
-                if _replaceable(old, kind):
-                    shutil.rmtree(old)
-                else:  # someone added a file while we worked: keep it all, visibly
-                    kept = out.parent / f"{out.name}.previous-{os.getpid()}"
-                    os.rename(old, kept)
-                    log.warning("the previous %s gained other files while this run worked; it is kept at %s",
-                                out, kept)
-            else:  # no atomic exchange here: two renames, the old result kept until the new is in place
-                old = out.parent / f"{prefix}{os.getpid()}-old"
-                os.rename(out, old)
-                os.rename(tmp, out)
+
+
+@contextlib.contextmanager
+def staged_result(out: Path, kind: str) -> Iterator[Path]:
+    """`result_writer` without the lock, for a caller that holds ``out``'s lock already (a sweep)."""
+    out = Path(out)
+    check_out(out, kind)
+    prefix = f".{out.name}{_PARTIAL}"
+    for stale in out.parent.glob(prefix + "*"):
+        if stale.is_dir() and not stale.is_symlink():
+            log.info("removing %s, left by a run that was killed", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f"{prefix}{os.getpid()}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        _sync_tree(tmp)
+        if not out.exists():
+            os.rename(tmp, out)
+        elif _exchange(tmp, out):
+            old = tmp  # the previous result now sits at the temporary name
+            if _replaceable(old, kind):
                 shutil.rmtree(old)
-            _fsync_dir(out.parent)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            else:  # someone added a file while we worked: keep it all, visibly
+                kept = out.parent / f"{out.name}.previous-{os.getpid()}"
+                os.rename(old, kept)
+                log.warning("the previous %s gained other files while this run worked; it is kept at %s",
+                            out, kept)
+        else:  # no atomic exchange here: two renames, the old result kept until the new is in place
+            old = out.parent / f"{prefix}{os.getpid()}-old"
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old)
+        _fsync_dir(out.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # -- reading -----------------------------------------------------------------------------------

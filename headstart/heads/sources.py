@@ -232,5 +232,5 @@ def load_arrays(path: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.
             )
         if not np.isfinite(arr).all():
             raise RunError(f"Expected finite values of {name} in {path}. Received: NaN or infinity.")
-        out[name] = arr.astype(np.float32)
+        out[name] = arr if arr.dtype == np.float16 else arr.astype(np.float32)  # float16 stays compact
     return out

@@ -67,8 +67,14 @@ class TrainResult:
         if "C_" in self.fitted:
             return f"C={self.fitted['C_']:g}"
         if "best_epoch_" in self.fitted:
-            return f"best epoch {self.fitted['best_epoch_']} of {self.fitted['n_iter_']}"
-        return ""
+            out = f"best epoch {self.fitted['best_epoch_']} of {self.fitted['n_iter_']}"
+        elif "k_" in self.fitted:
+            out = f"k={self.fitted['k_']}"
+        else:
+            out = ""
+        if "temperature_" in self.fitted:
+            out += f"{', ' if out else ''}temperature {self.fitted['temperature_']:.3g}"
+        return out
 
     @property
     def val_accuracy(self) -> float | None:
@@ -222,12 +228,22 @@ def predict_split(head, source, n_classes: int) -> np.ndarray:
     return M.full_proba(head.predict_proba_source(source), head.classes_, n_classes)
 
 
-def _fit_one(data: Data, name: str, params: Mapping[str, Any], folder: Path, final: Path, plots: bool) -> TrainResult:
-    """Fit one head and write its run into ``folder`` (which becomes ``final`` once swapped in)."""
+IN_MEMORY_HEADS = ("logreg", "svm", "knn")
+
+
+def _fit_one(
+    data: Data, name: str, params: Mapping[str, Any], folder: Path, final: Path, plots: bool,
+    calibrate: str | None = None, extra: Mapping[str, Any] | None = None,
+) -> TrainResult:
+    """Fit one head and write its run into ``folder`` (which becomes ``final`` once swapped in).
+
+    ``calibrate="temperature"`` fits a temperature on the validation split after fitting;
+    ``metrics.json`` then holds ECE and log loss before and after. ``extra`` goes into run.json.
+    """
     head = make_head(name, **params)
-    if data.streamed and name == "logreg":
+    if data.streamed and name in IN_MEMORY_HEADS:
         raise RunError(
-            f"The logreg head needs the training rows in memory, and {data.cache_path} is too large "
+            f"The {name} head needs the training rows in memory, and {data.cache_path} is too large "
             "for the memory available. Use --head softmax or --head mlp, which stream from the file."
         )
     n_train, n_val = len(data.indices["train"]), len(data.indices["val"])
@@ -238,8 +254,16 @@ def _fit_one(data: Data, name: str, params: Mapping[str, Any], folder: Path, fin
         head.fit_source(data.sources["train"], val)
     except ValueError as err:
         raise RunError(f"Training the {name} head failed: {err}") from err
-    fit_seconds = time.perf_counter() - t0
     n_classes = len(data.class_names)
+    before = {}
+    if calibrate:
+        from headstart.heads.calibration import calibrate as fit_calibration
+
+        for split in ("val", "test"):
+            proba = predict_split(head, data.sources[split], n_classes)
+            before[split] = M.split_metrics(data.labels(split), proba, data.class_names)
+        calibration = fit_calibration(head, data.sources["val"] if n_val else None, calibrate)
+    fit_seconds = time.perf_counter() - t0
     metrics = {}
     for split in ("val", "test"):
         proba, y = predict_split(head, data.sources[split], n_classes), data.labels(split)
@@ -247,6 +271,15 @@ def _fit_one(data: Data, name: str, params: Mapping[str, Any], folder: Path, fin
             proba, y, _ = per_picture(proba, y, data.paths[split])
         metrics[split] = M.split_metrics(y, proba, data.class_names)
         log.info("%s %s: %s", name, split, M.summary_line(metrics[split]))
+    if calibrate:
+        for split in ("val", "test"):
+            if before[split].get("n"):
+                calibration[split] = {
+                    "log_loss_before": before[split]["log_loss"], "log_loss_after": metrics[split]["log_loss"],
+                    "ece_before": before[split]["ece"], "ece_after": metrics[split]["ece"],
+                    "calibration_bins_before": before[split]["calibration_bins"],
+                }
+        metrics["calibration"] = calibration
     run = {
         "head": name,
         "params": head_params_json(head),
@@ -257,6 +290,8 @@ def _fit_one(data: Data, name: str, params: Mapping[str, Any], folder: Path, fin
         "class_names": data.class_names,
         "streamed": data.streamed,
         "fit_seconds": round(fit_seconds, 3),
+        "calibrate": calibrate,
+        **dict(extra or {}),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
     }
@@ -265,7 +300,7 @@ def _fit_one(data: Data, name: str, params: Mapping[str, Any], folder: Path, fin
     write_json(folder / METRICS_JSON, {"class_names": data.class_names, **metrics})
     _write_history(head.history_, folder / HISTORY_CSV)
     if plots:
-        chosen = getattr(head, "C_", getattr(head, "best_epoch_", None))
+        chosen = getattr(head, "C_", getattr(head, "best_epoch_", getattr(head, "k_", None)))
         _plot_run(folder, name, head.history_, metrics, data.class_names, chosen)
     seal_run(folder, run)
     return TrainResult(
@@ -289,8 +324,13 @@ def _plot_run(folder: Path, head: str, history, metrics, class_names, chosen) ->
         plots.plot_confusion(
             m["confusion_matrix"], class_names, folder / "confusion.png", title=f"{head}: {shown} split"
         )
-        plots.plot_calibration(m["calibration_bins"], m["ece"], folder / "calibration.png",
-                               title=f"{head}: {shown} split, ECE {m['ece']:.3f}")
+        cal = metrics.get("calibration", {}).get(shown)
+        before = (cal["calibration_bins_before"], cal["ece_before"]) if cal else None
+        title = f"{head}: {shown} split, ECE {m['ece']:.3f}"
+        if cal:
+            title = f"{head}: {shown} split, ECE {cal['ece_before']:.3f} -> {m['ece']:.3f} (temperature)"
+        plots.plot_calibration(m["calibration_bins"], m["ece"], folder / "calibration.png", title=title,
+                               before=before)
 
 
 def train(
@@ -303,6 +343,7 @@ def train(
     plots: bool = True,
     stream: bool | None = None,
     exclude=None,
+    calibrate: str | None = None,
 ) -> TrainResult:
     """Fit one head on the training split of a cache and write a run folder to ``out``.
 
@@ -311,13 +352,16 @@ def train(
     `headstart.exclude_list.ExcludeList` of pictures to leave out of every split. ``out`` must
     be new, empty or an earlier run (replaced whole, in one step, when the new one is complete).
     """
+    from headstart.heads.calibration import check_calibration
+
     out = Path(out)
     make_head(head, **dict(params or {}))  # bad options fail before the cache is read
+    calibrate = check_calibration(calibrate)
     check_out(out, RUN_KIND)  # fail early; checked again under the lock
     with open_cache(cache_path) as cache:
         data = prepare(cache, split, stream, exclude)
         with result_writer(out, RUN_KIND) as tmp:
-            return _fit_one(data, head, dict(params or {}), tmp, out, plots)
+            return _fit_one(data, head, dict(params or {}), tmp, out, plots, calibrate)
 
 
 def compare(
@@ -361,11 +405,13 @@ def compare(
             from headstart.baseline import read_baseline
 
             extra.append(read_baseline(baseline, split, data.class_names))
-        if data.streamed and "logreg" in heads:
-            log.warning("the cache is streamed from disk; logreg needs memory and is left out")
-            heads = [h for h in heads if h != "logreg"]
+        left_out = [h for h in heads if h in IN_MEMORY_HEADS] if data.streamed else []
+        if left_out:
+            log.warning("the cache is streamed from disk; %s need memory and are left out", ", ".join(left_out))
+            heads = [h for h in heads if h not in left_out]
             if not heads:
-                raise RunError("The logreg head needs the training rows in memory; the cache is too large.")
+                raise RunError(f"The {', '.join(left_out)} heads need the training rows in memory; "
+                               "the cache is too large.")
         with result_writer(out, COMPARISON_KIND) as tmp:
             for name in heads:
                 runs.append(_fit_one(data, name, per_head[name], tmp / name, out / name, plots))

@@ -1,0 +1,81 @@
+"""Calibrating a fitted head's probabilities on the validation split: temperature scaling.
+
+One number ``T > 0`` divides the head's scores before the softmax (``softmax(z / T)``); it is
+chosen on the validation rows by minimising their log loss (a bounded 1-D search over
+``log T``), so the predicted class never changes, only how sure the head says it is. Any head
+takes it (its ``_logits_rows``); it is saved in ``head.json`` (``fitted.temperature_``) and used by
+``predict_proba`` (so ``evaluate``, ``predict``) and by ``to_keras()`` (a ``Rescaling`` layer).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from headstart.errors import HeadError
+from headstart.heads.base import encode, log_loss, softmax
+from headstart.heads.svm import smoothed_targets
+
+log = logging.getLogger(__name__)
+
+CALIBRATIONS = ("none", "temperature")
+T_BOUNDS = (0.05, 20.0)
+
+
+def check_calibration(name: str | None) -> str | None:
+    """``None`` for no calibration, else the method's name; an unknown one is a `HeadError`."""
+    if name is None or name == "none":
+        return None
+    if name not in CALIBRATIONS:
+        raise HeadError(f"Expected --calibrate among {', '.join(CALIBRATIONS)}. Received: {name!r}.")
+    return name
+
+
+def fit_temperature(logits: np.ndarray, y_idx: np.ndarray) -> float:
+    """The temperature of least log loss of ``softmax(logits / T)`` on these rows, in ``T_BOUNDS``.
+
+    The loss is taken against Platt's smoothed targets (`headstart.heads.svm.smoothed_targets`):
+    on a validation split the head gets entirely right, plain log loss falls forever as ``T``
+    shrinks and the head would come out overconfident. A temperature whose plain log loss is
+    worse than the head's own is not kept (1.0 is returned).
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    targets = smoothed_targets(y_idx, logits.shape[1])
+
+    def smoothed(log_t: float) -> float:
+        z = logits / np.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return float(-np.mean(np.sum(targets * log_p, axis=1)))
+
+    def plain(t: float) -> float:
+        return log_loss(softmax(logits / t), y_idx)
+
+    lo, hi = np.log(T_BOUNDS[0]), np.log(T_BOUNDS[1])
+    res = minimize_scalar(smoothed, bounds=(lo, hi), method="bounded", options={"xatol": 1e-4})
+    t = float(np.exp(res.x))
+    return t if plain(t) < plain(1.0) else 1.0
+
+
+def calibrate(head, validation, method: str = "temperature") -> dict[str, Any]:
+    """Fit ``head.temperature_`` on a validation `RowSource`; returns what was fitted.
+
+    Raises `HeadError` without validation rows (there is nothing to calibrate on).
+    """
+    if method != "temperature":
+        raise HeadError(f"Expected --calibrate among {', '.join(CALIBRATIONS)}. Received: {method!r}.")
+    if validation is None or not len(validation.labels):
+        raise HeadError(
+            "Expected validation pictures to calibrate on. Received: an empty validation split; "
+            "give it a share with --split (e.g. 0.7,0.15,0.15) or leave out --calibrate."
+        )
+    head.temperature_ = None
+    logits = head.logits_source(validation)
+    y_idx = encode(validation.labels, head.classes_, "validation")
+    t = fit_temperature(logits, y_idx)
+    head.temperature_ = t
+    log.info("%s head: temperature %.3f fitted on %d validation rows", head.name, t, len(y_idx))
+    return {"method": method, "temperature": t}

@@ -1,0 +1,107 @@
+"""Tests of headstart.heads.calibration: temperature scaling on validation, for any head, saved and exported."""
+
+import json
+
+import numpy as np
+import pytest
+
+from headstart.errors import HeadError
+from headstart.heads import training
+from headstart.heads.base import log_loss
+from headstart.heads.calibration import calibrate, check_calibration, fit_temperature
+from headstart.heads.registry import load_head, make_head, save_head
+from headstart.heads.sources import ArraySource
+
+
+def blobs(n=900, dim=16, classes=3, seed=0, spread=2.5):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 1, (classes, dim))
+    y = rng.integers(0, classes, n)
+    return (5 + centers[y] + rng.normal(0, spread, (n, dim))).astype(np.float32), y
+
+
+def overconfident_logreg(X, y):
+    """A logistic regression whose scores are multiplied by 6: right as often, far too sure."""
+    head = make_head("logreg", C=1.0).fit(X, y)
+    head.arrays_ = {k: v * 6 for k, v in head.arrays_.items()}
+    return head
+
+
+def test_temperature_lowers_validation_log_loss_of_a_miscalibrated_head():
+    X, y = blobs()
+    head = overconfident_logreg(X[:500], y[:500])
+    val = ArraySource(X[500:700], y[500:700])
+    before = head.predict_proba_source(val)
+    fitted = calibrate(head, val)
+    after = head.predict_proba_source(val)
+    assert fitted["temperature"] > 3 and head.temperature_ == fitted["temperature"]
+    assert log_loss(after, y[500:700]) < 0.8 * log_loss(before, y[500:700])
+    np.testing.assert_array_equal(after.argmax(1), before.argmax(1))  # the predicted class never changes
+    # and on rows it never saw
+    uncalibrated = overconfident_logreg(X[:500], y[:500]).predict_proba(X[700:])
+    assert log_loss(head.predict_proba(X[700:]), y[700:]) < log_loss(uncalibrated, y[700:])
+
+
+def test_a_well_calibrated_head_keeps_a_temperature_near_one():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (3000, 4))
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y = np.array([rng.choice(4, p=row) for row in p])
+    assert 0.85 < fit_temperature(logits, y) < 1.15
+
+
+def test_temperature_is_saved_loaded_and_exported(tmp_path):
+    X, y = blobs()
+    head = overconfident_logreg(X[:500], y[:500])
+    calibrate(head, ArraySource(X[500:700], y[500:700]))
+    save_head(head, tmp_path)
+    assert json.loads((tmp_path / "head.json").read_text())["fitted"]["temperature_"] == head.temperature_
+    back = load_head(tmp_path)
+    np.testing.assert_allclose(back.predict_proba(X[700:]), head.predict_proba(X[700:]), rtol=1e-5)
+    model = back.to_keras()
+    assert model.get_layer("temperature").scale == pytest.approx(1 / head.temperature_)
+    np.testing.assert_allclose(np.asarray(model(X[700:])), head.predict_proba(X[700:]), atol=2e-5)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, 1e9, "1.5"])
+def test_registry_refuses_a_bad_temperature(tmp_path, bad):
+    from headstart.errors import RunError
+
+    X, y = blobs(n=200)
+    save_head(make_head("logreg", C=1.0).fit(X, y), tmp_path)
+    meta = json.loads((tmp_path / "head.json").read_text())
+    meta["fitted"]["temperature_"] = bad
+    (tmp_path / "head.json").write_text(json.dumps(meta))
+    with pytest.raises(RunError, match="temperature_|fitted values"):
+        load_head(tmp_path)
+
+
+def test_calibration_needs_validation_rows_and_a_known_method():
+    X, y = blobs(n=200)
+    head = make_head("logreg", C=1.0).fit(X, y)
+    with pytest.raises(HeadError, match="validation pictures to calibrate on"):
+        calibrate(head, ArraySource(X[:0], y[:0]))
+    with pytest.raises(HeadError, match="Expected --calibrate among none, temperature. Received: 'platt'"):
+        check_calibration("platt")
+    assert check_calibration("none") is None
+
+
+def test_train_with_calibration_reports_before_and_after(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from heads_fixtures import features, write_cache
+
+    X, y = features(sep=0.25)
+    cache = write_cache(tmp_path / "c.h5", X, y)
+    result = training.train(cache, "knn", tmp_path / "run", calibrate="temperature")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    cal = metrics["calibration"]
+    assert cal["method"] == "temperature" and cal["temperature"] == result.fitted["temperature_"]
+    assert cal["val"]["log_loss_after"] <= cal["val"]["log_loss_before"]
+    assert {"ece_before", "ece_after", "calibration_bins_before"} <= set(cal["test"])
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["calibrate"] == "temperature" and (tmp_path / "run" / "calibration.png").stat().st_size > 0
+    from headstart.heads.evaluation import evaluate
+
+    assert evaluate(tmp_path / "run").metrics["log_loss"] == pytest.approx(metrics["test"]["log_loss"])
