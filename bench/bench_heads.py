@@ -2,7 +2,7 @@
 
 Writes a synthetic cache of ``--rows`` x ``--dim`` float16 features (default 25,000 x 4,096, the
 size of Dogs vs Cats through VGG16 fc2: 200 MB) into a temporary folder, then trains each head
-with ``headstart.heads.runs.train`` in a child process of its own, and prints one table: fit
+with ``headstart.heads.training.train`` in a child process of its own, and prints one table: fit
 seconds, wall seconds of the whole child (imports, loading, metrics), test accuracy, and the
 child's peak resident memory (``ru_maxrss`` from ``os.wait4``). A first child that only imports
 the libraries and opens the cache gives the memory floor.
@@ -59,7 +59,7 @@ def child(head: str, cache: str, out: str, stream: str) -> None:
     import keras  # noqa: F401  (the import is part of the floor)
 
     from headstart.cache import open_cache
-    from headstart.heads import runs
+    from headstart.heads import training as runs
 
     if head == "floor":
         with open_cache(cache) as c:

@@ -1,7 +1,7 @@
 """The head commands of the CLI (train, compare, evaluate, predict, misclassified): parse, call, print.
 
-`register(app)` adds them to a typer app. Each command calls one function of
-`headstart.heads.runs`, imported inside the command so that ``headstart --help`` stays fast, and
+`register(app)` adds them to a typer app. Each command calls one function of `headstart.heads`
+(or `headstart.predict`), imported inside the command so that ``headstart --help`` stays fast, and
 turns a `HeadstartError` into one line on stderr and its exit code (2). ``predict`` exits 1
 when some pictures could not be read.
 """
@@ -16,6 +16,8 @@ import typer
 
 from headstart.console import cli_errors, err_console, out_console
 from headstart.errors import HeadstartError
+from headstart.heads.names import DEFAULT_HEADS as _DEFAULT_HEADS
+from headstart.heads.names import HEAD_NAMES as _HEADS
 
 EXIT_SOME_FAILED = 1
 
@@ -61,6 +63,35 @@ def _params(
     return {k: v for k, v in given.items() if v is not None}
 
 
+_FLAGS = {
+    "epochs": "--epochs",
+    "batch_size": "--batch-size",
+    "learning_rate": "--learning-rate",
+    "hidden_units": "--hidden-units",
+    "dropout": "--dropout",
+    "patience": "--patience",
+    "class_weight": "--class-weight",
+}
+
+
+def _check_applies(params: dict[str, Any], heads: List[str]) -> None:
+    """Each option the user set must apply to at least one of the chosen heads (named as a flag)."""
+    from headstart.heads.registry import head_class, head_params
+
+    for name in heads:
+        head_class(name)  # an unknown head is named before its options
+    for key in params:
+        takers = [h for h in heads if key in head_params(h)]
+        if not takers:
+            from headstart.heads.registry import head_names
+
+            applies = [h for h in head_names() if key in head_params(h)]
+            raise HeadstartError(
+                f"{_FLAGS.get(key, key)} does not apply to the {' or '.join(heads)} head"
+                f"{'s' if len(heads) > 1 else ''}; it applies to {', '.join(applies)}. Leave it out."
+            )
+
+
 def _fmt(value: Optional[float], digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -83,7 +114,7 @@ NO_PLOTS = typer.Option(False, "--no-plots", help="Skip the PNG plots.")
 
 def train_cmd(
     cache: Path = typer.Argument(..., help="A feature cache made by headstart extract."),
-    head: str = typer.Option("logreg", "--head", help="softmax, logreg or mlp."),
+    head: str = typer.Option("logreg", "--head", help=f"One of: {', '.join(_HEADS)}."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to write (default runs/HEAD)."),
     split: str = SPLIT,
     seed: int = SEED,
@@ -103,12 +134,13 @@ def train_cmd(
 
     Example: headstart train pets-vgg16-fc2.h5 --head logreg --out runs/logreg
     """
-    from headstart.heads import runs
+    from headstart.heads import training
 
     with cli_errors():
         params = _params(epochs, batch_size, learning_rate, hidden_units, dropout, patience, class_weight)
+        _check_applies(params, [head])
         params["random_state"] = seed
-        result = runs.train(
+        result = training.train(
             cache, head, out or Path("runs") / head, split=_split(split, seed), params=params,
             plots=not no_plots, stream=stream,
         )
@@ -127,7 +159,9 @@ def train_cmd(
 
 def compare_cmd(
     cache: Path = typer.Argument(..., help="A feature cache made by headstart extract."),
-    heads: str = typer.Option("softmax,logreg,mlp", "--heads", help="Comma-separated heads to train."),
+    heads: str = typer.Option(
+        ",".join(_DEFAULT_HEADS), "--heads", help=f"Comma-separated heads to train, among: {', '.join(_HEADS)}."
+    ),
     out: Optional[Path] = typer.Option(
         None, "--out", "-o", help="Folder for the runs and the table (default runs/compare-CACHE)."
     ),
@@ -149,13 +183,14 @@ def compare_cmd(
 
     Example: headstart compare pets-vgg16-fc2.h5 --heads softmax,logreg --out runs/compare
     """
-    from headstart.heads import runs
+    from headstart.heads import training
 
     with cli_errors():
         params = _params(epochs, batch_size, learning_rate, hidden_units, dropout, patience, class_weight)
-        params["random_state"] = seed
         names = [h.strip() for h in heads.split(",") if h.strip()]
-        result = runs.compare(
+        _check_applies(params, names)
+        params["random_state"] = seed
+        result = training.compare(
             cache, out or Path("runs") / f"compare-{cache.stem}", heads=names, split=_split(split, seed),
             params=params, plots=not no_plots, stream=stream,
         )
@@ -188,10 +223,10 @@ def evaluate_cmd(
 
     Example: headstart evaluate runs/logreg new-pictures.h5
     """
-    from headstart.heads import runs
+    from headstart.heads import evaluation
 
     with cli_errors():
-        result = runs.evaluate(run, cache)
+        result = evaluation.evaluate(run, cache)
     if as_json:
         typer.echo(json.dumps({"run": str(run), "cache": str(result.cache_path), "scope": result.scope,
                                "excluded": result.excluded, "metrics": result.metrics}, indent=2))
@@ -219,12 +254,12 @@ def evaluate_cmd(
 def predict_cmd(
     run: Path = typer.Argument(..., help="A run directory made by headstart train."),
     paths: List[Path] = typer.Argument(..., help="Pictures, and folders to search for pictures."),
-    top_k: int = typer.Option(1, "--top-k", "-k", help="Print the K most probable classes."),
+    top_k: int = typer.Option(1, "--top-k", "-k", min=1, help="Print the K most probable classes."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of lines."),
     weights: Optional[Path] = typer.Option(
         None, "--weights", help="The backbone weights file, when the cache was extracted with one."
     ),
-    batch_size: int = typer.Option(32, "--batch-size", help="Pictures per backbone call."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Pictures per backbone call."),
 ) -> None:
     """Classify pictures with a run's head: one line per picture, path, class, probability.
 
@@ -234,10 +269,10 @@ def predict_cmd(
 
     Example: headstart predict runs/logreg my-cat.jpg more-pictures/ --top-k 2
     """
-    from headstart.heads import runs
+    from headstart import predict
 
     with cli_errors():
-        result = runs.predict(run, paths, top_k=top_k, batch_size=batch_size, weights=weights)
+        result = predict.predict(run, paths, top_k=top_k, batch_size=batch_size, weights=weights)
     failed = result.failed
     if as_json:
         typer.echo(json.dumps({"predictions": [p.to_dict() for p in result.predictions],
@@ -257,17 +292,19 @@ def predict_cmd(
 def misclassified_cmd(
     run: Path = typer.Argument(..., help="A run directory made by headstart train."),
     n: int = typer.Option(20, "-n", "--number", help="How many pictures to list."),
-    montage: Optional[Path] = typer.Option(None, "--montage", help="Draw them in a grid into this PNG."),
+    montage: Optional[Path] = typer.Option(
+        None, "--montage", help="Draw them in a grid into this picture (.png, .jpg, .pdf, .svg, .webp by its suffix)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """List the misclassified test pictures of highest loss: path, true class, predicted, probability.
 
     Example: headstart misclassified runs/logreg -n 25 --montage mistakes.png
     """
-    from headstart.heads import runs
+    from headstart.heads import evaluation
 
     with cli_errors():
-        result = runs.misclassified(run, n, montage)
+        result = evaluation.misclassified(run, n, montage)
     if as_json:
         typer.echo(json.dumps({"n_test": result.n_test, "n_wrong": result.n_wrong,
                                "montage": None if result.montage is None else str(result.montage),

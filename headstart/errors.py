@@ -39,5 +39,17 @@ class RunError(HeadstartError):
     """A run directory is missing files or was made with other settings."""
 
 
+class RunBusyError(RunError):
+    """Another headstart process is writing the same run folder."""
+
+
+class HeadError(HeadstartError):
+    """The head asked for does not exist, or was given an option it does not take."""
+
+
+class SplitError(HeadstartError):
+    """The split settings are malformed, or leave a split that training needs empty."""
+
+
 class CacheReadError(CacheError):
     """HDF5 could not read part of the cache: a damaged file, or a live writer's newest strings."""

@@ -182,9 +182,9 @@ HEADS_SCRIPT = textwrap.dedent(
     import numpy as np
     import keras
     try:
-        from headstart.heads.estimators import load_head, make_head, save_head
+        from headstart.heads import load_head, make_head, save_head
     except ImportError as err:
-        print(json.dumps({"skip": f"headstart.heads.estimators: {err}"}))
+        print(json.dumps({"skip": f"headstart.heads: {err}"}))
         sys.exit(0)
     folder, reference = sys.argv[1], sys.argv[2]
     rng = np.random.default_rng(0)

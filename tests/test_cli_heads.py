@@ -49,7 +49,7 @@ def run_dir(cache):
 
 
 def test_train_prints_a_summary_and_writes_the_run(run_dir):
-    assert (run_dir / "run.json").exists() and (run_dir / "head.joblib").exists()
+    assert (run_dir / "run.json").exists() and (run_dir / "head.npz").exists()
     result = runner.invoke(app, ["train", str(json.loads((run_dir / "run.json").read_text())["cache"]["path"]),
                                  "--out", str(run_dir), "--no-plots", "--seed", "3", "--split", "80,10,10"])
     assert result.exit_code == 0, result.output
@@ -107,11 +107,11 @@ def test_misclassified_lists_pictures_and_draws_a_montage(run_dir, tmp_path):
     [
         (["train", "{cache}", "--split", "0.5,0.5"], "three comma-separated fractions"),
         (["train", "{cache}", "--head", "svm"], "Expected a head among softmax, logreg, mlp"),
-        (["train", "{cache}", "--head", "logreg", "--epochs", "3"], "takes no option epochs"),
+        (["train", "{cache}", "--head", "logreg", "--epochs", "3"], "--epochs does not apply to the logreg head"),
         (["train", "{cache}", "--class-weight", "uneven"], "--class-weight none or balanced"),
         (["train", "{tmp}/missing.h5"], "no such file"),
-        (["evaluate", "{tmp}"], "Expected a run directory made by `headstart train`"),
-        (["compare", "{cache}", "--heads", "logreg", "--dropout", "0.1"], "takes the option dropout"),
+        (["evaluate", "{tmp}"], "Expected a run folder made by `headstart train`"),
+        (["compare", "{cache}", "--heads", "logreg", "--dropout", "0.1"], "--dropout does not apply to the logreg head"),
         (["misclassified", "{tmp}/nope"], "no such folder"),
     ],
 )

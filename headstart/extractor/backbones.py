@@ -295,8 +295,14 @@ def make_config(
     """Check the user's options and resolve defaults into an `ExtractionConfig`."""
     import keras
 
-    from headstart.extractor.config import PRECISIONS, STORAGE_DTYPES, resolve_weights
-    from headstart.extractor.decode import RESIZE_METHODS
+    from headstart.extractor.config import (
+        MAX_INPUT_SIZE,
+        MIN_INPUT_SIZE,
+        PRECISIONS,
+        RESIZE_METHODS,
+        STORAGE_DTYPES,
+        resolve_weights,
+    )
 
     spec = get_backbone(backbone)
     layer = layer or spec.default_layer
@@ -317,14 +323,14 @@ def make_config(
         raise BackboneError(f"Expected --precision among auto, {', '.join(PRECISIONS)}. Received: {precision!r}.")
     if dtype not in STORAGE_DTYPES:
         raise BackboneError(f"Expected --dtype among {', '.join(STORAGE_DTYPES)}. Received: {dtype!r}.")
-    size = input_size or spec.input_size
+    size = spec.input_size if input_size is None else input_size
+    if not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
+        raise BackboneError(f"Expected --input-size from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}. Received: {size}.")
     if spec.layers[layer].include_top and size != spec.input_size:
         raise BackboneError(
             f"Expected --input-size {spec.input_size} for {spec.name} {layer} (its dense layers fix it). "
             f"Received: {size}."
         )
-    if size < 32:
-        raise BackboneError(f"Expected --input-size of at least 32. Received: {size}.")
     identity, path, seed_used = resolve_weights(weights, seed)
     return ExtractionConfig(
         backbone=spec.name,

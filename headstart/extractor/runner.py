@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -308,6 +309,10 @@ def extract(
 
     t0 = time.perf_counter()
     source, out = Path(source), Path(out)
+    if not (isinstance(commit_seconds, (int, float)) and math.isfinite(commit_seconds) and commit_seconds >= 0):
+        raise HeadstartError(f"Expected --commit-seconds of 0 or more. Received: {commit_seconds}.")
+    if workers is not None and workers < 1:
+        raise HeadstartError(f"Expected --workers of at least 1. Received: {workers}.")
     config = config or (embedder.config if embedder else make_config())
     if embedder is not None and embedder.config != config:
         raise HeadstartError("Expected an embedder built for the same extraction config as the one given.")

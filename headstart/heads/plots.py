@@ -12,6 +12,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from headstart.errors import HeadstartError
+
 log = logging.getLogger(__name__)
 
 
@@ -24,9 +26,26 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path: Path) -> Path:
+IMAGE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".pdf": "pdf", ".svg": "svg", ".webp": "webp"}
+
+
+def check_image_path(path: Path, option: str) -> Path:
+    """A picture path whose suffix names a format we can write (its folder is created when saving)."""
     path = Path(path)
-    fig.savefig(path, format="png")
+    if path.suffix.lower() not in IMAGE_FORMATS:
+        raise HeadstartError(
+            f"Expected {option} to end in one of {', '.join(IMAGE_FORMATS)}. Received: {path}."
+        )
+    if path.exists() and path.is_dir():
+        raise HeadstartError(f"Expected {option} to be a file path. Received: {path} (a folder).")
+    return path
+
+
+def _save(fig, path: Path) -> Path:
+    """Save in the format the suffix names (PNG by default), creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format=IMAGE_FORMATS.get(path.suffix.lower(), "png"))
     return path
 
 

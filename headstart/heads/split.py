@@ -20,15 +20,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from headstart.errors import HeadstartError
+from headstart.errors import SplitError
 
 SPLITS = ("train", "val", "test")
 TRAIN, VAL, TEST = 0, 1, 2
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
-
-
-class SplitError(HeadstartError):
-    """The split settings are malformed, or leave a split that training needs empty."""
 
 
 @dataclass(frozen=True)

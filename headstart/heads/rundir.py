@@ -1,0 +1,360 @@
+"""The run folder: its files, how it is written (locked, atomic) and how it is read back (validated).
+
+A run folder (``train --out``)::
+
+    head.json, head.npz, standardization.npz   the fitted head (see `headstart.heads.registry`)
+    run.json       kind, format, head and options, cache (path, fingerprint, digest), split, class
+                   names, versions, seconds, and ``files``: the SHA-256 of every other file written
+    metrics.json   validation and test metrics;  history.csv;  curves.png, confusion.png, calibration.png
+
+A comparison folder (``compare --out``) holds ``comparison.json`` (kind, format, ``runs``: the
+run sub-folders), ``comparison.png`` and one run folder per head.
+
+Writing. One writer per folder (a lock file beside it; a second writer is refused). The result
+is built in a hidden sibling folder and swapped into place in one step (``renameat2`` with
+``RENAME_EXCHANGE`` on Linux): a kill at any moment leaves the old result or the new one, whole.
+An existing ``--out`` is replaced only when it is empty or a headstart result whose files all
+match its manifest; a folder with any other file is refused, and nothing we did not write is
+ever deleted.
+
+Reading. `read_run` checks run.json field by field (types, registry names, the fingerprint's
+digest), that every listed file is there with its recorded SHA-256, and loads the head through
+`headstart.heads.registry.load_head`, which checks the arrays. A folder from headstart 0.1
+(pickled heads) is refused with a message to train again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import importlib.metadata as _md
+import json
+import logging
+import numbers
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from headstart.cache.fingerprint import fingerprint_digest
+from headstart.errors import RunBusyError, RunError, SplitError
+from headstart.heads.registry import HEAD_FILES, HEADS, _read_json, head_name, load_head
+from headstart.heads.split import SplitSpec
+from headstart.locking import exclusive_lock, lock_path_for
+
+log = logging.getLogger(__name__)
+
+RUN_FORMAT = 2
+RUN_KIND = "headstart-run"
+COMPARISON_KIND = "headstart-comparison"
+RUN_JSON = "run.json"
+METRICS_JSON = "metrics.json"
+HISTORY_CSV = "history.csv"
+COMPARISON_JSON = "comparison.json"
+COMPARISON_PNG = "comparison.png"
+PLOTS = ("curves.png", "confusion.png", "calibration.png")
+_PARTIAL = ".partial-"
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+
+def file_sha256(path: Path, block: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def manifest(folder: Path) -> dict[str, str]:
+    """``{file name: sha256}`` of the plain files directly in ``folder``."""
+    return {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and not p.is_symlink()}
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def seal_run(folder: Path, run: Mapping[str, Any]) -> None:
+    """Write ``run.json`` last, with the manifest of every file already in ``folder``."""
+    write_json(folder / RUN_JSON, {"kind": RUN_KIND, "format": RUN_FORMAT, **run, "files": manifest(folder)})
+
+
+def seal_comparison(folder: Path, data: Mapping[str, Any], runs: list[str]) -> None:
+    files = manifest(folder)
+    write_json(folder / COMPARISON_JSON, {"kind": COMPARISON_KIND, "format": RUN_FORMAT, **data,
+                                          "runs": runs, "files": files})
+
+
+def _json_object(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _manifest_matches(folder: Path, files: Any, extra: set[str]) -> bool:
+    """Every entry of ``folder`` is ``extra`` or a listed plain file whose SHA-256 matches."""
+    if not isinstance(files, dict):
+        return False
+    for p in folder.iterdir():
+        if p.name in extra:
+            continue
+        if p.is_symlink() or not p.is_file() or p.name not in files:
+            return False
+        if file_sha256(p) != files[p.name]:
+            return False
+    return True
+
+
+def is_run(folder: Path) -> bool:
+    """A folder that headstart wrote as a run and that holds nothing else."""
+    data = _json_object(folder / RUN_JSON)
+    return bool(data) and data.get("kind") == RUN_KIND and _manifest_matches(folder, data.get("files"), {RUN_JSON})
+
+
+def is_comparison(folder: Path) -> bool:
+    """A comparison folder that headstart wrote and that holds nothing else (its runs checked too)."""
+    data = _json_object(folder / COMPARISON_JSON)
+    if not data or data.get("kind") != COMPARISON_KIND:
+        return False
+    runs = data.get("runs")
+    if not isinstance(runs, list) or not all(isinstance(r, str) for r in runs):
+        return False
+    for name in runs:
+        sub = folder / name
+        if sub.exists() and (sub.is_symlink() or not sub.is_dir() or not is_run(sub)):
+            return False
+    return _manifest_matches(folder, data.get("files"), {COMPARISON_JSON, *runs})
+
+
+def _replaceable(out: Path, kind: str) -> bool:
+    if not any(out.iterdir()):
+        return True
+    return is_comparison(out) if kind == COMPARISON_KIND else is_run(out)
+
+
+def check_out(out: Path, kind: str) -> None:
+    """``out`` must be new, empty, or an earlier headstart result of the same kind (which is replaced)."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise RunError(f"Expected --out to be a folder. Received: {out} ({'a link' if out.is_symlink() else 'a file'}).")
+    if out.is_dir() and not _replaceable(out, kind):
+        what = "run" if kind == RUN_KIND else "comparison"
+        raise RunError(
+            f"Expected --out to be a new or empty folder, or an earlier headstart {what} to replace. "
+            f"Received: {out}, which holds files headstart did not write (or that changed since); "
+            "choose another --out. Nothing was deleted."
+        )
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: this filesystem cannot exchange
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _sync_tree(folder: Path) -> None:
+    for p in folder.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+    for d in [*(p for p in folder.rglob("*") if p.is_dir()), folder]:
+        _fsync_dir(d)
+
+
+@contextlib.contextmanager
+def result_writer(out: Path, kind: str) -> Iterator[Path]:
+    """Build a result in a hidden sibling folder and swap it into ``out`` when the block ends.
+
+    Holds ``out``'s lock throughout (a second writer gets `RunBusyError`); checks ``out`` under the
+    lock; removes the hidden leftovers of writers that were killed (only ours exist under the lock).
+    If the block raises, ``out`` is untouched.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    busy = RunBusyError(
+        f"Another headstart process is writing {out}. Wait for it to finish, or choose another --out."
+    )
+    with exclusive_lock(lock_path_for(out), busy):
+        check_out(out, kind)
+        prefix = f".{out.name}{_PARTIAL}"
+        for stale in out.parent.glob(prefix + "*"):
+            if stale.is_dir() and not stale.is_symlink():
+                log.info("removing %s, left by a run that was killed", stale)
+                shutil.rmtree(stale, ignore_errors=True)
+        tmp = out.parent / f"{prefix}{os.getpid()}"
+        tmp.mkdir()
+        try:
+            yield tmp
+            _sync_tree(tmp)
+            if not out.exists():
+                os.rename(tmp, out)
+            elif _exchange(tmp, out):
+                old = tmp  # the previous result now sits at the temporary name
+                if _replaceable(old, kind):
+                    shutil.rmtree(old)
+                else:  # someone added a file while we worked: keep it all, visibly
+                    kept = out.parent / f"{out.name}.previous-{os.getpid()}"
+                    os.rename(old, kept)
+                    log.warning("the previous %s gained other files while this run worked; it is kept at %s",
+                                out, kept)
+            else:  # no atomic exchange here: two renames, the old result kept until the new is in place
+                old = out.parent / f"{prefix}{os.getpid()}-old"
+                os.rename(out, old)
+                os.rename(tmp, out)
+                shutil.rmtree(old)
+            _fsync_dir(out.parent)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("headstart", "keras", "tensorflow", "scikit-learn", "numpy", "h5py", "matplotlib"):
+        with contextlib.suppress(_md.PackageNotFoundError):
+            out[name] = _md.version(name)
+    return out
+
+
+versions = _versions
+
+
+def _major(version: str) -> str:
+    return str(version).split(".")[0]
+
+
+def warn_versions(info: Mapping[str, Any], run_dir: Path) -> list[str]:
+    """Log (and return) a warning per library whose major version differs from the run's."""
+    now = _versions()
+    out = []
+    for name in ("keras", "scikit-learn"):
+        then = info.get("versions", {}).get(name)
+        if then and name in now and _major(then) != _major(now[name]):
+            out.append(f"{run_dir} was made with {name} {then}; this is {name} {now[name]}")
+            log.warning("%s: results may differ", out[-1])
+    return out
+
+
+def _need(cond: bool, path: Path, what: str, got: Any) -> None:
+    if not cond:
+        shown = repr(got)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise RunError(f"Expected {what} in {path}. Received: {shown}.")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_str_map(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items())
+
+
+def validate_run_json(info: Any, path: Path) -> dict[str, Any]:
+    """Check run.json field by field; returns it (with ``split`` parsed into ``split_spec``)."""
+    _need(isinstance(info, dict), path, "a JSON object", type(info).__name__)
+    if info.get("kind") != RUN_KIND or info.get("format") != RUN_FORMAT:
+        if info.get("format") == 1:
+            raise RunError(
+                f"{path.parent} was made by headstart 0.1, whose saved heads can run code when loaded; "
+                "it is no longer read. Train the head again from its cache (seconds): headstart train CACHE."
+            )
+        _need(False, path, f"kind {RUN_KIND!r} and format {RUN_FORMAT}", (info.get("kind"), info.get("format")))
+    _need(isinstance(info.get("head"), str) and info["head"] in HEADS, path,
+          f"head among {', '.join(HEADS)}", info.get("head"))
+    names = info.get("class_names")
+    _need(
+        isinstance(names, list) and len(names) >= 2 and all(isinstance(c, str) and c for c in names)
+        and len(set(names)) == len(names),
+        path, "class_names as two or more distinct names", names,
+    )
+    cache = info.get("cache")
+    _need(isinstance(cache, dict), path, "cache as an object", cache)
+    _need(isinstance(cache.get("path"), str) and cache["path"], path, "cache.path as text", cache.get("path"))
+    fp = cache.get("fingerprint")
+    _need(isinstance(fp, dict) and fp, path, "cache.fingerprint as an object", fp)
+    _need(cache.get("fingerprint_digest") == fingerprint_digest(fp), path,
+          "cache.fingerprint_digest matching cache.fingerprint", cache.get("fingerprint_digest"))
+    for key in ("root", "weights_path"):
+        _need(cache.get(key) is None or isinstance(cache.get(key), str), path, f"cache.{key} as text", cache.get(key))
+    _need(_is_int(cache.get("dim")) and cache["dim"] > 0, path, "cache.dim a positive integer", cache.get("dim"))
+    split = info.get("split")
+    _need(isinstance(split, dict), path, "split as an object", split)
+    try:
+        fractions, seed = split["fractions"], split["seed"]
+        _need(isinstance(fractions, list) and all(isinstance(f, numbers.Real) and not isinstance(f, bool)
+                                                   for f in fractions), path, "split.fractions as numbers", fractions)
+        _need(_is_int(seed), path, "split.seed an integer", seed)
+        info["split_spec"] = SplitSpec(tuple(fractions), seed)
+    except KeyError as err:
+        raise RunError(f"Expected split.{err.args[0]} in {path}. Received: none.") from None
+    except SplitError as err:
+        raise RunError(f"Expected a valid split in {path}. Received: {err}") from None
+    _need(_is_str_map(info.get("versions", {})), path, "versions as text", info.get("versions"))
+    files = info.get("files")
+    _need(_is_str_map(files), path, "files as a map of names to SHA-256", files)
+    missing = [name for name in (*HEAD_FILES, METRICS_JSON) if name not in files]
+    _need(not missing, path, f"files listing {', '.join(missing)}", sorted(files))
+    return info
+
+
+def read_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], Any]:
+    """``(run.json checked, the fitted head checked)`` of a run folder, or one `RunError`."""
+    run_dir = Path(run_dir)
+    path = run_dir / RUN_JSON
+    if not run_dir.is_dir():
+        raise RunError(
+            f"Expected a run folder made by `headstart train`. Received: {run_dir} "
+            f"({'no such folder' if not run_dir.exists() else 'not a folder'})."
+        )
+    if not path.is_file():
+        raise RunError(f"Expected a run folder made by `headstart train`. Received: {run_dir} (no {RUN_JSON} in it).")
+    info = validate_run_json(_read_json(path), path)
+    for name, digest in info["files"].items():
+        f = run_dir / name
+        if "/" in name or name.startswith(".") or not f.is_file():
+            raise RunError(f"Expected {name} in {run_dir}, as {RUN_JSON} lists. Received: no such file.")
+        if file_sha256(f) != digest:
+            raise RunError(
+                f"Expected {f} as headstart wrote it. Received: a file that changed since "
+                "(its SHA-256 differs from run.json's); train again, or restore the file."
+            )
+    head = load_head(run_dir)
+    if head_name(head) != info["head"]:
+        raise RunError(f"{run_dir}: run.json says {info['head']}, the saved head is {head_name(head)}.")
+    if head.n_features_in_ != info["cache"]["dim"]:
+        raise RunError(f"{run_dir}: the head takes {head.n_features_in_} features, run.json's cache has "
+                       f"{info['cache']['dim']}.")
+    if head.classes_.dtype.kind != "i" or int(max(head.classes_)) >= len(info["class_names"]):
+        raise RunError(f"{run_dir}: the head predicts labels {head.classes_.tolist()[:5]}, run.json names "
+                       f"{len(info['class_names'])} classes.")
+    return info, head

@@ -1,0 +1,361 @@
+"""Training heads on a cache: split it, fit one head (`train`) or several (`compare`), write run folders.
+
+Rows are read from the cache in blocks. A cache that fits in memory (a quarter of the available
+RAM) is loaded once at its own dtype (float16 stays float16) and converted a batch at a time;
+a larger one is streamed from the HDF5 file by the Keras heads. Every row read is checked for
+NaN and infinity before anything is fitted.
+
+The split follows from each picture's relative path and the seed (`headstart.heads.split`);
+the test split is predicted only after fitting, and nothing is chosen on it.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from headstart.cache import open_cache
+from headstart.errors import HeadError, RunError, SplitError
+from headstart.heads import metrics as M
+from headstart.heads.base import fitted_info
+from headstart.heads.names import DEFAULT_HEADS
+from headstart.heads.registry import head_names, head_params, head_params_json, make_head, save_head
+from headstart.heads.rundir import (
+    COMPARISON_KIND,
+    COMPARISON_PNG,
+    HISTORY_CSV,
+    METRICS_JSON,
+    RUN_KIND,
+    check_out,
+    result_writer,
+    seal_comparison,
+    seal_run,
+    versions,
+    write_json,
+)
+from headstart.heads.sources import ArraySource, CacheSource, check_finite
+from headstart.heads.split import SPLITS, SplitSpec, assign, check_trainable, split_counts
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A finished run: where it is, and its headline numbers."""
+
+    run_dir: Path
+    head: str
+    metrics: dict[str, Any]
+    fit_seconds: float
+    counts: dict[str, int]
+    streamed: bool
+    fitted: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def chosen(self) -> str:
+        """What validation chose: ``C=0.01`` for logreg, ``best epoch 7 of 12`` for the Keras heads."""
+        if "C_" in self.fitted:
+            return f"C={self.fitted['C_']:g}"
+        if "best_epoch_" in self.fitted:
+            return f"best epoch {self.fitted['best_epoch_']} of {self.fitted['n_iter_']}"
+        return ""
+
+    @property
+    def val_accuracy(self) -> float | None:
+        return self.metrics["val"].get("accuracy")
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return self.metrics["test"].get("accuracy")
+
+    @property
+    def test_log_loss(self) -> float | None:
+        return self.metrics["test"].get("log_loss")
+
+    def row(self) -> dict[str, Any]:
+        """The comparison-table row of this run."""
+        return {
+            "head": self.head,
+            "val_accuracy": self.val_accuracy,
+            "test_accuracy": self.test_accuracy,
+            "test_log_loss": self.test_log_loss,
+            "fit_seconds": self.fit_seconds,
+            "run_dir": str(self.run_dir),
+        }
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    out: Path
+    rows: list[dict[str, Any]]
+    runs: list[TrainResult]
+
+
+def _memory_budget() -> int:
+    """Bytes of features we allow ourselves to hold: a quarter of the available RAM (else 2 GB)."""
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover
+        return 2 << 30
+    return int(psutil.virtual_memory().available // 4)
+
+
+def _load_splits(cache, codes: np.ndarray) -> list[np.ndarray]:
+    """The features of each split in memory, at the cache's dtype, in one pass over the file."""
+    arrays = [np.empty((int((codes == k).sum()), cache.dim), dtype=cache.dtype) for k in range(len(SPLITS))]
+    filled = [0] * len(SPLITS)
+    for start, block in cache.iter_chunks(dtype=cache.dtype):
+        check_finite(block, cache, first_row=start)
+        c = codes[start : start + len(block)]
+        for k in range(len(SPLITS)):
+            sel = block[c == k]
+            arrays[k][filled[k] : filled[k] + len(sel)] = sel
+            filled[k] += len(sel)
+    return arrays
+
+
+@dataclass
+class Data:
+    """A cache split and ready to fit on: label codes and a row source per split."""
+
+    cache_path: Path
+    class_names: list[str]
+    spec: SplitSpec
+    indices: dict[str, np.ndarray]
+    counts: dict[str, dict[str, int]]
+    sources: dict[str, Any]
+    streamed: bool
+    cache_info: dict[str, Any]
+
+    def labels(self, name: str) -> np.ndarray:
+        return self.sources[name].labels
+
+
+def prepare(cache, spec: SplitSpec, stream: bool | None) -> Data:
+    """Split an open cache and make a row source per split (in memory, or streamed by size)."""
+    n = len(cache)
+    if n == 0:
+        raise RunError(f"Expected a cache with extracted pictures. Received: {cache.path} (0 rows); run extract first.")
+    if not cache.complete:
+        log.warning("%s: extraction did not finish; training on the %d rows committed so far", cache.path, n)
+    codes = assign(cache.paths, spec)
+    indices = {name: np.flatnonzero(codes == k) for k, name in enumerate(SPLITS)}
+    counts = split_counts(cache.labels, indices, cache.class_names)
+    check_trainable(counts, cache.counts())
+    if sum(1 for v in counts["train"].values() if v) < 2:
+        raise SplitError(
+            f"Expected pictures of at least two classes. Received: {cache.path} with training pictures of "
+            f"{', '.join(c for c, v in counts['train'].items() if v) or 'no class'} only."
+        )
+    need = n * cache.dim * cache.dtype.itemsize
+    streamed = need > _memory_budget() if stream is None else bool(stream)
+    if streamed:
+        log.info("streaming %s from disk (%.0f MB of features)", cache.path, need / 1e6)
+        sources = {name: CacheSource(cache, idx) for name, idx in indices.items()}
+        val = sources["val"]
+        if len(val) and len(val) * cache.dim * 4 < _memory_budget() // 2:
+            # Early stopping scores the validation rows every epoch: keep them in memory if they fit.
+            blocks = [val.read_block(b) for b in range(len(val.blocks))]
+            sources["val"] = ArraySource(np.concatenate(blocks), val.labels)
+    else:
+        arrays = _load_splits(cache, codes)
+        sources = {
+            name: ArraySource(arrays[k], cache.labels[indices[name]]) for k, name in enumerate(SPLITS)
+        }
+    return Data(
+        cache_path=cache.path.resolve(),
+        class_names=list(cache.class_names),
+        spec=spec,
+        indices=indices,
+        counts=counts,
+        sources=sources,
+        streamed=streamed,
+        cache_info={
+            "path": str(cache.path.resolve()),
+            "fingerprint": cache.fingerprint,
+            "fingerprint_digest": cache.fingerprint_digest,
+            "root": cache.root,
+            "weights_path": cache.weights_path,
+            "rows": n,
+            "dim": cache.dim,
+            "dtype": str(cache.dtype),
+            "complete": cache.complete,
+        },
+    )
+
+
+def _write_history(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys or ["epoch"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def predict_split(head, source, n_classes: int) -> np.ndarray:
+    """Probabilities over all ``n_classes`` of every row of a source."""
+    if not len(source.labels):
+        return np.zeros((0, n_classes))
+    return M.full_proba(head.predict_proba_source(source), head.classes_, n_classes)
+
+
+def _fit_one(data: Data, name: str, params: Mapping[str, Any], folder: Path, final: Path, plots: bool) -> TrainResult:
+    """Fit one head and write its run into ``folder`` (which becomes ``final`` once swapped in)."""
+    head = make_head(name, **params)
+    if data.streamed and name == "logreg":
+        raise RunError(
+            f"The logreg head needs the training rows in memory, and {data.cache_path} is too large "
+            "for the memory available. Use --head softmax or --head mlp, which stream from the file."
+        )
+    n_train, n_val = len(data.indices["train"]), len(data.indices["val"])
+    log.info("fitting %s on %d training rows (%d validation)", name, n_train, n_val)
+    val = data.sources["val"] if n_val else None
+    t0 = time.perf_counter()
+    try:
+        head.fit_source(data.sources["train"], val)
+    except ValueError as err:
+        raise RunError(f"Training the {name} head failed: {err}") from err
+    fit_seconds = time.perf_counter() - t0
+    n_classes = len(data.class_names)
+    metrics = {}
+    for split in ("val", "test"):
+        proba = predict_split(head, data.sources[split], n_classes)
+        metrics[split] = M.split_metrics(data.labels(split), proba, data.class_names)
+        log.info("%s %s: %s", name, split, M.summary_line(metrics[split]))
+    run = {
+        "head": name,
+        "params": head_params_json(head),
+        "fitted": fitted_info(head),
+        "cache": data.cache_info,
+        "split": {**data.spec.to_dict(), "counts": data.counts},
+        "class_names": data.class_names,
+        "streamed": data.streamed,
+        "fit_seconds": round(fit_seconds, 3),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    save_head(head, folder)
+    write_json(folder / METRICS_JSON, {"class_names": data.class_names, **metrics})
+    _write_history(head.history_, folder / HISTORY_CSV)
+    if plots:
+        chosen = getattr(head, "C_", getattr(head, "best_epoch_", None))
+        _plot_run(folder, name, head.history_, metrics, data.class_names, chosen)
+    seal_run(folder, run)
+    return TrainResult(
+        run_dir=final,
+        head=name,
+        metrics=metrics,
+        fit_seconds=fit_seconds,
+        counts={k: len(v) for k, v in data.indices.items()},
+        streamed=data.streamed,
+        fitted=run["fitted"],
+    )
+
+
+def _plot_run(folder: Path, head: str, history, metrics, class_names, chosen) -> None:
+    from headstart.heads import plots
+
+    shown = "test" if metrics["test"].get("n") else "val"
+    m = metrics[shown]
+    plots.plot_curves(history, folder / "curves.png", title=f"{head}: learning curves", chosen=chosen)
+    if m.get("n"):
+        plots.plot_confusion(
+            m["confusion_matrix"], class_names, folder / "confusion.png", title=f"{head}: {shown} split"
+        )
+        plots.plot_calibration(m["calibration_bins"], m["ece"], folder / "calibration.png",
+                               title=f"{head}: {shown} split, ECE {m['ece']:.3f}")
+
+
+def train(
+    cache_path: str | os.PathLike,
+    head: str = "logreg",
+    out: str | os.PathLike = "runs/logreg",
+    *,
+    split: SplitSpec = SplitSpec(),
+    params: Mapping[str, Any] | None = None,
+    plots: bool = True,
+    stream: bool | None = None,
+) -> TrainResult:
+    """Fit one head on the training split of a cache and write a run folder to ``out``.
+
+    ``params`` are the head's options (see `head_params`); ``stream`` forces (True) or forbids
+    (False) reading batches from the file instead of memory; None decides by size. ``out`` must
+    be new, empty or an earlier run (replaced whole, in one step, when the new one is complete).
+    """
+    out = Path(out)
+    make_head(head, **dict(params or {}))  # bad options fail before the cache is read
+    check_out(out, RUN_KIND)  # fail early; checked again under the lock
+    with open_cache(cache_path) as cache:
+        data = prepare(cache, split, stream)
+        with result_writer(out, RUN_KIND) as tmp:
+            return _fit_one(data, head, dict(params or {}), tmp, out, plots)
+
+
+def compare(
+    cache_path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    heads: Sequence[str] = DEFAULT_HEADS,
+    split: SplitSpec = SplitSpec(),
+    params: Mapping[str, Any] | None = None,
+    plots: bool = True,
+    stream: bool | None = None,
+) -> CompareResult:
+    """Fit several heads on the same split; each run goes to ``out/<head>``, the table to ``out``.
+
+    ``params`` are shared options; each head takes those it knows (``epochs`` goes to the Keras
+    heads, ``class_weight`` to all). An option no chosen head takes is an error. The comparison
+    is swapped into ``out`` whole when every head is done.
+    """
+    out = Path(out)
+    heads = list(dict.fromkeys(heads))
+    if not heads:
+        raise HeadError(f"Expected at least one head among {', '.join(head_names())}. Received: none.")
+    params = dict(params or {})
+    per_head = {}
+    for name in heads:
+        accepted = set(head_params(name))
+        per_head[name] = {k: v for k, v in params.items() if k in accepted}
+        make_head(name, **per_head[name])
+    unused = sorted(set(params) - set().union(*(set(head_params(h)) for h in heads)))
+    if unused:
+        raise HeadError(f"No head among {', '.join(heads)} takes the option {', '.join(unused)}.")
+    check_out(out, COMPARISON_KIND)
+    runs = []
+    with open_cache(cache_path) as cache:
+        data = prepare(cache, split, stream)
+        if data.streamed and "logreg" in heads:
+            log.warning("the cache is streamed from disk; logreg needs memory and is left out")
+            heads = [h for h in heads if h != "logreg"]
+            if not heads:
+                raise RunError("The logreg head needs the training rows in memory; the cache is too large.")
+        with result_writer(out, COMPARISON_KIND) as tmp:
+            for name in heads:
+                runs.append(_fit_one(data, name, per_head[name], tmp / name, out / name, plots))
+            rows = [r.row() for r in runs]
+            if plots:
+                from headstart.heads import plots as P
+
+                P.plot_comparison(rows, tmp / COMPARISON_PNG)
+            seal_comparison(
+                tmp,
+                {
+                    "cache": str(Path(cache_path).resolve()),
+                    "split": {**split.to_dict(), "counts": {k: len(v) for k, v in data.indices.items()}},
+                    "rows": rows,
+                },
+                runs=heads,
+            )
+    return CompareResult(out=out, rows=rows, runs=runs)

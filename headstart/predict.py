@@ -1,0 +1,177 @@
+"""Predicting new pictures with a saved run: extract their features as the run's cache was made, then the head.
+
+This joins the two halves of headstart (``extractor`` and ``heads``), so it lives beside them:
+``headstart.heads`` never imports the extractor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from headstart.errors import CacheMismatchError, HeadstartError, RunError
+from headstart.heads import metrics as M
+from headstart.heads.evaluation import load_run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One picture: its top classes with probabilities, or why it could not be read."""
+
+    path: Path
+    top: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def label(self) -> str | None:
+        return self.top[0][0] if self.top else None
+
+    @property
+    def probability(self) -> float | None:
+        return self.top[0][1] if self.top else None
+
+    def to_dict(self) -> dict[str, Any]:
+        if not self.ok:
+            return {"path": str(self.path), "error": self.error}
+        return {
+            "path": str(self.path),
+            "class": self.label,
+            "probability": self.probability,
+            "top": [{"class": c, "probability": p} for c, p in self.top],
+        }
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    predictions: list[Prediction]  # in the order the pictures were given / found
+
+    @property
+    def failed(self) -> list[Prediction]:
+        return [p for p in self.predictions if not p.ok]
+
+
+def _gather_files(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, str | None]]:
+    """Pictures to predict in order, each with None or the reason it is skipped already."""
+    from headstart.extractor.scan import find_images
+
+    out: list[tuple[Path, str | None]] = []
+    seen: set[Path] = set()
+    for p in map(Path, paths):
+        if not p.exists():
+            out.append((p, "no such file or folder"))
+            continue
+        found = find_images([p]) if p.is_dir() else [p]
+        if p.is_dir() and not found:
+            out.append((p, "no pictures in this folder"))
+        for f in found:
+            f = Path(f)
+            if f.resolve() not in seen:
+                seen.add(f.resolve())
+                out.append((f, None))
+    return out
+
+
+def _weights_path(info: Mapping[str, Any], weights: str | os.PathLike | None) -> str | None:
+    """The weights file for the run's backbone, checked against the fingerprint's SHA-256.
+
+    Without ``weights``, the file the cache was extracted from, where it still is."""
+    if weights is None:
+        recorded = info["cache"].get("weights_path")
+        if not recorded:
+            return None
+        if not Path(recorded).is_file():
+            raise RunError(
+                f"Expected the weights file the cache was extracted with at {recorded}. "
+                "Received: no such file; pass it with --weights PATH."
+            )
+        weights = recorded
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise RunError(f"Expected --weights to be a weights file. Received: {path} (no such file).")
+    expected = str(info["cache"]["fingerprint"].get("weights", ""))
+    if not expected.startswith("sha256:"):
+        raise RunError(f"The run's backbone uses weights {expected!r}, not a file; leave out --weights.")
+    from headstart.extractor.config import file_sha256
+
+    got = f"sha256:{file_sha256(path)}"
+    if got != expected:
+        raise CacheMismatchError(
+            f"Expected the weights file the run's cache was extracted with ({expected[:23]}...). "
+            f"Received: {path} ({got[:23]}...)."
+        )
+    return str(path.resolve())
+
+
+def _key(path) -> Path:
+    return Path(path).resolve()
+
+
+def predict(
+    run_dir: str | os.PathLike,
+    paths: Sequence[str | os.PathLike],
+    top_k: int = 1,
+    batch_size: int = 32,
+    weights: str | os.PathLike | None = None,
+) -> PredictResult:
+    """Classify pictures (files, or folders searched recursively) with a run's head.
+
+    Features are extracted with the run's backbone and settings, read from its fingerprint;
+    ``weights`` is the weights file when the cache was extracted with one (its SHA-256 must
+    match). A picture that cannot be read becomes a `Prediction` with ``error`` set; the rest
+    are still predicted.
+    """
+    if top_k < 1:
+        raise RunError(f"Expected --top-k of 1 or more. Received: {top_k}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise HeadstartError(f"Expected --batch-size of at least 1. Received: {batch_size}.")
+    if not paths:
+        raise RunError("Expected at least one picture or folder to predict. Received: none.")
+    info, head = load_run(run_dir)
+    from headstart.extractor.config import ExtractionConfig
+    from headstart.extractor.runner import embed_files
+
+    weights_path = _weights_path(info, weights)
+    try:
+        config = ExtractionConfig.from_fingerprint(info["cache"]["fingerprint"], weights_path=weights_path)
+    except HeadstartError as err:
+        raise RunError(f"Expected extraction settings that headstart knows in {Path(run_dir) / 'run.json'}. "
+                       f"Received: {err}") from None
+    items = _gather_files(paths)
+    files = [f for f, reason in items if reason is None]
+    reasons: dict[Path, str] = {_key(f): r for f, r in items if r is not None}
+    top: dict[Path, list[tuple[str, float]]] = {}
+    if files:
+        res = embed_files(files, config, batch_size=batch_size)
+        reasons.update({_key(f): str(r) for f, r in res.failed})
+        if len(res.ok):
+            feats = np.asarray(res.features, dtype=np.float32)
+            if feats.ndim != 2 or feats.shape[1] != head.n_features_in_:
+                raise RunError(
+                    f"Expected {head.n_features_in_} features per picture, as in the run's cache. "
+                    f"Received: shape {feats.shape} from the extractor; the backbone settings differ."
+                )
+            class_names = list(info["class_names"])
+            proba = M.full_proba(head.predict_proba(feats), head.classes_, len(class_names))
+            k = min(top_k, len(class_names))
+            order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+            for f, row, idx in zip(res.ok, proba, order):
+                top[_key(f)] = [(class_names[i], float(row[i])) for i in idx]
+    predictions = []
+    for f, _ in items:
+        key = _key(f)
+        if key in top:
+            predictions.append(Prediction(f, top[key]))
+        else:
+            predictions.append(Prediction(f, error=reasons.get(key, "not predicted")))
+    return PredictResult(predictions)
