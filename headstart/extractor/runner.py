@@ -319,6 +319,8 @@ def extract(
     dataset = scan_dataset(source, exclude=exclude, limit_per_class=limit_per_class)
     if out.exists() and out.is_dir():
         raise DatasetError(f"Expected --out to be a file path. Received: {out} (a folder).")
+    if out.is_symlink() and not out.exists():
+        raise DatasetError(f"Expected --out to be a file path. Received: {out} (a symbolic link to nothing, or a loop).")
     # The cache is checked under the writer lock, which the writer then keeps: no other process
     # can create or change it between the check of its settings and our first row.
     lock = CacheLock(out).acquire()
