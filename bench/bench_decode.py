@@ -147,7 +147,7 @@ def main(argv=None) -> None:
             for w in counts:
                 prefetch = max(2 * args.batch_size, 4 * w)  # as embed_stream does
                 with Stopwatch() as sw:
-                    for _i, px, reason in decode_stream(paths, config, w, prefetch):
+                    for _i, px, reason, _sha in decode_stream(paths, config, w, prefetch):
                         assert px is not None, reason
                 scaling[w] = max(scaling.get(w, 0.0), len(paths) / sw.seconds)
         base = scaling[1]

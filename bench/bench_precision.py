@@ -76,7 +76,7 @@ def main(argv=None) -> None:
         class_names = sorted({p.parent.name for p in paths})
         labels = np.array([class_names.index(p.parent.name) for p in paths])
         workers = args.workers or default_workers()
-        pixels = [px for _, px, _ in decode_stream(paths, base_config, workers, 4 * workers)]
+        pixels = [px for _, px, _, _ in decode_stream(paths, base_config, workers, 4 * workers)]
         assert all(px is not None for px in pixels), "a picture could not be decoded"
         batches = [pixels[i:i + args.batch_size] for i in range(0, len(pixels), args.batch_size)]
         counts = ", ".join(f"{c} {int((labels == i).sum())}" for i, c in enumerate(class_names))

@@ -151,7 +151,9 @@ def _batch_size(text: str) -> int | str:
 def extract(
     source: Path = typer.Argument(..., help="Folder with one sub-folder per class, e.g. PetImages/."),
     out: Path = typer.Option(..., "--out", "-o", help="The HDF5 cache to write (created, resumed or updated)."),
-    backbone: str = typer.Option("vgg16", help=f"Backbone, one of: {', '.join(BACKBONES)}."),
+    backbone: str = typer.Option(
+        "vgg16", help=f"Backbone, one of: {', '.join(BACKBONES)}; or hub:PRESET (KerasHub, headstart[hub])."
+    ),
     layer: Optional[str] = typer.Option(None, help=_layers_help()),
     weights: str = typer.Option(
         "imagenet", help="imagenet (Keras downloads them once), none (random, seeded), or a local .h5 file."
@@ -169,8 +171,15 @@ def extract(
         "bfloat16, else float32."
     ),
     dtype: str = typer.Option("float16", help=f"Storage type of the features, one of: {', '.join(STORAGE_DTYPES)}."),
+    views: str = typer.Option(
+        "none", help="none, or flip: also store each picture's horizontal mirror (heads train on both; "
+        "evaluate and predict average them)."
+    ),
     batch_size: str = typer.Option("32", help="Pictures per model call, or auto (the largest that fits a GPU; 32 on CPU)."),
-    workers: Optional[int] = typer.Option(None, help="Decoding threads, at least 1 (default: one per CPU core)."),
+    workers: Optional[int] = typer.Option(
+        None, help="Decoding threads, at least 1 (default: one per CPU core); with --ray, model actors (default: one "
+        "per GPU of the cluster, else one per node)."
+    ),
     exclude: List[str] = typer.Option([], "--exclude", help="Leave out this class (repeatable)."),
     limit_per_class: Optional[int] = typer.Option(
         None, help="At most N pictures per class, N at least 1 (the first N, sorted)."
@@ -188,22 +197,46 @@ def extract(
         "this much work."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", help="Run on a Ray cluster: auto (the one this machine joined), ray://HOST:10001, HOST:6379, "
+        "or local (start one here). Decoding runs as Ray tasks, the model in --workers actors (one per GPU "
+        "by default). Needs pip install 'headstart[ray]'."
+    ),
+    shards: Optional[int] = typer.Option(
+        None, "--shards", help="Split the folder into N shards by a hash of each picture's path (with --shard)."
+    ),
+    shard: Optional[int] = typer.Option(
+        None, "--shard", help="Extract only shard I (0 to N-1) into OUT; join the shards with headstart merge."
+    ),
+    exclude_list: Optional[Path] = typer.Option(
+        None, "--exclude-list", help="Do not extract the pictures listed in this file, one relative path a line "
+        "(with --prune, drop their rows too)."
+    ),
 ) -> None:
     """Run the backbone once over every picture and store the features in an HDF5 cache.
 
     Running it again resumes an interrupted extraction, or adds pictures new in SOURCE.
 
     Example: headstart extract PetImages/ --out pets-vgg16-fc2.h5
+
+    On a Ray cluster: headstart extract /mnt/pictures --out catalog.h5 --ray auto
+
+    One shard of 16 (any scheduler): headstart extract /mnt/pictures --out part-3.h5 --shards 16 --shard 3
     """
     from headstart.extractor.backbones import make_config
+    from headstart.exclude_list import read_exclude_list
     from headstart.extractor.runner import extract as run_extract
 
     interrupted = f"Interrupted. What was extracted is kept in {out}; run the same command to resume."
     with cli_errors(interrupted):
         batch = _batch_size(batch_size)
+        if ray and precision == "auto":
+            from headstart.extractor.distributed import cluster_gpus
+
+            precision = "float16" if cluster_gpus(ray) else precision  # auto means float16 on GPUs
         config = make_config(
             backbone, layer, weights=weights, alpha=alpha, input_size=input_size, resize=resize,
-            jpeg_draft=not no_draft, precision=precision, dtype=dtype, seed=seed,
+            jpeg_draft=not no_draft, precision=precision, dtype=dtype, seed=seed, views=views,
         )
         with _progress(quiet) as bar:
             task = bar.add_task("extract", total=None, rate=0.0, skipped=0) if bar else None
@@ -219,7 +252,8 @@ def extract(
             result = run_extract(
                 source, out, config, batch_size=batch, workers=workers, exclude=exclude,
                 limit_per_class=limit_per_class, overwrite=overwrite, prune=prune, progress=progress,
-                commit_seconds=commit_seconds, root_moved=root_moved,
+                commit_seconds=commit_seconds, root_moved=root_moved, ray=ray, shards=shards, shard=shard,
+                exclude_paths=read_exclude_list(exclude_list).paths if exclude_list is not None else (),
             )
     skipped = f", skipped {result.skipped} (see: headstart info {out})" if result.skipped else ", skipped 0"
     already = f", {result.already} already there" if result.already else ""
@@ -271,6 +305,7 @@ def info(
                 "vanished": missing,
                 "size_bytes": c.size_bytes(),
                 "schema_version": c.schema_version,
+                "shard": _shard_record(c.shard, cache),
             }
     if as_json:
         out_console.print_json(json.dumps(data))
@@ -289,6 +324,8 @@ def info(
     row("created", data["created"])
     fp = data["fingerprint"]
     row("settings", ", ".join(f"{k}={v}" for k, v in fp.items() if v is not None))
+    if data["shard"]:
+        row("shard", f"{data['shard']['index']} of {data['shard']['count']} (join the shards: headstart merge)")
     row("skipped", str(len(data["skipped"])))
     row("vanished", str(len(missing)) + (" (drop them: extract --prune)" if missing else ""))
     out_console.print(t, soft_wrap=True)
@@ -300,9 +337,37 @@ def info(
         say(f"  ... and {len(missing) - 20} more (--json lists all)")
 
 
+def _shard_record(text: str, cache: Path) -> Optional[dict]:
+    """The shard a cache holds, checked, as a dict; None for a whole-folder cache."""
+    from headstart.extractor.shards import Shard
+
+    part = Shard.from_json(text, str(cache))
+    return json.loads(part.to_json()) if part else None
+
+
 from headstart.cli_heads import register as _register_heads  # noqa: E402 - the head commands
 
 _register_heads(app)
+
+from headstart.cli_export import register as _register_export  # noqa: E402 - export, backbones
+
+_register_export(app)
+
+from headstart.cli_demo import register as _register_demo  # noqa: E402 - headstart demo
+
+_register_demo(app)
+
+from headstart.cli_baseline import register as _register_baseline  # noqa: E402 - headstart baseline
+
+_register_baseline(app)
+
+from headstart.cli_merge import register as _register_merge  # noqa: E402 - the merge command
+
+_register_merge(app)
+
+from headstart.cli_audit import register as _register_audit  # noqa: E402 - audit, map, report
+
+_register_audit(app)
 
 
 def run() -> None:  # pragma: no cover

@@ -110,6 +110,15 @@ STREAM = typer.Option(
     None, "--stream/--in-memory", help="Read batches from the file, or load the cache (default: by size)."
 )
 NO_PLOTS = typer.Option(False, "--no-plots", help="Skip the PNG plots.")
+EXCLUDE_LIST = typer.Option(
+    None, "--exclude-list", help="Leave out the pictures listed in this file, one path a line (audit's suspects.txt)."
+)
+
+
+def _exclude(path: Optional[Path]):
+    from headstart.exclude_list import read_exclude_list
+
+    return read_exclude_list(path) if path is not None else None
 
 
 def train_cmd(
@@ -127,6 +136,7 @@ def train_cmd(
     class_weight: str = CLASS_WEIGHT,
     stream: Optional[bool] = STREAM,
     no_plots: bool = NO_PLOTS,
+    exclude_list: Optional[Path] = EXCLUDE_LIST,
 ) -> None:
     """Train one head on the cache's training split and write a run directory.
 
@@ -142,7 +152,7 @@ def train_cmd(
         params["random_state"] = seed
         result = training.train(
             cache, head, out or Path("runs") / head, split=_split(split, seed), params=params,
-            plots=not no_plots, stream=stream,
+            plots=not no_plots, stream=stream, exclude=_exclude(exclude_list),
         )
     from headstart.heads.metrics import summary_line
 
@@ -176,6 +186,10 @@ def compare_cmd(
     class_weight: str = CLASS_WEIGHT,
     stream: Optional[bool] = STREAM,
     no_plots: bool = NO_PLOTS,
+    baseline: Optional[Path] = typer.Option(
+        None, "--baseline", help="A `headstart baseline` run on the same split: one more row in the table and plot."
+    ),
+    exclude_list: Optional[Path] = EXCLUDE_LIST,
 ) -> None:
     """Train several heads on the same split and print one table.
 
@@ -192,7 +206,7 @@ def compare_cmd(
         params["random_state"] = seed
         result = training.compare(
             cache, out or Path("runs") / f"compare-{cache.stem}", heads=names, split=_split(split, seed),
-            params=params, plots=not no_plots, stream=stream,
+            params=params, plots=not no_plots, stream=stream, baseline=baseline, exclude=_exclude(exclude_list),
         )
     from rich.table import Table
 
@@ -252,7 +266,9 @@ def evaluate_cmd(
 
 
 def predict_cmd(
-    run: Path = typer.Argument(..., help="A run directory made by headstart train."),
+    run: Path = typer.Argument(
+        ..., help="A run directory made by headstart train, or a .keras file made by headstart export."
+    ),
     paths: List[Path] = typer.Argument(..., help="Pictures, and folders to search for pictures."),
     top_k: int = typer.Option(1, "--top-k", "-k", min=1, help="Print the K most probable classes."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of lines."),
@@ -263,7 +279,8 @@ def predict_cmd(
 ) -> None:
     """Classify pictures with a run's head: one line per picture, path, class, probability.
 
-    Features are extracted with the run's backbone and settings (from the cache fingerprint).
+    Features are extracted with the run's backbone and settings (from the cache fingerprint);
+    an exported .keras model gets each picture whole and does the rest itself.
 
     An unreadable picture gets an error line of its own on stderr; the others are still predicted; exit code 1.
 

@@ -53,3 +53,27 @@ class SplitError(HeadstartError):
 
 class CacheReadError(CacheError):
     """HDF5 could not read part of the cache: a damaged file, or a live writer's newest strings."""
+
+
+class ExportError(HeadstartError):
+    """A model cannot be exported in the format asked for, or an exported file is not one of ours."""
+
+
+class RayError(HeadstartError):
+    """Ray is missing, the cluster cannot be reached, or it could not run the extraction."""
+
+
+class ShardError(HeadstartError):
+    """The --shards / --shard options are malformed, or a cache is another shard."""
+
+
+class MergeError(HeadstartError):
+    """Caches given to merge do not fit together (settings, classes, paths, shards)."""
+
+
+class AuditError(HeadstartError):
+    """An audit, map or report cannot be made from what it was given (or an input file is malformed)."""
+
+
+class ExcludeListError(HeadstartError):
+    """An --exclude-list file cannot be read as one relative picture path a line."""

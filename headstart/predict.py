@@ -90,13 +90,24 @@ def _weights_path(info: Mapping[str, Any], weights: str | os.PathLike | None) ->
         recorded = info["cache"].get("weights_path")
         if not recorded:
             return None
-        if not Path(recorded).is_file():
+        if not Path(recorded).exists():
             raise RunError(
                 f"Expected the weights file the cache was extracted with at {recorded}. "
                 "Received: no such file; pass it with --weights PATH."
             )
         weights = recorded
     path = Path(weights).expanduser()
+    if path.is_dir():  # a KerasHub preset folder
+        from headstart.extractor.hub import folder_digest
+
+        got = folder_digest(path)
+        expected = str(info["cache"]["fingerprint"].get("weights", ""))
+        if got != expected:
+            raise CacheMismatchError(
+                f"Expected the preset folder the run's cache was extracted with ({expected[:23]}...). "
+                f"Received: {path} ({got[:23]}...)."
+            )
+        return str(path.resolve())
     if not path.is_file():
         raise RunError(f"Expected --weights to be a weights file. Received: {path} (no such file).")
     expected = str(info["cache"]["fingerprint"].get("weights", ""))
@@ -111,6 +122,68 @@ def _weights_path(info: Mapping[str, Any], weights: str | os.PathLike | None) ->
             f"Received: {path} ({got[:23]}...)."
         )
     return str(path.resolve())
+
+
+def run_config(info: Mapping[str, Any], run_dir: str | os.PathLike, weights: str | os.PathLike | None = None):
+    """The `ExtractionConfig` of a run's cache, with the weights file checked (see `_weights_path`)."""
+    from headstart.extractor.config import ExtractionConfig
+
+    weights_path = _weights_path(info, weights)
+    try:
+        return ExtractionConfig.from_fingerprint(info["cache"]["fingerprint"], weights_path=weights_path)
+    except HeadstartError as err:
+        raise RunError(f"Expected extraction settings that headstart knows in {Path(run_dir) / 'run.json'}. "
+                       f"Received: {err}") from None
+
+
+def is_exported(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a ``.keras`` file (a model written by ``headstart export``), not a run folder."""
+    return Path(path).suffix == ".keras" and not Path(path).is_dir()
+
+
+def predict_exported(
+    model_path: str | os.PathLike, paths: Sequence[str | os.PathLike], top_k: int = 1, batch_size: int = 32
+) -> PredictResult:
+    """Classify pictures with a model written by ``headstart export``: each picture is decoded
+    whole (no resize, no JPEG draft) and the model does the rest, as it would in an app.
+
+    Pictures of one size go through the model together, up to ``batch_size`` at a time."""
+    from headstart.export import load_exported
+    from headstart.extractor.decode import DecodeError, load_pixels
+
+    if top_k < 1:
+        raise RunError(f"Expected --top-k of 1 or more. Received: {top_k}.")
+    model, class_names = load_exported(model_path)
+    items = _gather_files(paths)
+    reasons: dict[Path, str] = {_key(f): r for f, r in items if r is not None}
+    by_size: dict[tuple[int, int], list[tuple[Path, np.ndarray]]] = {}
+    top: dict[Path, list[tuple[str, float]]] = {}
+    k = min(top_k, len(class_names))
+
+    def run(group: list[tuple[Path, np.ndarray]]) -> None:
+        proba = np.asarray(model.predict_on_batch(np.stack([a for _, a in group]).astype(np.float32)))
+        order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+        for (f, _), row, idx in zip(group, proba, order):
+            top[_key(f)] = [(class_names[i], float(row[i])) for i in idx]
+
+    for f, reason in items:
+        if reason is not None:
+            continue
+        try:
+            pixels = load_pixels(f)
+        except DecodeError as err:
+            reasons[_key(f)] = str(err)
+            continue
+        group = by_size.setdefault(pixels.shape[:2], [])
+        group.append((f, pixels))
+        if len(group) >= batch_size:
+            run(by_size.pop(pixels.shape[:2]))
+    for group in by_size.values():
+        run(group)
+    return PredictResult([
+        Prediction(f, top[_key(f)]) if _key(f) in top else Prediction(f, error=reasons.get(_key(f), "not predicted"))
+        for f, _ in items
+    ])
 
 
 def _key(path) -> Path:
@@ -137,16 +210,14 @@ def predict(
         raise HeadstartError(f"Expected --batch-size of at least 1. Received: {batch_size}.")
     if not paths:
         raise RunError("Expected at least one picture or folder to predict. Received: none.")
+    if is_exported(run_dir):
+        if weights is not None:
+            raise RunError(f"Expected no --weights with an exported model (it holds them). Received: {weights}.")
+        return predict_exported(run_dir, paths, top_k=top_k, batch_size=batch_size)
     info, head = load_run(run_dir)
-    from headstart.extractor.config import ExtractionConfig
     from headstart.extractor.runner import embed_files
 
-    weights_path = _weights_path(info, weights)
-    try:
-        config = ExtractionConfig.from_fingerprint(info["cache"]["fingerprint"], weights_path=weights_path)
-    except HeadstartError as err:
-        raise RunError(f"Expected extraction settings that headstart knows in {Path(run_dir) / 'run.json'}. "
-                       f"Received: {err}") from None
+    config = run_config(info, run_dir, weights)
     items = _gather_files(paths)
     files = [f for f, reason in items if reason is None]
     reasons: dict[Path, str] = {_key(f): r for f, r in items if r is not None}
@@ -163,6 +234,9 @@ def predict(
                 )
             class_names = list(info["class_names"])
             proba = M.full_proba(head.predict_proba(feats), head.classes_, len(class_names))
+            if res.flipped is not None:  # the run's cache has views: average the mirror's probabilities
+                flipped = np.asarray(res.flipped, dtype=np.float32)
+                proba = (proba + M.full_proba(head.predict_proba(flipped), head.classes_, len(class_names))) / 2
             k = min(top_k, len(class_names))
             order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
             for f, row, idx in zip(res.ok, proba, order):

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from conftest import TINY_FINGERPRINT
+
 import numpy as np
 import pytest
 

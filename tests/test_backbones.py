@@ -6,7 +6,7 @@ import pytest
 
 from conftest import MOBILENET_WEIGHTS, needs_shared
 from headstart.errors import BackboneError, WeightsDownloadError
-from headstart.extractor.backbones import build_model, make_config
+from headstart.extractor.backbones import build_model, get_backbone, make_config
 from headstart.extractor.config import ExtractionConfig
 from headstart.extractor.runner import Embedder
 
@@ -74,7 +74,7 @@ def test_imagenet_download_failure_names_the_file_and_the_way_out(monkeypatch):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"backbone": "resnet"}, "among vgg16, mobilenet, tiny"),
+        ({"backbone": "resnet"}, "among vgg16, mobilenet, resnet50,"),
         ({"backbone": "vgg16", "layer": "fc3"}, "among fc2, fc1, block5_pool"),
         ({"backbone": "vgg16", "alpha": 0.5}, "only mobilenet"),
         ({"backbone": "mobilenet", "alpha": 0.3}, "--alpha among"),
@@ -137,12 +137,54 @@ def test_vgg16_block5_pool_takes_another_input_size():
     assert emb(list(np.zeros((2, 64, 64, 3), np.uint8))).shape == (2, 512)
 
 
+@pytest.mark.parametrize(
+    "name, dim",
+    [
+        pytest.param("resnet50", 2048, marks=pytest.mark.slow),
+        pytest.param("efficientnetv2_b0", 1280, marks=pytest.mark.slow),
+        pytest.param("efficientnetv2_s", 1280, marks=pytest.mark.slow),
+        ("convnext_tiny", 768),  # the model's own output, not a named layer
+        pytest.param("mobilenetv3_large", 960, marks=pytest.mark.slow),
+    ],
+)
+def test_keras_applications_backbones_give_their_pooled_last_stage(name, dim):
+    config = make_config(name, weights="none", input_size=64, precision="float32")
+    assert config.pooling == "avg" and config.layer == get_backbone(name).default_layer
+    emb = Embedder(config, batch_size=2)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3)).astype(np.uint8)
+    out = emb(list(pixels))
+    assert out.shape == (2, dim) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name, size", [
+        pytest.param("resnet50", 224, marks=pytest.mark.slow),
+        ("mobilenetv3_large", 224),
+        pytest.param("efficientnetv2_s", 384, marks=pytest.mark.slow),
+    ])
+def test_new_backbones_default_input_size_and_offline_message(monkeypatch, name, size):
+    """Without network, --weights imagenet names the file Keras wanted and the way out."""
+    spec = get_backbone(name)
+    config = make_config(name, weights="imagenet", precision="float32")
+    assert config.input_size == size
+    fname = spec.weights_file(config, False)
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
+
+    import keras.src.utils.file_utils as file_utils
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    with pytest.raises(WeightsDownloadError) as err:
+        build_model(config)
+    assert fname in str(err.value) and "--weights PATH" in str(err.value)
+
+
 # -- preprocessing and fingerprints come from files: names select from registries -------------
 
 def test_preprocessing_registry_keeps_the_fingerprints_of_existing_caches():
     from headstart.extractor.backbones import BACKBONES, PREPROCESSING
 
-    assert set(PREPROCESSING) == {
+    assert set(PREPROCESSING) >= {
         "keras.applications.vgg16.preprocess_input", "keras.applications.mobilenet.preprocess_input"
     }
     assert all(spec.preprocessing in PREPROCESSING for spec in BACKBONES.values())
@@ -177,23 +219,24 @@ def test_a_preprocessing_string_never_names_code(monkeypatch, name, tiny_config)
 def test_every_fingerprint_key_has_a_type_in_the_cache_schema():
     import dataclasses
 
-    from headstart.cache.fingerprint import FINGERPRINT_TYPES
+    from headstart.cache.fingerprint import FINGERPRINT_TYPES, OPTIONAL_FINGERPRINT_TYPES
 
     fields = {f.name for f in dataclasses.fields(ExtractionConfig)} - {"weights_path"}
-    assert set(FINGERPRINT_TYPES) == fields
+    assert set(FINGERPRINT_TYPES) | set(OPTIONAL_FINGERPRINT_TYPES) == fields
 
 
 def test_fingerprints_of_every_backbone_round_trip():
     for config in (make_config("vgg16", weights="none", precision="float32"),
                    make_config("vgg16", "block5_pool", weights="imagenet", input_size=64, precision="bfloat16"),
-                   make_config("mobilenet", alpha=0.25, weights=str(__file__), dtype="float32", resize="crop")):
+                   make_config("mobilenet", alpha=0.25, weights=str(__file__), dtype="float32", resize="crop"),
+                   make_config("tiny", weights="none", precision="float32", views="flip")):
         assert ExtractionConfig.from_fingerprint(config.fingerprint()) == config
 
 
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"backbone": "resnet"}, "Expected backbone among vgg16, mobilenet, tiny"),
+        ({"backbone": "resnet"}, "Expected backbone among vgg16, mobilenet, resnet50,"),
         ({"backbone": 3}, "backbone is 3 of type integer"),
         ({"layer": "fc2"}, "Expected a layer of tiny among embed, pool"),
         ({"pooling": "max"}, "Expected pooling among null, avg"),

@@ -406,3 +406,45 @@ def test_readers_beside_a_live_writer_process_always_see_a_consistent_cache(tmp_
     # Each open sees a consistent prefix of the committed rows (HDF5 shares one view of the file's
     # end among the opens of one process, so a fresh open may see fewer than the kept one).
     assert len(seen) > 1 and max(seen) <= 600
+
+
+def test_schema_2_sha256_column_is_written_read_and_copied_by_rewrite(tmp_path):
+    from headstart.cache import rewrite
+
+    path = tmp_path / "c.h5"
+    digests = [f"{i:064x}" for i in range(4)]
+    with CacheWriter(path, header()) as w:
+        w.append(np.ones((4, 8), np.float32), [0, 1, 0, 1], [f"c/{i}.jpg" for i in range(4)], sha256=digests)
+        w.append(np.ones((2, 8), np.float32), [0, 1], ["c/4.jpg", "c/5.jpg"])  # digests unknown
+        w.close(complete=True)
+    with h5py.File(path, "r") as f:
+        assert f["sha256"].dtype == np.dtype("S64") and f["sha256"].shape == (6,)
+    with open_cache(path) as c:
+        assert c.schema_version == 2 and c.sha256 == digests + ["", ""]
+    kept = rewrite(path, tmp_path / "pruned.h5", keep=np.array([0, 1, 1, 0, 1, 0], bool))
+    with open_cache(tmp_path / "pruned.h5") as c:
+        assert kept == 3 and c.sha256 == [digests[1], digests[2], ""] and c.paths == ["c/1.jpg", "c/2.jpg", "c/4.jpg"]
+
+
+def test_version_1_cache_still_opens_and_resumes(tmp_path):
+    path = tmp_path / "v1.h5"
+    write_rows(path)
+    with h5py.File(path, "a") as f:  # a cache as headstart 0.1 wrote it
+        del f["sha256"]
+        f.attrs["schema_version"] = 1
+    with open_cache(path) as c:
+        assert c.schema_version == 1 and c.sha256 is None and len(c) == 12
+    with CacheWriter(path, header()) as w:  # resumed: rows go on, no column appears
+        w.append(np.zeros((1, 8), np.float32), [0], ["c/new.jpg"], sha256=["ab" * 32])
+        w.close(complete=True)
+    with open_cache(path) as c:
+        assert len(c) == 13 and c.sha256 is None and c.schema_version == 1
+
+
+def test_short_sha256_column_is_a_cache_error(tmp_path):
+    path = tmp_path / "c.h5"
+    write_rows(path)
+    with h5py.File(path, "a") as f:
+        f["sha256"].resize(3, axis=0)
+    with pytest.raises(CacheError, match="sha256"):
+        open_cache(path)

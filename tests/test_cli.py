@@ -57,7 +57,7 @@ def test_extract_then_info(image_folder, tmp_path):
         ("missing", [], ["does not exist"]),
         ("flat", [], ["no sub-folders"]),
         ("one-class", [], ["at least two classes"]),
-        ("ok", ["--backbone", "alexnet"], ["Expected a backbone among vgg16, mobilenet, tiny"]),
+        ("ok", ["--backbone", "alexnet"], ["Expected a backbone among vgg16, mobilenet, resnet50,"]),
         ("ok", ["--layer", "fc9"], ["Expected a layer of vgg16"]),
         ("ok", ["--weights", "nope.h5"], ["no such file"]),
         ("ok", ["--batch-size", "0"], ["--batch-size to be a whole number"]),

@@ -334,3 +334,12 @@ def test_extract_reports_the_links_it_did_not_follow(image_folder, tiny_config, 
     res = extract(image_folder, tmp_path / "c.h5", tiny_config, batch_size=4)
     assert res.total_rows == 12
     assert [p for p, _ in res.skipped_links] == ["cat/loop"]
+
+
+def test_cache_holds_the_sha256_of_each_picture_file(image_folder, tiny_config, tmp_path):
+    import hashlib
+
+    out = tmp_path / "c.h5"
+    extract(image_folder, out, tiny_config)
+    with open_cache(out) as c:
+        assert c.sha256 == [hashlib.sha256((image_folder / p).read_bytes()).hexdigest() for p in c.paths]

@@ -270,6 +270,7 @@ COMMANDS = {
     "evaluate with a cache": lambda run, cache, tmp: ["evaluate", str(run), str(cache)],
     "misclassified": lambda run, cache, tmp: ["misclassified", str(run), "--montage", str(tmp / "out" / "m.png")],
     "predict": lambda run, cache, tmp: ["predict", str(run), str(tmp / "pic.jpg")],
+    "report": lambda run, cache, tmp: ["report", str(run), "--out", str(tmp / "out" / "r.html"), "--mistakes", "0"],
 }
 """Every command that reads a run folder; a command added later joins with one line."""
 

@@ -50,6 +50,11 @@ FINGERPRINT_TYPES: dict[str, tuple[type, ...]] = {
 against the extractor's registries by ``ExtractionConfig.from_fingerprint``."""
 
 
+OPTIONAL_FINGERPRINT_TYPES: dict[str, tuple[type, ...]] = {"views": (str,)}
+"""Keys a fingerprint has only when not at their default (``views`` when not ``none``), so that
+caches made before the setting existed keep their fingerprint."""
+
+
 _JSON_NAMES = {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string",
                list: "array", dict: "object"}
 
@@ -71,12 +76,13 @@ def fingerprint_problem(fingerprint: Any) -> str | None:
     if not isinstance(fingerprint, dict):
         return f"the fingerprint is of JSON type {_type_name(fingerprint)}, not an object"
     missing = [k for k in FINGERPRINT_TYPES if k not in fingerprint]
-    unknown = sorted(str(k) for k in fingerprint if k not in FINGERPRINT_TYPES)
+    unknown = sorted(str(k) for k in fingerprint if k not in FINGERPRINT_TYPES and k not in OPTIONAL_FINGERPRINT_TYPES)
     if missing:
         return f"the fingerprint lacks the settings {', '.join(missing)}"
     if unknown:
         return f"the fingerprint has unknown settings: {', '.join(unknown)}"
-    for key, types in FINGERPRINT_TYPES.items():
+    present = {**FINGERPRINT_TYPES, **{k: t for k, t in OPTIONAL_FINGERPRINT_TYPES.items() if k in fingerprint}}
+    for key, types in present.items():
         value = fingerprint[key]
         # bool is an int in Python, not in JSON; an integral alpha (1) would not round-trip as 1.0.
         ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)

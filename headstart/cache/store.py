@@ -3,7 +3,7 @@
 What lives here: the file layout, the writer that appends extracted rows, and the reader
 (`open_cache`). What does not: images, models (see `headstart.extractor`) and heads.
 
-Layout (schema version 1)::
+Layout (schema version 2; version 1 lacks the optional datasets and still opens)::
 
     /features        (N, D) float16 or float32, chunked by whole rows (~1 MiB), resizable
     /labels          (N,) int32, index into /class_names
@@ -12,6 +12,9 @@ Layout (schema version 1)::
     /failed_paths    (F,) UTF-8, pictures that could not be decoded ...
     /failed_reasons  (F,) UTF-8  ... and why
     /progress        (3,) int64: committed rows, committed failures, complete (0/1)
+    /sha256          (N,) S64, optional: hex SHA-256 of each picture file's bytes ("" = unknown)
+    /view            (N,) int8, optional (schema 2, ``extract --views flip``): 0 the picture,
+                     1 its horizontal mirror; both rows of a picture share its path
     attrs: schema_version, fingerprint (canonical JSON), fingerprint_digest, root,
            created, versions (JSON of library versions), weights_path (where the weights
            file was at extraction; not part of the fingerprint)
@@ -49,7 +52,7 @@ import numpy as np
 
 from headstart.cache import validate as _validate
 from headstart.cache.fingerprint import canonical_json, fingerprint_digest, fingerprint_problem
-from headstart.errors import CacheBusyError, CacheError, CacheReadError
+from headstart.errors import CacheBusyError, CacheError, CacheMismatchError, CacheReadError
 
 try:  # POSIX advisory locks; Windows runs without the cross-process guard.
     import fcntl
@@ -58,8 +61,14 @@ except ImportError:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-READABLE_SCHEMAS = (SCHEMA_VERSION,)
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)  # version 1 has none of the optional per-row datasets
+ROW_DATASETS = {"sha256": "S64", "view": "int8"}
+"""Optional per-row datasets of schema 2, by name (their rules: `validate.OPTIONAL_DATASETS`): created
+when the header asks for them, copied by every row-copying path (recovery, prune, merge), given to
+`CacheWriter.append` as keyword arguments. ``sha256`` is the hex SHA-256 of the picture file's bytes
+("" = unknown); ``view`` is 0 for the picture, 1 for its horizontal mirror (``extract --views flip``)."""
+OPTIONAL_ROWS = ROW_DATASETS
 LOCKING = False
 """HDF5's own file locks are off for every open: a reader (``headstart info``, a training run)
 holding a shared lock made a starting writer fail, and the reverse. One writer at a time is kept
@@ -122,6 +131,8 @@ def _write_empty(
     created: str | None = None,
     versions: str | None = None,
     weights_path: str | None = None,
+    row_datasets: Sequence[str] = (),
+    shard: str = "",
 ) -> h5py.File:
     """Create every dataset of the schema with zero rows; returns the open file."""
     try:
@@ -130,6 +141,8 @@ def _write_empty(
         raise CacheError(f"Cannot create the cache {path}: {err}.") from None
     try:
         _create_datasets(f, dim, dtype, chunk_rows, class_names)
+        for name in row_datasets:
+            f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=ROW_DATASETS[name], chunks=(4096,))
         f.attrs["schema_version"] = SCHEMA_VERSION
         f.attrs["fingerprint"] = fingerprint_json
         f.attrs["fingerprint_digest"] = fingerprint_digest
@@ -137,6 +150,8 @@ def _write_empty(
         f.attrs["created"] = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         f.attrs["versions"] = versions or json.dumps(_library_versions(), sort_keys=True)
         f.attrs["weights_path"] = weights_path or ""
+        if shard:
+            f.attrs["shard"] = shard
     except BaseException:
         f.close()
         raise
@@ -221,7 +236,7 @@ def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
         if keep.shape != (n_rows,):
             raise ValueError(f"keep has shape {keep.shape}, expected ({n_rows},)")
         dim = feats.shape[1]
-        rows = feats.chunks[0]
+        rows = feats.chunks[0] if feats.chunks else chunk_rows_for(dim, feats.dtype)  # virtual: no chunks
         out = _write_empty(
             tmp,
             dim=dim,
@@ -234,6 +249,8 @@ def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
             created=f.attrs["created"],
             versions=f.attrs["versions"],
             weights_path=f.attrs.get("weights_path", ""),
+            row_datasets=[name for name in ROW_DATASETS if name in f],
+            shard=str(f.attrs.get("shard", "")),
         )
         try:
             kept = 0
@@ -249,6 +266,7 @@ def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
                     ("features", block),
                     ("labels", f["labels"][start:stop][mask]),
                     ("paths", np.array(f["paths"].asstr()[start:stop], dtype=object)[mask]),
+                    *((name, f[name][start:stop][mask]) for name in ROW_DATASETS if name in f),
                 ):
                     out[name].resize(kept + n, axis=0)
                     out[name][kept:] = data
@@ -265,6 +283,37 @@ def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
     return kept
 
 
+def _describe_shard(text: str) -> str:
+    try:
+        data = json.loads(text)
+        return f"shard {int(data['index'])} of {int(data['count'])}"
+    except (ValueError, TypeError, KeyError):
+        return f"shard {text!r}" if text else "the whole folder"
+
+
+def _check_shard(cached: str, now: str, path: Path) -> None:
+    """A shard's cache resumes only as the same shard, a whole-folder cache only as a whole."""
+    if cached != now:
+        raise CacheMismatchError(
+            f"Expected the same part of the folder as {path} holds ({_describe_shard(cached)}). "
+            f"Received: {_describe_shard(now)}. Use the cache's --shards/--shard options, or another --out."
+        )
+
+
+def _make_self_contained(path: Path) -> None:
+    """Turn a merged cache (features read from its shards) into an ordinary file before appending:
+    a virtual dataset cannot grow. Copies the rows; the caller holds the writer lock."""
+    with _open_any(path) as f:
+        virtual = "features" in f and isinstance(f["features"], h5py.Dataset) and f["features"].is_virtual
+        if virtual:
+            from headstart.cache.merge import check_sources
+
+            check_sources(f, path)
+    if virtual:
+        log.warning("%s reads its features from its shards; copying them into it before extending it", path)
+        rewrite(path, path)
+
+
 @dataclass(frozen=True)
 class CacheHeader:
     """What a new cache needs to know before the first row arrives."""
@@ -275,6 +324,8 @@ class CacheHeader:
     class_names: tuple[str, ...]
     root: str
     weights_path: str | None = None  # where the weights file was; its hash is in the fingerprint
+    row_datasets: tuple[str, ...] = ("sha256",)  # optional per-row datasets (see ROW_DATASETS)
+    shard: str = ""  # JSON of `headstart.extractor.shards.Shard` for a shard's cache, "" for a whole folder
 
     @property
     def fingerprint_json(self) -> str:
@@ -372,6 +423,8 @@ class CacheWriter:
         try:
             if self._overwrite or not self.path.exists():
                 self._create()
+            else:
+                _make_self_contained(self.path)
             self._open_for_append()
         except BaseException:
             self._release_lock()
@@ -404,6 +457,8 @@ class CacheWriter:
             root=h.root,
             chunk_rows=chunk_rows_for(h.dim, np.dtype(h.dtype)),
             weights_path=h.weights_path,
+            row_datasets=h.row_datasets,
+            shard=h.shard,
         )
         f.close()
         os.replace(tmp, self.path)
@@ -440,10 +495,11 @@ class CacheWriter:
                     f"Expected features of {self.header.dim} x {self.header.dtype} in {self.path}. "
                     f"Received: {f['features'].shape[1]} x {f['features'].dtype}."
                 )
+            _check_shard(str(f.attrs.get("shard", "")), self.header.shard, self.path)
             self._rows, self._failed = (int(v) for v in f["progress"][:2])
             self._staged_rows, self._staged_failed = self._rows, self._failed
             # Drop anything staged after the last commit by a writer that died.
-            for name in ("features", "labels", "paths"):
+            for name in ("features", "labels", "paths", *(n for n in ROW_DATASETS if n in f)):
                 if f[name].shape[0] != self._rows:
                     f[name].resize(self._rows, axis=0)
             for name in ("failed_paths", "failed_reasons"):
@@ -499,23 +555,33 @@ class CacheWriter:
         return kept
 
     # -- writing -----------------------------------------------------------------------------
-    def append(self, features: np.ndarray, labels: Sequence[int], paths: Sequence[str]) -> None:
-        """Stage one batch of rows; call ``commit`` to make it durable."""
+    def append(self, features: np.ndarray, labels: Sequence[int], paths: Sequence[str], **columns) -> None:
+        """Stage one batch of rows; call ``commit`` to make it durable. ``columns``: a value per row
+        for each optional dataset this cache has (e.g. ``view=``), and no other; ``sha256=`` (hex digests
+        of the picture files) may be left out or given where the cache has no column (stored as "" = unknown,
+        or not stored)."""
         n = len(paths)
         if n == 0:
             return
         if features.shape != (n, self.header.dim) or len(labels) != n:
             raise ValueError(f"batch shapes disagree: features {features.shape}, {len(labels)} labels, {n} paths")
         f = self._f
+        have = {name for name in ROW_DATASETS if name in f}
+        digests = columns.pop("sha256", None)
+        if "sha256" in have:  # unknown digests are stored as ""; a resumed version-1 cache has no column
+            columns["sha256"] = [(d or "").encode("ascii") for d in digests] if digests is not None else [b""] * n
+        if set(columns) != have or any(len(v) != n for v in columns.values()):
+            raise ValueError(f"expected a value per row for {sorted(have)}, got {sorted(columns)}")
         start = self._staged_rows
         for name, data in (
             ("features", features.astype(f["features"].dtype, copy=False)),
             ("labels", np.asarray(labels, dtype="int32")),
             ("paths", np.array(list(paths), dtype=object)),
+            *((name, np.asarray(columns[name], dtype=ROW_DATASETS[name])) for name in sorted(have)),
         ):
             f[name].resize(start + n, axis=0)
             f[name][start:] = data
-        self._staged_rows = start + n  # only once all three datasets hold the batch
+        self._staged_rows = start + n  # only once all the datasets hold the batch
 
     def add_failed(self, items: Sequence[tuple[str, str]]) -> None:
         """Stage skipped pictures as (relative path, reason)."""
@@ -604,6 +670,10 @@ class CacheReader:
 
     def _load(self, progress: tuple[int, int, int] | None) -> None:
         c = _check_schema(self._f, self.path, progress)
+        if self._f["features"].is_virtual:  # a merged cache: its features live in the shards
+            from headstart.cache.merge import check_sources
+
+            check_sources(self._f, self.path)
         self._n = c.n_rows
         self.complete = c.complete
         self.features = self._f["features"]
@@ -619,6 +689,18 @@ class CacheReader:
         self.versions: dict[str, str] = c.versions
         self.weights_path: str | None = c.weights_path
         self.schema_version = c.schema_version
+        # Schema 2, `extract --views flip`: 0 = the picture, 1 = its mirror; None without views.
+        self.views: np.ndarray | None = (
+            self._f["view"][: self._n].astype(np.int8) if "view" in self._f else None
+        )
+        self.shard: str = str(self._f.attrs.get("shard", ""))  # JSON of the shard, "" for a whole folder
+        self.sha256: list[str] | None = None
+        """Hex SHA-256 of each row's picture file ("" = unknown); None in a version-1 cache."""
+        if "sha256" in self._f:  # rank, kind and length checked by validate
+            column = self._f["sha256"]
+            if column.dtype != np.dtype("S64"):
+                raise CacheError(f"Expected /sha256 of 64-byte strings in {self.path}. Received: {column.dtype}.")
+            self.sha256 = [d.decode("ascii", "replace") for d in column[: self._n]]
 
     def refresh(self) -> int:
         """See the rows a running writer committed since the cache was opened (or last refreshed);

@@ -48,7 +48,10 @@ DATASETS: dict[str, Column] = {
 }
 """Datasets every cache has."""
 
-OPTIONAL_DATASETS: dict[str, Column] = {}
+OPTIONAL_DATASETS: dict[str, Column] = {
+    "sha256": Column(1, "ascii", per="row"),
+    "view": Column(1, "int", per="row"),  # extract --views flip: 0 the picture, 1 its mirror
+}
 """Per-row datasets a cache may have (schema 2 adds ``sha256`` and ``view``: one line each here)."""
 
 ATTRIBUTES: dict[str, type] = {
@@ -241,6 +244,10 @@ def validate(f: h5py.File, supported_versions: tuple[int, ...], progress: tuple[
         raise Invalid(
             f"/labels[{bad}] is {labels[bad]}, expected 0 to {len(class_names) - 1} (one per class name)"
         )
+    if "view" in ds:
+        views = ds["view"][:n_rows]
+        if n_rows and (views.min() < 0 or views.max() > 1):
+            raise Invalid(f"/view[{int(np.flatnonzero((views < 0) | (views > 1))[0])}] is not 0 or 1")
     for i, rel in enumerate(paths):
         problem = _check_path(rel)
         if problem:

@@ -17,10 +17,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Layer:
-    """A feature layer: whether it needs the classifier top, and whether to average-pool it."""
+    """A feature layer: whether it needs the classifier top, and whether to average-pool it.
+
+    ``output``: the feature is the model's own output (ConvNeXt's pooled, layer-normalised last
+    stage, whose Keras layer has no stable name) instead of the layer of that name."""
 
     include_top: bool = False
     pooling: str | None = None
+    output: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,24 @@ def _mobilenet_file(config: ExtractionConfig, top: bool) -> str:
     return f"mobilenet_{alpha}_{config.input_size}_tf{'' if top else '_no_top'}.h5"
 
 
+def _application(model: str, **kwargs) -> Callable:
+    """``make`` for a `keras.applications` model cut at its pooled last stage (no top)."""
+
+    def make(include_top: bool, weights, config: ExtractionConfig):
+        import keras
+
+        size = config.input_size
+        return getattr(keras.applications, model)(
+            include_top=False, weights=weights, input_shape=(size, size, 3), pooling="avg", **kwargs
+        )
+
+    return make
+
+
+def _named_file(name: str) -> Callable[[ExtractionConfig, bool], str]:
+    return lambda config, top: name
+
+
 def _tiny(include_top: bool, weights, config: ExtractionConfig):
     """A few-thousand-parameter conv net for tests and smoke runs; random weights only."""
     import keras
@@ -91,9 +113,45 @@ def _mobilenet_preprocess(x: np.ndarray) -> np.ndarray:
     return keras.applications.mobilenet.preprocess_input(x)
 
 
+def _resnet50_preprocess(x: np.ndarray) -> np.ndarray:
+    import keras
+
+    return keras.applications.resnet50.preprocess_input(x)
+
+
+def _in_model(x: np.ndarray) -> np.ndarray:
+    """Identity: the backbone rescales 0-255 pixels itself (EfficientNetV2, ConvNeXt, MobileNetV3)."""
+    return x
+
+
+IN_MODEL = "in_model"
+
+
+def _normalise(name: str) -> Callable[[np.ndarray], np.ndarray]:
+    """(pixels / 255 - mean) / std per channel, the published values of a KerasHub family."""
+
+    def preprocess(x: np.ndarray) -> np.ndarray:
+        from headstart.extractor.hub import NORMALISATION
+
+        mean, std = (np.asarray(v, np.float32) for v in NORMALISATION[name])
+        x /= np.float32(255.0)
+        x -= mean
+        x /= std
+        return x
+
+    preprocess.__name__ = f"normalise_{name}"
+    return preprocess
+
+
 PREPROCESSING: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "keras.applications.vgg16.preprocess_input": _vgg16_preprocess,
     "keras.applications.mobilenet.preprocess_input": _mobilenet_preprocess,
+    "keras.applications.resnet50.preprocess_input": _resnet50_preprocess,
+    IN_MODEL: _in_model,
+    # KerasHub families (headstart.extractor.hub): published mean and std on pixels / 255.
+    "imagenet_mean_std": _normalise("imagenet_mean_std"),
+    "clip_mean_std": _normalise("clip_mean_std"),
+    "scale_minus1_1": _normalise("scale_minus1_1"),
 }
 """Every preprocessing a cache may name, keyed by the string its fingerprint holds (the Keras name,
 so caches keep their fingerprints). A new backbone adds one line here and names its key below."""
@@ -121,6 +179,47 @@ BACKBONES: dict[str, Backbone] = {
         preprocessing="keras.applications.mobilenet.preprocess_input",
         weights_file=_mobilenet_file,
         alphas=(0.25, 0.5, 0.75, 1.0),
+    ),
+    "resnet50": Backbone(
+        name="resnet50",
+        make=_application("ResNet50"),
+        layers={"avg_pool": Layer(pooling="avg")},
+        default_layer="avg_pool",
+        preprocessing="keras.applications.resnet50.preprocess_input",
+        weights_file=_named_file("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    ),
+    "efficientnetv2_b0": Backbone(
+        name="efficientnetv2_b0",
+        make=_application("EfficientNetV2B0"),
+        layers={"avg_pool": Layer(pooling="avg")},
+        default_layer="avg_pool",
+        preprocessing=IN_MODEL,
+        weights_file=_named_file("efficientnetv2-b0_notop.h5"),
+    ),
+    "efficientnetv2_s": Backbone(
+        name="efficientnetv2_s",
+        make=_application("EfficientNetV2S"),
+        layers={"avg_pool": Layer(pooling="avg")},
+        default_layer="avg_pool",
+        preprocessing=IN_MODEL,
+        input_size=384,
+        weights_file=_named_file("efficientnetv2-s_notop.h5"),
+    ),
+    "convnext_tiny": Backbone(
+        name="convnext_tiny",
+        make=_application("ConvNeXtTiny"),
+        layers={"head_layernorm": Layer(pooling="avg", output=True)},
+        default_layer="head_layernorm",
+        preprocessing=IN_MODEL,
+        weights_file=_named_file("convnext_tiny_notop.h5"),
+    ),
+    "mobilenetv3_large": Backbone(
+        name="mobilenetv3_large",
+        make=_application("MobileNetV3Large"),
+        layers={"avg_pool": Layer(pooling="avg")},
+        default_layer="avg_pool",
+        preprocessing=IN_MODEL,
+        weights_file=_named_file("weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),
     ),
     "tiny": Backbone(
         name="tiny",
@@ -191,6 +290,10 @@ def build_model(config: ExtractionConfig):
     """A frozen Keras model from pictures (after preprocessing) to the config's feature vector."""
     import keras
 
+    from headstart.extractor import hub
+
+    if hub.is_hub(config.backbone):
+        return _build_hub(config)
     spec = get_backbone(config.backbone)
     layer = get_layer(spec, config.layer)
     if config.weights == IMAGENET:
@@ -221,7 +324,7 @@ def build_model(config: ExtractionConfig):
                 f"Could not build {spec.name} with weights {config.weights_path or weights}: "
                 f"{str(err).splitlines()[0] if str(err) else type(err).__name__}."
             ) from None
-        out = base.get_layer(config.layer).output
+        out = base.outputs[0] if layer.output else base.get_layer(config.layer).output
         if config.pooling == "avg" and len(out.shape) == 4:
             out = keras.layers.GlobalAveragePooling2D(name="feature_pool")(out)
         out = keras.layers.Activation("linear", dtype="float32", name="features")(out)
@@ -230,6 +333,75 @@ def build_model(config: ExtractionConfig):
     log.info("built %s up to %s (%d values), weights %s, precision %s",
              spec.name, config.layer, model.output_shape[-1], config.weights, config.precision)
     return model
+
+
+def _build_hub(config: ExtractionConfig):
+    import keras
+
+    from headstart.extractor import hub
+
+    _, family, handle = hub.preset_of(config.backbone)
+    if config.weights.startswith("sha256:") and config.weights_path is None:
+        raise BackboneError(
+            f"Expected the preset folder with {config.weights} for this cache. Received: no --weights FOLDER."
+        )
+    if config.weights == RANDOM_WEIGHTS:
+        keras.utils.set_random_seed(config.seed or 0)
+    folder = config.weights_path if config.weights.startswith("sha256:") else None
+    with _dtype_policy(config.precision):
+        base = hub.build(family, handle, folder, config.weights != RANDOM_WEIGHTS, config.input_size)
+        out = keras.layers.Activation("linear", dtype="float32", name="features")(base.outputs[0])
+    model = keras.Model(base.inputs[0], out, name=base.name)
+    model.trainable = False
+    log.info("built %s (%s, %d values), weights %s", config.backbone, config.layer, model.output_shape[-1],
+             config.weights)
+    return model
+
+
+def make_hub_config(backbone: str, layer: str | None, *, weights: str, input_size: int | None, resize: str,
+                    jpeg_draft: bool, precision: str, dtype: str, seed: int, views: str = "none") -> ExtractionConfig:
+    """`make_config` for ``hub:PRESET`` (see `headstart.extractor.hub`)."""
+    import keras
+
+    from pathlib import Path
+
+    from headstart.extractor import hub
+    from headstart.extractor.config import PRECISIONS, STORAGE_DTYPES, VIEWS
+    from headstart.extractor.decode import RESIZE_METHODS
+
+    if views not in VIEWS:
+        raise BackboneError(f"Expected --views among {', '.join(VIEWS)}. Received: {views!r}.")
+    _, family, handle = hub.preset_of(backbone)
+    if layer not in (None, family.layer):
+        raise BackboneError(f"Expected a layer of {backbone} among {family.layer}. Received: {layer!r}.")
+    if weights.lower() == IMAGENET:
+        identity, folder, seed_used = handle, None, None
+    elif weights.lower() == RANDOM_WEIGHTS:
+        identity, folder, seed_used = RANDOM_WEIGHTS, None, seed
+    else:
+        path = Path(weights).expanduser()
+        if not path.is_dir():
+            raise BackboneError(
+                f"Expected --weights imagenet (the preset's), none, or a KerasHub preset folder for {backbone}. "
+                f"Received: {weights} (no such folder)."
+            )
+        identity, folder, seed_used = hub.folder_digest(path), str(path.resolve()), None
+    size = hub.image_size(family, hub.read_config(family, handle, folder))
+    if input_size not in (None, size):
+        raise BackboneError(f"Expected --input-size {size} for {backbone} (the preset's). Received: {input_size}.")
+    if resize not in RESIZE_METHODS:
+        raise BackboneError(f"Expected --resize among {', '.join(RESIZE_METHODS)}. Received: {resize!r}.")
+    precision = default_precision(None) if precision == "auto" else precision
+    if precision not in PRECISIONS:
+        raise BackboneError(f"Expected --precision among auto, {', '.join(PRECISIONS)}. Received: {precision!r}.")
+    if dtype not in STORAGE_DTYPES:
+        raise BackboneError(f"Expected --dtype among {', '.join(STORAGE_DTYPES)}. Received: {dtype!r}.")
+    return ExtractionConfig(
+        backbone=backbone, layer=family.layer, pooling=None, alpha=None, weights=identity, seed=seed_used,
+        keras_version=keras.__version__, input_size=size, resize=resize, jpeg_draft=jpeg_draft,
+        preprocessing=family.preprocessing, precision=precision, dtype=dtype, backend=keras.backend.backend(),
+        views=views, weights_path=folder,
+    )
 
 
 def has_accelerator() -> bool:
@@ -291,9 +463,18 @@ def make_config(
     precision: str = "auto",
     dtype: str = "float16",
     seed: int = 0,
+    views: str = "none",
 ) -> ExtractionConfig:
     """Check the user's options and resolve defaults into an `ExtractionConfig`."""
     import keras
+
+    from headstart.extractor import hub
+
+    if hub.is_hub(backbone):
+        if alpha is not None:
+            raise BackboneError(f"Expected no --alpha for {backbone} (only mobilenet has one). Received: {alpha}.")
+        return make_hub_config(backbone, layer, weights=weights, input_size=input_size, resize=resize,
+                               jpeg_draft=jpeg_draft, precision=precision, dtype=dtype, seed=seed, views=views)
 
     from headstart.extractor.config import (
         MAX_INPUT_SIZE,
@@ -301,6 +482,7 @@ def make_config(
         PRECISIONS,
         RESIZE_METHODS,
         STORAGE_DTYPES,
+        VIEWS,
         resolve_weights,
     )
 
@@ -321,6 +503,8 @@ def make_config(
         precision = default_precision(spec.name)
     if precision not in PRECISIONS:
         raise BackboneError(f"Expected --precision among auto, {', '.join(PRECISIONS)}. Received: {precision!r}.")
+    if views not in VIEWS:
+        raise BackboneError(f"Expected --views among {', '.join(VIEWS)}. Received: {views!r}.")
     if dtype not in STORAGE_DTYPES:
         raise BackboneError(f"Expected --dtype among {', '.join(STORAGE_DTYPES)}. Received: {dtype!r}.")
     size = spec.input_size if input_size is None else input_size
@@ -347,5 +531,38 @@ def make_config(
         precision=precision,
         dtype=dtype,
         backend=keras.backend.backend(),
+        views=views,
         weights_path=path,
     )
+
+
+SPEEDS_FILE = "backbone_speeds.json"
+"""Per-backbone figures measured once by ``bench/bench_backbones.py --write-package-data``."""
+
+
+def describe_backbones() -> tuple[list[dict], str | None]:
+    """One row per registered backbone (name, layers, default layer, input size, preprocessing,
+    and, where the benchmark measured them, feature size, weights MB and pictures/s), and the
+    machine the figures come from. Nothing is measured here."""
+    import json
+    from importlib import resources
+
+    try:
+        data = json.loads(resources.files("headstart.extractor").joinpath(SPEEDS_FILE).read_text())
+        measured, machine = data["backbones"], data.get("measured_on")
+    except (OSError, ValueError, KeyError, TypeError):
+        measured, machine = {}, None
+    rows = []
+    for spec in BACKBONES.values():
+        m = measured.get(spec.name, {}) if isinstance(measured, dict) else {}
+        rows.append({
+            "name": spec.name,
+            "layers": list(spec.layers),
+            "default_layer": spec.default_layer,
+            "input_size": spec.input_size,
+            "preprocessing": spec.preprocessing,
+            "features": m.get("features"),
+            "weights_mb": m.get("weights_mb"),
+            "pictures_per_second": m.get("pictures_per_second"),
+        })
+    return rows, machine

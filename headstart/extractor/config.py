@@ -23,6 +23,8 @@ IMAGENET = "imagenet"
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 4096
 _WEIGHTS_FILE = re.compile(r"sha256:[0-9a-f]{64}")
 _VERSION = re.compile(r"[0-9][0-9A-Za-z.+-]{0,39}")
+VIEWS = ("none", "flip")
+"""Rows per picture: ``none`` one; ``flip`` two, the picture and its horizontal mirror."""
 
 
 def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
@@ -57,12 +59,15 @@ class ExtractionConfig:
     precision: str = "float32"
     dtype: str = "float16"
     backend: str = "tensorflow"
+    views: str = "none"
     weights_path: str | None = field(default=None, compare=False)
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that change the numbers, as a plain dict (``weights_path`` left out)."""
         out = dataclasses.asdict(self)
         out.pop("weights_path")
+        if out["views"] == "none":  # caches made before views existed keep their fingerprint
+            out.pop("views")
         return out
 
     def fingerprint_json(self) -> str:
@@ -107,6 +112,11 @@ def check_settings(fp: dict[str, Any]) -> None:
     """Check the values of a fingerprint whose keys and types are right against the registries."""
     from headstart.extractor.backbones import BACKBONES, PREPROCESSING
 
+    from headstart.extractor import hub
+
+    if hub.is_hub(fp["backbone"]):
+        _check_hub(fp)
+        return
     _one_of("backbone", fp["backbone"], BACKBONES)
     spec = BACKBONES[fp["backbone"]]
     _one_of(f"a layer of {spec.name}", fp["layer"], spec.layers)
@@ -134,6 +144,33 @@ def check_settings(fp: dict[str, Any]) -> None:
         raise BackboneError(f"Expected input_size from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}. Received: {size}.")
     if layer.include_top and size != spec.input_size:
         raise BackboneError(f"Expected input_size {spec.input_size} for {spec.name} {fp['layer']}. Received: {size}.")
+    _one_of("resize", fp["resize"], RESIZE_METHODS)
+    _one_of("precision", fp["precision"], PRECISIONS)
+    _one_of("dtype", fp["dtype"], STORAGE_DTYPES)
+    _one_of("backend", fp["backend"], BACKENDS)
+    _one_of("views", fp.get("views", "none"), VIEWS)
+
+
+def _check_hub(fp: dict[str, Any]) -> None:
+    """`check_settings` for a KerasHub backbone: names from the hub families, a Kaggle handle with its
+    version, none, or the SHA-256 of a preset folder (no KerasHub needed to check)."""
+    from headstart.extractor import hub
+    from headstart.extractor.decode import RESIZE_METHODS
+
+    hub.check_name(fp["backbone"], fp["layer"], fp["preprocessing"])
+    _one_of("pooling", fp["pooling"], (None,))
+    _one_of("alpha", fp["alpha"], (None,))
+    weights = fp["weights"]
+    if weights != RANDOM_WEIGHTS and not _WEIGHTS_FILE.fullmatch(weights) and not hub.HANDLE.fullmatch(weights):
+        raise BackboneError(
+            f"Expected weights among none, sha256:<64 hex digits>, kaggle://.../VERSION. Received: {weights!r:.80}."
+        )
+    if (fp["seed"] is None) != (weights != RANDOM_WEIGHTS):
+        raise BackboneError(f"Expected a seed with weights none only. Received: seed {fp['seed']!r}, weights {weights}.")
+    if fp["keras_version"] is not None and not _VERSION.fullmatch(fp["keras_version"]):
+        raise BackboneError(f"Expected keras_version like 3.8.0. Received: {fp['keras_version']!r:.80}.")
+    if not MIN_INPUT_SIZE <= fp["input_size"] <= MAX_INPUT_SIZE:
+        raise BackboneError(f"Expected input_size from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}. Received: {fp['input_size']}.")
     _one_of("resize", fp["resize"], RESIZE_METHODS)
     _one_of("precision", fp["precision"], PRECISIONS)
     _one_of("dtype", fp["dtype"], STORAGE_DTYPES)

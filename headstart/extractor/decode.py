@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -31,32 +34,41 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | Path, size: tuple[int, int], resize: str = "squash", draft: bool = True) -> np.ndarray:
+def load_pixels(path: str | Path) -> np.ndarray:
+    """Decode ``path`` whole, without resizing: an ``(height, width, 3)`` uint8 array, what an app
+    gives a model exported by ``headstart export``. Same checks and reasons as `load_image`."""
+    return load_image(path, None)
+
+
+def load_image(
+    path: str | Path | BinaryIO, size: tuple[int, int] | None, resize: str = "squash", draft: bool = True
+) -> np.ndarray:
     """Decode ``path`` to an ``(height, width, 3)`` uint8 array of ``size = (height, width)``.
 
     EXIF orientation is applied, every mode becomes RGB, animated files give their first frame.
     ``squash`` resizes both sides bilinearly (aspect ratio not kept, as `keras.utils.load_img`);
     ``crop`` resizes the short side and cuts the centre. ``draft`` lets Pillow's JPEG decoder
     skip detail it would throw away (DCT scaling) when the picture is at least twice the size.
+    ``size=None`` keeps the picture's own size (no draft, no resize).
     Raises `DecodeError` with a short reason for anything that is not a readable picture.
     """
-    height, width = size
+    height, width = size or (0, 0)
     try:
-        if Path(path).stat().st_size == 0:
+        if isinstance(path, (str, Path)) and Path(path).stat().st_size == 0:
             raise DecodeError("empty file")
         # Pillow refuses pictures over 2 x Image.MAX_IMAGE_PIXELS (~179 MP) as decompression bombs.
         with Image.open(path) as img:
-            if draft and img.format == "JPEG":
+            if draft and size and img.format == "JPEG":
                 # Decode at 1/2, 1/4 or 1/8 scale, never below twice the target size.
                 img.draft("RGB", (width * 2, height * 2))
             img.load()
             img = ImageOps.exif_transpose(img)
             img = _to_rgb(img)
-            if resize == "squash":
+            if size is not None and resize == "squash":
                 img = img.resize((width, height), Image.BILINEAR)
-            elif resize == "crop":
+            elif size is not None and resize == "crop":
                 img = ImageOps.fit(img, (width, height), Image.BILINEAR)
-            else:
+            elif size is not None:
                 raise ValueError(f"resize must be one of {RESIZE_METHODS}, got {resize!r}")
             arr = np.asarray(img, dtype=np.uint8)
     except DecodeError:
@@ -67,6 +79,26 @@ def load_image(path: str | Path, size: tuple[int, int], resize: str = "squash", 
         raise DecodeError("not an image (format not recognised)") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as err:
         raise DecodeError(f"cannot decode: {err}") from None
-    if arr.shape != (height, width, 3):  # pragma: no cover - Pillow contract
+    if size is None and (arr.ndim != 3 or arr.shape[2] != 3):  # pragma: no cover - Pillow contract
+        raise DecodeError(f"decoded to shape {arr.shape}")
+    if size is not None and arr.shape != (height, width, 3):  # pragma: no cover - Pillow contract
         raise DecodeError(f"decoded to shape {arr.shape}")
     return arr
+
+
+def load_image_hashed(
+    path: str | Path, size: tuple[int, int], resize: str = "squash", draft: bool = True
+) -> tuple[np.ndarray, str]:
+    """`load_image`, and the hex SHA-256 of the file's bytes, from one read of the file.
+
+    The file is read into memory once (Pillow reads it whole anyway), hashed, and decoded from
+    those bytes. Raises `DecodeError` as `load_image` does.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except (OSError, MemoryError) as err:
+        raise DecodeError(f"cannot read: {getattr(err, 'strerror', None) or err}") from None
+    if not data:
+        raise DecodeError("empty file")
+    digest = hashlib.sha256(data).hexdigest()
+    return load_image(io.BytesIO(data), size, resize, draft), digest

@@ -8,16 +8,16 @@ import math
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Collection, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from headstart.cache import CacheHeader, CacheLock, CacheWriter, describe_diff, diff_settings, open_cache
-from headstart.errors import CacheMismatchError, DatasetError, HeadstartError
+from headstart.errors import CacheMismatchError, DatasetError, HeadstartError, RayError
 from headstart.extractor.config import ExtractionConfig
-from headstart.extractor.decode import DecodeError, load_image
+from headstart.extractor.decode import DecodeError, load_image_hashed
 from headstart.extractor.scan import scan_dataset
 
 log = logging.getLogger(__name__)
@@ -44,16 +44,18 @@ def default_workers() -> int:
 
 def decode_stream(
     paths: Sequence[Path], config: ExtractionConfig, workers: int, prefetch: int
-) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+) -> Iterator[tuple[int, np.ndarray | None, str | None, str | None]]:
     """Decode ``paths`` in worker threads, ``prefetch`` pictures ahead; yields in input order
-    ``(index, pixels, None)`` or ``(index, None, reason)``. Memory is bounded by ``prefetch``."""
+    ``(index, pixels, None, sha256)`` or ``(index, None, reason, None)``, ``sha256`` the hex digest
+    of the file's bytes (hashed by the worker from the bytes it decodes). Memory is bounded by ``prefetch``."""
     size = (config.input_size, config.input_size)
 
     def work(path: Path):
         try:
-            return load_image(path, size, config.resize, config.jpeg_draft), None
+            pixels, digest = load_image_hashed(path, size, config.resize, config.jpeg_draft)
+            return pixels, None, digest
         except DecodeError as err:
-            return None, str(err)
+            return None, str(err), None
 
     if workers < 1:
         raise HeadstartError(f"Expected --workers of at least 1. Received: {workers}.")
@@ -67,11 +69,11 @@ def decode_stream(
                 break
         index = 0
         while pending:
-            pixels, reason = pending.popleft().result()
+            pixels, reason, digest = pending.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
                 pending.append(pool.submit(work, nxt[1]))
-            yield index, pixels, reason
+            yield index, pixels, reason, digest
             index += 1
     finally:
         # On Ctrl-C (or any early exit) do not wait for the pictures queued ahead.
@@ -140,35 +142,49 @@ def auto_batch_size(model, config: ExtractionConfig, largest: int = 256, cpu_def
     return chosen
 
 
+def _embed(embedder: Embedder, pixels: list[np.ndarray]) -> np.ndarray:
+    """Features of a batch; with ``views == "flip"`` the rows of the mirrored pictures follow (2n rows)."""
+    feats = embedder(pixels)
+    if embedder.config.views == "flip":
+        feats = np.concatenate([feats, embedder([p[:, ::-1] for p in pixels])])
+    return feats
+
+
 def embed_stream(
     paths: Sequence[Path], embedder: Embedder, workers: int
-) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, str]]]]:
-    """Yield ``(indices, features, failed)`` batch by batch, ``failed`` as (index, reason)."""
+) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, str]], list[str]]]:
+    """Yield ``(indices, features, failed, sha256)`` batch by batch, ``failed`` as (index, reason),
+    ``sha256`` the hex digest of each file in ``indices``. With ``views == "flip"`` features has
+    ``2 * len(indices)`` rows: the pictures', then their mirrors'."""
     batch_idx: list[int] = []
     batch_px: list[np.ndarray] = []
+    batch_sha: list[str] = []
     failed: list[tuple[int, str]] = []
     prefetch = max(2 * embedder.batch_size, 4 * workers)
-    for index, pixels, reason in decode_stream(paths, embedder.config, workers, prefetch):
+    for index, pixels, reason, digest in decode_stream(paths, embedder.config, workers, prefetch):
         if pixels is None:
             failed.append((index, reason))
             continue
         batch_idx.append(index)
         batch_px.append(pixels)
+        batch_sha.append(digest)
         if len(batch_idx) == embedder.batch_size:
-            yield batch_idx, embedder(batch_px), failed
-            batch_idx, batch_px, failed = [], [], []
+            yield batch_idx, _embed(embedder, batch_px), failed, batch_sha
+            batch_idx, batch_px, failed, batch_sha = [], [], [], []
     if batch_idx or failed:
-        feats = embedder(batch_px) if batch_px else np.zeros((0, embedder.dim), np.float32)
-        yield batch_idx, feats, failed
+        feats = _embed(embedder, batch_px) if batch_px else np.zeros((0, embedder.dim), np.float32)
+        yield batch_idx, feats, failed, batch_sha
 
 
 @dataclass
 class EmbedResult:
-    """Features of pictures given one by one (for `predict`): rows follow ``ok``."""
+    """Features of pictures given one by one (for `predict`): rows follow ``ok``; ``flipped``: the
+    mirrored pictures' rows when the config has ``views == "flip"``, else None."""
 
     features: np.ndarray
     ok: list[Path]
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    flipped: np.ndarray | None = None
 
 
 def embed_files(
@@ -182,13 +198,16 @@ def embed_files(
     if isinstance(batch_size, int):  # a handful of pictures should not pay for a full batch
         batch_size = max(1, min(batch_size, len(files)))
     embedder = Embedder(config, batch_size)
-    feats, ok, failed = [], [], []
-    for idx, f, bad in embed_stream(files, embedder, workers or default_workers()):
-        feats.append(f)
+    feats, flips, ok, failed = [], [], [], []
+    for idx, f, bad, _ in embed_stream(files, embedder, workers or default_workers()):
+        feats.append(f[: len(idx)])
+        flips.append(f[len(idx):])
         ok.extend(files[i] for i in idx)
         failed.extend((files[i], reason) for i, reason in bad)
-    features = np.concatenate(feats) if feats else np.zeros((0, embedder.dim), np.float32)
-    return EmbedResult(features=features, ok=ok, failed=failed)
+    empty = np.zeros((0, embedder.dim), np.float32)
+    features = np.concatenate(feats) if feats else empty
+    flipped = (np.concatenate(flips) if flips else empty) if config.views == "flip" else None
+    return EmbedResult(features=features, ok=ok, failed=failed, flipped=flipped)
 
 
 @dataclass
@@ -270,8 +289,8 @@ def _printable(rel: str) -> str | None:
         return None
 
 
-def _prune(writer: CacheWriter, root: Path) -> int:
-    keep = np.array([(root / p).exists() for p in writer.paths()], dtype=bool)
+def _prune(writer: CacheWriter, root: Path, exclude_paths: Collection[str] = ()) -> int:
+    keep = np.array([(root / p).exists() and p not in exclude_paths for p in writer.paths()], dtype=bool)
     gone = int((~keep).sum())
     if gone:
         writer.keep_rows(keep)
@@ -294,6 +313,10 @@ def extract(
     progress: Progress | None = None,
     commit_seconds: float = COMMIT_SECONDS,
     embedder: Embedder | None = None,
+    ray: str | None = None,
+    shards: int | None = None,
+    shard: int | None = None,
+    exclude_paths: Collection[str] = (),
 ) -> ExtractResult:
     """Extract features of every picture under ``source`` into the cache ``out``.
 
@@ -304,7 +327,15 @@ def extract(
     Rows become durable at least every ``commit_seconds`` (and at the end, and on Ctrl-C).
     ``embedder``: an `Embedder` already built for ``config`` (to extract several folders with one
     model); by default one is built here, and only if there is something to extract.
+    ``ray``: run decoding and the model on the Ray cluster at this address (``auto``,
+    ``ray://host:10001``, or ``local``); `headstart.extractor.distributed` explains how.
+    ``shards``, ``shard``: extract only shard ``shard`` (from 0) of ``shards``, chosen by a hash of
+    each relative path (`headstart.extractor.shards`); the cache records it.
+    ``exclude_paths``: relative paths not to extract (``--exclude-list``); with ``prune``, rows
+    already in the cache for them are dropped too.
     """
+    from headstart.extractor.shards import Shard
+
     from headstart.extractor.backbones import make_config
 
     t0 = time.perf_counter()
@@ -316,7 +347,19 @@ def extract(
     config = config or (embedder.config if embedder else make_config())
     if embedder is not None and embedder.config != config:
         raise HeadstartError("Expected an embedder built for the same extraction config as the one given.")
+    part = Shard.from_options(shards, shard)
+    if ray:
+        from headstart.extractor import distributed
+
+        if config.views == "flip":
+            raise RayError("Expected --views none with --ray: flipped views run on one machine only for now. "
+                           "Extract with --views flip without --ray, or shard the folder (--shards N --shard I).")
+        distributed.check_ray(ray)  # fail in seconds, before the cache is touched
     dataset = scan_dataset(source, exclude=exclude, limit_per_class=limit_per_class)
+    if part is not None:
+        keep = part.select([rel for rel, _ in dataset.items])
+        dataset = replace(dataset, items=tuple(it for it, k in zip(dataset.items, keep) if k))
+        log.info("%s: %d pictures", part, len(dataset))
     if out.exists() and out.is_dir():
         raise DatasetError(f"Expected --out to be a file path. Received: {out} (a folder).")
     if out.is_symlink() and not out.exists():
@@ -331,6 +374,10 @@ def extract(
             header_probe = _check_existing(out, config, dataset.class_names, str(source.resolve()), root_moved)
         elif out.exists():
             _check_replaceable(out)
+        if header_probe is None and ray:
+            from headstart.extractor import distributed
+
+            header_probe = (distributed.feature_dim(config), list(dataset.class_names))
         if header_probe is None:
             embedder = embedder or Embedder(config, batch_size)
             header_probe = (embedder.dim, list(dataset.class_names))
@@ -342,6 +389,8 @@ def extract(
             class_names=tuple(class_names),
             root=str(source.resolve()),
             weights_path=config.weights_path,
+            row_datasets=("sha256", "view") if config.views == "flip" else ("sha256",),
+            shard=part.to_json() if part else "",
         )
         label_map = [class_names.index(name) for name in dataset.class_names]
     except BaseException:
@@ -349,17 +398,22 @@ def extract(
         raise
     with CacheWriter(out, header, overwrite=overwrite, lock=lock) as writer:
         moved_from = writer.set_root(header.root) if root_moved else None
-        pruned = _prune(writer, source) if prune else 0
+        pruned = _prune(writer, source, exclude_paths) if prune else 0
         done = writer.done_paths()
         todo, failed = [], []
+        excluded = 0
         for rel, label in dataset.items:
             if _printable(rel) is None:  # HDF5 stores UTF-8 only: record it under a readable name
                 shown = rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
                 if shown not in done:
                     failed.append((shown, "file name is not valid UTF-8; rename the file"))
+            elif rel in exclude_paths:
+                excluded += 1
             elif rel not in done:
                 todo.append((rel, label_map[label]))
-        already = len(dataset) - len(todo) - len(failed)
+        already = len(dataset) - len(todo) - len(failed) - excluded
+        if excluded:
+            log.info("left out %d pictures listed to exclude", excluded)
         total = len(todo)
         if already:
             log.info("%d pictures already in %s; %d to extract", already, out, total)
@@ -368,12 +422,25 @@ def extract(
         if progress:
             progress(0, total, 0)
         if todo:
-            embedder = embedder or Embedder(config, batch_size)
             paths = [source / rel for rel, _ in todo]
+            if ray:
+                from headstart.extractor import distributed
+
+                stream = distributed.embed_stream(paths, config, address=ray, batch_size=batch_size, workers=workers)
+            else:
+                embedder = embedder or Embedder(config, batch_size)
+                stream = embed_stream(paths, embedder, workers or default_workers())
             handled = 0
             t_loop = last_commit = time.perf_counter()
-            for idx, feats, bad in embed_stream(paths, embedder, workers or default_workers()):
-                writer.append(feats, [todo[i][1] for i in idx], [todo[i][0] for i in idx])
+            for idx, feats, bad, digests in stream:
+                if ray and not handled:  # the cluster's start-up (actors building the model) is not the loop
+                    t_loop = time.perf_counter()
+                labels, rels = [todo[i][1] for i in idx], [todo[i][0] for i in idx]
+                if config.views == "flip":  # both rows of a picture are committed together
+                    writer.append(feats, labels * 2, rels * 2, view=[0] * len(idx) + [1] * len(idx),
+                                  sha256=list(digests) * 2)
+                else:
+                    writer.append(feats, labels, rels, sha256=digests)
                 bad_items = [(todo[i][0], reason) for i, reason in bad]
                 writer.add_failed(bad_items)
                 if time.perf_counter() - last_commit >= commit_seconds:

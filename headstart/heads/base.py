@@ -65,10 +65,14 @@ class Head(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         d = int(self.n_features_in_)
         inputs = keras.Input((d,), name="features")
-        x = keras.layers.Normalization(
-            mean=self.scaler_.mean.reshape(1, d), variance=np.square(self.scaler_.scale).reshape(1, d),
-            name="standardization",
-        )(inputs)
+        # (x - mean) / scale as a BatchNormalization at inference (epsilon 0, gamma 1, beta 0): the
+        # statistics are weights, not constants in the config, so tf2onnx and LiteRT keep them too
+        # (a Normalization layer's mean became a missing ONNX input).
+        standardize = keras.layers.BatchNormalization(epsilon=0.0, name="standardization", trainable=False)
+        standardize.build((None, d))
+        standardize.set_weights([np.ones(d, np.float32), np.zeros(d, np.float32),
+                                 self.scaler_.mean.reshape(d), np.square(self.scaler_.scale).reshape(d)])
+        x = standardize(inputs)
         outputs = self._keras_layers(keras, x)
         return keras.Model(inputs, outputs, name=f"{self.name}_head")
 

@@ -17,6 +17,7 @@ from headstart.heads.rundir import read_run, warn_versions
 from headstart.heads.sources import CacheSource
 from headstart.heads.split import SPLITS, assign
 from headstart.heads.training import predict_split
+from headstart.heads.views import per_picture
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,14 @@ def _run_cache_path(info: Mapping[str, Any], run_dir: Path) -> Path:
 
 
 def _test_rows(info: Mapping[str, Any], cache) -> np.ndarray:
-    return np.flatnonzero(assign(cache.paths, info["split_spec"]) == SPLITS.index("test"))
+    test = assign(cache.paths, info["split_spec"]) == SPLITS.index("test")
+    excluded = info.get("excluded")
+    if excluded is not None:  # pictures the run left out (--exclude-list) stay out of its test split
+        paths = excluded.get("paths") if isinstance(excluded, dict) else None
+        if not (isinstance(paths, list) and all(isinstance(p, str) for p in paths)):
+            raise RunError(f"Expected excluded.paths in the run's run.json as a list of paths. Received: {paths!r:.80}.")
+        test &= ~np.isin(np.array(cache.paths, dtype=object), np.array(paths, dtype=object))
+    return np.flatnonzero(test)
 
 
 def evaluate(run_dir: str | os.PathLike, cache_path: str | os.PathLike | None = None) -> EvaluateResult:
@@ -129,8 +137,10 @@ def evaluate(run_dir: str | os.PathLike, cache_path: str | os.PathLike | None = 
                 if excluded:
                     log.warning("left out %d pictures of the run's own training and validation splits", excluded)
         source = CacheSource(cache, rows, labels=mapping[cache.labels[rows]])
-        proba = predict_split(head, source, len(class_names))
-        metrics = M.split_metrics(source.labels, proba, class_names)
+        proba, y = predict_split(head, source, len(class_names)), source.labels
+        if cache.views is not None:  # one score per picture: its views averaged
+            proba, y, _ = per_picture(proba, y, [cache.paths[i] for i in rows])
+        metrics = M.split_metrics(y, proba, class_names)
     return EvaluateResult(run_dir, path, scope, metrics, class_names, excluded)
 
 
@@ -154,6 +164,9 @@ def misclassified(
         y = mapping[cache.labels[rows]]
         proba = predict_split(head, CacheSource(cache, rows, labels=y), len(class_names))
         paths = [cache.paths[i] for i in rows]
+        if cache.views is not None:  # one line per picture: its views averaged
+            proba, y, first = per_picture(proba, y, paths)
+            rows, paths = rows[first], [paths[i] for i in first]
         root = Path(cache.root or ".")
     pred = proba.argmax(axis=1) if len(rows) else np.zeros(0, dtype=np.int64)
     loss = -np.log(np.clip(proba[np.arange(len(y)), y], 1e-15, 1.0)) if len(rows) else np.zeros(0)

@@ -43,6 +43,7 @@ from headstart.heads.rundir import (
 )
 from headstart.heads.sources import ArraySource, CacheSource, check_finite
 from headstart.heads.split import SPLITS, SplitSpec, assign, check_trainable, split_counts
+from headstart.heads.views import per_picture
 
 log = logging.getLogger(__name__)
 
@@ -135,19 +136,28 @@ class Data:
     sources: dict[str, Any]
     streamed: bool
     cache_info: dict[str, Any]
+    paths: dict[str, list[str]] | None = None  # per split, when the cache has views to average
+    excluded: dict[str, Any] | None = None  # what --exclude-list left out (recorded in run.json)
 
     def labels(self, name: str) -> np.ndarray:
         return self.sources[name].labels
 
 
-def prepare(cache, spec: SplitSpec, stream: bool | None) -> Data:
-    """Split an open cache and make a row source per split (in memory, or streamed by size)."""
+def prepare(cache, spec: SplitSpec, stream: bool | None, exclude=None) -> Data:
+    """Split an open cache and make a row source per split (in memory, or streamed by size).
+    ``exclude``: an `ExcludeList` whose pictures are in no split."""
     n = len(cache)
     if n == 0:
         raise RunError(f"Expected a cache with extracted pictures. Received: {cache.path} (0 rows); run extract first.")
     if not cache.complete:
         log.warning("%s: extraction did not finish; training on the %d rows committed so far", cache.path, n)
     codes = assign(cache.paths, spec)
+    excluded = None
+    if exclude is not None:
+        left_out = np.array([p in exclude.paths for p in cache.paths], dtype=bool)
+        codes[left_out] = -1  # in no split
+        excluded = exclude.record([p for p, out in zip(cache.paths, left_out) if out])
+        log.info("left out %d pictures listed in %s", int(left_out.sum()), exclude.file)
     indices = {name: np.flatnonzero(codes == k) for k, name in enumerate(SPLITS)}
     counts = split_counts(cache.labels, indices, cache.class_names)
     check_trainable(counts, cache.counts())
@@ -172,6 +182,7 @@ def prepare(cache, spec: SplitSpec, stream: bool | None) -> Data:
             name: ArraySource(arrays[k], cache.labels[indices[name]]) for k, name in enumerate(SPLITS)
         }
     return Data(
+        paths=None if cache.views is None else {k: [cache.paths[i] for i in v] for k, v in indices.items()},
         cache_path=cache.path.resolve(),
         class_names=list(cache.class_names),
         spec=spec,
@@ -190,6 +201,7 @@ def prepare(cache, spec: SplitSpec, stream: bool | None) -> Data:
             "dtype": str(cache.dtype),
             "complete": cache.complete,
         },
+        excluded=excluded,
     )
 
 
@@ -230,8 +242,10 @@ def _fit_one(data: Data, name: str, params: Mapping[str, Any], folder: Path, fin
     n_classes = len(data.class_names)
     metrics = {}
     for split in ("val", "test"):
-        proba = predict_split(head, data.sources[split], n_classes)
-        metrics[split] = M.split_metrics(data.labels(split), proba, data.class_names)
+        proba, y = predict_split(head, data.sources[split], n_classes), data.labels(split)
+        if data.paths is not None:  # one score per picture: its views averaged
+            proba, y, _ = per_picture(proba, y, data.paths[split])
+        metrics[split] = M.split_metrics(y, proba, data.class_names)
         log.info("%s %s: %s", name, split, M.summary_line(metrics[split]))
     run = {
         "head": name,
@@ -239,6 +253,7 @@ def _fit_one(data: Data, name: str, params: Mapping[str, Any], folder: Path, fin
         "fitted": fitted_info(head),
         "cache": data.cache_info,
         "split": {**data.spec.to_dict(), "counts": data.counts},
+        **({"excluded": data.excluded} if data.excluded else {}),
         "class_names": data.class_names,
         "streamed": data.streamed,
         "fit_seconds": round(fit_seconds, 3),
@@ -287,18 +302,20 @@ def train(
     params: Mapping[str, Any] | None = None,
     plots: bool = True,
     stream: bool | None = None,
+    exclude=None,
 ) -> TrainResult:
     """Fit one head on the training split of a cache and write a run folder to ``out``.
 
     ``params`` are the head's options (see `head_params`); ``stream`` forces (True) or forbids
-    (False) reading batches from the file instead of memory; None decides by size. ``out`` must
+    (False) reading batches from the file instead of memory; None decides by size. ``exclude``: an
+    `headstart.exclude_list.ExcludeList` of pictures to leave out of every split. ``out`` must
     be new, empty or an earlier run (replaced whole, in one step, when the new one is complete).
     """
     out = Path(out)
     make_head(head, **dict(params or {}))  # bad options fail before the cache is read
     check_out(out, RUN_KIND)  # fail early; checked again under the lock
     with open_cache(cache_path) as cache:
-        data = prepare(cache, split, stream)
+        data = prepare(cache, split, stream, exclude)
         with result_writer(out, RUN_KIND) as tmp:
             return _fit_one(data, head, dict(params or {}), tmp, out, plots)
 
@@ -312,12 +329,15 @@ def compare(
     params: Mapping[str, Any] | None = None,
     plots: bool = True,
     stream: bool | None = None,
+    baseline: str | os.PathLike | None = None,
+    exclude=None,
 ) -> CompareResult:
     """Fit several heads on the same split; each run goes to ``out/<head>``, the table to ``out``.
 
     ``params`` are shared options; each head takes those it knows (``epochs`` goes to the Keras
     heads, ``class_weight`` to all). An option no chosen head takes is an error. The comparison
-    is swapped into ``out`` whole when every head is done.
+    is swapped into ``out`` whole when every head is done. ``baseline``: a `headstart baseline` run
+    folder on the same split, added as one more row of the table and the plot.
     """
     out = Path(out)
     heads = list(dict.fromkeys(heads))
@@ -335,7 +355,12 @@ def compare(
     check_out(out, COMPARISON_KIND)
     runs = []
     with open_cache(cache_path) as cache:
-        data = prepare(cache, split, stream)
+        data = prepare(cache, split, stream, exclude)
+        extra = []
+        if baseline is not None:
+            from headstart.baseline import read_baseline
+
+            extra.append(read_baseline(baseline, split, data.class_names))
         if data.streamed and "logreg" in heads:
             log.warning("the cache is streamed from disk; logreg needs memory and is left out")
             heads = [h for h in heads if h != "logreg"]
@@ -344,7 +369,7 @@ def compare(
         with result_writer(out, COMPARISON_KIND) as tmp:
             for name in heads:
                 runs.append(_fit_one(data, name, per_head[name], tmp / name, out / name, plots))
-            rows = [r.row() for r in runs]
+            rows = [r.row() for r in runs] + extra
             if plots:
                 from headstart.heads import plots as P
 

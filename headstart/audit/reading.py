@@ -1,0 +1,76 @@
+"""Opening a cache for audit and map: any damage is one `CacheError`, never a traceback.
+
+`open_cache` checks the layout; this adds the checks the audit relies on (2-D floating-point
+features, one label and one path per committed row) and turns whatever a damaged file makes h5py
+or the reader raise into one message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from headstart.cache import open_cache
+from headstart.cache.store import CacheReader
+from headstart.errors import CacheError, HeadstartError
+
+_DAMAGE = (TypeError, ValueError, KeyError, IndexError, RuntimeError, AttributeError, OSError)
+
+
+def _damaged(path: Path, err: BaseException) -> CacheError:
+    return CacheError(
+        f"Expected a readable headstart feature cache. Received: {path} ({type(err).__name__}: {str(err)[:200]}); "
+        "extract it again with --overwrite."
+    )
+
+
+def check_reader(cache: CacheReader) -> None:
+    n = len(cache)
+    feats = cache.features
+    problems = []
+    if feats.ndim != 2 or feats.dtype.kind != "f":
+        problems.append(f"features of shape {feats.shape} and type {feats.dtype}, not rows of floats")
+    elif feats.shape[0] < n:
+        problems.append(f"{feats.shape[0]} feature rows for {n} committed rows")
+    if len(cache.labels) != n or len(cache.paths) != n:
+        problems.append(f"{len(cache.labels)} labels and {len(cache.paths)} paths for {n} rows")
+    elif n and (cache.labels.min() < 0 or cache.labels.max() >= len(cache.class_names)):
+        problems.append(f"labels from {int(cache.labels.min())} to {int(cache.labels.max())} for "
+                        f"{len(cache.class_names)} classes")
+    if problems:
+        raise CacheError(f"Expected a consistent headstart feature cache. Received: {cache.path} with "
+                         f"{'; '.join(problems)}; extract it again with --overwrite.")
+
+
+@contextlib.contextmanager
+def open_checked(path: str | os.PathLike) -> Iterator[CacheReader]:
+    """`open_cache`, checked for what the audit needs; errors reading the file become `CacheError`."""
+    path = Path(path)
+    try:
+        cache = open_cache(path)
+    except HeadstartError:
+        raise
+    except _DAMAGE as err:
+        raise _damaged(path, err) from None
+    try:
+        try:
+            check_reader(cache)
+        except HeadstartError:
+            raise
+        except _DAMAGE as err:
+            raise _damaged(path, err) from None
+        yield cache
+    finally:
+        cache.close()
+
+
+def read_rows(cache: CacheReader, rows: np.ndarray) -> np.ndarray:
+    """`CacheReader.take`, with read errors of a damaged file as `CacheError`."""
+    try:
+        return cache.take(rows)
+    except _DAMAGE as err:
+        raise _damaged(cache.path, err) from None

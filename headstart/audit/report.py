@@ -1,0 +1,302 @@
+"""`headstart report`: one self-contained HTML page of a run or a comparison (and an audit).
+
+The page holds the settings, the comparison table, learning curves, confusion matrix, reliability
+diagram, per-class metrics, the most confident mistakes as thumbnails, and the audit's findings
+when an audit.json is given or lies in the folder. Nothing is loaded from the network: the plots
+and thumbnails are embedded as ``data:`` URIs, the style and the one small script inline, and a
+Content-Security-Policy forbids any other source. Every string read from the run's files is
+escaped (`headstart.audit.html`); the files are data, checked as they are read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from headstart.audit import html as H
+from headstart.errors import AuditError, HeadstartError
+
+log = logging.getLogger(__name__)
+
+MISTAKES = 12
+MAX_JSON_BYTES = 50 << 20
+_HEAD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+REPORT_SCRIPT = """
+document.querySelectorAll('table').forEach(function (table) {
+  table.querySelectorAll('th.sortable').forEach(function (th, col) {
+    th.title = 'sort';
+    th.addEventListener('click', function () {
+      const body = table.tBodies[0];
+      const rows = Array.from(body.rows);
+      const dir = th.getAttribute('data-dir') === 'asc' ? -1 : 1;
+      th.setAttribute('data-dir', dir === 1 ? 'asc' : 'desc');
+      rows.sort(function (a, b) {
+        const x = a.cells[col].textContent, y = b.cells[col].textContent;
+        const nx = parseFloat(x), ny = parseFloat(y);
+        return dir * (isNaN(nx) || isNaN(ny) ? x.localeCompare(y) : nx - ny);
+      });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+});
+document.body.setAttribute('data-ready', '1');
+"""
+
+
+@dataclass
+class ReportResult:
+    out: Path
+    runs: int
+    mistakes: int
+    audit: bool
+    notes: list[str]
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise ValueError(f"larger than {MAX_JSON_BYTES >> 20} MiB")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise AuditError(f"Expected a readable {what}. Received: {path} ({err}).") from None
+
+
+def _need(cond: bool, path: Path, what: str) -> None:
+    if not cond:
+        raise AuditError(f"Expected {path} as written by headstart. Received: a file where {what}.")
+
+
+def _number(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _load_run(run_dir: Path) -> dict[str, Any]:
+    """run.json and metrics.json of a run folder, checked for the fields the report shows.
+
+    The folder is first checked as every head command checks it (`headstart.heads.rundir.read_run`:
+    run.json field by field, every file against its SHA-256 in run.json, the head loadable).
+    """
+    from headstart.heads.rundir import read_run
+
+    read_run(run_dir)
+    info = _read_json(run_dir / "run.json", "run.json")
+    _need(isinstance(info, dict), run_dir / "run.json", "the top level is not an object")
+    _need(isinstance(info.get("head"), str), run_dir / "run.json", "head is not text")
+    names = info.get("class_names")
+    _need(isinstance(names, list) and all(isinstance(c, str) for c in names), run_dir / "run.json",
+          "class_names is not a list of text")
+    metrics = _read_json(run_dir / "metrics.json", "metrics.json") if (run_dir / "metrics.json").exists() else {}
+    _need(isinstance(metrics, dict), run_dir / "metrics.json", "the top level is not an object")
+    for split in ("val", "test"):
+        m = metrics.get(split, {})
+        _need(isinstance(m, dict), run_dir / "metrics.json", f"{split} is not an object")
+        for key in ("accuracy", "log_loss", "ece", "roc_auc", "roc_auc_ovr", "top5_accuracy"):
+            _need(_number(m.get(key)), run_dir / "metrics.json", f"{split}.{key} is not a number")
+        per_class = m.get("per_class", {})
+        _need(isinstance(per_class, dict) and all(isinstance(v, dict) and all(_number(x) for x in v.values())
+                                                  for v in per_class.values()),
+              run_dir / "metrics.json", f"{split}.per_class is not a table of numbers")
+        cm = m.get("confusion_matrix", [])
+        _need(isinstance(cm, list) and all(isinstance(r, list) and all(isinstance(v, int) for v in r) for r in cm),
+              run_dir / "metrics.json", f"{split}.confusion_matrix is not a table of counts")
+    return {"dir": run_dir, "info": info, "metrics": metrics}
+
+
+def _comparison_rows(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    data = _read_json(folder / "comparison.json", "comparison.json")
+    path = folder / "comparison.json"
+    _need(isinstance(data, dict) and isinstance(data.get("rows"), list), path, "rows is not a list")
+    for row in data["rows"]:
+        _need(isinstance(row, dict) and isinstance(row.get("head"), str), path, "a row has no head name")
+        _need(bool(_HEAD_NAME.match(row["head"])) and row["head"] not in (".", ".."), path,
+              f"a head name is not a plain name ({row['head']!r})")
+        for key in ("val_accuracy", "test_accuracy", "test_log_loss", "fit_seconds"):
+            _need(_number(row.get(key)), path, f"{key} is not a number")
+    return data["rows"], data
+
+
+def _mistakes(run_dir: Path, n: int, notes: list[str]) -> list[dict[str, Any]]:
+    """The run's most confident test mistakes with JPEG thumbnails; a note instead if unavailable."""
+    from headstart.audit.pictures import thumbnail_jpeg
+    from headstart.heads.evaluation import misclassified
+
+    try:
+        result = misclassified(run_dir, n)
+    except (HeadstartError, OSError, ValueError, KeyError) as err:
+        notes.append(f"{run_dir.name}: mistakes not shown ({err})")
+        return []
+    out = []
+    for m in result.mistakes:
+        jpeg = thumbnail_jpeg(m.file.parent, m.file.name, 150)
+        out.append({"path": m.path, "true": m.true, "predicted": m.predicted, "probability": m.probability,
+                    "thumb": H.data_uri(jpeg, "image/jpeg") if jpeg else None})
+    return out
+
+
+def _cards(items: list[dict[str, Any]], caption) -> str:
+    cards = []
+    for item in items:
+        img = f'<img alt="" src="{item["thumb"]}">' if item.get("thumb") else '<img alt="unreadable">'
+        cards.append(f'<div class="card">{img}<div>{caption(item)}</div></div>')
+    return '<div class="grid">' + "".join(cards) + "</div>"
+
+
+def _run_section(run: dict[str, Any], mistakes: list[dict[str, Any]]) -> str:
+    info, metrics, run_dir = run["info"], run["metrics"], run["dir"]
+    names = info["class_names"]
+    parts = [f'<h2 id="run-{H.esc(info["head"])}">Run: {H.esc(info["head"])}</h2>']
+    cache = info.get("cache") if isinstance(info.get("cache"), dict) else {}
+    settings = [
+        ("head", info["head"]),
+        ("parameters", json.dumps(info.get("params", {}), sort_keys=True)),
+        ("chosen on validation", json.dumps(info.get("fitted", {}), sort_keys=True)),
+        ("cache", cache.get("path")),
+        ("features", f"{cache.get('rows')} x {cache.get('dim')} {cache.get('dtype')}"),
+        ("extraction", ", ".join(f"{k}={v}" for k, v in (cache.get("fingerprint") or {}).items() if v is not None)
+         if isinstance(cache.get("fingerprint"), dict) else None),
+        ("split", json.dumps(info.get("split", {}), sort_keys=True)),
+        ("excluded", len(info["excluded"]) if isinstance(info.get("excluded"), list) else None),
+        ("fit seconds", info.get("fit_seconds")),
+        ("created", info.get("created")),
+    ]
+    parts.append("<h3>Settings</h3>" + H.table(["setting", "value"], [r for r in settings if r[1] is not None],
+                                                classes=["", "path"]))
+    rows = []
+    for split in ("val", "test"):
+        m = metrics.get(split, {})
+        rows.append([split, m.get("n"), m.get("accuracy"), m.get("log_loss"), m.get("ece"),
+                     m.get("roc_auc", m.get("roc_auc_ovr", m.get("top5_accuracy")))])
+    parts.append("<h3>Metrics</h3>" + H.table(["split", "n", "accuracy", "log loss", "ECE", "ROC AUC / top-5"], rows))
+    test = metrics.get("test", {})
+    per_class = test.get("per_class", {})
+    if per_class:
+        parts.append("<h3>Per class (test)</h3>" + H.table(
+            ["class", "precision", "recall", "F1", "support"],
+            [[c, v.get("precision"), v.get("recall"), v.get("f1"), v.get("support")] for c, v in per_class.items()],
+            sortable=True,
+        ))
+    cm = test.get("confusion_matrix", [])
+    if cm and len(cm) == len(names) <= 50:
+        parts.append("<h3>Confusion matrix (test; rows true, columns predicted)</h3>" + H.table(
+            ["true \\ predicted", *names], [[names[i], *row] for i, row in enumerate(cm)]))
+    plots = []
+    for name, alt in (("curves.png", "learning curves"), ("confusion.png", "confusion matrix"),
+                      ("calibration.png", "reliability diagram")):
+        uri = H.png_file_uri(run_dir / name)
+        if uri:
+            plots.append(f'<figure><img alt="{H.esc(alt)}" src="{uri}"><figcaption>{H.esc(alt)}</figcaption></figure>')
+    if plots:
+        parts.append('<h3>Curves, confusion, calibration</h3><div class="plots">' + "".join(plots) + "</div>")
+    if mistakes:
+        parts.append("<h3>Most confident mistakes (test)</h3>" + _cards(
+            mistakes, lambda m: f'{H.esc(m["true"])} → {H.esc(m["predicted"])} ({m["probability"]:.2f})'
+                                f'<br><span class="note">{H.esc(m["path"])}</span>'))
+    return "\n".join(parts)
+
+
+def _audit_section(audit: dict[str, Any], root: Path | None) -> str:
+    from headstart.audit.pictures import thumbnail_jpeg
+
+    leaks = [g for g in audit["duplicates"] if g.get("leakage")]
+    parts = ["<h2 id=\"audit\">Audit</h2>",
+             H.table(["finding", "count"], [
+                 ["label issues", len(audit["label_issues"])],
+                 ["duplicate groups", len(audit["duplicates"])],
+                 ["exact duplicate groups", sum(bool(g.get("exact")) for g in audit["duplicates"])],
+                 ["groups across splits (leakage)", len(leaks)],
+                 ["outliers listed", len(audit["outliers"])],
+             ])]
+    for note in audit.get("notes", []) if isinstance(audit.get("notes"), list) else []:
+        parts.append(f'<p class="note">{H.esc(note)}</p>')
+    issues = audit["label_issues"][:20]
+    if issues:
+        base = Path(audit["root"]) if isinstance(audit.get("root"), str) else (root or Path("."))
+        cards = []
+        for i in issues:
+            jpeg = thumbnail_jpeg(base, i["path"], 150)
+            cards.append({**i, "thumb": H.data_uri(jpeg, "image/jpeg") if jpeg else None})
+        parts.append("<h3>Label issues (most suspicious first)</h3>" + _cards(
+            cards, lambda i: f'{H.esc(i["label"])} → {H.esc(i["suggested"])} ({i["score"]:.2f})'
+                             f'<br><span class="note">{H.esc(i["path"])}</span>'))
+    if audit["duplicates"]:
+        parts.append("<h3>Duplicates</h3>" + H.table(
+            ["pictures", "similarity", "exact", "splits"],
+            [[" | ".join(g["paths"]), g["similarity"], g["exact"], ", ".join(g["splits"])] for g in audit["duplicates"][:50]],
+            classes=["path"], sortable=True))
+    if audit["outliers"]:
+        parts.append("<h3>Outliers</h3>" + H.table(
+            ["path", "label", "score"], [[o["path"], o["label"], o["score"]] for o in audit["outliers"][:20]],
+            classes=["path"], sortable=True))
+    return "\n".join(parts)
+
+
+def make_report(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    audit: str | os.PathLike | None = None,
+    mistakes: int = MISTAKES,
+) -> ReportResult:
+    """Write the HTML report of the run or comparison folder ``source`` to ``out``."""
+    from headstart.audit.run import AUDIT_JSON, load_audit
+
+    source, out = Path(source), Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise AuditError(f"Expected --out to end in .html. Received: {out}.")
+    if not source.is_dir():
+        raise AuditError(f"Expected a run or comparison folder. Received: {source} (not a folder).")
+    notes: list[str] = []
+    if (source / "comparison.json").is_file():
+        rows, comparison = _comparison_rows(source)
+        runs = [_load_run(source / r["head"]) for r in rows if (source / r["head"] / "run.json").is_file()]
+        missing = [r["head"] for r in rows if not (source / r["head"] / "run.json").is_file()]
+        if missing:
+            notes.append(f"runs not found in {source}: {', '.join(missing)}")
+        title = f"headstart comparison: {source.name}"
+    elif (source / "run.json").is_file():
+        runs, rows, comparison = [_load_run(source)], None, None
+        title = f"headstart run: {source.name}"
+    else:
+        raise AuditError(
+            f"Expected a folder made by headstart train or compare (run.json or comparison.json). Received: {source}."
+        )
+    audit_data = None
+    audit_path = Path(audit) if audit is not None else (source / AUDIT_JSON if (source / AUDIT_JSON).is_file() else None)
+    if audit_path is not None:
+        audit_data = load_audit(audit_path)
+
+    body = [f"<h1>{H.esc(title)}</h1>"]
+    if rows is not None:
+        body.append("<h2>Comparison</h2>" + H.table(
+            ["head", "val accuracy", "test accuracy", "test log loss", "fit s"],
+            [[r["head"], r.get("val_accuracy"), r.get("test_accuracy"), r.get("test_log_loss"), r.get("fit_seconds")]
+             for r in rows],
+            sortable=True, table_id="comparison"))
+        split = comparison.get("split") if isinstance(comparison.get("split"), dict) else {}
+        body.append(f'<p class="note">cache {H.esc(comparison.get("cache"))}; split {H.esc(json.dumps(split.get("counts")))}'
+                    "</p>")
+        uri = H.png_file_uri(source / "comparison.png")
+        if uri:
+            body.append(f'<div class="plots"><img alt="comparison" src="{uri}"></div>')
+    n_mistakes = 0
+    for run in runs:
+        shown = _mistakes(run["dir"], mistakes, notes) if mistakes > 0 else []
+        n_mistakes += len(shown)
+        body.append(_run_section(run, shown))
+    if audit_data is not None:
+        body.append(_audit_section(audit_data, None))
+    if notes:
+        body.append("<h2>Notes</h2>" + "".join(f'<p class="note warn">{H.esc(n)}</p>' for n in notes))
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(H.page(title, "\n".join(body), REPORT_SCRIPT), encoding="utf-8")
+    os.replace(tmp, out)
+    return ReportResult(out, len(runs), n_mistakes, audit_data is not None, notes)
+
+
+__all__ = ["ReportResult", "make_report"]

@@ -1,0 +1,442 @@
+"""Export: one Keras model from RGB pixels to class probabilities, and the formats it converts to.
+
+The model is built only from Keras' own layers, so ``keras.saving.load_model(PATH)`` (safe mode)
+reads it in a Python without headstart: ``pixels`` (a batch of RGB 0-255, any height and width,
+one size per batch) → ``Resizing`` as the cache was made (squash or centre crop, antialiased
+bilinear like Pillow's) → the backbone's preprocessing as layers → the frozen backbone up to the
+cached layer and its pooling → the head (standardization included) → one probability per class.
+
+The class names travel inside the ``.keras`` file (``headstart.json``, an extra member of its zip
+archive that Keras ignores) and in ``labels.txt`` beside every format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from headstart.errors import ExportError
+from headstart.extractor.config import ExtractionConfig
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("keras", "saved_model", "onnx", "litert")
+"""``keras``: one ``.keras`` file; the others go through Keras' ``model.export(format=...)``."""
+
+_KERAS_FORMAT = {"saved_model": "tf_saved_model", "onnx": "onnx", "litert": "litert"}
+PORTABLE_FORMATS = ("onnx", "litert")
+"""Formats whose converters lack the antialiased resize: they get the ``portable`` one."""
+MODEL_FILES = {"onnx": "model.onnx", "litert": "model.tflite"}
+FORMAT_NEEDS = {
+    "saved_model": "TensorFlow",
+    "onnx": "pip install 'headstart[onnx]': tf2onnx and onnx under TensorFlow, onnxscript under torch",
+    "litert": "TensorFlow's converter; ai-edge-litert to run the file",
+}
+METADATA = "headstart.json"
+LABELS = "labels.txt"
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "probabilities"
+
+# caffe mode (`keras.applications.imagenet_utils`, mode="caffe"): RGB -> BGR, ImageNet mean subtracted.
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+def _caffe_layers() -> list:
+    """RGB→BGR and the mean subtracted as one fixed ``Dense`` on the channel axis (exact: a
+    permutation matrix times the pixels, plus a bias)."""
+    import keras
+
+    dense = keras.layers.Dense(3, name="caffe_bgr_minus_mean", trainable=False)
+    dense.build((None, None, None, 3))
+    kernel = np.zeros((3, 3), np.float32)
+    kernel[2, 0] = kernel[1, 1] = kernel[0, 2] = 1.0  # out B <- in B (index 2), G <- G, R <- R
+    dense.set_weights([kernel, -np.asarray(_CAFFE_MEAN_BGR, np.float32)])
+    return [dense]
+
+
+def _tf_mode_layers() -> list:
+    """tf mode (MobileNet): pixels / 127.5 - 1."""
+    import keras
+
+    return [keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_minus1_1")]
+
+
+def _normalise_layers(name: str) -> Callable[[], list]:
+    """(pixels / 255 - mean) / std as one fixed diagonal ``Dense`` on the channel axis."""
+
+    def make() -> list:
+        import keras
+
+        from headstart.extractor.hub import NORMALISATION
+
+        mean, std = (np.asarray(v, np.float64) for v in NORMALISATION[name])
+        dense = keras.layers.Dense(3, name=f"normalise_{name}", trainable=False)
+        dense.build((None, None, None, 3))
+        dense.set_weights([np.diag(1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)])
+        return [dense]
+
+    return make
+
+
+def _in_model() -> list:
+    """The backbone rescales its input itself (EfficientNetV2, ConvNeXt, MobileNetV3)."""
+    return []
+
+
+PREPROCESSING_LAYERS: dict[str, Callable[[], list]] = {
+    "keras.applications.vgg16.preprocess_input": _caffe_layers,
+    "keras.applications.resnet50.preprocess_input": _caffe_layers,
+    "keras.applications.mobilenet.preprocess_input": _tf_mode_layers,
+    "in_model": _in_model,
+    "imagenet_mean_std": _normalise_layers("imagenet_mean_std"),
+    "clip_mean_std": _normalise_layers("clip_mean_std"),
+    "scale_minus1_1": _normalise_layers("scale_minus1_1"),
+}
+"""The preprocessing of each backbone (by the name the fingerprint records) as Keras layers."""
+
+
+def preprocessing_layers(name: str) -> list:
+    try:
+        make = PREPROCESSING_LAYERS[name]
+    except KeyError:
+        raise ExportError(
+            f"Expected a preprocessing among {', '.join(PREPROCESSING_LAYERS)}. Received: {name!r}."
+        ) from None
+    return make()
+
+
+SUPERSAMPLE = 4
+"""``portable`` resize: bilinear to 4x the input size, then 4x4 averages (antialiasing from ops
+that ONNX and LiteRT have; their converters lack TensorFlow's antialiased ``ScaleAndTranslate``)."""
+
+
+def resize_layers(config: ExtractionConfig, portable: bool = False) -> list:
+    """The resize the cache was made with, as Keras layers.
+
+    Pillow's BILINEAR (what `headstart.extractor.decode` uses) filters with a triangle as wide as
+    the scale when it shrinks; ``Resizing(antialias=True)`` does the same. ``portable`` gets close
+    with plain bilinear resizing and average pooling (see `SUPERSAMPLE`)."""
+    import keras
+
+    size, crop = config.input_size, config.resize == "crop"
+    if not portable:
+        return [keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True,
+                                      crop_to_aspect_ratio=crop, name=f"resize_{config.resize}")]
+    k = SUPERSAMPLE
+    return [
+        keras.layers.Resizing(size * k, size * k, interpolation="bilinear", crop_to_aspect_ratio=crop,
+                              name=f"resize_{config.resize}_x{k}"),
+        keras.layers.AveragePooling2D(k, name=f"average_{k}x{k}"),
+    ]
+
+
+def pixel_model(config: ExtractionConfig, portable: bool = False):
+    """A Keras model from RGB pixels 0-255 of any size to the feature rows the cache holds.
+
+    The backbone is built in float32 whatever precision the cache was extracted in (a portable
+    file; bfloat16 features were measured at cosine 0.9996 to float32 for VGG16). ``portable``:
+    see `resize_layers`."""
+    import keras
+
+    from headstart.extractor.backbones import build_model
+
+    backbone = build_model(dataclasses.replace(config, precision="float32"))
+    pixels = keras.Input((None, None, 3), dtype="float32", name=INPUT_NAME)
+    x = pixels
+    for layer in resize_layers(config, portable) + preprocessing_layers(config.preprocessing):
+        x = layer(x)
+    x = backbone(x)
+    model = keras.Model(pixels, x, name="headstart_features")
+    model.trainable = False
+    return model
+
+
+def classifier_model(features, head, n_features: int, classes: Sequence[int], n_classes: int):
+    """``features`` (pixels → feature rows) followed by ``head`` (feature rows → probabilities
+    over ``classes``, indices into the run's class names), widened to all ``n_classes``."""
+    import keras
+
+    pixels = features.inputs[0]
+    x = features(pixels)
+    if x.shape[-1] != n_features:
+        raise ExportError(
+            f"Expected the backbone to give {n_features} features, as the run's cache. Received: {x.shape[-1]}."
+        )
+    proba = head(x)
+    classes = [int(c) for c in classes]
+    if classes != list(range(n_classes)):
+        # A head fitted on some of the classes: put its columns where the run's classes are.
+        widen = keras.layers.Dense(n_classes, use_bias=False, trainable=False, name="all_classes")
+        widen.build((None, len(classes)))
+        kernel = np.zeros((len(classes), n_classes), np.float32)
+        kernel[np.arange(len(classes)), classes] = 1.0
+        widen.set_weights([kernel])
+        proba = widen(proba)
+    proba = keras.layers.Activation("linear", dtype="float32", name=OUTPUT_NAME)(proba)
+    model = keras.Model(pixels, proba, name="headstart_classifier")
+    model.trainable = False
+    return model
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportResult:
+    """What `export` wrote: the model's path (a file or a folder), its format, the time it took,
+    and the largest probability difference of the written file to the model in memory (None: not
+    checked, the format's runtime is not installed)."""
+
+    path: Path
+    format: str
+    seconds: float
+    max_difference: float | None = None
+
+
+def _metadata(class_names: Sequence[str], config: ExtractionConfig, extra: dict[str, Any]) -> dict[str, Any]:
+    import keras
+
+    return {
+        "format": 1,
+        "class_names": list(class_names),
+        "input": {"name": INPUT_NAME, "layout": "batch, height, width, RGB", "range": "0-255", "dtype": "float32"},
+        "output": {"name": OUTPUT_NAME, "meaning": "one probability per class, in class_names order"},
+        "extraction": config.fingerprint(),
+        "keras_version": keras.__version__,
+        **extra,
+    }
+
+
+def _check_out(out: Path, fmt: str, overwrite: bool) -> None:
+    if fmt == "keras" and out.suffix != ".keras":
+        raise ExportError(f"Expected an --out path ending in .keras for --format keras. Received: {out}.")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise ExportError(f"Expected --out to be a new path. Received: {out}, which exists; pass --overwrite.")
+    if not _ours(out, fmt):
+        raise ExportError(
+            f"Expected --out to be a new path or a {fmt} export of headstart (--overwrite replaces only those). "
+            f"Received: {out}; choose another --out."
+        )
+
+
+def write_model(
+    model, out: str | os.PathLike, fmt: str, metadata: dict[str, Any], overwrite: bool = False,
+    verify: bool = True,
+) -> ExportResult:
+    """Write ``model`` as ``fmt`` at ``out``: a ``.keras`` file, or for the other formats a folder
+    with the model, ``labels.txt`` and ``headstart.json``. Built beside ``out`` under a temporary
+    name, checked (``verify``: see `verify_export`) and only then moved in with `os.replace`;
+    ``overwrite`` replaces only an earlier export."""
+    if fmt not in FORMATS:
+        raise ExportError(f"Expected --format among {', '.join(FORMATS)}. Received: {fmt!r}.")
+    out = Path(out)
+    _check_out(out, fmt, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    probe = _probe(int(metadata["extraction"]["input_size"]))
+    import keras
+
+    # A direct call (not predict) marks the model as called, which Keras' ONNX export requires.
+    expected = np.asarray(keras.ops.convert_to_numpy(model(probe, training=False)))
+    diff = None
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".incomplete", dir=out.parent))
+    text = json.dumps(metadata, indent=2, sort_keys=True) + "\n"
+    try:
+        if fmt == "keras":
+            staged = tmp / out.name
+            model.save(staged)
+            with zipfile.ZipFile(staged, "a") as zf:
+                zf.writestr(METADATA, text)
+        else:
+            staged = tmp / "export"
+            target = staged / MODEL_FILES[fmt] if fmt in MODEL_FILES else staged
+            if fmt != "saved_model":
+                staged.mkdir()
+            _keras_export(model, target, fmt)
+            (staged / METADATA).write_text(text, encoding="utf-8")
+            (staged / LABELS).write_text("".join(f"{n}\n" for n in metadata["class_names"]), encoding="utf-8")
+        if verify:
+            diff = verify_export(expected, probe, staged, fmt, out)
+        if out.exists() and out.is_dir():
+            shutil.rmtree(out)  # an earlier export of ours (checked above)
+        os.replace(staged, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ExportResult(out, fmt, time.perf_counter() - t0, diff)
+
+
+def _keras_export(model, target: Path, fmt: str) -> None:
+    import keras
+
+    try:
+        model.export(str(target), format=_KERAS_FORMAT[fmt], verbose=False)
+    except ImportError as err:
+        raise ExportError(
+            f"Expected the packages Keras needs for --format {fmt} ({FORMAT_NEEDS[fmt]}). Received: {err}."
+        ) from None
+    except Exception as err:  # noqa: BLE001 - converters raise anything; one line for the user
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(
+            f"Could not export --format {fmt} under the {keras.backend.backend()} backend: {first}. "
+            "The README lists which format works under which backend."
+        ) from None
+
+
+def _ours(path: Path, fmt: str) -> bool:
+    """Whether ``path`` is an export headstart wrote (so --overwrite may replace it)."""
+    if path.is_symlink():
+        return False
+    if fmt == "keras":
+        try:
+            read_metadata(path)
+        except ExportError:
+            return False
+        return path.is_file()
+    return path.is_dir() and (path / METADATA).is_file() and (path / LABELS).is_file()
+
+
+def export(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    fmt: str = "keras",
+    *,
+    weights: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    verify: bool = True,
+) -> ExportResult:
+    """Export a run's classifier from pixels to probabilities (see the module docstring).
+
+    ``weights`` is the backbone's weights file when the run's cache was extracted with one and it
+    has moved (its SHA-256 must match). ``verify`` runs the written file (onnxruntime, LiteRT, a
+    reloaded Keras model) on a random picture and checks it agrees with the model in memory."""
+    from headstart.predict import load_run, run_config
+
+    if fmt not in FORMATS:
+        raise ExportError(f"Expected --format among {', '.join(FORMATS)}. Received: {fmt!r}.")
+    _check_out(Path(out), fmt, overwrite)
+    info, head = load_run(run_dir)
+    config = run_config(info, run_dir, weights)
+    class_names = list(info["class_names"])
+    features = pixel_model(config, portable=fmt in PORTABLE_FORMATS)
+    model = classifier_model(features, head.to_keras(), int(head.n_features_in_), head.classes_, len(class_names))
+    extra = {"run": {"head": info["head"], "path": str(Path(run_dir).resolve())},
+             "resize": "portable" if fmt in PORTABLE_FORMATS else "antialias"}
+    return write_model(model, out, fmt, _metadata(class_names, config, extra), overwrite=overwrite, verify=verify)
+
+
+def _probe(input_size: int) -> np.ndarray:
+    """Two random pictures of an odd size (the resize has work to do)."""
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (2, input_size + 37, input_size + 11, 3)).astype(np.float32)
+
+
+def verify_export(expected: np.ndarray, probe: np.ndarray, path: Path, fmt: str, out: Path) -> float | None:
+    """Largest difference between ``expected`` (the Keras model on ``probe``) and the file written
+    at ``path`` run on ``probe`` (onnxruntime, LiteRT, TensorFlow, Keras); None when the runtime
+    for the format is not installed. Over 1e-3 is an `ExportError` (a converter that dropped or
+    changed an op), and nothing is written at ``out``."""
+    try:
+        got = _run_file(path, fmt, probe)
+    except ImportError as err:
+        log.warning("%s not checked: the runtime for %s is not installed (%s)", out, fmt, err)
+        return None
+    except Exception as err:  # noqa: BLE001 - any runtime failure means the file is not usable
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(f"Expected an exported {fmt} model that runs. Received: {first}; nothing written.") from None
+    diff = float(np.max(np.abs(np.asarray(got, np.float64) - expected)))
+    if not diff <= 1e-3:
+        raise ExportError(
+            f"Expected the exported {fmt} model to give the probabilities of the Keras model. "
+            f"Received: a largest difference of {diff:.3g} on a random picture; nothing written at {out}."
+        )
+    return diff
+
+
+def _run_file(path: Path, fmt: str, x: np.ndarray) -> np.ndarray:
+    """Probabilities of the file at ``path`` (format ``fmt``) on the pixels ``x``."""
+    if fmt == "keras":
+        model, _ = load_exported(path)
+        return model.predict_on_batch(x)
+    if fmt == "saved_model":
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(str(path))  # keep a reference: its variables live as long as it
+        return loaded.serve(tf.constant(x)).numpy()
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path / MODEL_FILES[fmt]), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: x})[0]
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(str(path / MODEL_FILES[fmt]))
+    inp = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(inp["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], x)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+# -- reading back ------------------------------------------------------------------------------
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``headstart.json`` inside an exported ``.keras`` file (or SavedModel folder), checked."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            text = (path / METADATA).read_text(encoding="utf-8")
+        else:
+            with zipfile.ZipFile(path) as zf:
+                with zf.open(METADATA) as fh:
+                    text = fh.read(1 << 20).decode("utf-8")
+        meta = json.loads(text)
+        names = meta["class_names"]
+        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+            raise ValueError("class_names is not a list of strings")
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile, UnicodeDecodeError) as err:
+        raise ExportError(
+            f"Expected a model written by headstart export. Received: {path} ({type(err).__name__}: {err})."
+        ) from None
+    return meta
+
+
+def load_exported(path: str | os.PathLike):
+    """``(keras model, class names)`` of a ``.keras`` file written by `export` (safe mode)."""
+    import keras
+
+    meta = read_metadata(path)
+    if str(meta.get("extraction", {}).get("backbone", "")).startswith("hub:"):
+        try:
+            import keras_hub  # noqa: F401 - registers the KerasHub layers the file names
+        except ImportError as err:
+            raise ExportError(f"Expected KerasHub to load a hub backbone's model (pip install keras-hub). "
+                              f"Received: {err}.") from None
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as err:  # Keras raises ValueError, TypeError, OSError... for a broken file
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ExportError(f"Expected a loadable .keras model. Received: {path} ({first}).") from None
+    if model.output_shape[-1] != len(meta["class_names"]):
+        raise ExportError(
+            f"Expected {len(meta['class_names'])} outputs, one per class name. Received: {model.output_shape}."
+        )
+    return model, list(meta["class_names"])
+
+
+__all__ = ["FORMATS", "ExportResult", "classifier_model", "export", "verify_export", "load_exported", "pixel_model", "read_metadata",
+           "write_model"]

@@ -1,0 +1,254 @@
+"""headstart.audit: duplicates, leakage, label issues, outliers, hashes, reduction; the audit command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import planted_features, write_cache
+from headstart.audit import audit, load_audit
+from headstart.audit import space as S
+from headstart.audit.hashes import content_hashes, safe_file
+from headstart.cli import app
+from headstart.errors import AuditError
+
+runner = CliRunner()
+CLASSES = ("c0", "c1", "c2")
+
+
+@pytest.fixture
+def planted_cache(tmp_path: Path):
+    x, y, paths, sha, planted = planted_features()
+    return write_cache(tmp_path / "planted.h5", x, y, paths, CLASSES, sha256=sha), planted
+
+
+def _groups(result):
+    return [set(g["paths"]) for g in result.duplicates]
+
+
+def test_audit_finds_each_planted_problem(planted_cache, tmp_path):
+    cache, planted = planted_cache
+    result = audit(cache, tmp_path / "out", montages=False)
+    groups = _groups(result)
+    assert set(planted["exact"]) in groups
+    exact = next(g for g in result.duplicates if set(g["paths"]) == set(planted["exact"]))
+    assert exact["exact"] and exact["similarity"] == 1.0 and len(exact["splits"]) == 2
+    assert set(planted["near"]) in groups
+    near = next(g for g in result.duplicates if set(g["paths"]) == set(planted["near"]))
+    assert not near["exact"] and near["similarity"] >= 0.75
+    assert len(groups) == 2  # distinct rows of one cluster are not duplicates
+    assert planted["flipped"] in [i["path"] for i in result.label_issues[:3]]
+    issue = next(i for i in result.label_issues if i["path"] == planted["flipped"])
+    assert issue["label"] == "c1" and issue["suggested"] == "c0" and 0 < issue["score"] <= 1
+    assert result.outliers[0]["path"] == planted["outlier"]
+
+    saved = json.loads((tmp_path / "out" / "audit.json").read_text())
+    assert {"label_issues", "duplicates", "outliers"} <= set(saved)
+    assert set(saved["label_issues"][0]) >= {"path", "label", "suggested", "score"}
+    assert set(saved["duplicates"][0]) >= {"paths", "similarity", "exact", "splits"}
+    assert set(saved["outliers"][0]) == {"path", "label", "score"}
+    suspects = (tmp_path / "out" / "suspects.txt").read_text().splitlines()
+    assert planted["flipped"] in suspects and planted["outlier"] in suspects
+    assert sum(p in suspects for p in planted["exact"]) == 1  # one picture of the pair is kept
+    assert load_audit(tmp_path / "out")["rows"] == result.rows
+
+
+def test_leakage_flags_groups_across_splits(tmp_path):
+    from headstart.heads.split import SplitSpec, assign
+
+    x, y, paths, sha, planted = planted_features()
+    codes = assign(paths, SplitSpec())
+    # give row 1 (the exact copy of row 0) a path that lands in another split than row 0
+    for k in range(1000):
+        name = f"c0/copy{k}.jpg"
+        if assign([name], SplitSpec())[0] != codes[0]:
+            paths[1] = name
+            break
+    cache = write_cache(tmp_path / "c.h5", x, y, paths, CLASSES, sha256=sha)
+    result = audit(cache, montages=False)
+    group = next(g for g in result.duplicates if g["exact"])
+    assert group["leakage"] and len(set(group["splits"])) == 2
+    assert group in result.leakage
+
+
+def test_reduced_search_confirms_on_full_rows(planted_cache):
+    """With fewer search dimensions than features, pairs are confirmed on the full rows."""
+    cache, planted = planted_cache
+    result = audit(cache, dims=8, montages=False)
+    assert result.settings["dims"] == 8 and 0 < result.settings["explained_variance"] < 1
+    assert set(planted["near"]) in _groups(result) and set(planted["exact"]) in _groups(result)
+    assert result.outliers[0]["path"] == planted["outlier"]
+
+
+def test_reduce_streams_blocks_and_matches_svd(planted_cache):
+    from headstart.cache import open_cache
+
+    cache, _ = planted_cache
+    with open_cache(cache) as c:
+        x = c.read().astype(np.float64)
+        space = S.reduce(c, dims=10, block_rows=16)  # many small blocks
+    s = np.linalg.svd(x, compute_uv=False)
+    assert space.coords.shape == (len(x), 10)
+    assert space.explained == pytest.approx((s[:10] ** 2).sum() / (s**2).sum(), rel=1e-2)  # randomized
+    assert np.allclose(np.linalg.norm(space.unit, axis=1), 1, atol=1e-5)
+
+
+def test_neighbours_match_brute_force_tile_by_tile():
+    rng = np.random.default_rng(1)
+    coords = np.abs(rng.normal(size=(50, 8))).astype(np.float32)
+    coords[7] = coords[3] * 1.01  # a near copy
+    mean = coords.mean(axis=0)
+    space = S.Space(mean.astype(np.float64), None, coords, mean, 1.0)
+    got = S.neighbours(space, 4, cut=0.9, per_row=3, query_rows=7)
+    raw = S._normalize(coords) @ S._normalize(coords).T
+    np.fill_diagonal(raw, -np.inf)
+    assert np.allclose(got.top_sim, -np.sort(-raw, axis=1)[:, :4], atol=1e-5)
+    cen = S._normalize(coords - mean) @ S._normalize(coords - mean).T
+    np.fill_diagonal(cen, -np.inf)
+    want = {(i, j) for i, j in zip(*np.nonzero(cen >= 0.9)) if i < j}
+    assert {tuple(p) for p in got.pairs.tolist()} == want and (3, 7) in want
+    assert np.allclose(got.pair_sim, [cen[i, j] for i, j in got.pairs], atol=1e-5)
+
+
+def test_version1_cache_hashes_files_and_notes_missing(tmp_path):
+    root = tmp_path / "pictures"
+    (root / "c0").mkdir(parents=True)
+    x, y, paths, _, planted = planted_features()
+    for i, p in enumerate(paths):
+        (root / p).parent.mkdir(parents=True, exist_ok=True)
+        (root / p).write_bytes(b"same bytes" if i < 2 else f"picture {i}".encode())
+    (root / paths[7]).unlink()
+    cache = write_cache(tmp_path / "v1.h5", x, y, paths, CLASSES, root=str(root))
+    with h5py.File(cache, "a") as f:  # what a version-1 cache looks like
+        del f["sha256"]
+        f.attrs["schema_version"] = 1
+    result = audit(cache, montages=False)
+    assert result.settings["schema_version"] == 1
+    exact = [g for g in result.duplicates if g["exact"]]
+    assert [set(g["paths"]) for g in exact] == [set(planted["exact"])]
+    assert any("1 pictures could not be hashed" in n for n in result.notes)
+
+
+def test_content_hashes_never_read_outside_the_root(tmp_path):
+    (tmp_path / "root").mkdir()
+    (tmp_path / "secret.jpg").write_bytes(b"x")
+    hashes, notes = content_hashes(["../secret.jpg", "/etc/passwd", ""], None, tmp_path / "root")
+    assert hashes == [None, None, None] and "3 pictures could not be hashed" in notes[-1]
+    assert safe_file(tmp_path, "secret.jpg") is not None
+
+
+def test_too_small_and_bad_settings_are_audit_errors(tmp_path):
+    x, y, paths, sha, _ = planted_features()
+    small = write_cache(tmp_path / "small.h5", x[:2], y[:2], paths[:2], CLASSES)
+    with pytest.raises(AuditError, match="at least 3 pictures"):
+        audit(small)
+    ok = write_cache(tmp_path / "ok.h5", x, y, paths, CLASSES)
+    with pytest.raises(AuditError, match="threshold"):
+        audit(ok, threshold=1.5)
+
+
+def test_one_class_gives_a_note_not_an_error(tmp_path):
+    x, _, paths, sha, _ = planted_features()
+    cache = write_cache(tmp_path / "one.h5", x, np.zeros(len(x), int), paths, ("only",), sha256=sha)
+    result = audit(cache, montages=False)
+    assert result.label_issues == [] and any("two classes" in n for n in result.notes)
+
+
+def test_cli_audit_prints_tables_and_writes_files(planted_cache, tmp_path):
+    cache, planted = planted_cache
+    res = runner.invoke(app, ["audit", str(cache), "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    assert "label issues" in res.output and "duplicates" in res.output and "outliers" in res.output
+    assert planted["flipped"] in res.output
+    for name in ("audit.json", "suspects.txt", "label_issues.png", "duplicates.png", "outliers.png"):
+        assert (tmp_path / "a" / name).is_file()
+    res = runner.invoke(app, ["audit", str(cache), "--json", "--no-montages"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["rows"] == 120
+
+
+@pytest.mark.parametrize("content", [b"", b"\x89HDF\r\n\x1a\n" + b"\0" * 100, np.random.default_rng(0).bytes(4096)])
+def test_cli_audit_broken_cache_is_one_line(tmp_path, content):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(content)
+    res = runner.invoke(app, ["audit", str(bad)])
+    assert res.exit_code == 2
+    assert res.output.strip().startswith("Error:") and len(res.output.strip().splitlines()) == 1
+
+
+def test_cli_audit_non_finite_features_and_labels_out_of_range(tmp_path):
+    x, y, paths, sha, _ = planted_features()
+    x[7, 3] = np.nan
+    cache = write_cache(tmp_path / "nan.h5", x, y, paths, CLASSES)
+    res = runner.invoke(app, ["audit", str(cache)])
+    assert res.exit_code == 2 and "finite" in res.output and "row 7" in res.output
+    x[7, 3] = 0
+    cache = write_cache(tmp_path / "lab.h5", x, y, paths, CLASSES)
+    with h5py.File(cache, "a") as f:
+        f["labels"][0] = 9
+    res = runner.invoke(app, ["audit", str(cache)])
+    assert res.exit_code == 2 and "labels" in res.output
+
+
+@pytest.mark.parametrize("text", ["not json", "[1, 2]", '{"label_issues": [{"path": 3}]}',
+                                  '{"duplicates": [{"paths": ["a"], "similarity": 1, "exact": true, "splits": ["x"]}]}'])
+def test_load_audit_rejects_malformed_files(tmp_path, text):
+    (tmp_path / "audit.json").write_text(text)
+    with pytest.raises(AuditError, match="Expected an audit.json"):
+        load_audit(tmp_path)
+
+
+def _damage(f, how):
+    if how == "features-1d":
+        del f["features"]
+        f.create_dataset("features", data=np.zeros(120))
+    elif how == "labels-short":
+        del f["labels"]
+        f.create_dataset("labels", data=np.zeros(5, "int32"))
+    elif how == "paths-int":
+        del f["paths"]
+        f.create_dataset("paths", data=np.zeros(120, "int32"))
+    elif how == "progress-negative":
+        f["progress"][0] = -5
+    elif how == "fingerprint-not-json":
+        f.attrs["fingerprint"] = "{not json"
+    elif how == "sha256-int":
+        del f["sha256"]
+        f.create_dataset("sha256", data=np.zeros(120, "int32"))
+
+
+@pytest.mark.parametrize("how", ["features-1d", "labels-short", "paths-int", "progress-negative",
+                                 "fingerprint-not-json", "sha256-int"])
+@pytest.mark.parametrize("command", ["audit", "map"])
+def test_damaged_cache_is_one_line_for_audit_and_map(tmp_path, how, command):
+    x, y, paths, sha, _ = planted_features()
+    cache = write_cache(tmp_path / "c.h5", x, y, paths, CLASSES, sha256=sha)
+    with h5py.File(cache, "a") as f:
+        _damage(f, how)
+    args = ["--no-montages"] if command == "audit" else ["--out", str(tmp_path / "m.png"), "--method", "pca"]
+    res = runner.invoke(app, [command, str(cache), *args])
+    assert res.exit_code == 2, (res.output, res.exception)
+    assert res.output.startswith("Error:") and len(res.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("shape, width", [((7, 100), 8), ((3, 1000), 64), ((4, 20), 64)])
+def test_top_k_equals_a_full_sort(shape, width):
+    g = np.random.default_rng(2).normal(size=shape).astype(np.float32)
+    want = -np.sort(-g, axis=1)[:, :5]
+    assert np.array_equal(S._top_k(g, 5, width=width), want)
+
+
+def test_cli_defaults_match_the_library():
+    import inspect
+
+    from headstart.audit import duplicates, labels, run
+    from headstart.cli_audit import audit_cmd
+
+    defaults = {k: v.default.default for k, v in inspect.signature(audit_cmd).parameters.items()}
+    assert defaults["threshold"] == duplicates.THRESHOLD
+    assert defaults["folds"] == labels.FOLDS
+    assert defaults["outliers"] == run.TOP_OUTLIERS

@@ -1,0 +1,101 @@
+"""headstart demo: generated pictures, the bundled MobileNet, and the wiring of --pets (never the network)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from headstart import demo
+from headstart.cli import app
+
+runner = CliRunner()
+
+
+def test_bundled_weights_are_the_published_file():
+    path = demo.bundled_weights()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == demo.WEIGHTS_SHA256
+    assert (path.parent / "MOBILENET-WEIGHTS-NOTICE.md").is_file()
+
+
+def test_make_pictures_is_seeded_and_labelled(tmp_path):
+    from PIL import Image
+
+    demo.make_pictures(tmp_path / "a", per_class=3, size=64)
+    demo.make_pictures(tmp_path / "b", per_class=3, size=64)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.jpg"))
+    assert len(files) == 3 * len(demo.SHAPES)
+    assert {f.parts[0] for f in files} == set(demo.SHAPES)
+    for f in files:
+        a, b = (np.asarray(Image.open(tmp_path / d / f)) for d in ("a", "b"))
+        assert a.shape == (64, 64, 3) and np.array_equal(a, b)
+
+
+def test_demo_refuses_a_folder_it_did_not_write(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "Expected --out to be a new or empty folder" in result.output
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_pets_dry_run_prints_the_three_commands(tmp_path):
+    result = runner.invoke(app, ["demo", "--pets", "--dry-run", "--data", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("[1/3] headstart download pets")
+    assert "headstart extract" in lines[1] and "PetImages" in lines[1]
+    assert lines[2].startswith("[3/3] headstart compare pets-vgg16-fc2.h5 --out runs/pets")
+    assert "nothing was downloaded" in result.output
+    assert not (tmp_path / "d").exists()
+
+
+def test_pets_runs_download_extract_compare_in_order(tmp_path, monkeypatch):
+    from headstart import download
+    from headstart.extractor import backbones, runner as extract_runner
+    from headstart.heads import training
+
+    calls = []
+    monkeypatch.setattr(download, "download_pets", lambda dest: calls.append(("download", dest)))
+    monkeypatch.setattr(backbones, "make_config", lambda name, layer: calls.append(("config", name, layer)))
+    monkeypatch.setattr(extract_runner, "extract", lambda src, out, config: calls.append(("extract", src, out)))
+    monkeypatch.setattr(training, "compare", lambda cache, out: calls.append(("compare", cache, out)))
+    result = runner.invoke(app, ["demo", "--pets", "--data", str(tmp_path), "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    assert [c[0] for c in calls] == ["download", "config", "extract", "compare"]
+    assert calls[1] == ("config", "vgg16", "fc2")
+    assert calls[2][1] == tmp_path / "PetImages" and calls[3][2] == tmp_path / "runs"
+
+
+def test_pets_failure_is_one_line(tmp_path, monkeypatch):
+    from headstart import download
+    from headstart.errors import DownloadError
+
+    def offline(dest):
+        raise DownloadError("Could not reach download.microsoft.com: no network.")
+
+    monkeypatch.setattr(download, "download_pets", offline)
+    result = runner.invoke(app, ["demo", "--pets", "--data", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "Error: Could not reach download.microsoft.com" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_imagenet_beats_random(tmp_path):
+    """The whole demo at 15 pictures a class (~25 s): both tables, the note, ImageNet features win."""
+    import json
+
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--per-class", "15"])
+    assert result.exit_code == 0, result.output
+    assert "not on photos" in result.output
+    assert "ImageNet weights (bundled)" in result.output and "random weights (same network)" in result.output
+    summary = json.loads((tmp_path / "demo" / demo.DEMO_JSON).read_text())
+    best = {k: max(r["test_accuracy"] for r in rows) for k, rows in summary["tables"].items()}
+    assert best["imagenet"] >= 0.8 and best["imagenet"] > best["random"] + 0.3
+    assert (tmp_path / "demo" / "runs-imagenet" / "comparison.png").is_file()
+    # Run again into the same folder: the earlier demo is replaced, not refused.
+    again = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--per-class", "15"])
+    assert again.exit_code == 0, again.output

@@ -1,0 +1,84 @@
+"""--exclude-list: reading the file, and extract / train / compare leaving its pictures out."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import planted_features, write_cache
+from headstart.cli import app
+from headstart.errors import ExcludeListError
+from headstart.exclude_list import read_exclude_list
+
+runner = CliRunner()
+CLASSES = ("c0", "c1", "c2")
+
+
+def test_reads_paths_skips_comments_and_normalizes(tmp_path):
+    f = tmp_path / "x.txt"
+    f.write_text("# reviewed\n\nc0/1.jpg\n./c1\\2.jpg\n  c2/3.jpg  \n")
+    assert read_exclude_list(f).paths == {"c0/1.jpg", "c1/2.jpg", "c2/3.jpg"}
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"\xff\xfe\x00garbage", "UTF-8"),
+    (b"/etc/passwd\n", "relative"),
+    (b"c0/../../secret.jpg\n", "relative"),
+])
+def test_malformed_lists_are_errors(tmp_path, content, needle):
+    f = tmp_path / "x.txt"
+    f.write_bytes(content)
+    with pytest.raises(ExcludeListError, match=needle):
+        read_exclude_list(f)
+    with pytest.raises(ExcludeListError, match="no such file"):
+        read_exclude_list(tmp_path / "missing.txt")
+
+
+@pytest.fixture
+def cache(tmp_path):
+    x, y, paths, sha, _ = planted_features()
+    return write_cache(tmp_path / "c.h5", x, y, paths, CLASSES, sha256=sha)
+
+
+def test_train_leaves_listed_pictures_out_and_records_them(cache, tmp_path):
+    from headstart.cache import open_cache
+
+    with open_cache(cache) as c:
+        paths = c.paths
+    listed = paths[:30] + ["c9/not-in-the-cache.jpg"]
+    (tmp_path / "suspects.txt").write_text("\n".join(listed) + "\n")
+    res = runner.invoke(app, ["train", str(cache), "--head", "logreg", "--out", str(tmp_path / "run"),
+                              "--exclude-list", str(tmp_path / "suspects.txt"), "--no-plots"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["excluded"] == {"file": str(tmp_path / "suspects.txt"), "paths": sorted(paths[:30]),
+                                "listed": 31, "not_in_cache": 1}
+    counts = info["split"]["counts"]
+    assert sum(sum(v.values()) for v in counts.values()) == len(paths) - 30
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["metrics"]["n"] == sum(counts["test"].values())
+
+
+def test_compare_and_a_broken_list_is_one_line(cache, tmp_path):
+    (tmp_path / "bad.txt").write_bytes(b"\x00\xff")
+    for cmd in (["compare", str(cache), "--heads", "logreg"], ["train", str(cache)]):
+        res = runner.invoke(app, [*cmd, "--out", str(tmp_path / "o"), "--exclude-list", str(tmp_path / "bad.txt")])
+        assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1 and "UTF-8" in res.output
+
+
+def test_extract_skips_listed_pictures_and_prune_drops_them(image_folder, tiny_config, tmp_path):
+    from headstart.cache import open_cache
+    from headstart.extractor.runner import extract
+
+    out = tmp_path / "c.h5"
+    extract(image_folder, out, tiny_config, exclude_paths={"cat/cat.0.jpg"})
+    with open_cache(out) as c:
+        assert "cat/cat.0.jpg" not in c.paths and len(c) == 11
+    extract(image_folder, out, tiny_config)  # without the list it is added
+    extract(image_folder, out, tiny_config, exclude_paths={"dog/dog.1.jpg"}, prune=True)
+    with open_cache(out) as c:
+        assert "dog/dog.1.jpg" not in c.paths and "cat/cat.0.jpg" in c.paths and len(c) == 11

@@ -1,0 +1,212 @@
+"""merge: shards joined into one cache (virtual or a copy), checked first; broken inputs are one line."""
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import make_images
+from headstart.cache import open_cache
+from headstart.cache.merge import merge
+from headstart.cli import app
+from headstart.errors import CacheError, MergeError
+from headstart.extractor.backbones import make_config
+from headstart.extractor.runner import extract
+
+runner = CliRunner()
+
+
+def rows(path):
+    with open_cache(path) as c:
+        feats = c.read(dtype=np.float16)
+        return ({p: (int(lab), feats[i]) for i, (p, lab) in enumerate(zip(c.paths, c.labels))},
+                sorted(c.failed), c.class_names, c.fingerprint, c.complete)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Made once for the module: a local run of a small folder and its 3 shards (one unreadable picture)."""
+    base = tmp_path_factory.mktemp("merge")
+    images = make_images(base / "images")
+    (images / "dog" / "empty.jpg").write_bytes(b"")
+    config = make_config("tiny", weights="none", precision="float32")
+    extract(images, base / "whole.h5", config, batch_size=4)
+    for i in range(3):
+        extract(images, base / "parts" / f"part-{i}.h5", config, batch_size=4, shards=3, shard=i)
+    return base
+
+
+@pytest.fixture
+def shards(built, image_folder, tmp_path):
+    """This test's copies of the local run and the shards; ``image_folder`` holds the same pictures."""
+    (image_folder / "dog" / "empty.jpg").write_bytes(b"")
+    shutil.copytree(built / "parts", tmp_path / "parts")
+    shutil.copy(built / "whole.h5", tmp_path / "whole.h5")
+    return tmp_path / "whole.h5", [tmp_path / "parts" / f"part-{i}.h5" for i in range(3)]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_clean_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    for fragment in fragments:
+        assert fragment in " ".join(result.output.split()), result.output
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_merge_of_three_shards_equals_one_local_run(shards, tmp_path, copy):
+    whole, parts = shards
+    out = tmp_path / "merged.h5"
+    result = invoke("merge", out, *parts, *(["--copy"] if copy else []))
+    assert result.exit_code == 0, result.output
+    assert "Merged 3 caches: 12 rows, 1 skipped" in " ".join(result.output.split())
+    assert_same(rows(out), rows(whole))
+    with h5py.File(out, "r") as f:
+        assert f["features"].is_virtual is (not copy)
+    info = json.loads(invoke("info", out, "--json").output)
+    assert info["rows"] == 12 and info["complete"] and info["classes"] == {"cat": 6, "dog": 6}
+
+
+def assert_same(a, b):
+    (ra, fa, ca, pa, da), (rb, fb, cb, pb, db) = a, b
+    assert ra.keys() == rb.keys() and (fa, ca, pa, da) == (fb, cb, pb, db)
+    for p in ra:
+        assert ra[p][0] == rb[p][0]
+        np.testing.assert_array_equal(ra[p][1], rb[p][1])
+
+
+def test_a_merged_cache_trains_and_is_extended_by_a_later_extract(shards, image_folder, tiny_config, tmp_path):
+    whole, parts = shards
+    out = tmp_path / "merged.h5"
+    merge(out, parts)
+    trained = invoke("train", out, "--head", "logreg", "--out", tmp_path / "run", "--no-plots", "--split", "50,25,25")
+    assert trained.exit_code == 0, trained.output
+    shutil.copy(image_folder / "cat" / "cat.0.jpg", image_folder / "cat" / "new.jpg")
+    res = extract(image_folder, out, tiny_config, batch_size=4, root_moved=True)  # a copy of the pictures
+    assert (res.extracted, res.already, res.total_rows) == (1, 13, 13)
+    with h5py.File(out, "r") as f:
+        assert not f["features"].is_virtual  # the first extract made it self-contained
+    for p in parts:
+        p.unlink()
+    extended, before = rows(out)[0], rows(whole)[0]
+    assert len(extended) == 13 and all(np.array_equal(extended[p][1], before[p][1]) for p in before)
+
+
+@pytest.mark.parametrize("change", ["deleted", "moved", "re-extracted"])
+def test_a_merged_cache_whose_shard_is_gone_or_changed_is_refused(shards, image_folder, tiny_config, tmp_path, change):
+    whole, parts = shards
+    out = tmp_path / "merged.h5"
+    merge(out, parts)
+    if change == "deleted":
+        parts[1].unlink()
+    elif change == "moved":
+        (tmp_path / "other").mkdir()
+        out = shutil.move(out, tmp_path / "other" / "merged.h5")  # without its shards
+    else:
+        parts[1].unlink()
+        extract(image_folder, parts[1], tiny_config, batch_size=4, shards=3, shard=1, limit_per_class=2)
+    with pytest.raises(CacheError, match="merge them again"):
+        open_cache(out)
+    assert_clean_error(invoke("info", out), "Expected the shard")
+
+
+def test_mismatched_settings_duplicated_paths_and_missing_shards_are_refused(shards, image_folder, tmp_path):
+    whole, parts = shards
+    out = tmp_path / "m.h5"
+    other = make_config("tiny", weights="none", precision="float32", resize="crop")
+    extract(image_folder, tmp_path / "crop.h5", other, batch_size=4, shards=3, shard=0)
+    assert_clean_error(invoke("merge", out, tmp_path / "crop.h5", parts[1], parts[2]),
+                       "Expected caches extracted with the same settings", "resize: 'crop'")
+    assert_clean_error(invoke("merge", out, whole, parts[0]), "Expected shards of one folder only")
+    shutil.copy(parts[0], tmp_path / "again.h5")
+    assert_clean_error(invoke("merge", out, parts[0], tmp_path / "again.h5", parts[1], parts[2]),
+                       "Expected each shard once")
+    assert_clean_error(invoke("merge", out, parts[0], parts[0]), "Expected each cache once")
+    assert_clean_error(invoke("merge", out, parts[0], parts[1]), "Expected all 3 shards", "missing: 2", "--partial")
+    with pytest.raises(MergeError, match="Expected all 3 shards"):
+        merge(out, parts[:2])
+    assert invoke("merge", out, parts[0], parts[1], "--partial").exit_code == 0
+    assert_clean_error(invoke("merge", out, parts[0], parts[1], parts[2]), "--overwrite")
+    # two whole-folder caches of the same pictures: every path twice
+    shutil.copy(whole, tmp_path / "whole2.h5")
+    assert_clean_error(invoke("merge", tmp_path / "w.h5", whole, tmp_path / "whole2.h5"),
+                       "Expected each picture in one cache only")
+    assert not (tmp_path / "w.h5").exists()
+
+
+def test_a_tampered_fingerprint_digest_is_refused(shards, tmp_path):
+    whole, parts = shards
+    with h5py.File(parts[2], "r+") as f:
+        f.attrs["fingerprint_digest"] = "0" * 64
+    assert_clean_error(invoke("merge", tmp_path / "m.h5", *parts), "does not match the fingerprint")
+
+
+@pytest.mark.parametrize("hostile", ["random bytes", "empty", "not a cache", "folder", "missing",
+                                     "rows past the paths", "labels out of range", "bad shard record",
+                                     "incomplete"])
+def test_broken_or_hostile_shards_are_one_line_and_nothing_is_written(shards, tmp_path, hostile):
+    whole, parts = shards
+    bad = tmp_path / "bad.h5"
+    if hostile == "random bytes":
+        bad.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif hostile == "empty":
+        bad.write_bytes(b"")
+    elif hostile == "not a cache":
+        with h5py.File(bad, "w") as f:
+            f["x"] = 1
+    elif hostile == "folder":
+        bad.mkdir()
+    elif hostile != "missing":
+        shutil.copy(parts[2], bad)
+        with h5py.File(bad, "r+") as f:
+            if hostile == "rows past the paths":
+                f["progress"][0] = 1000
+            elif hostile == "labels out of range":
+                f["labels"][0] = 7
+            elif hostile == "bad shard record":
+                f.attrs["shard"] = '{"index": "2; rm -rf /", "count": 3}'
+            else:
+                f["progress"][2] = 0
+    out = tmp_path / "m.h5"
+    result = invoke("merge", out, parts[0], parts[1], bad)
+    assert_clean_error(result, "Error:")
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_out_that_is_not_a_cache_is_never_overwritten(shards, tmp_path):
+    whole, parts = shards
+    precious = tmp_path / "notes.h5"
+    precious.write_text("my notes")
+    assert_clean_error(invoke("merge", precious, *parts, "--overwrite"), "not a headstart cache")
+    assert precious.read_text() == "my notes"
+    assert_clean_error(invoke("merge", parts[0], *parts), "Expected OUT to be a new file")
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_optional_per_row_datasets_of_schema_2_are_carried(shards, tmp_path, copy):
+    whole, parts = shards
+    expected = {}
+    for i, p in enumerate(parts):
+        with h5py.File(p, "r+") as f:
+            n = int(f["progress"][0])
+            paths = f["paths"].asstr()[:n]
+            digests = np.array([(f"{i}" * 64)[:64].encode()] * n, dtype="S64")
+            if "sha256" in f:  # extract hashes each picture; plant recognisable digests instead
+                del f["sha256"]
+            f.create_dataset("sha256", data=digests, maxshape=(None,))
+            if i == 1:  # only one shard has views: the others' rows are pictures (view 0)
+                f.create_dataset("view", data=np.ones(n, dtype="int8"), maxshape=(None,))
+            for path, d in zip(paths, digests):
+                expected[path] = (d, 1 if i == 1 else 0)
+    out = tmp_path / "m.h5"
+    merge(out, parts, copy=copy)
+    with h5py.File(out, "r") as f:
+        got = {p: (d, int(v)) for p, d, v in zip(f["paths"].asstr()[:], f["sha256"][:], f["view"][:])}
+        assert f["sha256"].dtype == np.dtype("S64") and f["view"].dtype == np.dtype("int8")
+    assert got == expected
