@@ -12,6 +12,8 @@ import typer
 
 from headstart.console import cli_errors, err_console, fail, out_console, say
 from headstart.errors import HeadstartError
+from headstart.extractor.backbones import BACKBONES
+from headstart.extractor.config import MAX_INPUT_SIZE, MIN_INPUT_SIZE, PRECISIONS, RESIZE_METHODS, STORAGE_DTYPES
 
 
 app = typer.Typer(
@@ -40,9 +42,20 @@ def setup_logging(verbose: int) -> None:
         logging.getLogger("h5py").setLevel(logging.WARNING)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from headstart import __version__
+
+        say(f"headstart {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-v info, -vv debug)."),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     setup_logging(verbose)
 
@@ -108,6 +121,20 @@ def _progress(quiet: bool, bytes_: bool = False):
     return Progress(*columns, console=err_console, transient=False)
 
 
+def _layers_help() -> str:
+    """The feature layers of every backbone, from the registry (the default one first)."""
+    per = "; ".join(
+        f"{name}: " + ", ".join([spec.default_layer + " (default)"] + [n for n in spec.layers if n != spec.default_layer])
+        for name, spec in BACKBONES.items()
+    )
+    return f"Feature layer of the backbone. {per}."
+
+
+def _alpha_help() -> str:
+    widths = [f"{name}: {', '.join(map(str, spec.alphas))}" for name, spec in BACKBONES.items() if spec.alphas]
+    return f"Width of the backbones that have one ({'; '.join(widths)}; default 1.0)."
+
+
 def _batch_size(text: str) -> int | str:
     if text == "auto":
         return text
@@ -124,32 +151,39 @@ def _batch_size(text: str) -> int | str:
 def extract(
     source: Path = typer.Argument(..., help="Folder with one sub-folder per class, e.g. PetImages/."),
     out: Path = typer.Option(..., "--out", "-o", help="The HDF5 cache to write (created, resumed or updated)."),
-    backbone: str = typer.Option("vgg16", help="Backbone: vgg16, mobilenet, or tiny (tests)."),
-    layer: Optional[str] = typer.Option(
-        None, help="Feature layer. vgg16: fc2 (default, 4096), fc1 (4096), block5_pool (512, averaged)."
+    backbone: str = typer.Option(
+        "vgg16", help=f"Backbone, one of: {', '.join(BACKBONES)}; or hub:PRESET (KerasHub, headstart[hub])."
     ),
+    layer: Optional[str] = typer.Option(None, help=_layers_help()),
     weights: str = typer.Option(
         "imagenet", help="imagenet (Keras downloads them once), none (random, seeded), or a local .h5 file."
     ),
-    alpha: Optional[float] = typer.Option(None, help="MobileNet width: 0.25, 0.5, 0.75 or 1.0."),
-    input_size: Optional[int] = typer.Option(None, help="Input side in pixels (default: the backbone's)."),
-    resize: str = typer.Option("squash", help="squash (both sides, like keras load_img) or crop (centre)."),
-    precision: str = typer.Option(
-        "auto", help="auto, float32, bfloat16 or float16. auto: float16 on a GPU; on a CPU bfloat16 for vgg16 "
-        "where the CPU has native bfloat16, else float32."
+    alpha: Optional[float] = typer.Option(None, help=_alpha_help()),
+    input_size: Optional[int] = typer.Option(
+        None, help=f"Input side in pixels, {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} (default: the backbone's)."
     ),
-    dtype: str = typer.Option("float16", help="Storage type of the features: float16 or float32."),
+    resize: str = typer.Option(
+        "squash", help=f"One of: {', '.join(RESIZE_METHODS)} (squash: both sides, like keras load_img; crop: centre)."
+    ),
+    precision: str = typer.Option(
+        "auto", help=f"One of: auto, {', '.join(PRECISIONS)}. auto: float16 on a GPU; on a CPU bfloat16 for "
+        f"{', '.join(n for n, s in BACKBONES.items() if s.cpu_bfloat16) or 'none'} where the CPU has native "
+        "bfloat16, else float32."
+    ),
+    dtype: str = typer.Option("float16", help=f"Storage type of the features, one of: {', '.join(STORAGE_DTYPES)}."),
     views: str = typer.Option(
         "none", help="none, or flip: also store each picture's horizontal mirror (heads train on both; "
         "evaluate and predict average them)."
     ),
     batch_size: str = typer.Option("32", help="Pictures per model call, or auto (the largest that fits a GPU; 32 on CPU)."),
     workers: Optional[int] = typer.Option(
-        None, min=1, help="Decoding threads (default: one per CPU core); with --ray, model actors (default: one "
+        None, help="Decoding threads, at least 1 (default: one per CPU core); with --ray, model actors (default: one "
         "per GPU of the cluster, else one per node)."
     ),
     exclude: List[str] = typer.Option([], "--exclude", help="Leave out this class (repeatable)."),
-    limit_per_class: Optional[int] = typer.Option(None, help="At most N pictures per class (the first N, sorted)."),
+    limit_per_class: Optional[int] = typer.Option(
+        None, help="At most N pictures per class, N at least 1 (the first N, sorted)."
+    ),
     seed: int = typer.Option(0, help="Seed of --weights none."),
     no_draft: bool = typer.Option(False, "--no-draft", help="Decode JPEGs at full size (slower, same as Keras)."),
     overwrite: bool = typer.Option(False, help="Start a new cache even if OUT exists with other settings."),
@@ -159,7 +193,8 @@ def extract(
         "match rows by their relative path and record SOURCE as the cache's folder."
     ),
     commit_seconds: float = typer.Option(
-        1.0, help="Make extracted rows durable at least this often; a crash loses at most this much work."
+        1.0, help="Make extracted rows durable at least this often (0 or more seconds); a crash loses at most "
+        "this much work."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ray: Optional[str] = typer.Option(
@@ -245,12 +280,14 @@ def info(
     Example: headstart info pets-vgg16-fc2.h5 --json
     """
     from headstart.cache import open_cache
+    from headstart.extractor.config import config_of
 
     with cli_errors():
         if root is not None and not root.is_dir():
             raise fail(f"Expected --root to be the folder of the pictures. Received: {root} "
                        f"({'not a folder' if root.exists() else 'no such folder'}).")
         with open_cache(cache) as c:
+            config_of(c)  # every setting from this version's registries
             missing = c.missing_files(root)
             data = {
                 "path": str(cache),

@@ -33,6 +33,9 @@ def merge_cmd(
     from headstart.cache.merge import merge
 
     with cli_errors(f"Interrupted. Nothing was written to {out}; run the same command again."):
+        from headstart.extractor.config import check_cache_settings
+
+        check_cache_settings(*shards)
         res = merge(out, shards, copy=copy, overwrite=overwrite, partial=partial, root=root)
     kind = (
         f"features read from the {res.inputs} caches merged: keep them where they are"

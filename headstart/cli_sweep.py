@@ -81,6 +81,9 @@ def sweep_cmd(
     from headstart.heads.split import SplitSpec
 
     with cli_errors("Interrupted. Finished trials are kept; run the same command to go on."):
+        from headstart.extractor.config import check_cache_settings
+
+        check_cache_settings(cache)
         g = S.parse_grid(head, grid)
         r = S.parse_ranges(head, ranges)
         fixed: dict[str, Any] = {"random_state": seed}

@@ -77,6 +77,8 @@ def download_pets(
             A partial download stays in ``dest/.downloads/*.part`` and the next call resumes it.
     """
     dest = Path(dest)
+    if archive is None:
+        _check_url(url)
     target = dest / TOP
     if target.is_dir() and any(target.iterdir()):
         log.info("%s is already there; leaving it as it is", target)
@@ -107,6 +109,17 @@ def download_pets(
     _unpack(archive, dest)
     log.info("Unpacked %s into %s", archive, target)
     return target
+
+
+def _check_url(url: str) -> None:
+    """A `DownloadError` unless ``url`` is an http(s) address with a host."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise DownloadError(f"Expected --url to be an http:// or https:// address. Received: {url!r:.200}.")
 
 
 def _make_dir(path: Path) -> None:

@@ -7,6 +7,7 @@ from conftest import TINY_FINGERPRINT
 import numpy as np
 import pytest
 
+from conftest import TINY_FINGERPRINT
 from headstart.cache import CacheHeader, CacheWriter
 from headstart.heads import training
 

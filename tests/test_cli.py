@@ -193,3 +193,66 @@ def test_extract_names_a_link_loop_it_did_not_follow(image_folder, tmp_path):
     text = " ".join(result.output.split())
     assert "12 rows in" in text and "1 link to folders not followed (loops or repeats)" in text
     assert text.count("a symbolic link loop back to") == 1  # the warning, once
+
+
+# -- polish: version, -v, help from the registries, numbers checked ------------------------------
+
+def _text(output: str) -> str:
+    """Help text without rich's box drawing, words joined by single spaces."""
+    import re
+
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", output).split())
+
+
+def test_version():
+    import headstart
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"headstart {headstart.__version__}"
+
+
+def test_verbose_shows_the_library_info_logs(image_folder, tmp_path):
+    quiet = invoke("extract", image_folder, "--out", tmp_path / "a.h5", *TINY)
+    assert quiet.exit_code == 0 and "found 12 pictures" not in quiet.stderr
+    loud = invoke("-v", "extract", image_folder, "--out", tmp_path / "b.h5", *TINY)
+    assert loud.exit_code == 0, loud.output
+    assert "found 12 pictures in 2 classes" in " ".join(loud.stderr.split())
+    assert "extracted 12, skipped 0" in " ".join(loud.stderr.split())
+
+
+def test_help_lists_the_choices_of_the_registries():
+    from headstart.extractor.backbones import BACKBONES
+    from headstart.extractor.config import PRECISIONS, RESIZE_METHODS, STORAGE_DTYPES
+
+    text = _text(invoke("extract", "--help").stdout)
+    assert f"one of: {', '.join(BACKBONES)}" in text
+    for name, spec in BACKBONES.items():
+        assert f"{name}: {spec.default_layer} (default)" in text
+        assert all(layer in text for layer in spec.layers)
+    assert f"One of: auto, {', '.join(PRECISIONS)}" in text
+    assert f"One of: {', '.join(RESIZE_METHODS)}" in text and ", ".join(STORAGE_DTYPES) in text
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--input-size", "0", "Expected --input-size from 32 to 4096. Received: 0."),
+    ("--input-size", "100000", "Expected --input-size from 32 to 4096. Received: 100000."),
+    ("--commit-seconds", "-1", "Expected --commit-seconds of 0 or more. Received: -1.0."),
+    ("--commit-seconds", "nan", "Expected --commit-seconds of 0 or more. Received: nan."),
+    ("--workers", "0", "Expected --workers of at least 1. Received: 0."),
+    ("--limit-per-class", "0", "Expected --limit-per-class of at least 1. Received: 0."),
+    ("--batch-size", "0", "Expected --batch-size to be a whole number of at least 1, or auto. Received: 0."),
+])
+def test_numeric_options_are_checked_in_one_line(image_folder, tmp_path, option, value, message):
+    """Issue 7: --input-size 0 silently meant the default; --commit-seconds -1 was taken."""
+    result = invoke("extract", image_folder, "--out", tmp_path / "c.h5", *TINY, option, value)
+    assert_clean_error(result, message)
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "c.h5").exists()
+
+
+def test_download_refuses_a_url_that_is_not_one(tmp_path):
+    """Issue 7: download --url "not a url" was a traceback."""
+    result = invoke("download", "pets", tmp_path / "data", "--url", "not a url")
+    assert_clean_error(result, "Expected --url to be an http:// or https:// address. Received: 'not a url'.")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "data").exists()

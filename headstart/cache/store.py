@@ -184,18 +184,25 @@ def _check_is_file(path: Path) -> None:
 
 
 def _open_any(path: Path) -> h5py.File:
-    """Open for reading in SWMR mode: a writer may be appending (or have died appending) at any time.
+    """Open for reading; in SWMR read mode whenever a writer holds the file (or died holding it).
 
-    SWMR read mode is what makes a reader see a consistent file while a writer appends; HDF5
-    also refuses a plain open of a file a writer holds or left behind. Rows counted in
-    ``/progress`` were flushed before they were counted, so what a reader counts it can read;
-    `CacheReader.refresh` sees rows committed since.
+    HDF5 marks a file open for write while a SWMR writer has it; only a SWMR reader may open it
+    then, and it sees a consistent file while the writer appends. Rows counted in ``/progress``
+    were flushed before they were counted, so what a reader counts it can read;
+    `CacheReader.refresh` opens the file again to see rows committed since. A file no writer holds
+    is opened plainly: a SWMR reader retries every damaged metadata read 100 times with growing
+    pauses (HDF5's default, which h5py cannot change), so a broken cache would hang it for hours.
     """
     _check_is_file(path)
     try:
+        return h5py.File(path, "r", locking=LOCKING)
+    except OSError as err:
+        if not _is_open_for_write_error(err):
+            raise CacheError(f"Expected an HDF5 feature cache. Received: {path} ({_one_line(err)}).") from None
+    try:
         return h5py.File(path, "r", swmr=True, locking=LOCKING)
     except OSError as err:
-        raise CacheError(f"Expected an HDF5 feature cache. Received: {path} ({_one_line(err)}).") from None
+        raise CacheError(f"Cannot read the feature cache {path}: {_one_line(err)}.") from None
 
 
 def _one_line(err: Exception) -> str:

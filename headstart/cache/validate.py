@@ -258,7 +258,7 @@ def validate(f: h5py.File, supported_versions: tuple[int, ...], progress: tuple[
     text = _attr(f, "fingerprint", str)
     try:
         fingerprint = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise Invalid(f"attribute fingerprint is not JSON ({text!r:.40})") from None
     problem = fingerprint_problem(fingerprint)
     if problem:
@@ -274,7 +274,7 @@ def validate(f: h5py.File, supported_versions: tuple[int, ...], progress: tuple[
     versions_text = _attr(f, "versions", str)
     try:
         versions = json.loads(versions_text)
-    except ValueError:
+    except (ValueError, RecursionError):
         versions = None
     if not isinstance(versions, dict) or not all(isinstance(v, str) for v in versions.values()):
         raise Invalid(f"attribute versions is {versions_text!r:.40}, expected a JSON object of version strings")

@@ -476,8 +476,15 @@ def make_config(
         return make_hub_config(backbone, layer, weights=weights, input_size=input_size, resize=resize,
                                jpeg_draft=jpeg_draft, precision=precision, dtype=dtype, seed=seed, views=views)
 
-    from headstart.extractor.config import PRECISIONS, STORAGE_DTYPES, VIEWS, resolve_weights
-    from headstart.extractor.decode import RESIZE_METHODS
+    from headstart.extractor.config import (
+        MAX_INPUT_SIZE,
+        MIN_INPUT_SIZE,
+        PRECISIONS,
+        RESIZE_METHODS,
+        STORAGE_DTYPES,
+        VIEWS,
+        resolve_weights,
+    )
 
     spec = get_backbone(backbone)
     layer = layer or spec.default_layer
@@ -500,14 +507,14 @@ def make_config(
         raise BackboneError(f"Expected --views among {', '.join(VIEWS)}. Received: {views!r}.")
     if dtype not in STORAGE_DTYPES:
         raise BackboneError(f"Expected --dtype among {', '.join(STORAGE_DTYPES)}. Received: {dtype!r}.")
-    size = input_size or spec.input_size
+    size = spec.input_size if input_size is None else input_size
+    if not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
+        raise BackboneError(f"Expected --input-size from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}. Received: {size}.")
     if spec.layers[layer].include_top and size != spec.input_size:
         raise BackboneError(
             f"Expected --input-size {spec.input_size} for {spec.name} {layer} (its dense layers fix it). "
             f"Received: {size}."
         )
-    if size < 32:
-        raise BackboneError(f"Expected --input-size of at least 32. Received: {size}.")
     identity, path, seed_used = resolve_weights(weights, seed)
     return ExtractionConfig(
         backbone=spec.name,

@@ -14,6 +14,7 @@ from headstart.cache.fingerprint import canonical_json, fingerprint_digest, fing
 from headstart.errors import BackboneError
 
 PRECISIONS = ("float32", "bfloat16", "float16")
+RESIZE_METHODS = ("squash", "crop")
 STORAGE_DTYPES = ("float16", "float32")
 POOLINGS = (None, "avg")
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -90,6 +91,17 @@ class ExtractionConfig:
         return cls(**fingerprint, weights_path=weights_path)
 
 
+def config_of(cache) -> ExtractionConfig:
+    """The extraction settings of an open cache (`headstart.cache.CacheReader`), every value checked
+    against the registries; a `CacheError` naming the file if this version does not know one."""
+    from headstart.errors import CacheError
+
+    try:
+        return ExtractionConfig.from_fingerprint(cache.fingerprint, weights_path=cache.weights_path)
+    except BackboneError as err:
+        raise CacheError(f"{cache.path} holds settings this version of headstart does not know. {err}") from None
+
+
 def _one_of(name: str, value: Any, allowed) -> None:
     if value not in allowed:
         shown = ", ".join("null" if a is None else str(a) for a in allowed)
@@ -99,7 +111,6 @@ def _one_of(name: str, value: Any, allowed) -> None:
 def check_settings(fp: dict[str, Any]) -> None:
     """Check the values of a fingerprint whose keys and types are right against the registries."""
     from headstart.extractor.backbones import BACKBONES, PREPROCESSING
-    from headstart.extractor.decode import RESIZE_METHODS
 
     from headstart.extractor import hub
 
@@ -179,3 +190,20 @@ def resolve_weights(weights: str, seed: int) -> tuple[str, str | None, int | Non
             f"Received: {weights} (no such file)."
         )
     return f"sha256:{file_sha256(path)}", str(path.resolve()), None
+
+
+def check_cache_settings(*paths) -> None:
+    """Open each cache and check its settings against this version's registries (`config_of`).
+
+    For the commands that read features but build no model (train, compare, sweep, audit, map,
+    merge): a cache whose fingerprint names a backbone, preprocessing or layer that headstart
+    does not know is refused as `info` and `predict` refuse it, before any work. A missing file
+    is left to the command, which says so in its own words."""
+    from pathlib import Path
+
+    from headstart.cache import open_cache
+
+    for path in paths:
+        if Path(path).is_file():
+            with open_cache(path) as cache:
+                config_of(cache)

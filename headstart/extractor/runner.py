@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -339,6 +340,10 @@ def extract(
 
     t0 = time.perf_counter()
     source, out = Path(source), Path(out)
+    if not (isinstance(commit_seconds, (int, float)) and math.isfinite(commit_seconds) and commit_seconds >= 0):
+        raise HeadstartError(f"Expected --commit-seconds of 0 or more. Received: {commit_seconds}.")
+    if workers is not None and workers < 1:
+        raise HeadstartError(f"Expected --workers of at least 1. Received: {workers}.")
     config = config or (embedder.config if embedder else make_config())
     if embedder is not None and embedder.config != config:
         raise HeadstartError("Expected an embedder built for the same extraction config as the one given.")
@@ -357,6 +362,8 @@ def extract(
         log.info("%s: %d pictures", part, len(dataset))
     if out.exists() and out.is_dir():
         raise DatasetError(f"Expected --out to be a file path. Received: {out} (a folder).")
+    if out.is_symlink() and not out.exists():
+        raise DatasetError(f"Expected --out to be a file path. Received: {out} (a symbolic link to nothing, or a loop).")
     # The cache is checked under the writer lock, which the writer then keeps: no other process
     # can create or change it between the check of its settings and our first row.
     lock = CacheLock(out).acquire()
