@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from headstart.errors import HeadstartError
+from headstart.errors import BaselineError, HeadstartError
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,6 @@ MIN_INPUT_SIZE = 46  # the smallest side that leaves one pixel after four (3x3 c
 MODEL_FILE = "model.keras"
 
 
-class BaselineError(HeadstartError):
-    """The baseline cannot be trained with these options or on this folder."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from headstart.errors import HeadstartError
+from headstart.errors import DemoError
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,6 @@ SHAPES = ("circle", "square", "star", "triangle")
 DEMO_JSON = "demo.json"
 
 
-class DemoError(HeadstartError):
-    """The demo cannot run: its bundled weights are missing, or its output folder is not ours."""
 
 
 def bundled_weights() -> Path:

@@ -81,3 +81,19 @@ class ExcludeListError(HeadstartError):
 
 class SweepError(HeadstartError):
     """A sweep's search is malformed, or its folder cannot be resumed."""
+
+
+class DemoError(HeadstartError):
+    """The demo cannot run: its bundled weights are missing, or its output folder is not ours."""
+
+
+class BaselineError(HeadstartError):
+    """The baseline cannot be trained with these options or on this folder."""
+
+
+class DecodeError(Exception):
+    """A picture that cannot be turned into pixels; ``str()`` is the reason recorded in the cache."""
+
+
+class Invalid(Exception):
+    """One rule a cache breaks; ``str()`` says which, in a few words."""

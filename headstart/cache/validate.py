@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 
 from headstart.cache.fingerprint import fingerprint_digest, fingerprint_problem
-from headstart.errors import CacheError, CacheReadError
+from headstart.errors import CacheError, CacheReadError, Invalid
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,6 @@ FEATURE_DTYPES = ("float16", "float32")
 log = logging.getLogger(__name__)
 
 
-class Invalid(Exception):
-    """One rule a cache breaks; ``str()`` says which, in a few words."""
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,12 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from headstart.extractor.config import RESIZE_METHODS  # the registry lives with the settings
+from headstart.errors import DecodeError
 
 # Truncated files are errors, not pictures with a grey bottom half.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-class DecodeError(Exception):
-    """A picture that cannot be turned into pixels; ``str()`` is the reason recorded in the cache."""
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
