@@ -39,8 +39,9 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from headstart.cache.fingerprint import fingerprint_digest
+from headstart.cache.store import _fsync_dir
 from headstart.errors import RunBusyError, RunError, SplitError
-from headstart.heads.registry import HEAD_FILES, HEADS, _read_json, head_name, load_head
+from headstart.heads.registry import HEAD_FILES, HEADS, _is_int, _need, _read_json, head_name, load_head
 from headstart.heads.split import SplitSpec
 from headstart.locking import exclusive_lock, lock_path_for
 
@@ -205,15 +206,6 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _sync_tree(folder: Path) -> None:
     for p in folder.rglob("*"):
         if p.is_file():
@@ -309,17 +301,6 @@ def warn_versions(info: Mapping[str, Any], run_dir: Path) -> list[str]:
             out.append(f"{run_dir} was made with {name} {then}; this is {name} {now[name]}")
             log.warning("%s: results may differ", out[-1])
     return out
-
-
-def _need(cond: bool, path: Path, what: str, got: Any) -> None:
-    if not cond:
-        shown = repr(got)
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        raise RunError(f"Expected {what} in {path}. Received: {shown}.")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _is_str_map(v: Any) -> bool:
