@@ -197,12 +197,33 @@ def _open_any(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r", locking=LOCKING)
     except OSError as err:
-        if not _is_open_for_write_error(err):
+        # A live writer growing the file can make a plain open see it "truncated" (its end moved
+        # past what the superblock said a moment ago): that file is read in SWMR mode too.
+        if not _is_open_for_write_error(err) and not _writer_alive(path):
             raise CacheError(f"Expected an HDF5 feature cache. Received: {path} ({_one_line(err)}).") from None
     try:
         return h5py.File(path, "r", swmr=True, locking=LOCKING)
     except OSError as err:
         raise CacheError(f"Cannot read the feature cache {path}: {_one_line(err)}.") from None
+
+
+def _writer_alive(path: Path) -> bool:
+    """Whether a process holds the writer lock of ``path`` (see `CacheLock`) right now."""
+    if fcntl is None:  # pragma: no cover
+        return False
+    try:
+        fh = open(path.with_name(path.name + ".lock"), "rb")
+    except OSError:
+        return False
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
 
 
 def _one_line(err: Exception) -> str:
