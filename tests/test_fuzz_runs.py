@@ -306,6 +306,8 @@ def test_every_command_refuses_every_broken_run_in_one_line(kind, run_name, good
         marker.unlink()
     (tmp_path / "pic.jpg").write_bytes(b"not a picture")
     cases = _cases(kind) + (_arrays_edits(run_name) if kind == "forgery" else [])
+    if kind == "forgery" and run_name == "mlp":  # run.json does not depend on the head: tried on logreg
+        cases = [(name, change) for name, change in cases if not name.startswith("run.json")]
     tried = 0
     failures = []
     for name, change in cases:
