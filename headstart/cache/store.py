@@ -194,17 +194,26 @@ def _open_any(path: Path) -> h5py.File:
     pauses (HDF5's default, which h5py cannot change), so a broken cache would hang it for hours.
     """
     _check_is_file(path)
-    try:
-        return h5py.File(path, "r", locking=LOCKING)
-    except OSError as err:
-        # A live writer growing the file can make a plain open see it "truncated" (its end moved
-        # past what the superblock said a moment ago): that file is read in SWMR mode too.
-        if not _is_open_for_write_error(err) and not _writer_alive(path):
+    for attempt in range(_PLAIN_TRIES):
+        try:
+            return h5py.File(path, "r", locking=LOCKING)
+        except OSError as err:
+            if _is_open_for_write_error(err):
+                break
+            # A live writer growing the file can make a plain open see it "truncated" for a moment
+            # (its end moved past what the superblock said): try again shortly. A broken file
+            # is never opened in SWMR mode, whose retries would hang on it.
+            if attempt + 1 < _PLAIN_TRIES and _writer_alive(path):
+                time.sleep(0.05 * 2**attempt)
+                continue
             raise CacheError(f"Expected an HDF5 feature cache. Received: {path} ({_one_line(err)}).") from None
     try:
         return h5py.File(path, "r", swmr=True, locking=LOCKING)
     except OSError as err:
         raise CacheError(f"Cannot read the feature cache {path}: {_one_line(err)}.") from None
+
+
+_PLAIN_TRIES = 5  # about 0.75 s in all, only while a writer holds the lock
 
 
 def _writer_alive(path: Path) -> bool:
