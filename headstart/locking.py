@@ -7,8 +7,6 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from headstart.errors import HeadstartError
-
 try:  # POSIX advisory locks; Windows runs without the cross-process guard.
     import fcntl
 except ImportError:  # pragma: no cover
@@ -20,34 +18,58 @@ def lock_path_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.lock")
 
 
-@contextlib.contextmanager
-def exclusive_lock(lock_path: Path, busy: HeadstartError) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_path`` (created if needed) or raise ``busy`` at once.
+class FileLock:
+    """An exclusive ``flock`` on ``lock_path`` (created if needed); ``acquire`` raises ``busy`` at once
+    when another process (or another open in this one) holds it.
 
     The holder unlinks the lock file when done, still holding the lock; a process that opened the
     old file checks, once it has the lock, that the file is still the one at the path, and
-    otherwise takes the new one. So the lock file never outlives its holder.
+    otherwise takes the new one. So the lock file never outlives its holder. OS errors (a folder
+    that cannot be written) propagate as `OSError`.
     """
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        fh = open(lock_path, "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+
+    def __init__(self, lock_path: Path, busy: Exception):
+        self.lock_path = Path(lock_path)
+        self.busy = busy
+        self._fh = None
+
+    @property
+    def held(self) -> bool:
+        return self._fh is not None
+
+    def acquire(self) -> "FileLock":
+        if fcntl is None or self._fh is not None:
+            return self
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fh = open(self.lock_path, "a+")
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.close()
+                raise self.busy from None
+            try:
+                if os.fstat(fh.fileno()).st_ino == os.stat(self.lock_path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             fh.close()
-            raise busy from None
-        try:
-            if os.fstat(fh.fileno()).st_ino == os.stat(lock_path).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        fh.close()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.lock_path)
+            self._fh.close()
+            self._fh = None
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: Path, busy: Exception) -> Iterator[None]:
+    """Hold a `FileLock` on ``lock_path`` for the block, or raise ``busy`` at once."""
+    lock = FileLock(lock_path, busy).acquire()
     try:
         yield
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(lock_path)
-        fh.close()
+        lock.release()

@@ -53,6 +53,7 @@ import numpy as np
 from headstart.cache import validate as _validate
 from headstart.cache.fingerprint import canonical_json, fingerprint_digest, fingerprint_problem
 from headstart.errors import CacheBusyError, CacheError, CacheMismatchError, CacheReadError
+from headstart.locking import FileLock
 
 try:  # POSIX advisory locks; Windows runs without the cross-process guard.
     import fcntl
@@ -376,7 +377,13 @@ class CacheLock:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._fh = None
+        self._lock = FileLock(
+            self.path.with_name(self.path.name + ".lock"),
+            CacheBusyError(
+                f"Another headstart process is writing {self.path}. "
+                "Wait for it to finish, or stop it and run the command again to resume."
+            ),
+        )
 
     def __enter__(self) -> "CacheLock":
         return self.acquire()
@@ -386,45 +393,17 @@ class CacheLock:
 
     @property
     def held(self) -> bool:
-        return self._fh is not None
+        return self._lock.held
 
     def acquire(self) -> "CacheLock":
-        if fcntl is None or self._fh is not None:
-            return self
-        lock_path = self.path.with_name(self.path.name + ".lock")
         try:
-            lock_path.parent.mkdir(parents=True, exist_ok=True)
-            while True:
-                fh = open(lock_path, "a+")
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    fh.close()
-                    raise CacheBusyError(
-                        f"Another headstart process is writing {self.path}. "
-                        "Wait for it to finish, or stop it and run the command again to resume."
-                    ) from None
-                # The holder unlinks the lock file when it is done: if ours was unlinked between
-                # our open and our lock, it guards nothing; take the one now at the path.
-                try:
-                    if os.fstat(fh.fileno()).st_ino == os.stat(lock_path).st_ino:
-                        break
-                except FileNotFoundError:
-                    pass
-                fh.close()
+            self._lock.acquire()
         except OSError as err:
             raise CacheError(f"Cannot write next to {self.path}: {err.strerror or err}.") from None
-        self._fh = fh
         return self
 
     def release(self) -> None:
-        if self._fh is not None:
-            # Unlink while still holding the lock; a process that opened the old file checks, once
-            # it has the lock, that the file is still the one at the path (see acquire).
-            with contextlib.suppress(OSError):
-                os.unlink(self._fh.name)
-            self._fh.close()
-            self._fh = None
+        self._lock.release()
 
 
 class CacheWriter:
