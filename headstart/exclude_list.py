@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from headstart.errors import ExcludeListError
-from headstart.heads.split import _normalize
+from headstart.heads.split import normalize_path
 
 MAX_BYTES = 64 << 20
 
@@ -46,7 +46,7 @@ def read_exclude_list(path: str | os.PathLike) -> ExcludeList:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        rel = _normalize(line)
+        rel = normalize_path(line)
         pure = PurePosixPath(rel)
         if "\0" in rel or pure.is_absolute() or ".." in pure.parts:
             raise ExcludeListError(

@@ -18,22 +18,16 @@ from typing import Sequence
 import numpy as np
 
 from headstart.errors import ShardError
+from headstart.heads.split import normalize_path  # the same relative path on every OS as the split uses
 
 METHOD = "sha256('shard' NUL relative path) -> floor(u * count)"
-
-
-def _normalize(path: str) -> str:
-    p = path.replace("\\", "/")
-    while p.startswith("./"):
-        p = p[2:]
-    return p
 
 
 def shard_of(paths: Sequence[str], count: int) -> np.ndarray:
     """The shard (0 ... ``count``-1) of each relative path."""
     out = np.empty(len(paths), dtype=np.int64)
     for i, p in enumerate(paths):
-        digest = hashlib.sha256(b"shard\0" + _normalize(p).encode("utf-8", "surrogateescape")).digest()
+        digest = hashlib.sha256(b"shard\0" + normalize_path(p).encode("utf-8", "surrogateescape")).digest()
         out[i] = (int.from_bytes(digest[:8], "big") * count) >> 64
     return out
 

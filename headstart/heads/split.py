@@ -69,7 +69,7 @@ class SplitSpec:
         return cls(tuple(data["fractions"]), int(data["seed"]))
 
 
-def _normalize(path: str) -> str:
+def normalize_path(path: str) -> str:
     """The same relative path on every OS: forward slashes, no leading ``./``."""
     p = path.replace("\\", "/")
     while p.startswith("./"):
@@ -82,7 +82,7 @@ def unit_hash(paths: Sequence[str], seed: int) -> np.ndarray:
     out = np.empty(len(paths), dtype=np.float64)
     prefix = f"{int(seed)}\0".encode()
     for i, p in enumerate(paths):
-        digest = hashlib.sha256(prefix + _normalize(p).encode("utf-8")).digest()
+        digest = hashlib.sha256(prefix + normalize_path(p).encode("utf-8")).digest()
         out[i] = int.from_bytes(digest[:8], "big") / 2.0**64
     return out
 
