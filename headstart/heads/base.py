@@ -110,6 +110,34 @@ class Head(ClassifierMixin, BaseEstimator):
         raise NotImplementedError
 
 
+class LinearHead(Head):
+    """A head that is ``coef`` (C, D) and ``intercept`` (C,) on standardized rows, ``C`` chosen on
+    validation among ``Cs`` (logistic regression, linear SVM): their options, arrays and scores."""
+
+    def _check_params(self) -> None:
+        if self.C is not None:
+            check_positive("C", self.C)
+        if isinstance(self.Cs, (str, bytes)) or not hasattr(self.Cs, "__len__") or not len(self.Cs):
+            raise ValueError(f"Expected at least one value in Cs. Received: {self.Cs!r}.")
+        for c in self.Cs:
+            check_positive("each of Cs", c)
+        check_positive("max_iter", self.max_iter, integer=True)
+        check_positive("tol", self.tol)
+        check_fraction("validation_fraction", self.validation_fraction)
+        check_class_weight(self.class_weight)
+
+    def array_shapes(self, n_features: int, n_classes: int) -> dict[str, tuple[int, ...]]:
+        return {"coef": (n_classes, n_features), "intercept": (n_classes,)}
+
+    def _logits_rows(self, X: np.ndarray) -> np.ndarray:
+        a = self.arrays_
+        return self.scaler_.transform(X) @ a["coef"].T + a["intercept"]
+
+    def _keras_logits(self, keras, x):
+        a = self.arrays_
+        return dense(keras, "predictions", a["coef"].T, a["intercept"])(x)
+
+
 def softmax(z: np.ndarray) -> np.ndarray:
     """Row-wise softmax in float64."""
     z = np.asarray(z, dtype=np.float64)

@@ -20,13 +20,9 @@ from sklearn.utils.validation import column_or_1d, validate_data
 
 from headstart.heads.base import (
     DTYPES,
-    Head,
-    check_class_weight,
-    check_fraction,
-    check_positive,
+    LinearHead,
     check_two_classes,
     class_weights,
-    dense,
     encode,
     fit_scaler,
     holdout,
@@ -37,7 +33,7 @@ from headstart.heads.sources import ArraySource, RowSource, as_array
 log = logging.getLogger(__name__)
 
 
-class LogRegHead(Head):
+class LogRegHead(LinearHead):
     """Multinomial logistic regression on standardized features; ``C`` chosen on validation.
 
     With ``C=None`` the regularization path ``Cs`` is fitted from strongest to weakest (each fit
@@ -67,21 +63,6 @@ class LogRegHead(Head):
         self.class_weight = class_weight
         self.standardize = standardize
         self.random_state = random_state
-
-    def _check_params(self) -> None:
-        if self.C is not None:
-            check_positive("C", self.C)
-        if isinstance(self.Cs, (str, bytes)) or not hasattr(self.Cs, "__len__") or not len(self.Cs):
-            raise ValueError(f"Expected at least one value in Cs. Received: {self.Cs!r}.")
-        for c in self.Cs:
-            check_positive("each of Cs", c)
-        check_positive("max_iter", self.max_iter, integer=True)
-        check_positive("tol", self.tol)
-        check_fraction("validation_fraction", self.validation_fraction)
-        check_class_weight(self.class_weight)
-
-    def array_shapes(self, n_features: int, n_classes: int) -> dict[str, tuple[int, ...]]:
-        return {"coef": (n_classes, n_features), "intercept": (n_classes,)}
 
     def _model(self, C: float) -> LogisticRegression:
         return LogisticRegression(
@@ -174,10 +155,3 @@ class LogRegHead(Head):
         log.info("logreg head: C=%g chosen from %s", self.C_, Cs)
         return self
 
-    def _logits_rows(self, X: np.ndarray) -> np.ndarray:
-        a = self.arrays_
-        return self.scaler_.transform(X) @ a["coef"].T + a["intercept"]
-
-    def _keras_logits(self, keras, x):
-        a = self.arrays_
-        return dense(keras, "predictions", a["coef"].T, a["intercept"])(x)

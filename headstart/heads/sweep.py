@@ -58,7 +58,6 @@ from headstart.heads.rundir import (
     SWEEP_KIND,
     busy_error,
     check_out,
-    journal_header,
     manifest,
     staged_result,
     versions,
