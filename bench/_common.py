@@ -10,8 +10,9 @@ import resource
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "pets-sample"
@@ -28,24 +29,39 @@ def add_common_options(parser: argparse.ArgumentParser, *, default_n: dict[str, 
     """The options every benchmark takes; ``default_n`` maps backbone -> default picture count."""
     parser.add_argument("--backbone", choices=("vgg16", "mobilenet"), default="mobilenet")
     parser.add_argument(
-        "--n", type=int, default=None,
+        "--n",
+        type=int,
+        default=None,
         help="pictures to use (default: " + ", ".join(f"{k} {v}" for k, v in default_n.items()) + "); "
-             "more than the folder holds cycles through it under new file names",
+        "more than the folder holds cycles through it under new file names",
     )
     parser.add_argument("--batch-size", type=int, default=32, help="pictures per model call (default 32)")
-    parser.add_argument("--precision", default="auto",
-                        help="auto (float16 on GPU, float32 on CPU), float32, bfloat16 or float16")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="decoding threads (default: headstart's default, CPU cores up to 8)")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help=f"folder with one sub-folder per class (default: {DEFAULT_DATA})")
-    parser.add_argument("--synthetic", action="store_true",
-                        help="write N random JPEGs to a temp folder instead of reading --data")
-    parser.add_argument("--synthetic-size", default="500x375",
-                        help="WIDTHxHEIGHT of the --synthetic JPEGs (default 500x375, a typical photo)")
-    parser.add_argument("--weights", default=None,
-                        help="mobilenet: the shared 0.25 ImageNet file if present, else none; vgg16: none "
-                             "(its ImageNet weights cannot be downloaded here; same speed)")
+    parser.add_argument(
+        "--precision", default="auto", help="auto (float16 on GPU, float32 on CPU), float32, bfloat16 or float16"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="decoding threads (default: headstart's default, CPU cores up to 8)"
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help=f"folder with one sub-folder per class (default: {DEFAULT_DATA})",
+    )
+    parser.add_argument(
+        "--synthetic", action="store_true", help="write N random JPEGs to a temp folder instead of reading --data"
+    )
+    parser.add_argument(
+        "--synthetic-size",
+        default="500x375",
+        help="WIDTHxHEIGHT of the --synthetic JPEGs (default 500x375, a typical photo)",
+    )
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="mobilenet: the shared 0.25 ImageNet file if present, else none; vgg16: none "
+        "(its ImageNet weights cannot be downloaded here; same speed)",
+    )
     parser.add_argument("--alpha", type=float, default=0.25, help="MobileNet width (default 0.25)")
     parser.add_argument("--json", type=Path, default=None, help="also write the result JSON to this file")
     parser.default_n = default_n  # type: ignore[attr-defined]
@@ -71,11 +87,11 @@ def model_config(args: argparse.Namespace, precision: str | None = None):
     """The headstart `ExtractionConfig` these options describe (imports Keras)."""
     from headstart.extractor.backbones import make_config
 
-    return make_config(args.backbone, weights=args.weights, alpha=args.alpha,
-                       precision=precision or args.precision)
+    return make_config(args.backbone, weights=args.weights, alpha=args.alpha, precision=precision or args.precision)
 
 
 # -- pictures ----------------------------------------------------------------------------------
+
 
 def source_pictures(args: argparse.Namespace, workdir: Path) -> tuple[list[tuple[str, Path]], str]:
     """Distinct pictures as (class name, path), classes interleaved; and a line saying where from."""
@@ -146,6 +162,7 @@ def dataset_paths(folder: Path) -> list[Path]:
 
 
 # -- machine -----------------------------------------------------------------------------------
+
 
 def cpu_cores() -> int:
     try:
@@ -256,6 +273,7 @@ def peak_rss_since_reset_mb() -> float | None:
 
 # -- output ------------------------------------------------------------------------------------
 
+
 def fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "-"
@@ -297,7 +315,7 @@ def finish(result: dict[str, Any], t_start: float, cores: int, path: Path | None
 class Stopwatch:
     """``with Stopwatch() as sw: ...`` then ``sw.seconds``."""
 
-    def __enter__(self) -> "Stopwatch":
+    def __enter__(self) -> Stopwatch:
         self._t0 = time.perf_counter()
         return self
 

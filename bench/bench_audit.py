@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +31,21 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_cores, describe_load, finish  # noqa: E402
 
-
 FINGERPRINT = {  # a complete fingerprint (the tiny test backbone's): caches must be readable back
-    "backbone": "tiny", "layer": "embed", "pooling": None, "alpha": None, "weights": "none", "seed": 0,
-    "keras_version": None, "input_size": 32, "resize": "squash", "jpeg_draft": True,
-    "preprocessing": "keras.applications.mobilenet.preprocess_input", "precision": "float32",
-    "dtype": "float16", "backend": "tensorflow",
+    "backbone": "tiny",
+    "layer": "embed",
+    "pooling": None,
+    "alpha": None,
+    "weights": "none",
+    "seed": 0,
+    "keras_version": None,
+    "input_size": 32,
+    "resize": "squash",
+    "jpeg_draft": True,
+    "preprocessing": "keras.applications.mobilenet.preprocess_input",
+    "precision": "float32",
+    "dtype": "float16",
+    "backend": "tensorflow",
 }
 
 
@@ -45,8 +54,7 @@ def write_cache(path: Path, rows: int, dim: int, classes: int, copies: int, seed
     from headstart.cache import CacheHeader, CacheWriter
 
     names = tuple(f"class{k}" for k in range(classes))
-    header = CacheHeader(dim=dim, dtype="float16", fingerprint=FINGERPRINT,
-                         class_names=names, root="/synthetic")
+    header = CacheHeader(dim=dim, dtype="float16", fingerprint=FINGERPRINT, class_names=names, root="/synthetic")
     rng = np.random.default_rng(seed)
     base = rng.gamma(2.0, 0.5, dim).astype(np.float32)
     shift = rng.normal(0, 4 / np.sqrt(2 * dim), (classes, dim)).astype(np.float32)
@@ -81,22 +89,30 @@ def child(mode: str, cache: str) -> None:
         return
     t1 = time.perf_counter()
     result = audit(cache, None, montages=False)
-    print(json.dumps({
-        "wall_seconds": time.perf_counter() - t0,
-        "audit_seconds": time.perf_counter() - t1,
-        "steps": result.seconds,
-        "label_issues": len(result.label_issues),
-        "duplicate_groups": len(result.duplicates),
-        "exact_groups": sum(g["exact"] for g in result.duplicates),
-        "dims": result.settings["dims"],
-        "explained": result.settings["explained_variance"],
-    }))
+    print(
+        json.dumps(
+            {
+                "wall_seconds": time.perf_counter() - t0,
+                "audit_seconds": time.perf_counter() - t1,
+                "steps": result.seconds,
+                "label_issues": len(result.label_issues),
+                "duplicate_groups": len(result.duplicates),
+                "exact_groups": sum(g["exact"] for g in result.duplicates),
+                "dims": result.settings["dims"],
+                "explained": result.settings["explained_variance"],
+            }
+        )
+    )
 
 
 def run_child(mode: str, cache: Path) -> dict:
-    proc = subprocess.Popen([sys.executable, __file__, "--child", mode, str(cache)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--child", mode, str(cache)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     out: dict[str, str] = {}
     reader = threading.Thread(target=lambda: out.update(stdout=proc.stdout.read(), stderr=proc.stderr.read()))
     reader.start()
@@ -105,8 +121,11 @@ def run_child(mode: str, cache: Path) -> dict:
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{mode} failed:\n{out['stderr'][-3000:]}")
     scale = 1 if sys.platform == "darwin" else 1024
-    return {**json.loads(out["stdout"].strip().splitlines()[-1]), "peak_rss_mb": usage.ru_maxrss * scale / 2**20,
-            "cpu_seconds": usage.ru_utime + usage.ru_stime}
+    return {
+        **json.loads(out["stdout"].strip().splitlines()[-1]),
+        "peak_rss_mb": usage.ru_maxrss * scale / 2**20,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+    }
 
 
 def main() -> None:
@@ -128,23 +147,35 @@ def main() -> None:
         cache = Path(tmp) / "synthetic.h5"
         write_s = write_cache(cache, args.rows, args.dim, args.classes, args.copies)
         size_mb = cache.stat().st_size / 2**20
-        print(f"cache: {args.rows:,} x {args.dim:,} float16, {args.classes} classes, {size_mb:.0f} MiB "
-              f"(written in {write_s:.1f} s); the features as float32 would be "
-              f"{args.rows * args.dim * 4 / 2**20:.0f} MiB")
+        print(
+            f"cache: {args.rows:,} x {args.dim:,} float16, {args.classes} classes, {size_mb:.0f} MiB "
+            f"(written in {write_s:.1f} s); the features as float32 would be "
+            f"{args.rows * args.dim * 4 / 2**20:.0f} MiB"
+        )
         floor = run_child("floor", cache)
         res = run_child("audit", cache)
     steps = "  ".join(f"{k} {v:.1f}" for k, v in res["steps"].items())
-    print(f"\naudit: {res['audit_seconds']:.1f} s ({steps}); whole child {res['wall_seconds']:.1f} s, "
-          f"{res['cpu_seconds']:.1f} CPU seconds (imports included) on {cores} cores: on an idle machine the wall "
-          f"time is about {res['cpu_seconds'] / cores:.0f}-{res['cpu_seconds']:.0f} s")
-    print(f"peak RSS: audit {res['peak_rss_mb']:.0f} MB, floor (imports + open) {floor['peak_rss_mb']:.0f} MB, "
-          f"difference {res['peak_rss_mb'] - floor['peak_rss_mb']:.0f} MB")
-    print(f"found: {res['exact_groups']} exact groups of {args.copies} planted, {res['duplicate_groups']} groups in all, "
-          f"{res['label_issues']} label issues; search on {res['dims']} components "
-          f"({100 * res['explained']:.1f} % of the sum of squares)")
+    print(
+        f"\naudit: {res['audit_seconds']:.1f} s ({steps}); whole child {res['wall_seconds']:.1f} s, "
+        f"{res['cpu_seconds']:.1f} CPU seconds (imports included) on {cores} cores: on an idle machine the wall "
+        f"time is about {res['cpu_seconds'] / cores:.0f}-{res['cpu_seconds']:.0f} s"
+    )
+    print(
+        f"peak RSS: audit {res['peak_rss_mb']:.0f} MB, floor (imports + open) {floor['peak_rss_mb']:.0f} MB, "
+        f"difference {res['peak_rss_mb'] - floor['peak_rss_mb']:.0f} MB"
+    )
+    print(
+        f"found: {res['exact_groups']} exact groups of {args.copies} planted, {res['duplicate_groups']} groups in all, "
+        f"{res['label_issues']} label issues; search on {res['dims']} components "
+        f"({100 * res['explained']:.1f} % of the sum of squares)"
+    )
     print(f"target: under 60 s -> {'met' if res['audit_seconds'] < 60 else 'NOT met'}")
-    finish({"rows": args.rows, "dim": args.dim, "write_seconds": write_s, "floor": floor, "audit": res},
-           t_start, cores, args.json)
+    finish(
+        {"rows": args.rows, "dim": args.dim, "write_seconds": write_s, "floor": floor, "audit": res},
+        t_start,
+        cores,
+        args.json,
+    )
 
 
 if __name__ == "__main__":

@@ -64,23 +64,32 @@ def main() -> None:
     print(describe_load(cores))
     rows = []
     for name in names:
-        proc = subprocess.run([sys.executable, "-c", CHILD, name, str(args.batch_size), str(args.batches)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD, name, str(args.batch_size), str(args.batches)], capture_output=True, text=True
+        )
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
             print(f"{name}: failed\n{proc.stderr[-1500:]}")
             continue
-        rows.append(json.loads(line[len("RESULT "):]))
+        rows.append(json.loads(line[len("RESULT ") :]))
         print(f"{name}: {rows[-1]['pictures_per_second']:.1f} pictures/s", flush=True)
-    print(table(["backbone", "layer", "input", "features", "weights MB", "pictures/s"],
-                [[r["backbone"], r["layer"], r["input_size"], r["features"], r["weights_mb"], r["pictures_per_second"]]
-                 for r in rows]))
+    print(
+        table(
+            ["backbone", "layer", "input", "features", "weights MB", "pictures/s"],
+            [
+                [r["backbone"], r["layer"], r["input_size"], r["features"], r["weights_mb"], r["pictures_per_second"]]
+                for r in rows
+            ],
+        )
+    )
     result = {"device": device, "batch_size": args.batch_size, "batches": args.batches, "backbones": rows}
     if args.write_package_data:
         old = json.loads(PACKAGE_DATA.read_text()) if PACKAGE_DATA.exists() else {"backbones": {}}
         old["backbones"].update({r["backbone"]: r for r in rows})
-        old["measured_on"] = f"{device.get('cpu') or device['machine']}, {cores} CPU cores, " \
-                             f"Keras {device['keras']} / {device['backend']}, batch {args.batch_size}, float32"
+        old["measured_on"] = (
+            f"{device.get('cpu') or device['machine']}, {cores} CPU cores, "
+            f"Keras {device['keras']} / {device['backend']}, batch {args.batch_size}, float32"
+        )
         old["command"] = "python bench/bench_backbones.py --write-package-data"
         PACKAGE_DATA.write_text(json.dumps(old, indent=2, sort_keys=True) + "\n")
         print(f"wrote {PACKAGE_DATA}")

@@ -17,8 +17,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
+    Stopwatch,
+    add_common_options,
+    cpu_cores,
+    describe_device,
+    describe_load,
+    device_info,
     finish,
-    Stopwatch, add_common_options, cpu_cores, describe_device, describe_load, device_info, load_average, make_dataset, resolve_common, source_pictures, table,
+    load_average,
+    make_dataset,
+    resolve_common,
+    source_pictures,
+    table,
 )
 
 DEFAULT_N = {"mobilenet": 300, "vgg16": 300}
@@ -40,8 +50,17 @@ def stage_times(paths: list[Path], size: tuple[int, int], resize: str, draft: bo
     from PIL import Image, ImageOps
 
     height, width = size
-    steps = dict.fromkeys(("open + header", "JPEG decode (load)", "exif_transpose", "convert to RGB",
-                           f"resize ({resize}, bilinear)", "to numpy"), 0.0)
+    steps = dict.fromkeys(
+        (
+            "open + header",
+            "JPEG decode (load)",
+            "exif_transpose",
+            "convert to RGB",
+            f"resize ({resize}, bilinear)",
+            "to numpy",
+        ),
+        0.0,
+    )
     names = list(steps)
     for path in paths:
         t = [time.perf_counter()]
@@ -86,12 +105,20 @@ def main(argv=None) -> None:
     cores = cpu_cores()
     side = get_backbone(args.backbone).input_size
     size = (side, side)
-    print(f"bench_decode: {args.backbone} input {side}x{side}, resize {args.resize}, N = {args.n}, "
-          f"batch {args.batch_size} (sets decode_stream's prefetch, as in extract)")
+    print(
+        f"bench_decode: {args.backbone} input {side}x{side}, resize {args.resize}, N = {args.n}, "
+        f"batch {args.batch_size} (sets decode_stream's prefetch, as in extract)"
+    )
     print(f"device: {describe_device(info)} (decoding runs on the CPU; --precision is not used here)")
     print(describe_load(info["cpu_cores"]), flush=True)
-    result = {"bench": "decode", "backbone": args.backbone, "input_size": side, "resize": args.resize,
-              "n": args.n, "device": info}
+    result = {
+        "bench": "decode",
+        "backbone": args.backbone,
+        "input_size": side,
+        "resize": args.resize,
+        "n": args.n,
+        "device": info,
+    }
     result["load_average_start"] = load_average()
     with tempfile.TemporaryDirectory(prefix="headstart-bench-") as tmp:
         pictures, where = source_pictures(args, Path(tmp))
@@ -104,11 +131,16 @@ def main(argv=None) -> None:
         n_draft = 0
         for w, h in sizes:  # Pillow scales by 1/2, 1/4, 1/8 only if the result keeps both sides >= 2x target
             n_draft += min(w // (2 * side), h // (2 * side)) >= 2
-        print(f"pictures: {where}; N = {len(paths)}; median {statistics.median(w for w, _ in sizes):.0f} x "
-              f"{statistics.median(h for _, h in sizes):.0f} px, largest side {max(max(s) for s in sizes)} px; "
-              f"draft mode shrinks {n_draft} of {len(paths)} (those with both sides >= {4 * side} px)")
-        result.update(pictures=where, draft_applies=n_draft,
-                      median_size=[statistics.median(w for w, _ in sizes), statistics.median(h for _, h in sizes)])
+        print(
+            f"pictures: {where}; N = {len(paths)}; median {statistics.median(w for w, _ in sizes):.0f} x "
+            f"{statistics.median(h for _, h in sizes):.0f} px, largest side {max(max(s) for s in sizes)} px; "
+            f"draft mode shrinks {n_draft} of {len(paths)} (those with both sides >= {4 * side} px)"
+        )
+        result.update(
+            pictures=where,
+            draft_applies=n_draft,
+            median_size=[statistics.median(w for w, _ in sizes), statistics.median(h for _, h in sizes)],
+        )
 
         for p in paths:  # warm the page cache and Pillow's plugins
             load_image(p, size, args.resize, True)
@@ -122,19 +154,38 @@ def main(argv=None) -> None:
                         load_image(p, size, args.resize, draft)
                 single[draft] = max(single[draft], len(paths) / sw.seconds)
         print(f"\n== 1. load_image on one thread (pictures/s per core), best of {args.repeat} ==")
-        print(table(["", "pictures/s", "ms/picture", "ratio to draft off"], [
-            ["draft=True (headstart's default)", single[True], 1000 / single[True], single[True] / single[False]],
-            ["draft=False (--no-draft, as Keras)", single[False], 1000 / single[False], 1.0],
-        ], 2))
-        result["single_thread"] = {"draft_pps": single[True], "no_draft_pps": single[False],
-                                   "draft_speedup": single[True] / single[False]}
+        print(
+            table(
+                ["", "pictures/s", "ms/picture", "ratio to draft off"],
+                [
+                    [
+                        "draft=True (headstart's default)",
+                        single[True],
+                        1000 / single[True],
+                        single[True] / single[False],
+                    ],
+                    ["draft=False (--no-draft, as Keras)", single[False], 1000 / single[False], 1.0],
+                ],
+                2,
+            )
+        )
+        result["single_thread"] = {
+            "draft_pps": single[True],
+            "no_draft_pps": single[False],
+            "draft_speedup": single[True] / single[False],
+        }
 
         # 2. where one picture's time goes
         steps = stage_times(paths, size, args.resize, True)
         total = sum(steps.values())
         print("\nwhere load_image's time goes (its steps replayed one by one, draft on, one thread):")
-        print(table(["step", "ms/picture", "share %"],
-                    [[k, 1000 * v / len(paths), 100 * v / total] for k, v in steps.items()], 3))
+        print(
+            table(
+                ["step", "ms/picture", "share %"],
+                [[k, 1000 * v / len(paths), 100 * v / total] for k, v in steps.items()],
+                3,
+            )
+        )
         result["steps_ms"] = {k: 1000 * v / len(paths) for k, v in steps.items()}
 
         # 3. decode_stream scaling
@@ -152,8 +203,13 @@ def main(argv=None) -> None:
                 scaling[w] = max(scaling.get(w, 0.0), len(paths) / sw.seconds)
         base = scaling[1]
         print(f"\n== 2. decode_stream with 1..{max(counts)} worker threads ({cores} cores), best of {args.repeat} ==")
-        print(table(["workers", "pictures/s", "speed-up vs 1", "per worker", "efficiency"],
-                    [[w, r, r / base, r / w, r / base / w] for w, r in scaling.items()], 2))
+        print(
+            table(
+                ["workers", "pictures/s", "speed-up vs 1", "per worker", "efficiency"],
+                [[w, r, r / base, r / w, r / base / w] for w, r in scaling.items()],
+                2,
+            )
+        )
         result["scaling_pps"] = {str(w): r for w, r in scaling.items()}
         result["scaling_speedup"] = {str(w): r / base for w, r in scaling.items()}
     finish(result, t_start, info["cpu_cores"], args.json)

@@ -51,12 +51,15 @@ def make_run(workdir: Path, backbone: str) -> Path:
     from headstart.heads.training import train
 
     layer = "fc2" if backbone == "vgg16" else None
-    config = make_config(backbone, layer, weights="none", precision="float32", alpha=0.25 if backbone == "mobilenet" else None)
+    config = make_config(
+        backbone, layer, weights="none", precision="float32", alpha=0.25 if backbone == "mobilenet" else None
+    )
     dim = {"vgg16": 4096, "mobilenet": 256}[backbone]
     rng = np.random.default_rng(0)
     n = 200
-    header = CacheHeader(dim=dim, dtype="float16", fingerprint=config.fingerprint(), class_names=("a", "b"),
-                         root=str(workdir))
+    header = CacheHeader(
+        dim=dim, dtype="float16", fingerprint=config.fingerprint(), class_names=("a", "b"), root=str(workdir)
+    )
     with CacheWriter(workdir / "cache.h5", header) as w:
         y = rng.integers(0, 2, n)
         w.append(rng.normal(0, 1, (n, dim)).astype("float32") + y[:, None], y.tolist(), [f"p{i}.jpg" for i in range(n)])
@@ -80,7 +83,9 @@ def main() -> None:
         run = make_run(Path(tmp), args.backbone)
         for fmt in ["build-only", *args.formats.split(",")]:
             out = Path(tmp) / (f"model-{fmt}.keras" if fmt == "keras" else f"model-{fmt}")
-            proc = subprocess.run([sys.executable, "-c", CHILD, str(run), str(out), fmt], capture_output=True, text=True)
+            proc = subprocess.run(
+                [sys.executable, "-c", CHILD, str(run), str(out), fmt], capture_output=True, text=True
+            )
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
                 lines = [ln for ln in proc.stderr.strip().splitlines() if "Error" in ln or "error" in ln]
@@ -88,15 +93,22 @@ def main() -> None:
                 print(f"{fmt}: failed: {error}")
                 rows.append({"format": fmt, "error": error})
                 continue
-            rows.append(json.loads(line[len("RESULT "):]))
+            rows.append(json.loads(line[len("RESULT ") :]))
             print(f"{fmt}: peak {rows[-1]['peak_rss_mb']:.0f} MiB, {rows[-1]['seconds']:.0f} s", flush=True)
     base = next((r["peak_rss_mb"] for r in rows if r["format"] == "build-only" and "peak_rss_mb" in r), None)
     for r in rows:
         if base and "peak_rss_mb" in r:
             r["peak_vs_build_only"] = r["peak_rss_mb"] / base
-    print(table(["format", "peak MiB", "x build-only", "seconds", "size MB"],
-                [[r["format"], r.get("peak_rss_mb"), r.get("peak_vs_build_only"), r.get("seconds"), r.get("size_mb")]
-                 for r in rows], digits=1))
+    print(
+        table(
+            ["format", "peak MiB", "x build-only", "seconds", "size MB"],
+            [
+                [r["format"], r.get("peak_rss_mb"), r.get("peak_vs_build_only"), r.get("seconds"), r.get("size_mb")]
+                for r in rows
+            ],
+            digits=1,
+        )
+    )
     finish({"device": device, "backbone": args.backbone, "rows": rows}, t_start, cores, args.json)
 
 

@@ -39,8 +39,10 @@ def main() -> None:
     diffs = [abs(by_run[k][c] - by_file[k][c]) for k in keys for c in by_run[k]]
     info, _ = load_run(args.run)
     with open_cache(info["cache"]["path"]) as cache:
-        test = [((Path(cache.root) / cache.paths[i]).resolve(), cache.class_names[cache.labels[i]])
-                for i in _test_rows(info, cache)]
+        test = [
+            ((Path(cache.root) / cache.paths[i]).resolve(), cache.class_names[cache.labels[i]])
+            for i in _test_rows(info, cache)
+        ]
     test = [(p, y) for p, y in test if p in by_file]
     result = {
         "pictures": len(keys),

@@ -27,9 +27,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
+    Stopwatch,
+    add_common_options,
+    dataset_paths,
+    describe_device,
+    describe_load,
+    device_info,
     finish,
-    Stopwatch, add_common_options, dataset_paths, describe_device, describe_load, device_info, load_average, make_dataset, model_config, peak_rss_mb, peak_rss_since_reset_mb, reset_peak_rss,
-    resolve_common, rss_mb, source_pictures, table,
+    load_average,
+    make_dataset,
+    model_config,
+    peak_rss_mb,
+    peak_rss_since_reset_mb,
+    reset_peak_rss,
+    resolve_common,
+    rss_mb,
+    source_pictures,
+    table,
 )
 
 DEFAULT_N = {"mobilenet": 400, "vgg16": 64}  # whole batches of 32: no padded last batch
@@ -43,6 +57,7 @@ WAYS = {
 
 
 # -- part a: the pipeline vs the model alone ---------------------------------------------------
+
 
 class TimedEmbedder:
     """Wraps an `Embedder`: same interface, counts the seconds spent in its calls."""
@@ -81,6 +96,7 @@ def timed_writes(write_seconds: list[float]):
                 return method(self, *a, **k)
             finally:
                 write_seconds[0] += time.perf_counter() - t0
+
         return wrapper
 
     runner.CacheWriter = type("TimedCacheWriter", (base,), {n: timed(n) for n in ("append", "add_failed", "commit")})
@@ -115,7 +131,7 @@ def part_a(args, config, data: Path, work: Path, info: dict) -> dict:
     with Stopwatch() as dec:  # single thread, same settings as extract: decode rate per core
         pixels = [load_image(p, size, config.resize, config.jpeg_draft) for p in paths]
     embedder, build_s, warm_s = warm_embedder(config, args.batch_size)
-    batches = [pixels[i:i + args.batch_size] for i in range(0, len(pixels), args.batch_size)]
+    batches = [pixels[i : i + args.batch_size] for i in range(0, len(pixels), args.batch_size)]
     n = len(paths)
 
     model_runs, pipe_runs = [], []
@@ -127,8 +143,9 @@ def part_a(args, config, data: Path, work: Path, info: dict) -> dict:
         timed = TimedEmbedder(embedder)
         write_s = [0.0]
         with timed_writes(write_s), Stopwatch() as sw:  # extract is handed the built, warm model
-            res = extract(data, work / f"pipeline-{r}.h5", config, batch_size=args.batch_size, workers=workers,
-                          embedder=timed)
+            res = extract(
+                data, work / f"pipeline-{r}.h5", config, batch_size=args.batch_size, workers=workers, embedder=timed
+            )
         assert res.extracted == n, (res.extracted, n, res.failed[:3])
         pipe_runs.append({"seconds": sw.seconds, "model_s": timed.seconds, "write_s": write_s[0]})
     model_s = min(model_runs)
@@ -138,8 +155,14 @@ def part_a(args, config, data: Path, work: Path, info: dict) -> dict:
     marks: list[tuple[float, int]] = []
     t_call = time.perf_counter()
     with Stopwatch() as total:
-        extract(data, work / "pipeline-own-model.h5", config, batch_size=args.batch_size, workers=workers,
-                progress=lambda done, tot, skipped: marks.append((time.perf_counter(), done)))
+        extract(
+            data,
+            work / "pipeline-own-model.h5",
+            config,
+            batch_size=args.batch_size,
+            workers=workers,
+            progress=lambda done, tot, skipped: marks.append((time.perf_counter(), done)),
+        )
     batch_marks = [m for m in marks if m[1] > 0]
     steady = None
     if len(batch_marks) >= 2:
@@ -158,56 +181,101 @@ def part_a(args, config, data: Path, work: Path, info: dict) -> dict:
         ceiling = 1.0 / (1.0 / model_rate + 1.0 / (cores * decode_rate))
         ceiling_note = "1 / (1/model alone + 1/(cores x decode rate per core)): decode and model share the cores"
     return {
-        "n": n, "workers": workers, "repeat": args.repeat,
-        "model_alone_pps": model_rate, "pipeline_pps": pipe_rate, "ratio": pipe_rate / model_rate,
-        "model_alone_runs_s": model_runs, "pipeline_runs_s": [d["seconds"] for d in pipe_runs],
-        "pipeline_model_s": best["model_s"], "pipeline_write_s": best["write_s"],
+        "n": n,
+        "workers": workers,
+        "repeat": args.repeat,
+        "model_alone_pps": model_rate,
+        "pipeline_pps": pipe_rate,
+        "ratio": pipe_rate / model_rate,
+        "model_alone_runs_s": model_runs,
+        "pipeline_runs_s": [d["seconds"] for d in pipe_runs],
+        "pipeline_model_s": best["model_s"],
+        "pipeline_write_s": best["write_s"],
         "pipeline_other_s": best["seconds"] - best["model_s"] - best["write_s"],
         "model_alone_s": model_s,
-        "decode_pps_one_thread": decode_rate, "cpu_ceiling_pps": ceiling, "ceiling_ratio": ceiling / model_rate,
+        "decode_pps_one_thread": decode_rate,
+        "cpu_ceiling_pps": ceiling,
+        "ceiling_ratio": ceiling / model_rate,
         "ceiling_note": ceiling_note,
-        "build_s": build_s, "warm_s": warm_s,
-        "own_model_total_s": total.seconds, "own_model_total_pps": n / total.seconds,
-        "own_model_steady_pps": steady, "own_model_until_first_batch_s": until_first,
+        "build_s": build_s,
+        "warm_s": warm_s,
+        "own_model_total_s": total.seconds,
+        "own_model_total_pps": n / total.seconds,
+        "own_model_steady_pps": steady,
+        "own_model_until_first_batch_s": until_first,
     }
 
 
 def print_part_a(a: dict, args) -> None:
-    print(f"\n== a. pipeline vs model alone: {a['n']} pictures, batch {args.batch_size}, "
-          f"{a['workers']} decode workers, best of {a['repeat']} interleaved runs ==")
-    print("model alone = Embedder(config, batch)(pre-decoded uint8 batch): preprocess + predict, "
-          "no decoding, no writing.\npipeline = the whole runner.extract() call (scan, decode threads, "
-          "model, HDF5 writes, close) given\n           the same already-built, warmed Embedder, so model build "
-          "and graph tracing are excluded.")
+    print(
+        f"\n== a. pipeline vs model alone: {a['n']} pictures, batch {args.batch_size}, "
+        f"{a['workers']} decode workers, best of {a['repeat']} interleaved runs =="
+    )
+    print(
+        "model alone = Embedder(config, batch)(pre-decoded uint8 batch): preprocess + predict, "
+        "no decoding, no writing.\npipeline = the whole runner.extract() call (scan, decode threads, "
+        "model, HDF5 writes, close) given\n           the same already-built, warmed Embedder, so model build "
+        "and graph tracing are excluded."
+    )
     rows = [
         ["model alone", a["n"], a["model_alone_s"], a["model_alone_pps"], 1.0],
         ["pipeline (extract, model prebuilt)", a["n"], a["n"] / a["pipeline_pps"], a["pipeline_pps"], a["ratio"]],
     ]
     if a["own_model_steady_pps"]:
-        rows.append(["extract building its own model, 1st->last batch", a["n"], None,
-                     a["own_model_steady_pps"], a["own_model_steady_pps"] / a["model_alone_pps"]])
-    rows.append(["extract building its own model, whole call", a["n"], a["own_model_total_s"],
-                 a["own_model_total_pps"], a["own_model_total_pps"] / a["model_alone_pps"]])
+        rows.append(
+            [
+                "extract building its own model, 1st->last batch",
+                a["n"],
+                None,
+                a["own_model_steady_pps"],
+                a["own_model_steady_pps"] / a["model_alone_pps"],
+            ]
+        )
+    rows.append(
+        [
+            "extract building its own model, whole call",
+            a["n"],
+            a["own_model_total_s"],
+            a["own_model_total_pps"],
+            a["own_model_total_pps"] / a["model_alone_pps"],
+        ]
+    )
     print(table(["", "pictures", "seconds", "pictures/s", "ratio to model"], rows, 2))
-    print(f"ratio pipeline / model alone = {a['ratio']:.3f}  (target >= 0.95: "
-          f"{'met' if a['ratio'] >= 0.95 else 'MISSED'})")
+    print(
+        f"ratio pipeline / model alone = {a['ratio']:.3f}  (target >= 0.95: "
+        f"{'met' if a['ratio'] >= 0.95 else 'MISSED'})"
+    )
     pipe_s = a["n"] / a["pipeline_pps"]
     print("\nwhere the pipeline's main thread spent its time (best run):")
-    print(table(["stage", "seconds", "share %"], [
-        ["model calls (preprocess + predict)", a["pipeline_model_s"], 100 * a["pipeline_model_s"] / pipe_s],
-        ["cache writes (append + commit)", a["pipeline_write_s"], 100 * a["pipeline_write_s"] / pipe_s],
-        ["rest: waiting for decoded pictures, scan, open/close", a["pipeline_other_s"],
-         100 * a["pipeline_other_s"] / pipe_s],
-        ["(model alone, for comparison)", a["model_alone_s"], None],
-    ], 2))
-    print(f"decode, one thread: {a['decode_pps_one_thread']:.1f} pictures/s per core; ceiling for the pipeline "
-          f"from the work alone: {a['cpu_ceiling_pps']:.1f} pictures/s = {a['ceiling_ratio']:.2f} x model alone\n"
-          f"  ({a['ceiling_note']})")
-    print(f"model build {a['build_s']:.2f} s, first batch (graph tracing) {a['warm_s']:.2f} s; extract building "
-          f"its own model took {a['own_model_until_first_batch_s'] or 0:.2f} s from start to its first batch")
+    print(
+        table(
+            ["stage", "seconds", "share %"],
+            [
+                ["model calls (preprocess + predict)", a["pipeline_model_s"], 100 * a["pipeline_model_s"] / pipe_s],
+                ["cache writes (append + commit)", a["pipeline_write_s"], 100 * a["pipeline_write_s"] / pipe_s],
+                [
+                    "rest: waiting for decoded pictures, scan, open/close",
+                    a["pipeline_other_s"],
+                    100 * a["pipeline_other_s"] / pipe_s,
+                ],
+                ["(model alone, for comparison)", a["model_alone_s"], None],
+            ],
+            2,
+        )
+    )
+    print(
+        f"decode, one thread: {a['decode_pps_one_thread']:.1f} pictures/s per core; ceiling for the pipeline "
+        f"from the work alone: {a['cpu_ceiling_pps']:.1f} pictures/s = {a['ceiling_ratio']:.2f} x model alone\n"
+        f"  ({a['ceiling_note']})"
+    )
+    print(
+        f"model build {a['build_s']:.2f} s, first batch (graph tracing) {a['warm_s']:.2f} s; extract building "
+        f"its own model took {a['own_model_until_first_batch_s'] or 0:.2f} s from start to its first batch"
+    )
 
 
 # -- parts b and c: each way in its own process -------------------------------------------------
+
 
 def child(args) -> None:
     """Run one way over ``--child-data`` and print its figures as one JSON line."""
@@ -226,8 +294,14 @@ def child(args) -> None:
         embedder, _, _ = warm_embedder(config, args.batch_size)
         out.update(_before_run())
         with tempfile.TemporaryDirectory() as tmp, Stopwatch() as sw:
-            res = extract(data, Path(tmp) / "features.h5", config, batch_size=args.batch_size, workers=args.workers,
-                          embedder=embedder)
+            res = extract(
+                data,
+                Path(tmp) / "features.h5",
+                config,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                embedder=embedder,
+            )
         out["features"] = res.extracted
     else:
         import keras
@@ -246,7 +320,8 @@ def child(args) -> None:
         else:
             with Stopwatch() as sw:
                 ds = keras.utils.image_dataset_from_directory(
-                    data, image_size=(size, size), batch_size=args.batch_size, shuffle=False, verbose=False)
+                    data, image_size=(size, size), batch_size=args.batch_size, shuffle=False, verbose=False
+                )
                 ds = ds.map(lambda images, labels: preprocess(images))
                 feats = model.predict(ds, verbose=0)
         out["features"] = int(feats.shape[0])
@@ -264,9 +339,22 @@ def _before_run() -> dict:
 
 
 def run_child(args, way: str, data: Path) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", way, "--child-data", str(data),
-           "--backbone", args.backbone, "--batch-size", str(args.batch_size), "--precision", args.precision,
-           "--weights", args.weights]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        way,
+        "--child-data",
+        str(data),
+        "--backbone",
+        args.backbone,
+        "--batch-size",
+        str(args.batch_size),
+        "--precision",
+        args.precision,
+        "--weights",
+        args.weights,
+    ]
     if args.alpha is not None:
         cmd += ["--alpha", str(args.alpha)]
     if args.workers:
@@ -277,28 +365,55 @@ def run_child(args, way: str, data: Path) -> dict:
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
         raise SystemExit(f"The {way} child process failed (exit {proc.returncode}); its output is above.")
-    result = json.loads(lines[-1][len(CHILD_PREFIX):])
+    result = json.loads(lines[-1][len(CHILD_PREFIX) :])
     result["process_s"] = time.perf_counter() - t0
-    print(f"  {way:9s} {result['n']:5d} pictures: {result['pps']:8.1f} pictures/s, "
-          f"peak RSS {result['rss_peak_mb']:7.0f} MiB  (process {result['process_s']:.0f} s)", flush=True)
+    print(
+        f"  {way:9s} {result['n']:5d} pictures: {result['pps']:8.1f} pictures/s, "
+        f"peak RSS {result['rss_peak_mb']:7.0f} MiB  (process {result['process_s']:.0f} s)",
+        flush=True,
+    )
     return result
 
 
 def print_part_b(b: dict) -> None:
     ref = b["extract"]
     print(f"\n== b. the usual ways, same {ref['n']} pictures and model, one process each ==")
-    print("timed: from the first file read to the features in hand (imports, model build and one warm-up\n"
-          "batch excluded). RSS after build = resident memory once imports and model are ready; peak RSS\n"
-          "= peak of the timed run (VmHWM, reset after the build" + (
-              ")" if ref.get("peak_reset") else "; reset NOT possible here: whole-process peak)") +
-          "; whole = ru_maxrss at the end,\nthe peak over the process' whole life (TensorFlow's import included).")
+    print(
+        "timed: from the first file read to the features in hand (imports, model build and one warm-up\n"
+        "batch excluded). RSS after build = resident memory once imports and model are ready; peak RSS\n"
+        "= peak of the timed run (VmHWM, reset after the build"
+        + (")" if ref.get("peak_reset") else "; reset NOT possible here: whole-process peak)")
+        + "; whole = ru_maxrss at the end,\nthe peak over the process' whole life (TensorFlow's import included)."
+    )
     rows = []
     for way, label in WAYS.items():
         r = b[way]
-        rows.append([label, r["pps"], r["pps"] / ref["pps"], r["rss_base_mb"], r["rss_peak_mb"],
-                     r["rss_peak_mb"] - r["rss_base_mb"], r["rss_peak_whole_mb"]])
-    print(table(["way", "pictures/s", "ratio to (c)", "RSS after build MiB", "peak RSS MiB", "peak - build MiB",
-                 "whole MiB"], rows, 2))
+        rows.append(
+            [
+                label,
+                r["pps"],
+                r["pps"] / ref["pps"],
+                r["rss_base_mb"],
+                r["rss_peak_mb"],
+                r["rss_peak_mb"] - r["rss_base_mb"],
+                r["rss_peak_whole_mb"],
+            ]
+        )
+    print(
+        table(
+            [
+                "way",
+                "pictures/s",
+                "ratio to (c)",
+                "RSS after build MiB",
+                "peak RSS MiB",
+                "peak - build MiB",
+                "whole MiB",
+            ],
+            rows,
+            2,
+        )
+    )
 
 
 def print_part_c(b: dict, c: dict) -> None:
@@ -308,10 +423,24 @@ def print_part_c(b: dict, c: dict) -> None:
         small, big = b[way], c[way]
         grow_small = small["rss_peak_mb"] - small["rss_base_mb"]
         grow_big = big["rss_peak_mb"] - big["rss_base_mb"]
-        rows.append([WAYS[way], small["rss_peak_mb"], big["rss_peak_mb"], big["rss_peak_mb"] / small["rss_peak_mb"],
-                     grow_small, grow_big, big["rss_peak_whole_mb"] / small["rss_peak_whole_mb"]])
-    print(table(["way", "peak N MiB", "peak 4N MiB", "ratio 4N/N", "above build N", "above build 4N",
-                 "whole-life ratio"], rows, 2))
+        rows.append(
+            [
+                WAYS[way],
+                small["rss_peak_mb"],
+                big["rss_peak_mb"],
+                big["rss_peak_mb"] / small["rss_peak_mb"],
+                grow_small,
+                grow_big,
+                big["rss_peak_whole_mb"] / small["rss_peak_whole_mb"],
+            ]
+        )
+    print(
+        table(
+            ["way", "peak N MiB", "peak 4N MiB", "ratio 4N/N", "above build N", "above build 4N", "whole-life ratio"],
+            rows,
+            2,
+        )
+    )
     ratio = c["extract"]["rss_peak_mb"] / b["extract"]["rss_peak_mb"]
     print(f"extract peak RSS ratio 4N/N = {ratio:.3f}  (target <= 1.1: {'met' if ratio <= 1.1 else 'MISSED'})")
 
@@ -319,8 +448,12 @@ def print_part_c(b: dict, c: dict) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_options(parser, default_n=DEFAULT_N)
-    parser.add_argument("--repeat", type=int, default=None,
-                        help="interleaved runs of part a; best is kept (default: mobilenet 3, vgg16 2)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="interleaved runs of part a; best is kept (default: mobilenet 3, vgg16 2)",
+    )
     parser.add_argument("--parts", default="abc", help="which parts to run, e.g. 'a' or 'bc' (default abc)")
     parser.add_argument("--child", choices=tuple(WAYS), help=argparse.SUPPRESS)
     parser.add_argument("--child-data", help=argparse.SUPPRESS)
@@ -333,19 +466,31 @@ def main(argv=None) -> None:
     info = device_info()
     config = model_config(args)
     args.precision = config.precision  # children get the resolved precision
-    print(f"bench_extract: {args.backbone} ({config.layer}, weights {args.weights}, alpha {args.alpha}), "
-          f"precision {config.precision}, batch {args.batch_size}, N = {args.n}")
+    print(
+        f"bench_extract: {args.backbone} ({config.layer}, weights {args.weights}, alpha {args.alpha}), "
+        f"precision {config.precision}, batch {args.batch_size}, N = {args.n}"
+    )
     print(f"device: {describe_device(info)}")
     print(describe_load(info["cpu_cores"]), flush=True)
-    result = {"bench": "extract", "backbone": args.backbone, "layer": config.layer, "weights": args.weights,
-              "alpha": args.alpha, "precision": config.precision, "batch_size": args.batch_size, "n": args.n,
-              "device": info}
+    result = {
+        "bench": "extract",
+        "backbone": args.backbone,
+        "layer": config.layer,
+        "weights": args.weights,
+        "alpha": args.alpha,
+        "precision": config.precision,
+        "batch_size": args.batch_size,
+        "n": args.n,
+        "device": info,
+    }
     result["load_average_start"] = load_average()
     with tempfile.TemporaryDirectory(prefix="headstart-bench-") as tmp:
         work = Path(tmp)
         pictures, where = source_pictures(args, work)
-        print(f"pictures: {where}; N = {args.n}" + (
-            f" ({len(pictures)} distinct, cycled under new names)" if args.n > len(pictures) else ""))
+        print(
+            f"pictures: {where}; N = {args.n}"
+            + (f" ({len(pictures)} distinct, cycled under new names)" if args.n > len(pictures) else "")
+        )
         result["pictures"] = where
         data_n = make_dataset(pictures, args.n, work / "data-n")
         if "a" in args.parts:

@@ -24,8 +24,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    add_common_options, cpu_cores, dataset_paths, describe_load, finish, make_dataset, model_config,
-    resolve_common, source_pictures, table,
+    add_common_options,
+    cpu_cores,
+    dataset_paths,
+    describe_load,
+    finish,
+    make_dataset,
+    model_config,
+    resolve_common,
+    source_pictures,
+    table,
 )
 
 
@@ -65,19 +73,38 @@ def main() -> None:
             for name, fn in (("extract, no hash (before)", no_hash), ("extract, SHA-256 (now)", hashed)):
                 runner.load_image_hashed = fn
                 try:
-                    res = runner.extract(folder, Path(tmp) / f"c{k}-{len(name)}.h5", config, embedder=embedder,
-                                         workers=args.workers, batch_size=args.batch_size)
+                    res = runner.extract(
+                        folder,
+                        Path(tmp) / f"c{k}-{len(name)}.h5",
+                        config,
+                        embedder=embedder,
+                        workers=args.workers,
+                        batch_size=args.batch_size,
+                    )
                 finally:
                     runner.load_image_hashed = hashed
                 rates[name] = max(rates[name], res.pictures_per_second)
     print(f"\nbest of {args.repeat}, pictures/s:")
-    print(table(["what", "pictures/s", "ratio"], [
-        ["load_image (1 thread)", best["load_image"], 1.0],
-        ["load_image_hashed (1 thread)", best["load_image_hashed"], best["load_image_hashed"] / best["load_image"]],
-        ["extract, no hash (before)", rates["extract, no hash (before)"], 1.0],
-        ["extract, SHA-256 (now)", rates["extract, SHA-256 (now)"],
-         rates["extract, SHA-256 (now)"] / rates["extract, no hash (before)"]],
-    ], digits=2))
+    print(
+        table(
+            ["what", "pictures/s", "ratio"],
+            [
+                ["load_image (1 thread)", best["load_image"], 1.0],
+                [
+                    "load_image_hashed (1 thread)",
+                    best["load_image_hashed"],
+                    best["load_image_hashed"] / best["load_image"],
+                ],
+                ["extract, no hash (before)", rates["extract, no hash (before)"], 1.0],
+                [
+                    "extract, SHA-256 (now)",
+                    rates["extract, SHA-256 (now)"],
+                    rates["extract, SHA-256 (now)"] / rates["extract, no hash (before)"],
+                ],
+            ],
+            digits=2,
+        )
+    )
     finish({"decode": best, "extract": rates, "n": len(paths), "backbone": args.backbone}, t_start, cores, args.json)
 
 

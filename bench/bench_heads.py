@@ -34,14 +34,28 @@ def write_cache(path: Path, rows: int, dim: int, classes: int, seed: int = 0) ->
     # A complete fingerprint (the tiny backbone's, as tests/conftest.py's TINY_FINGERPRINT): caches
     # are validated when opened, and a fingerprint missing settings is refused.
     fp = {
-        "backbone": "tiny", "layer": "embed", "pooling": None, "alpha": None, "weights": "none", "seed": seed,
-        "keras_version": None, "input_size": 32, "resize": "squash", "jpeg_draft": True,
-        "preprocessing": "keras.applications.mobilenet.preprocess_input", "precision": "float32",
-        "dtype": "float16", "backend": "tensorflow",
+        "backbone": "tiny",
+        "layer": "embed",
+        "pooling": None,
+        "alpha": None,
+        "weights": "none",
+        "seed": seed,
+        "keras_version": None,
+        "input_size": 32,
+        "resize": "squash",
+        "jpeg_draft": True,
+        "preprocessing": "keras.applications.mobilenet.preprocess_input",
+        "precision": "float32",
+        "dtype": "float16",
+        "backend": "tensorflow",
     }
     names = tuple(f"class{k}" for k in range(classes))
     header = CacheHeader(
-        dim=dim, dtype="float16", fingerprint=fp, class_names=names, root="/synthetic",
+        dim=dim,
+        dtype="float16",
+        fingerprint=fp,
+        class_names=names,
+        root="/synthetic",
     )
     rng = np.random.default_rng(seed)
     base = rng.gamma(2.0, 0.5, dim).astype(np.float32)
@@ -74,20 +88,27 @@ def child(head: str, cache: str, out: str, stream: str) -> None:
         print(json.dumps({"wall_seconds": time.perf_counter() - t0}))
         return
     result = runs.train(cache, head, out, plots=False, stream={"auto": None, "yes": True, "no": False}[stream])
-    print(json.dumps({
-        "fit_seconds": result.fit_seconds,
-        "wall_seconds": time.perf_counter() - t0,
-        "test_accuracy": result.test_accuracy,
-        "streamed": result.streamed,
-        "fitted": json.loads((Path(out) / "run.json").read_text())["fitted"],
-    }))
+    print(
+        json.dumps(
+            {
+                "fit_seconds": result.fit_seconds,
+                "wall_seconds": time.perf_counter() - t0,
+                "test_accuracy": result.test_accuracy,
+                "streamed": result.streamed,
+                "fitted": json.loads((Path(out) / "run.json").read_text())["fitted"],
+            }
+        )
+    )
 
 
 def run_child(head: str, cache: Path, out: Path, stream: str) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.Popen(
         [sys.executable, __file__, "--child", head, str(cache), str(out), stream],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
     )
     # wait4 gives this child's own resource usage (ru_maxrss in KiB on Linux, bytes on macOS).
     stdout, stderr = "", ""
@@ -126,8 +147,10 @@ def main() -> None:
     cache = folder / "synthetic.h5"
     write_s = write_cache(cache, args.rows, args.dim, args.classes)
     size_mb = cache.stat().st_size / 2**20
-    print(f"cache: {args.rows:,} x {args.dim:,} float16, {args.classes} classes, {size_mb:.0f} MiB "
-          f"(written in {write_s:.1f} s); {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(
+        f"cache: {args.rows:,} x {args.dim:,} float16, {args.classes} classes, {size_mb:.0f} MiB "
+        f"(written in {write_s:.1f} s); {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    )
 
     jobs = [("floor", "auto")] + [(h, "auto") for h in args.heads.split(",")]
     if args.stream:
@@ -141,13 +164,17 @@ def main() -> None:
     print(f"\n{'head':<20}{'fit s':>8}{'wall s':>8}{'chosen':>12}{'test acc':>10}{'peak RSS MB':>13}{'in memory':>11}")
     for name, r in rows:
         if name == "floor":
-            print(f"{'(imports + open)':<20}{'-':>8}{r['wall_seconds']:>8.1f}{'-':>12}{'-':>10}"
-                  f"{r['peak_rss_mb']:>13.0f}{'-':>11}")
+            print(
+                f"{'(imports + open)':<20}{'-':>8}{r['wall_seconds']:>8.1f}{'-':>12}{'-':>10}"
+                f"{r['peak_rss_mb']:>13.0f}{'-':>11}"
+            )
             continue
         f = r["fitted"]
         chosen = f"C={f['C_']:g}" if "C_" in f else f"ep {f['best_epoch_']}/{f['n_iter_']}"
-        print(f"{name:<20}{r['fit_seconds']:>8.1f}{r['wall_seconds']:>8.1f}{chosen:>12}{r['test_accuracy']:>10.3f}"
-              f"{r['peak_rss_mb']:>13.0f}{'no' if r['streamed'] else 'yes':>11}")
+        print(
+            f"{name:<20}{r['fit_seconds']:>8.1f}{r['wall_seconds']:>8.1f}{chosen:>12}{r['test_accuracy']:>10.3f}"
+            f"{r['peak_rss_mb']:>13.0f}{'no' if r['streamed'] else 'yes':>11}"
+        )
     tmp.cleanup()
 
 

@@ -47,18 +47,43 @@ def child(kind: str, spec: str) -> None:
     if kind == "sweep":
         from headstart.heads import sweep as S
 
-        r = S.sweep(args["cache"], args["head"], args["out"], grid=args["grid"], params=args["fixed"],
-                    jobs=args["jobs"], executor=args["executor"], plots=False)
-        print(json.dumps({"wall_seconds": time.perf_counter() - t0, "jobs": r.jobs, "executor": r.executor,
-                          "best": r.trials[0]["params"], "best_val": r.trials[0]["val"]["accuracy"],
-                          "test_accuracy": r.best.test_accuracy,
-                          "trial_seconds": sum(t["seconds"] for t in r.trials)}))
+        r = S.sweep(
+            args["cache"],
+            args["head"],
+            args["out"],
+            grid=args["grid"],
+            params=args["fixed"],
+            jobs=args["jobs"],
+            executor=args["executor"],
+            plots=False,
+        )
+        print(
+            json.dumps(
+                {
+                    "wall_seconds": time.perf_counter() - t0,
+                    "jobs": r.jobs,
+                    "executor": r.executor,
+                    "best": r.trials[0]["params"],
+                    "best_val": r.trials[0]["val"]["accuracy"],
+                    "test_accuracy": r.best.test_accuracy,
+                    "trial_seconds": sum(t["seconds"] for t in r.trials),
+                }
+            )
+        )
     else:
         from headstart.heads import training
 
         r = training.train(args["cache"], args["head"], args["out"], params=args["params"], plots=False)
-        print(json.dumps({"wall_seconds": time.perf_counter() - t0, "fit_seconds": r.fit_seconds,
-                          "val_accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy}))
+        print(
+            json.dumps(
+                {
+                    "wall_seconds": time.perf_counter() - t0,
+                    "fit_seconds": r.fit_seconds,
+                    "val_accuracy": r.val_accuracy,
+                    "test_accuracy": r.test_accuracy,
+                }
+            )
+        )
 
 
 def _tree_memory_mb(pid: int) -> float:
@@ -83,8 +108,13 @@ def run_child(kind: str, spec: dict) -> dict:
     """Run a child; returns its JSON line plus ``peak_mb`` (process tree PSS, sampled) and ``seconds``."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, "--child", kind, json.dumps(spec)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--child", kind, json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
     peak = [0.0]
     done = threading.Event()
 
@@ -111,21 +141,40 @@ def settings(grid: dict) -> list[dict]:
 
 
 def compare(name: str, head: str, grid: dict, fixed: dict, cache: Path, folder: Path, result: dict) -> list:
-    sw = run_child("sweep", {"cache": str(cache), "head": head, "out": str(folder / f"sweep-{name}"), "grid": grid,
-                             "fixed": fixed, "jobs": None, "executor": None})
+    sw = run_child(
+        "sweep",
+        {
+            "cache": str(cache),
+            "head": head,
+            "out": str(folder / f"sweep-{name}"),
+            "grid": grid,
+            "fixed": fixed,
+            "jobs": None,
+            "executor": None,
+        },
+    )
     print(f"  {name} sweep: {sw['seconds']:.0f} s, {sw['jobs']} at a time ({sw['executor']})", file=sys.stderr)
     trains = []
     for i, s in enumerate(settings(grid)):
-        trains.append(run_child("train", {"cache": str(cache), "head": head, "out": str(folder / f"train-{name}-{i}"),
-                                          "params": {**fixed, **s}}))
+        trains.append(
+            run_child(
+                "train",
+                {"cache": str(cache), "head": head, "out": str(folder / f"train-{name}-{i}"), "params": {**fixed, **s}},
+            )
+        )
         print(f"  {name} train {i + 1}: {trains[-1]['seconds']:.0f} s", file=sys.stderr)
     total = sum(t["seconds"] for t in trains)
     peak = max(t["peak_mb"] for t in trains)
-    result[name] = {"sweep": sw, "trains": trains, "trains_seconds": total, "trains_peak_mb": peak,
-                    "speedup": total / sw["seconds"], "n": len(trains)}
+    result[name] = {
+        "sweep": sw,
+        "trains": trains,
+        "trains_seconds": total,
+        "trains_peak_mb": peak,
+        "speedup": total / sw["seconds"],
+        "n": len(trains),
+    }
     return [
-        (f"{name}: sweep of {len(trains)} ({sw['jobs']} at a time)", sw["seconds"], sw["peak_mb"],
-         sw["test_accuracy"]),
+        (f"{name}: sweep of {len(trains)} ({sw['jobs']} at a time)", sw["seconds"], sw["peak_mb"], sw["test_accuracy"]),
         (f"{name}: {len(trains)} train processes", total, peak, max(t["test_accuracy"] for t in trains)),
         (f"{name}: trains / sweep", total / sw["seconds"], None, None),
     ]
@@ -152,8 +201,10 @@ def main() -> None:
     folder = Path(tmp.name)
     cache = folder / "synthetic.h5"
     write_s = write_cache(cache, args.rows, args.dim, args.classes)
-    print(f"cache: {args.rows:,} x {args.dim:,} float16, {args.classes} classes, "
-          f"{cache.stat().st_size / 2**20:.0f} MiB (written in {write_s:.1f} s); {cores} cores")
+    print(
+        f"cache: {args.rows:,} x {args.dim:,} float16, {args.classes} classes, "
+        f"{cache.stat().st_size / 2**20:.0f} MiB (written in {write_s:.1f} s); {cores} cores"
+    )
     print(describe_load(cores) + " (at the start)")
     result: dict = {"rows": args.rows, "dim": args.dim, "cores": cores, "epochs": args.epochs}
     rows = []
@@ -165,9 +216,18 @@ def main() -> None:
     if "executor" in parts:
         result["executor"] = {}
         for jobs, how in ((1, None), (2, "process"), (2, "thread")):
-            r = run_child("sweep", {"cache": str(cache), "head": "logreg", "out": str(folder / f"ex-{jobs}-{how}"),
-                                    "grid": LOGREG_GRID, "fixed": {"random_state": 0}, "jobs": jobs,
-                                    "executor": how})
+            r = run_child(
+                "sweep",
+                {
+                    "cache": str(cache),
+                    "head": "logreg",
+                    "out": str(folder / f"ex-{jobs}-{how}"),
+                    "grid": LOGREG_GRID,
+                    "fixed": {"random_state": 0},
+                    "jobs": jobs,
+                    "executor": how,
+                },
+            )
             result["executor"][f"{jobs}-{how or 'serial'}"] = r
             rows.append((f"logreg sweep, {jobs} {how or 'serial'}", r["seconds"], r["peak_mb"], r["test_accuracy"]))
             print(f"  executor {jobs} {how}: {r['seconds']:.0f} s", file=sys.stderr)

@@ -22,15 +22,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    DEFAULT_DATA, DEFAULT_MOBILENET_WEIGHTS, cpu_cores, describe_load, finish, table,
+    DEFAULT_DATA,
+    DEFAULT_MOBILENET_WEIGHTS,
+    cpu_cores,
+    describe_load,
+    finish,
+    table,
 )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--weights", default=str(DEFAULT_MOBILENET_WEIGHTS),
-                        help="MobileNet 0.25 weights file (default: the shared ImageNet one)")
+    parser.add_argument(
+        "--weights",
+        default=str(DEFAULT_MOBILENET_WEIGHTS),
+        help="MobileNet 0.25 weights file (default: the shared ImageNet one)",
+    )
     parser.add_argument("--seeds", default="0,1,2,3,4", help="split seeds (comma-separated)")
     parser.add_argument("--heads", default="softmax,logreg,mlp")
     parser.add_argument("--json", type=Path, default=None)
@@ -60,26 +68,50 @@ def main() -> int:
             print(f"extract --views {views}: {res.extracted} pictures, {res.total_rows} rows in {res.seconds:.1f} s")
             results[f"extract_{views}_s"] = res.seconds
             for seed in seeds:
-                cmp = compare(tmp / f"{views}.h5", tmp / f"runs-{views}-{seed}", heads=heads,
-                              split=SplitSpec(seed=seed), params={"random_state": seed}, plots=False)
+                cmp = compare(
+                    tmp / f"{views}.h5",
+                    tmp / f"runs-{views}-{seed}",
+                    heads=heads,
+                    split=SplitSpec(seed=seed),
+                    params={"random_state": seed},
+                    plots=False,
+                )
                 for run in cmp.runs:
-                    results["runs"].append({"views": views, "seed": seed, "head": run.head,
-                                            "test_accuracy": run.test_accuracy, "test_log_loss": run.test_log_loss,
-                                            "n_test": run.metrics["test"]["n"]})
+                    results["runs"].append(
+                        {
+                            "views": views,
+                            "seed": seed,
+                            "head": run.head,
+                            "test_accuracy": run.test_accuracy,
+                            "test_log_loss": run.test_log_loss,
+                            "n_test": run.metrics["test"]["n"],
+                        }
+                    )
     rows = []
     summary = {}
     for head in heads:
         for metric in ("test_accuracy", "test_log_loss"):
-            got = {v: np.array([r[metric] for r in results["runs"] if r["head"] == head and r["views"] == v])
-                   for v in ("none", "flip")}
+            got = {
+                v: np.array([r[metric] for r in results["runs"] if r["head"] == head and r["views"] == v])
+                for v in ("none", "flip")
+            }
             diff = got["flip"] - got["none"]
             summary[f"{head}.{metric}"] = {"none": got["none"].tolist(), "flip": got["flip"].tolist()}
-            rows.append([head, metric.replace("test_", "test "), f"{got['none'].mean():.3f} ± {got['none'].std(ddof=1):.3f}",
-                         f"{got['flip'].mean():.3f} ± {got['flip'].std(ddof=1):.3f}",
-                         f"{diff.mean():+.3f} ± {diff.std(ddof=1):.3f}", f"{int((diff > 0).sum())}/{len(diff)}"])
+            rows.append(
+                [
+                    head,
+                    metric.replace("test_", "test "),
+                    f"{got['none'].mean():.3f} ± {got['none'].std(ddof=1):.3f}",
+                    f"{got['flip'].mean():.3f} ± {got['flip'].std(ddof=1):.3f}",
+                    f"{diff.mean():+.3f} ± {diff.std(ddof=1):.3f}",
+                    f"{int((diff > 0).sum())}/{len(diff)}",
+                ]
+            )
     n_test = sorted({r["n_test"] for r in results["runs"]})
-    print(f"\n{len(seeds)} split seeds ({args.seeds}); test pictures per seed: {', '.join(map(str, n_test))}; "
-          "mean ± standard deviation over seeds; diff = flip - none, paired by seed; 'up' = seeds where flip is higher")
+    print(
+        f"\n{len(seeds)} split seeds ({args.seeds}); test pictures per seed: {', '.join(map(str, n_test))}; "
+        "mean ± standard deviation over seeds; diff = flip - none, paired by seed; 'up' = seeds where flip is higher"
+    )
     print(table(["head", "figure", "views none", "views flip", "diff", "up"], rows))
     results["summary"] = summary
     finish(results, t_start, cores, args.json)

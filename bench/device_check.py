@@ -35,6 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # -- generate ----------------------------------------------------------------------------------
 
+
 def _write_some(job: tuple[str, int, int, int]) -> int:
     """Write pictures ``start..stop`` of the set (a worker process); sizes and pixels seeded per picture."""
     import numpy as np
@@ -45,12 +46,12 @@ def _write_some(job: tuple[str, int, int, int]) -> int:
         rng = np.random.default_rng((seed, i))
         # Dogs vs Cats: most photos are 300-500 px on each side (mean about 400 x 360).
         width, height = int(rng.integers(300, 501)), int(rng.integers(240, 501))
-        coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((width, height),
-                                                                                         Image.BICUBIC)
+        coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
         arr = np.asarray(coarse, dtype=np.int16) + rng.normal(0, 6, (height, width, 3)).astype(np.int16)
         cls = ("Cat", "Dog")[i % 2]
-        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(Path(folder) / cls / f"{cls.lower()}.{i}.jpg",
-                                                                    quality=90)
+        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(
+            Path(folder) / cls / f"{cls.lower()}.{i}.jpg", quality=90
+        )
     return stop - start
 
 
@@ -72,11 +73,16 @@ def generate(out: Path, n: int, jobs: int, seed: int = 0) -> dict:
 
 # -- measure -----------------------------------------------------------------------------------
 
+
 def _device() -> dict:
     import keras
 
-    info = {"backend": keras.backend.backend(), "keras": keras.__version__, "python": platform.python_version(),
-            "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+    info = {
+        "backend": keras.backend.backend(),
+        "keras": keras.__version__,
+        "python": platform.python_version(),
+        "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+    }
     try:
         if info["backend"] == "torch":
             import torch
@@ -133,7 +139,7 @@ def _decode_all(paths, config, workers: int):
     pixels = np.empty((len(paths), size, size, 3), np.uint8)
     ok = 0
     t0 = time.perf_counter()
-    for index, arr, reason in decode_stream(paths, config, workers, prefetch=8 * workers):
+    for _index, arr, _reason in decode_stream(paths, config, workers, prefetch=8 * workers):
         if arr is not None:
             pixels[ok] = arr
             ok += 1
@@ -146,8 +152,9 @@ def measure_precision(args, paths, pixels, precision: str, work: Path) -> dict:
     from headstart.extractor.backbones import make_config
     from headstart.extractor.runner import Embedder, extract
 
-    config = make_config(args.backbone, weights="none", alpha=args.alpha, precision=precision,
-                         input_size=args.input_size)
+    config = make_config(
+        args.backbone, weights="none", alpha=args.alpha, precision=precision, input_size=args.input_size
+    )
     row: dict = {"precision": precision}
     t0 = time.perf_counter()
     embedder = Embedder(config, args.batch_size if args.batch_size == "auto" else int(args.batch_size))
@@ -178,8 +185,8 @@ def measure_precision(args, paths, pixels, precision: str, work: Path) -> dict:
     t_all = time.perf_counter()
     for s in starts:
         t0 = time.perf_counter()
-        part = pixels[s:s + batch]
-        buf[len(part):] = 0
+        part = pixels[s : s + batch]
+        buf[len(part) :] = 0
         buf[: len(part)] = part
         t1 = time.perf_counter()
         xb = embedder._preprocess(buf)
@@ -188,8 +195,12 @@ def measure_precision(args, paths, pixels, precision: str, work: Path) -> dict:
         t3 = time.perf_counter()
         copy_s, prep_s, model_s = copy_s + t1 - t0, prep_s + t2 - t1, model_s + t3 - t2
     alone_s = time.perf_counter() - t_all
-    row.update(model_alone_pps=n / alone_s, alone_copy_share=copy_s / alone_s, alone_preprocess_share=prep_s / alone_s,
-               alone_predict_share=model_s / alone_s)
+    row.update(
+        model_alone_pps=n / alone_s,
+        alone_copy_share=copy_s / alone_s,
+        alone_preprocess_share=prep_s / alone_s,
+        alone_predict_share=model_s / alone_s,
+    )
 
     # Pipeline: extract() with the built model; seconds inside model calls counted.
     inside = [0.0]
@@ -197,22 +208,33 @@ def measure_precision(args, paths, pixels, precision: str, work: Path) -> dict:
 
     class Timed:
         def __getattr__(self, name):
-            return getattr(inner, name)
+            return getattr(inner, name)  # noqa: F821 - the enclosing function's variable
 
         def __call__(self, batch_pixels):
             t = time.perf_counter()
             try:
-                return inner(batch_pixels)
+                return inner(batch_pixels)  # noqa: F821
             finally:
                 inside[0] += time.perf_counter() - t
 
     timed = Timed()
     timed.config = config  # extract() checks the embedder's config
-    res = extract(args.data, work / f"cache-{precision}.h5", config, batch_size=batch, workers=args.workers,
-                  embedder=timed, overwrite=True)
-    row.update(pipeline_pps=res.pictures_per_second, pipeline_extracted=res.extracted,
-               pipeline_skipped=res.skipped, pipeline_loop_s=res.loop_seconds,
-               pipeline_model_share=inside[0] / res.loop_seconds if res.loop_seconds else None)
+    res = extract(
+        args.data,
+        work / f"cache-{precision}.h5",
+        config,
+        batch_size=batch,
+        workers=args.workers,
+        embedder=timed,
+        overwrite=True,
+    )
+    row.update(
+        pipeline_pps=res.pictures_per_second,
+        pipeline_extracted=res.extracted,
+        pipeline_skipped=res.skipped,
+        pipeline_loop_s=res.loop_seconds,
+        pipeline_model_share=inside[0] / res.loop_seconds if res.loop_seconds else None,
+    )
     row["pipeline_over_model"] = row["pipeline_pps"] / row["model_alone_pps"]
     row["verdict"] = verdict(row, args.decode_pps)
     (work / f"cache-{precision}.h5").unlink(missing_ok=True)
@@ -244,12 +266,20 @@ def measure(args) -> dict:
     info = _device()
     ds = scan_dataset(args.data)
     paths = [args.data / rel for rel, _ in ds.items]
-    config = make_config(args.backbone, weights="none", alpha=args.alpha, precision="float32",
-                         input_size=args.input_size)
+    config = make_config(
+        args.backbone, weights="none", alpha=args.alpha, precision="float32", input_size=args.input_size
+    )
     pixels, decode_s = _decode_all(paths, config, args.workers)
     args.decode_pps = len(pixels) / decode_s
-    result = {"device": info, "pictures": len(paths), "backbone": args.backbone, "input_size": config.input_size,
-              "workers": args.workers, "decode_pps": args.decode_pps, "rows": []}
+    result = {
+        "device": info,
+        "pictures": len(paths),
+        "backbone": args.backbone,
+        "input_size": config.input_size,
+        "workers": args.workers,
+        "decode_pps": args.decode_pps,
+        "rows": [],
+    }
     for precision in args.precisions.split(","):
         try:
             row = measure_precision(args, paths, pixels, precision, args.work)
@@ -266,6 +296,7 @@ def measure(args) -> dict:
 
 # -- table -------------------------------------------------------------------------------------
 
+
 def fmt(v, digits=0):
     if v is None:
         return "-"
@@ -275,38 +306,83 @@ def fmt(v, digits=0):
 
 
 def render(results: list[dict]) -> str:
-    headers = ["backend", "precision", "batch", "setup s", "on-device p/s", "model alone p/s", "pipeline p/s",
-               "pipe/model", "in model %", "decode p/s", "where the time goes"]
+    headers = [
+        "backend",
+        "precision",
+        "batch",
+        "setup s",
+        "on-device p/s",
+        "model alone p/s",
+        "pipeline p/s",
+        "pipe/model",
+        "in model %",
+        "decode p/s",
+        "where the time goes",
+    ]
     rows = []
     for res in results:
         for r in res.get("rows", []):
             if "error" in r:
-                rows.append([r.get("backend"), r["precision"], "-", "-", "-", "-", "-", "-", "-", "-",
-                             "FAILED: " + r["error"][:80]])
+                rows.append(
+                    [
+                        r.get("backend"),
+                        r["precision"],
+                        "-",
+                        "-",
+                        "-",
+                        "-",
+                        "-",
+                        "-",
+                        "-",
+                        "-",
+                        "FAILED: " + r["error"][:80],
+                    ]
+                )
                 continue
-            rows.append([r["backend"], r["precision"], r["batch"], fmt(r["setup_s"], 1), fmt(r["model_on_device_pps"]),
-                         fmt(r["model_alone_pps"]), fmt(r["pipeline_pps"]), fmt(r["pipeline_over_model"], 2),
-                         fmt(100 * (r["pipeline_model_share"] or 0)), fmt(res["decode_pps"]), r["verdict"]])
+            rows.append(
+                [
+                    r["backend"],
+                    r["precision"],
+                    r["batch"],
+                    fmt(r["setup_s"], 1),
+                    fmt(r["model_on_device_pps"]),
+                    fmt(r["model_alone_pps"]),
+                    fmt(r["pipeline_pps"]),
+                    fmt(r["pipeline_over_model"], 2),
+                    fmt(100 * (r["pipeline_model_share"] or 0)),
+                    fmt(res["decode_pps"]),
+                    r["verdict"],
+                ]
+            )
     cells = [headers] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    line = lambda r: "  ".join(c.ljust(w) if i in (0, 1, 10) else c.rjust(w)  # noqa: E731
-                               for i, (c, w) in enumerate(zip(r, widths)))
+    line = lambda r: "  ".join(
+        c.ljust(w) if i in (0, 1, 10) else c.rjust(w)  # noqa: E731
+        for i, (c, w) in enumerate(zip(r, widths))
+    )
     out = [line(cells[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]]
     first = next((r for r in results if r.get("device")), None)
     if first:
         d = first["device"]
-        out.insert(0, f"{first['pictures']} pictures, {first['backbone']} {first['input_size']} px, random weights, "
-                      f"{first['workers']} decode workers; GPU: {d.get('gpu') or 'none'}; "
-                      f"{d.get('cpu_cores')} CPU cores; Keras {d.get('keras')}")
-    out.append("on-device: predict_on_batch on a batch already on the GPU; model alone: Embedder on pre-decoded "
-               "uint8 (copy + preprocess + transfer + model); in model %: share of the pipeline's loop inside "
-               "model calls; decode: decode_stream alone with the workers above.")
+        out.insert(
+            0,
+            f"{first['pictures']} pictures, {first['backbone']} {first['input_size']} px, random weights, "
+            f"{first['workers']} decode workers; GPU: {d.get('gpu') or 'none'}; "
+            f"{d.get('cpu_cores')} CPU cores; Keras {d.get('keras')}",
+        )
+    out.append(
+        "on-device: predict_on_batch on a batch already on the GPU; model alone: Embedder on pre-decoded "
+        "uint8 (copy + preprocess + transfer + model); in model %: share of the pipeline's loop inside "
+        "model calls; decode: decode_stream alone with the workers above."
+    )
     for res in results:
         for r in res.get("rows", []):
             if "error" not in r:
-                out.append(f"  {r['backend']} {r['precision']}: model alone = {100 * r['alone_copy_share']:.0f} % "
-                           f"batch copy, {100 * r['alone_preprocess_share']:.0f} % preprocess_input, "
-                           f"{100 * r['alone_predict_share']:.0f} % predict (transfer + model + features back)")
+                out.append(
+                    f"  {r['backend']} {r['precision']}: model alone = {100 * r['alone_copy_share']:.0f} % "
+                    f"batch copy, {100 * r['alone_preprocess_share']:.0f} % preprocess_input, "
+                    f"{100 * r['alone_predict_share']:.0f} % predict (transfer + model + features back)"
+                )
     return "\n".join(out)
 
 

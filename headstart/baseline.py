@@ -18,9 +18,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -31,8 +32,6 @@ log = logging.getLogger(__name__)
 HEAD_NAME = "scratch"
 MIN_INPUT_SIZE = 46  # the smallest side that leaves one pixel after four (3x3 conv, pool 2) blocks
 MODEL_FILE = "model.keras"
-
-
 
 
 @dataclass(frozen=True)
@@ -50,12 +49,20 @@ class BaselineParams:
 
     def __post_init__(self) -> None:
         checks = [
-            ("--input-size", self.input_size, self.input_size >= MIN_INPUT_SIZE,
-             f"of at least {MIN_INPUT_SIZE} (four conv blocks of 3x3 + pool 2)"),
+            (
+                "--input-size",
+                self.input_size,
+                self.input_size >= MIN_INPUT_SIZE,
+                f"of at least {MIN_INPUT_SIZE} (four conv blocks of 3x3 + pool 2)",
+            ),
             ("--epochs", self.epochs, self.epochs >= 1, "at least 1"),
             ("--batch-size", self.batch_size, self.batch_size >= 1, "at least 1"),
-            ("--learning-rate", self.learning_rate, math.isfinite(self.learning_rate) and self.learning_rate > 0,
-             "above 0"),
+            (
+                "--learning-rate",
+                self.learning_rate,
+                math.isfinite(self.learning_rate) and self.learning_rate > 0,
+                "above 0",
+            ),
             ("--patience", self.patience, self.patience >= 1, "at least 1"),
             ("--workers", self.workers, self.workers >= 1, "at least 1"),
         ]
@@ -93,7 +100,12 @@ def _printable(rel: str) -> bool:
 
 
 def picture_dataset(
-    root: Path, rels: Sequence[str], labels: Sequence[int], params: BaselineParams, *, shuffle: bool,
+    root: Path,
+    rels: Sequence[str],
+    labels: Sequence[int],
+    params: BaselineParams,
+    *,
+    shuffle: bool,
     failed: dict[str, str],
 ):
     """A `keras.utils.PyDataset` of ``(pixels, labels, weights)`` batches decoded from disk.
@@ -197,8 +209,8 @@ def train_baseline(
     import keras
 
     from headstart.extractor.scan import scan_dataset
-    from headstart.heads.split import SPLITS, SplitSpec, assign, check_trainable, split_counts
     from headstart.heads import rundir
+    from headstart.heads.split import SPLITS, SplitSpec, assign, check_trainable, split_counts
     from headstart.heads.training import _plot_run, _write_history
 
     split = split or SplitSpec()
@@ -230,16 +242,23 @@ def train_baseline(
 
     keras.utils.set_random_seed(params.seed)
     model = build_cnn(params.input_size, len(class_names), params.flip)
-    model.compile(optimizer=keras.optimizers.Adam(params.learning_rate), loss="sparse_categorical_crossentropy",
-                  weighted_metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(params.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        weighted_metrics=["accuracy"],
+    )
     train_data = picture_dataset(root, *part["train"], params, shuffle=True, failed=failed)
     val_data = picture_dataset(root, *part["val"], params, shuffle=False, failed=failed)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=params.patience, restore_best_weights=True)
     callbacks: list = [stop]
     if on_epoch:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: on_epoch(e + 1, dict(logs))))
-    log.info("training the scratch CNN on %d pictures (%d validation), %d px", len(part["train"][0]),
-             len(part["val"][0]), params.input_size)
+    log.info(
+        "training the scratch CNN on %d pictures (%d validation), %d px",
+        len(part["train"][0]),
+        len(part["val"][0]),
+        params.input_size,
+    )
     t0 = time.perf_counter()
     hist = model.fit(train_data, validation_data=val_data, epochs=params.epochs, callbacks=callbacks, verbose=0)
     fit_seconds = time.perf_counter() - t0
@@ -249,8 +268,9 @@ def train_baseline(
     val_losses = [row["val_loss"] for row in history]
     best_epoch = int(np.argmin(val_losses)) + 1
     if best_epoch == len(history) == params.epochs:
-        log.warning("scratch CNN: the validation loss was still falling at the last of %d epochs; raise --epochs",
-                    params.epochs)
+        log.warning(
+            "scratch CNN: the validation loss was still falling at the last of %d epochs; raise --epochs", params.epochs
+        )
 
     metrics = {}
     for name in ("val", "test"):
@@ -259,11 +279,15 @@ def train_baseline(
     run = {
         "head": HEAD_NAME,
         "model": "notebook CNN: 4 x (Conv2D 32 3x3 relu + MaxPool 2), dropout 0.25 after blocks 2 and 4, "
-                 "Dense 256 relu + dropout 0.5, softmax; Adam; pixels / 255; random horizontal flips",
+        "Dense 256 relu + dropout 0.5, softmax; Adam; pixels / 255; random horizontal flips",
         "params": {**params.__dict__},
         "fitted": {"best_epoch_": best_epoch, "n_iter_": len(history)},
-        "data": {"root": str(root.resolve()), "pictures": len(dataset), "exclude": list(exclude),
-                 "limit_per_class": limit_per_class},
+        "data": {
+            "root": str(root.resolve()),
+            "pictures": len(dataset),
+            "exclude": list(exclude),
+            "limit_per_class": limit_per_class,
+        },
         "split": {**split.to_dict(), "counts": counts},
         "class_names": class_names,
         "failed": [{"path": p, "reason": r} for p, r in failed_list],
@@ -278,9 +302,15 @@ def train_baseline(
         if plots:
             _plot_run(tmp, HEAD_NAME, history, metrics, class_names, best_epoch)
         rundir.seal_run(tmp, run)
-    return BaselineResult(run_dir=out, metrics=metrics, fit_seconds=fit_seconds,
-                          counts={k: len(v) for k, v in indices.items()}, epochs=len(history),
-                          best_epoch=best_epoch, failed=failed_list)
+    return BaselineResult(
+        run_dir=out,
+        metrics=metrics,
+        fit_seconds=fit_seconds,
+        counts={k: len(v) for k, v in indices.items()},
+        epochs=len(history),
+        best_epoch=best_epoch,
+        failed=failed_list,
+    )
 
 
 def read_baseline(run_dir: str | os.PathLike, split=None, class_names: Sequence[str] | None = None) -> dict[str, Any]:
@@ -299,11 +329,15 @@ def read_baseline(run_dir: str | os.PathLike, split=None, class_names: Sequence[
     info = _read_json(path)
     if not isinstance(info, dict) or info.get("kind") != rundir.RUN_KIND or info.get("head") != HEAD_NAME:
         got = info.get("head") if isinstance(info, dict) else type(info).__name__
-        raise BaselineError(f"Expected a run folder made by `headstart baseline` (head {HEAD_NAME!r}). "
-                            f"Received: {run_dir} (head {got!r}).")
+        raise BaselineError(
+            f"Expected a run folder made by `headstart baseline` (head {HEAD_NAME!r}). "
+            f"Received: {run_dir} (head {got!r})."
+        )
     if not rundir.is_run(run_dir):
-        raise BaselineError(f"Expected {run_dir} as headstart wrote it. Received: files that changed since, or "
-                            "other files beside them; run the baseline again.")
+        raise BaselineError(
+            f"Expected {run_dir} as headstart wrote it. Received: files that changed since, or "
+            "other files beside them; run the baseline again."
+        )
     metrics = _read_json(run_dir / rundir.METRICS_JSON)
     try:
         spec = type(split).from_dict(info["split"]) if split is not None else None
@@ -316,8 +350,10 @@ def read_baseline(run_dir: str | os.PathLike, split=None, class_names: Sequence[
             "run_dir": str(run_dir),
         }
     except (KeyError, TypeError, ValueError, AttributeError, HeadstartError) as err:
-        raise BaselineError(f"Expected run.json and metrics.json of a baseline in {run_dir}. Received: "
-                            f"files without a valid {err} field.") from None
+        raise BaselineError(
+            f"Expected run.json and metrics.json of a baseline in {run_dir}. Received: "
+            f"files without a valid {err} field."
+        ) from None
     for key in ("val_accuracy", "test_accuracy", "test_log_loss"):
         if row[key] is not None and not (isinstance(row[key], (int, float)) and math.isfinite(row[key])):
             raise BaselineError(f"Expected a number as {key} in {run_dir}/metrics.json. Received: {row[key]!r}.")
@@ -328,6 +364,8 @@ def read_baseline(run_dir: str | os.PathLike, split=None, class_names: Sequence[
             "--split and --seed to both commands."
         )
     if class_names is not None and list(info.get("class_names", [])) != list(class_names):
-        raise BaselineError(f"Expected the baseline on the classes {', '.join(class_names)}. Received: {run_dir} "
-                            f"on {', '.join(map(str, info.get('class_names', [])))}.")
+        raise BaselineError(
+            f"Expected the baseline on the classes {', '.join(class_names)}. Received: {run_dir} "
+            f"on {', '.join(map(str, info.get('class_names', [])))}."
+        )
     return row

@@ -13,10 +13,11 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -28,8 +29,6 @@ WEIGHTS_FILE = "mobilenet_2_5_224_tf_no_top.h5"
 WEIGHTS_SHA256 = "dbdb03ee2a22fd895301636cd328b234bb3a9952358f436d82f46b81e0d5b0bf"
 SHAPES = ("circle", "square", "star", "triangle")
 DEMO_JSON = "demo.json"
-
-
 
 
 def bundled_weights() -> Path:
@@ -168,9 +167,21 @@ def run_demo(
         tables[name] = result.rows
         plots.append(result.out / "comparison.png")
     seconds = time.perf_counter() - t0
-    (out / DEMO_JSON).write_text(json.dumps(
-        {"pictures": n, "classes": list(SHAPES), "weights": {"imagenet": str(weights), "random": "none"},
-         "tables": tables, "feature_scale": scale, "seconds": round(seconds, 1)}, indent=2, default=str) + "\n")
+    (out / DEMO_JSON).write_text(
+        json.dumps(
+            {
+                "pictures": n,
+                "classes": list(SHAPES),
+                "weights": {"imagenet": str(weights), "random": "none"},
+                "tables": tables,
+                "feature_scale": scale,
+                "seconds": round(seconds, 1),
+            },
+            indent=2,
+            default=str,
+        )
+        + "\n"
+    )
     return DemoResult(out=out, pictures=n, tables=tables, seconds=seconds, plots=plots, feature_scale=scale)
 
 
@@ -185,8 +196,11 @@ class Step:
     run: Callable[[], Any]
 
 
-def pets_steps(data: str | os.PathLike = "data", out: str | os.PathLike = "runs/pets",
-               cache: str | os.PathLike = "pets-vgg16-fc2.h5") -> list[Step]:
+def pets_steps(
+    data: str | os.PathLike = "data",
+    out: str | os.PathLike = "runs/pets",
+    cache: str | os.PathLike = "pets-vgg16-fc2.h5",
+) -> list[Step]:
     """Download Dogs vs Cats (786 MB), extract VGG16 fc2 with ImageNet weights, compare the heads."""
     from headstart import download
     from headstart.extractor import backbones, runner
@@ -196,7 +210,9 @@ def pets_steps(data: str | os.PathLike = "data", out: str | os.PathLike = "runs/
     folder = data / "PetImages"
     return [
         Step(f"headstart download pets {data}", lambda: download.download_pets(data)),
-        Step(f"headstart extract {folder} --out {cache}",
-             lambda: runner.extract(folder, cache, backbones.make_config("vgg16", "fc2"))),
+        Step(
+            f"headstart extract {folder} --out {cache}",
+            lambda: runner.extract(folder, cache, backbones.make_config("vgg16", "fc2")),
+        ),
         Step(f"headstart compare {cache} --out {out}", lambda: training.compare(cache, out)),
     ]

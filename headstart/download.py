@@ -33,8 +33,7 @@ from headstart.errors import DownloadError
 log = logging.getLogger(__name__)
 
 PETS_URL = (
-    "https://download.microsoft.com/download/3/e/1/"
-    "3e1c3f21-ecdb-4869-8368-6deba77b919f/kagglecatsanddogs_5340.zip"
+    "https://download.microsoft.com/download/3/e/1/3e1c3f21-ecdb-4869-8368-6deba77b919f/kagglecatsanddogs_5340.zip"
 )
 # Size of the archive at PETS_URL (786.7 MiB). Used only as the progress total when the
 # server sends no length; completeness is checked against the server's Content-Length.
@@ -85,8 +84,7 @@ def download_pets(
         return target
     if target.exists() and not target.is_dir():
         raise DownloadError(
-            f"Expected {target} to be a folder or absent. Received: a file. "
-            "Move it away and run again."
+            f"Expected {target} to be a folder or absent. Received: a file. Move it away and run again."
         )
     _make_dir(dest)
 
@@ -127,8 +125,7 @@ def _make_dir(path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DownloadError(
-            f"Expected a folder to write into at {path}. Received: {exc.strerror or exc}. "
-            "Pass another DEST."
+            f"Expected a folder to write into at {path}. Received: {exc.strerror or exc}. Pass another DEST."
         ) from exc
 
 
@@ -155,18 +152,14 @@ def _fetch(url: str, downloads: Path, progress: Progress | None, timeout: float)
         have = part.stat().st_size if part.exists() else 0
         kept = f" The {have} bytes received are kept in {part}; run again to resume."
         kept = kept if have else ""
-        raise DownloadError(
-            f"Could not download {url}: {_reason(exc)}.{kept} {BY_HAND}"
-        ) from exc
+        raise DownloadError(f"Could not download {url}: {_reason(exc)}.{kept} {BY_HAND}") from exc
 
     os.replace(part, final)
     log.info("Downloaded %s to %s", url, final)
     return final
 
 
-def _stream(
-    url: str, part: Path, progress: Progress | None, timeout: float, resume: bool
-) -> bool:
+def _stream(url: str, part: Path, progress: Progress | None, timeout: float, resume: bool) -> bool:
     """One GET into ``part``; False when the server would not resume and ``part`` was dropped."""
     offset = part.stat().st_size if resume and part.exists() else 0
     headers = {"User-Agent": "headstart", "Accept-Encoding": "identity"}
@@ -219,9 +212,7 @@ def _stream(
                     progress(done, total)
 
     if length is not None and received != length:
-        raise ConnectionError(
-            f"connection closed after {received} of {length} bytes (expected Content-Length)"
-        )
+        raise ConnectionError(f"connection closed after {received} of {length} bytes (expected Content-Length)")
     return True
 
 
@@ -257,15 +248,13 @@ def _check_zip(archive: Path, remedy: str) -> None:
             names = zf.namelist()
     except (zipfile.BadZipFile, OSError) as exc:
         raise DownloadError(
-            f"Expected the Dogs vs Cats zip at {archive}. "
-            f"Received: not a readable zip ({exc}). {remedy}"
+            f"Expected the Dogs vs Cats zip at {archive}. Received: not a readable zip ({exc}). {remedy}"
         ) from exc
     missing = [c for c in CLASSES if not any(n.startswith(f"{TOP}/{c}/") for n in names)]
     if missing:
         wanted = ", ".join(f"{TOP}/{c}/" for c in missing)
         raise DownloadError(
-            f"Expected {wanted} inside {archive}. Received: a zip of {len(names)} entries "
-            f"without them. {remedy}"
+            f"Expected {wanted} inside {archive}. Received: a zip of {len(names)} entries without them. {remedy}"
         )
 
 

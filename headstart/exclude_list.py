@@ -25,8 +25,12 @@ class ExcludeList:
 
     def record(self, present: list[str]) -> dict:
         """What run.json keeps: the file, the listed paths found in the cache, how many were not."""
-        return {"file": self.file, "paths": sorted(present), "listed": len(self.paths),
-                "not_in_cache": len(self.paths) - len(present)}
+        return {
+            "file": self.file,
+            "paths": sorted(present),
+            "listed": len(self.paths),
+            "not_in_cache": len(self.paths) - len(present),
+        }
 
 
 def read_exclude_list(path: str | os.PathLike) -> ExcludeList:

@@ -20,9 +20,10 @@ import shutil
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -131,12 +132,21 @@ def resize_layers(config: ExtractionConfig, portable: bool = False) -> list:
 
     size, crop = config.input_size, config.resize == "crop"
     if not portable:
-        return [keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True,
-                                      crop_to_aspect_ratio=crop, name=f"resize_{config.resize}")]
+        return [
+            keras.layers.Resizing(
+                size,
+                size,
+                interpolation="bilinear",
+                antialias=True,
+                crop_to_aspect_ratio=crop,
+                name=f"resize_{config.resize}",
+            )
+        ]
     k = SUPERSAMPLE
     return [
-        keras.layers.Resizing(size * k, size * k, interpolation="bilinear", crop_to_aspect_ratio=crop,
-                              name=f"resize_{config.resize}_x{k}"),
+        keras.layers.Resizing(
+            size * k, size * k, interpolation="bilinear", crop_to_aspect_ratio=crop, name=f"resize_{config.resize}_x{k}"
+        ),
         keras.layers.AveragePooling2D(k, name=f"average_{k}x{k}"),
     ]
 
@@ -233,7 +243,11 @@ def _check_out(out: Path, fmt: str, overwrite: bool) -> None:
 
 
 def write_model(
-    model, out: str | os.PathLike, fmt: str, metadata: dict[str, Any], overwrite: bool = False,
+    model,
+    out: str | os.PathLike,
+    fmt: str,
+    metadata: dict[str, Any],
+    overwrite: bool = False,
     verify: bool = True,
 ) -> ExportResult:
     """Write ``model`` as ``fmt`` at ``out``: a ``.keras`` file, or for the other formats a folder
@@ -332,8 +346,10 @@ def export(
     class_names = list(info["class_names"])
     features = pixel_model(config, portable=fmt in PORTABLE_FORMATS)
     model = classifier_model(features, head.to_keras(), int(head.n_features_in_), head.classes_, len(class_names))
-    extra = {"run": {"head": info["head"], "path": str(Path(run_dir).resolve())},
-             "resize": "portable" if fmt in PORTABLE_FORMATS else "antialias"}
+    extra = {
+        "run": {"head": info["head"], "path": str(Path(run_dir).resolve())},
+        "resize": "portable" if fmt in PORTABLE_FORMATS else "antialias",
+    }
     return write_model(model, out, fmt, _metadata(class_names, config, extra), overwrite=overwrite, verify=verify)
 
 
@@ -424,8 +440,9 @@ def load_exported(path: str | os.PathLike):
         try:
             import keras_hub  # noqa: F401 - registers the KerasHub layers the file names
         except ImportError as err:
-            raise ExportError(f"Expected KerasHub to load a hub backbone's model (pip install keras-hub). "
-                              f"Received: {err}.") from None
+            raise ExportError(
+                f"Expected KerasHub to load a hub backbone's model (pip install keras-hub). Received: {err}."
+            ) from None
     try:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as err:  # Keras raises ValueError, TypeError, OSError... for a broken file
@@ -438,5 +455,14 @@ def load_exported(path: str | os.PathLike):
     return model, list(meta["class_names"])
 
 
-__all__ = ["FORMATS", "ExportResult", "classifier_model", "export", "verify_export", "load_exported", "pixel_model", "read_metadata",
-           "write_model"]
+__all__ = [
+    "FORMATS",
+    "ExportResult",
+    "classifier_model",
+    "export",
+    "verify_export",
+    "load_exported",
+    "pixel_model",
+    "read_metadata",
+    "write_model",
+]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 try:  # POSIX advisory locks; Windows runs without the cross-process guard.
     import fcntl
@@ -37,7 +37,7 @@ class FileLock:
     def held(self) -> bool:
         return self._fh is not None
 
-    def acquire(self) -> "FileLock":
+    def acquire(self) -> FileLock:
         if fcntl is None or self._fh is not None:
             return self
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -132,8 +133,9 @@ def run_config(info: Mapping[str, Any], run_dir: str | os.PathLike, weights: str
     try:
         return ExtractionConfig.from_fingerprint(info["cache"]["fingerprint"], weights_path=weights_path)
     except HeadstartError as err:
-        raise RunError(f"Expected extraction settings that headstart knows in {Path(run_dir) / 'run.json'}. "
-                       f"Received: {err}") from None
+        raise RunError(
+            f"Expected extraction settings that headstart knows in {Path(run_dir) / 'run.json'}. Received: {err}"
+        ) from None
 
 
 def is_exported(path: str | os.PathLike) -> bool:
@@ -180,10 +182,14 @@ def predict_exported(
             run(by_size.pop(pixels.shape[:2]))
     for group in by_size.values():
         run(group)
-    return PredictResult([
-        Prediction(f, top[_key(f)]) if _key(f) in top else Prediction(f, error=reasons.get(_key(f), "not predicted"))
-        for f, _ in items
-    ])
+    return PredictResult(
+        [
+            Prediction(f, top[_key(f)])
+            if _key(f) in top
+            else Prediction(f, error=reasons.get(_key(f), "not predicted"))
+            for f, _ in items
+        ]
+    )
 
 
 def _key(path) -> Path:

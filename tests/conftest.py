@@ -18,10 +18,20 @@ MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
 needs_shared = pytest.mark.skipif(not PETS.is_dir(), reason="../shared/data is not on this machine")
 
 TINY_FINGERPRINT = {
-    "backbone": "tiny", "layer": "embed", "pooling": None, "alpha": None, "weights": "none", "seed": 0,
-    "keras_version": None, "input_size": 32, "resize": "squash", "jpeg_draft": True,
-    "preprocessing": "keras.applications.mobilenet.preprocess_input", "precision": "float32",
-    "dtype": "float16", "backend": "tensorflow",
+    "backbone": "tiny",
+    "layer": "embed",
+    "pooling": None,
+    "alpha": None,
+    "weights": "none",
+    "seed": 0,
+    "keras_version": None,
+    "input_size": 32,
+    "resize": "squash",
+    "jpeg_draft": True,
+    "preprocessing": "keras.applications.mobilenet.preprocess_input",
+    "precision": "float32",
+    "dtype": "float16",
+    "backend": "tensorflow",
 }
 """A complete, valid fingerprint (the tiny backbone's) for caches written without a model."""
 
@@ -124,8 +134,13 @@ def write_cache(path: Path, features, labels, paths, class_names, sha256=None, r
     from headstart.cache import CacheHeader, CacheWriter
 
     features = np.asarray(features, dtype=np.float32)
-    header = CacheHeader(dim=features.shape[1], dtype="float32", fingerprint={**TINY_FINGERPRINT, "dtype": "float32"},
-                         class_names=tuple(class_names), root=str(root))
+    header = CacheHeader(
+        dim=features.shape[1],
+        dtype="float32",
+        fingerprint={**TINY_FINGERPRINT, "dtype": "float32"},
+        class_names=tuple(class_names),
+        root=str(root),
+    )
     with CacheWriter(path, header) as w:
         w.append(features, list(labels), list(paths), sha256=sha256)
         w.close(complete=True)

@@ -2,20 +2,18 @@
 
 from pathlib import Path
 
-from conftest import TINY_FINGERPRINT
-
 import numpy as np
 import pytest
-
 from conftest import TINY_FINGERPRINT
+
 from headstart.cache import CacheHeader, CacheWriter
 from headstart.heads import training
-
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CLASSES = ("cat", "dog", "fox")
 FP = TINY_FINGERPRINT
 KERAS = {"epochs": 12, "batch_size": 32, "learning_rate": 0.01, "patience": 3}
+
 
 def features(n=600, dim=64, classes=3, seed=0, sep=0.4):
     """Blobs a linear head separates at about 95 %: some mistakes to list, none to worry about."""
@@ -28,7 +26,11 @@ def features(n=600, dim=64, classes=3, seed=0, sep=0.4):
 def write_cache(path, X, y, *, classes=CLASSES, fp=FP, root="/data/pets", prefix="p"):
     paths = [f"{classes[k]}/{prefix}{i}.jpg" for i, k in enumerate(y)]
     header = CacheHeader(
-        dim=X.shape[1], dtype="float16", fingerprint=fp, class_names=tuple(classes), root=str(root),
+        dim=X.shape[1],
+        dtype="float16",
+        fingerprint=fp,
+        class_names=tuple(classes),
+        root=str(root),
     )
     with CacheWriter(path, header) as w:
         for s in range(0, len(y), 100):  # several commits, as extract makes them
@@ -47,4 +49,3 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def logreg_run(cache, tmp_path_factory):
     return training.train(cache, "logreg", tmp_path_factory.mktemp("runs") / "logreg")
-

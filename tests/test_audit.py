@@ -8,9 +8,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import planted_features, write_cache
 from typer.testing import CliRunner
 
-from conftest import planted_features, write_cache
 from headstart.audit import audit, load_audit
 from headstart.audit import space as S
 from headstart.audit.hashes import content_hashes, safe_file
@@ -194,8 +194,15 @@ def test_cli_audit_non_finite_features_and_labels_out_of_range(tmp_path):
     assert res.exit_code == 2 and "labels" in res.output
 
 
-@pytest.mark.parametrize("text", ["not json", "[1, 2]", '{"label_issues": [{"path": 3}]}',
-                                  '{"duplicates": [{"paths": ["a"], "similarity": 1, "exact": true, "splits": ["x"]}]}'])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        "[1, 2]",
+        '{"label_issues": [{"path": 3}]}',
+        '{"duplicates": [{"paths": ["a"], "similarity": 1, "exact": true, "splits": ["x"]}]}',
+    ],
+)
 def test_load_audit_rejects_malformed_files(tmp_path, text):
     (tmp_path / "audit.json").write_text(text)
     with pytest.raises(AuditError, match="Expected an audit.json"):
@@ -221,8 +228,9 @@ def _damage(f, how):
         f.create_dataset("sha256", data=np.zeros(120, "int32"))
 
 
-@pytest.mark.parametrize("how", ["features-1d", "labels-short", "paths-int", "progress-negative",
-                                 "fingerprint-not-json", "sha256-int"])
+@pytest.mark.parametrize(
+    "how", ["features-1d", "labels-short", "paths-int", "progress-negative", "fingerprint-not-json", "sha256-int"]
+)
 @pytest.mark.parametrize("command", ["audit", "map"])
 def test_damaged_cache_is_one_line_for_audit_and_map(tmp_path, how, command):
     x, y, paths, sha, _ = planted_features()
@@ -246,7 +254,7 @@ def test_cli_defaults_match_the_library():
     import inspect
 
     from headstart.audit import duplicates, labels, run
-    from headstart.cli_audit import audit_cmd
+    from headstart.cli.audit import audit_cmd
 
     defaults = {k: v.default.default for k, v in inspect.signature(audit_cmd).parameters.items()}
     assert defaults["threshold"] == duplicates.THRESHOLD

@@ -6,9 +6,9 @@ import json
 import re
 
 import pytest
+from conftest import planted_features, write_cache
 from typer.testing import CliRunner
 
-from conftest import planted_features, write_cache
 from headstart.cli import app
 
 runner = CliRunner()
@@ -34,8 +34,10 @@ def test_map_html_marks_audit_findings_and_sample(cache, tmp_path):
 
     audit(cache, tmp_path / "a", montages=False)
     out = tmp_path / "map.html"
-    res = runner.invoke(app, ["map", str(cache), "--out", str(out), "--audit", str(tmp_path / "a"),
-                              "--method", "pca", "--max-points", "50"])
+    res = runner.invoke(
+        app,
+        ["map", str(cache), "--out", str(out), "--audit", str(tmp_path / "a"), "--method", "pca", "--max-points", "50"],
+    )
     assert res.exit_code == 0, res.output
     assert "50 of 120 pictures drawn (pca)" in res.output
     page = out.read_text()
@@ -44,11 +46,14 @@ def test_map_html_marks_audit_findings_and_sample(cache, tmp_path):
     assert {"path", "label", "wrong", "flags", "thumb"} <= set(data["points"][0])
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--out", "map.svg"], ".png or .html"),
-    (["--out", "map.png", "--method", "magic"], "auto, tsne, umap, pca"),
-    (["--out", "map.png", "--max-points", "1"], "at least 3"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--out", "map.svg"], ".png or .html"),
+        (["--out", "map.png", "--method", "magic"], "auto, tsne, umap, pca"),
+        (["--out", "map.png", "--max-points", "1"], "at least 3"),
+    ],
+)
 def test_map_bad_options_are_one_line(cache, tmp_path, args, needle):
     res = runner.invoke(app, ["map", str(cache), *[a if not a.startswith("map.") else str(tmp_path / a) for a in args]])
     assert res.exit_code == 2 and needle in res.output and len(res.output.strip().splitlines()) == 1

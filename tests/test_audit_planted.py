@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import MOBILENET_WEIGHTS, PETS, needs_shared, plant_problems
 
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import planted_features, write_cache
 from typer.testing import CliRunner
 
-from conftest import planted_features, write_cache
 from headstart.cli import app
 
 runner = CliRunner()
@@ -44,8 +42,17 @@ def test_report_holds_every_section_and_escapes_file_strings(comparison, tmp_pat
     assert res.exit_code == 0, res.output
     assert "audit included" in res.output
     page = out.read_text()
-    for heading in ("Comparison", "Settings", "Metrics", "Per class", "Confusion matrix", "Curves, confusion, calibration",
-                    "Most confident mistakes", "Audit", "Label issues"):
+    for heading in (
+        "Comparison",
+        "Settings",
+        "Metrics",
+        "Per class",
+        "Confusion matrix",
+        "Curves, confusion, calibration",
+        "Most confident mistakes",
+        "Audit",
+        "Label issues",
+    ):
         assert heading in page, heading
     assert HOSTILE not in page and "&lt;script&gt;" in page
     assert re.findall(r"<script[^>]*>", page) == ["<script>"]  # only ours
@@ -91,9 +98,20 @@ def test_report_refuses_what_is_not_a_run(tmp_path):
 
 def chromium(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars", "--enable-logging=stderr",
-         "--v=0", "--host-resolver-rules=MAP * ~NOTFOUND", *args],
-        capture_output=True, text=True, timeout=timeout,
+        [
+            CHROMIUM,
+            "--headless",
+            "--disable-gpu",
+            "--no-sandbox",
+            "--hide-scrollbars",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

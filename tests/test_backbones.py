@@ -3,8 +3,8 @@
 import keras
 import numpy as np
 import pytest
-
 from conftest import MOBILENET_WEIGHTS, needs_shared
+
 from headstart.errors import BackboneError, WeightsDownloadError
 from headstart.extractor.backbones import build_model, get_backbone, make_config
 from headstart.extractor.config import ExtractionConfig
@@ -58,8 +58,10 @@ def test_bfloat16_policy_outputs_float32_and_restores_the_global_policy():
 
 def test_imagenet_download_failure_names_the_file_and_the_way_out(monkeypatch):
     def offline(*args, **kwargs):
-        raise Exception("URL fetch failure on https://example/vgg16_weights.h5: None -- [Errno -3] "
-                        "Temporary failure in name resolution")
+        raise Exception(
+            "URL fetch failure on https://example/vgg16_weights.h5: None -- [Errno -3] "
+            "Temporary failure in name resolution"
+        )
 
     monkeypatch.setattr(keras.utils, "get_file", offline)
     monkeypatch.setattr("keras.src.applications.vgg16.file_utils.get_file", offline)
@@ -156,11 +158,14 @@ def test_keras_applications_backbones_give_their_pooled_last_stage(name, dim):
     assert out.shape == (2, dim) and np.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name, size", [
+@pytest.mark.parametrize(
+    "name, size",
+    [
         pytest.param("resnet50", 224, marks=pytest.mark.slow),
         ("mobilenetv3_large", 224),
         pytest.param("efficientnetv2_s", 384, marks=pytest.mark.slow),
-    ])
+    ],
+)
 def test_new_backbones_default_input_size_and_offline_message(monkeypatch, name, size):
     """Without network, --weights imagenet names the file Keras wanted and the way out."""
     spec = get_backbone(name)
@@ -181,17 +186,20 @@ def test_new_backbones_default_input_size_and_offline_message(monkeypatch, name,
 
 # -- preprocessing and fingerprints come from files: names select from registries -------------
 
+
 def test_preprocessing_registry_keeps_the_fingerprints_of_existing_caches():
     from headstart.extractor.backbones import BACKBONES, PREPROCESSING
 
     assert set(PREPROCESSING) >= {
-        "keras.applications.vgg16.preprocess_input", "keras.applications.mobilenet.preprocess_input"
+        "keras.applications.vgg16.preprocess_input",
+        "keras.applications.mobilenet.preprocess_input",
     }
     assert all(spec.preprocessing in PREPROCESSING for spec in BACKBONES.values())
     x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
-    for name, keras_fn in [("keras.applications.vgg16.preprocess_input", keras.applications.vgg16.preprocess_input),
-                           ("keras.applications.mobilenet.preprocess_input",
-                            keras.applications.mobilenet.preprocess_input)]:
+    for name, keras_fn in [
+        ("keras.applications.vgg16.preprocess_input", keras.applications.vgg16.preprocess_input),
+        ("keras.applications.mobilenet.preprocess_input", keras.applications.mobilenet.preprocess_input),
+    ]:
         np.testing.assert_array_equal(PREPROCESSING[name](x.copy()), keras_fn(x.copy()))
 
 
@@ -226,10 +234,12 @@ def test_every_fingerprint_key_has_a_type_in_the_cache_schema():
 
 
 def test_fingerprints_of_every_backbone_round_trip():
-    for config in (make_config("vgg16", weights="none", precision="float32"),
-                   make_config("vgg16", "block5_pool", weights="imagenet", input_size=64, precision="bfloat16"),
-                   make_config("mobilenet", alpha=0.25, weights=str(__file__), dtype="float32", resize="crop"),
-                   make_config("tiny", weights="none", precision="float32", views="flip")):
+    for config in (
+        make_config("vgg16", weights="none", precision="float32"),
+        make_config("vgg16", "block5_pool", weights="imagenet", input_size=64, precision="bfloat16"),
+        make_config("mobilenet", alpha=0.25, weights=str(__file__), dtype="float32", resize="crop"),
+        make_config("tiny", weights="none", precision="float32", views="flip"),
+    ):
         assert ExtractionConfig.from_fingerprint(config.fingerprint()) == config
 
 
@@ -241,7 +251,10 @@ def test_fingerprints_of_every_backbone_round_trip():
         ({"layer": "fc2"}, "Expected a layer of tiny among embed, pool"),
         ({"pooling": "max"}, "Expected pooling among null, avg"),
         ({"pooling": "avg"}, "Expected pooling None for tiny embed"),
-        ({"preprocessing": "keras.applications.vgg16.preprocess_input"}, "Expected preprocessing keras.applications.mobilenet"),
+        (
+            {"preprocessing": "keras.applications.vgg16.preprocess_input"},
+            "Expected preprocessing keras.applications.mobilenet",
+        ),
         ({"preprocessing": ["os.system"]}, "of type array"),
         ({"alpha": 0.5}, "Expected alpha of tiny among null"),
         ({"alpha": 1}, "alpha is 1 of type integer"),
@@ -266,11 +279,14 @@ def test_a_fingerprint_from_a_file_is_checked_field_by_field(tiny_config, change
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("fingerprint, message", [
-    ([], "JSON type array, not an object"),
-    ("vgg16", "JSON type string, not an object"),
-    ({"backbone": "tiny"}, "lacks the settings layer, pooling"),
-])
+@pytest.mark.parametrize(
+    "fingerprint, message",
+    [
+        ([], "JSON type array, not an object"),
+        ("vgg16", "JSON type string, not an object"),
+        ({"backbone": "tiny"}, "lacks the settings layer, pooling"),
+    ],
+)
 def test_a_fingerprint_that_is_not_an_object_of_settings_is_refused(fingerprint, message):
     with pytest.raises(BackboneError, match=message):
         ExtractionConfig.from_fingerprint(fingerprint)

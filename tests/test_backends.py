@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import MOBILENET_WEIGHTS, PETS, make_images, needs_shared
+
 from headstart.cache import diff_settings, open_cache
 
 pytestmark = pytest.mark.slow
@@ -36,8 +36,9 @@ TOL = 2e-2 if ON_GPU else 1e-3
 TIMEOUT = 900
 
 BACKENDS = [
-    pytest.param(name, marks=pytest.mark.skipif(importlib.util.find_spec(module) is None,
-                                                 reason=f"{module} is not installed"))
+    pytest.param(
+        name, marks=pytest.mark.skipif(importlib.util.find_spec(module) is None, reason=f"{module} is not installed")
+    )
     for name, module in (("torch", "torch"), ("jax", "jax"))
 ]
 needs_mobilenet = pytest.mark.skipif(not MOBILENET_WEIGHTS.is_file(), reason="../shared/weights is not on this machine")
@@ -53,16 +54,34 @@ def backend_env(backend: str) -> dict[str, str]:
 
 def run_under(backend: str, args: list[str], check: bool = True) -> subprocess.CompletedProcess:
     """``python ARGS`` in a fresh process whose Keras runs on ``backend``."""
-    proc = subprocess.run([sys.executable, *args], env=backend_env(backend), capture_output=True, text=True,
-                          timeout=TIMEOUT)
+    proc = subprocess.run(
+        [sys.executable, *args], env=backend_env(backend), capture_output=True, text=True, timeout=TIMEOUT
+    )
     if check:
         assert proc.returncode == 0, f"{backend}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
     return proc
 
 
 def extract_args(source: Path, out: Path, backbone: str, precision: str = "float32") -> list[str]:
-    args = ["-m", "headstart.cli", "extract", str(source), "--out", str(out), "--dtype", "float32",
-            "--precision", precision, "--batch-size", "8", "--workers", "1", "-q", "--backbone", backbone]
+    args = [
+        "-m",
+        "headstart.cli",
+        "extract",
+        str(source),
+        "--out",
+        str(out),
+        "--dtype",
+        "float32",
+        "--precision",
+        precision,
+        "--batch-size",
+        "8",
+        "--workers",
+        "1",
+        "-q",
+        "--backbone",
+        backbone,
+    ]
     if backbone == "tiny":
         return args + ["--weights", "none"]
     return args + ["--alpha", "0.25", "--weights", str(MOBILENET_WEIGHTS)]
@@ -243,5 +262,6 @@ def test_keras_heads_fit_predict_and_load_across_backends(tensorflow_heads, head
         assert row["accuracy"] == 1.0, (name, row)
         assert row["reload_max_diff"] < 1e-6
         # A head trained and saved under TensorFlow gives the same probabilities under this backend.
-        np.testing.assert_allclose(row["reference_proba"], tensorflow_heads[name]["reference_proba"],
-                                   rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(
+            row["reference_proba"], tensorflow_heads[name]["reference_proba"], rtol=1e-5, atol=1e-6, err_msg=name
+        )

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import make_images
 from typer.testing import CliRunner
 
-from conftest import make_images
 from headstart.cli import app
 
 runner = CliRunner()
@@ -30,7 +30,11 @@ def test_build_cnn_is_the_notebooks():
     model = build_cnn(224, 2)
     convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
     assert [c.filters for c in convs] == [32, 32, 32, 32]
-    assert [layer.name for layer in model.layers if "dropout" in layer.name] == ["dropout2", "dropout4", "dropout_dense"]
+    assert [layer.name for layer in model.layers if "dropout" in layer.name] == [
+        "dropout2",
+        "dropout4",
+        "dropout_dense",
+    ]
     assert model.get_layer("dense").units == 256 and model.output_shape == (None, 2)
 
 
@@ -50,8 +54,8 @@ def test_baseline_writes_a_run_on_the_heads_split(pictures, tmp_path, tiny_confi
     assert {"accuracy", "log_loss", "confusion_matrix"} <= set(metrics["test"])
     # The unreadable pictures are left out of the metrics.
     assert metrics["val"]["n"] + metrics["test"]["n"] == sum(run["split"]["counts"]["val"].values()) + sum(
-        run["split"]["counts"]["test"].values()) - sum(1 for f in run["failed"]
-                                                       if f["path"] not in _train_paths(run, pictures))
+        run["split"]["counts"]["test"].values()
+    ) - sum(1 for f in run["failed"] if f["path"] not in _train_paths(run, pictures))
     rows = list(csv.DictReader(open(out / "history.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"] and "val_loss" in rows[0]
     # A head on a cache of the same folder sees the same split of the readable pictures.
@@ -68,8 +72,8 @@ def test_baseline_writes_a_run_on_the_heads_split(pictures, tmp_path, tiny_confi
 
 
 def _split_of(run, pictures):
-    from headstart.heads.split import SplitSpec, assign
     from headstart.extractor.scan import scan_dataset
+    from headstart.heads.split import SplitSpec, assign
 
     ds = scan_dataset(pictures)
     rels = [r for r, _ in ds.items]
@@ -106,8 +110,12 @@ def _readable_counts(run, pictures, name):
 )
 def test_bad_input_is_one_line(args, message, pictures, tmp_path):
     args = [a.replace("PICS", str(pictures)).replace("MISSING", str(tmp_path / "nope")) for a in args]
-    result = runner.invoke(app, ["baseline", *args, "--out", str(tmp_path / "o"), "--epochs", "1", "--quiet"]
-                           if "--epochs" not in args else ["baseline", *args, "--out", str(tmp_path / "o"), "--quiet"])
+    result = runner.invoke(
+        app,
+        ["baseline", *args, "--out", str(tmp_path / "o"), "--epochs", "1", "--quiet"]
+        if "--epochs" not in args
+        else ["baseline", *args, "--out", str(tmp_path / "o"), "--quiet"],
+    )
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "o").exists()
@@ -124,8 +132,9 @@ def test_out_that_is_not_a_run_is_refused(pictures, tmp_path):
 def _compare_with_baseline(tmp_path, scratch):
     """compare --baseline adds the row; another split, a head's run, an edited run: one line each."""
     out = tmp_path / "cmp"
-    result = runner.invoke(app, ["compare", str(tmp_path / "c.h5"), "--heads", "logreg", "--out", str(out),
-                                 "--baseline", str(scratch)])
+    result = runner.invoke(
+        app, ["compare", str(tmp_path / "c.h5"), "--heads", "logreg", "--out", str(out), "--baseline", str(scratch)]
+    )
     assert result.exit_code == 0, result.output
     assert "scratch" in result.output
     rows = json.loads((out / "comparison.json").read_text())["rows"]
@@ -133,16 +142,51 @@ def _compare_with_baseline(tmp_path, scratch):
     assert (out / "comparison.png").is_file()
 
     # Another seed means another split: refused, one line.
-    other = runner.invoke(app, ["compare", str(tmp_path / "c.h5"), "--heads", "logreg", "--out", str(tmp_path / "x"),
-                                "--seed", "1", "--baseline", str(scratch)])
+    other = runner.invoke(
+        app,
+        [
+            "compare",
+            str(tmp_path / "c.h5"),
+            "--heads",
+            "logreg",
+            "--out",
+            str(tmp_path / "x"),
+            "--seed",
+            "1",
+            "--baseline",
+            str(scratch),
+        ],
+    )
     assert other.exit_code == 2 and "Expected the baseline on the heads' split" in other.output
     # A head's run is not a baseline.
-    head = runner.invoke(app, ["compare", str(tmp_path / "c.h5"), "--heads", "logreg", "--out", str(tmp_path / "y"),
-                               "--baseline", str(out / "logreg")])
+    head = runner.invoke(
+        app,
+        [
+            "compare",
+            str(tmp_path / "c.h5"),
+            "--heads",
+            "logreg",
+            "--out",
+            str(tmp_path / "y"),
+            "--baseline",
+            str(out / "logreg"),
+        ],
+    )
     assert head.exit_code == 2 and "made by `headstart baseline`" in head.output
     # A metrics.json edited after the run: refused.
     (scratch / "metrics.json").write_text('{"val": {}, "test": {"accuracy": 1.0}}')
-    edited = runner.invoke(app, ["compare", str(tmp_path / "c.h5"), "--heads", "logreg", "--out", str(tmp_path / "z"),
-                                 "--baseline", str(scratch)])
+    edited = runner.invoke(
+        app,
+        [
+            "compare",
+            str(tmp_path / "c.h5"),
+            "--heads",
+            "logreg",
+            "--out",
+            str(tmp_path / "z"),
+            "--baseline",
+            str(scratch),
+        ],
+    )
     assert edited.exit_code == 2 and "changed since" in edited.output
     assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()

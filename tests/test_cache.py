@@ -8,8 +8,8 @@ import textwrap
 import h5py
 import numpy as np
 import pytest
-
 from conftest import TINY_FINGERPRINT
+
 from headstart.cache import (
     SCHEMA_VERSION,
     CacheHeader,
@@ -150,6 +150,7 @@ def test_crashed_writer_keeps_committed_rows_and_drops_the_rest(tmp_path):
 
 # -- validation at the door ----------------------------------------------------------------------
 
+
 def edit(path, fn):
     """Change a cache with h5py directly, as a hostile or buggy tool would."""
     with h5py.File(path, "r+", locking=False) as f:
@@ -185,10 +186,13 @@ def test_progress_beyond_the_rows_is_refused_by_readers_and_writers(tmp_path):
     refused(path, "completeness 7, expected 0 or 1")
 
 
-@pytest.mark.parametrize("labels, message", [
-    ([0] * 11 + [2], "/labels[11] is 2, expected 0 to 1"),
-    ([-1] + [0] * 11, "/labels[0] is -1, expected 0 to 1"),
-])
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        ([0] * 11 + [2], "/labels[11] is 2, expected 0 to 1"),
+        ([-1] + [0] * 11, "/labels[0] is -1, expected 0 to 1"),
+    ],
+)
 def test_labels_outside_the_class_list_are_refused(tmp_path, labels, message):
     """Issue 7: labels out of range gave wrong counts in info and tracebacks in train."""
     path = tmp_path / "c.h5"
@@ -206,6 +210,7 @@ def test_class_names_must_be_unique_folder_names(tmp_path):
         def fn(f):
             del f["class_names"]
             f.create_dataset("class_names", data=np.array(values, dtype=object), dtype=h5py.string_dtype())
+
         return fn
 
     edit(path, names(["cat", "cat"]))
@@ -214,11 +219,14 @@ def test_class_names_must_be_unique_folder_names(tmp_path):
     refused(path, "/class_names holds ''")
 
 
-@pytest.mark.parametrize("text, message", [
-    ("{not json", "attribute fingerprint is not JSON"),
-    ("[1, 2]", "JSON type array, not an object"),
-    ('{"backbone": "tiny"}', "lacks the settings layer"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{not json", "attribute fingerprint is not JSON"),
+        ("[1, 2]", "JSON type array, not an object"),
+        ('{"backbone": "tiny"}', "lacks the settings layer"),
+    ],
+)
 def test_a_fingerprint_must_be_a_json_object_of_settings(tmp_path, text, message):
     """Issue 7: a fingerprint that was not a JSON object was a traceback."""
     path = tmp_path / "c.h5"
@@ -235,13 +243,16 @@ def test_the_fingerprint_digest_is_recomputed(tmp_path):
     refused(path, "does not match the fingerprint", "the settings were edited")
 
 
-@pytest.mark.parametrize("attr, value, message", [
-    ("root", 3, "attribute root is int64 3, expected a string"),
-    ("created", np.float64(1.5), "attribute created is float64"),
-    ("versions", "[]", "attribute versions is '[]', expected a JSON object"),
-    ("schema_version", "1", "attribute schema_version is str '1', expected an integer"),
-    ("schema_version", 99, "schema version 99, expected 1"),
-])
+@pytest.mark.parametrize(
+    "attr, value, message",
+    [
+        ("root", 3, "attribute root is int64 3, expected a string"),
+        ("created", np.float64(1.5), "attribute created is float64"),
+        ("versions", "[]", "attribute versions is '[]', expected a JSON object"),
+        ("schema_version", "1", "attribute schema_version is str '1', expected an integer"),
+        ("schema_version", 99, "schema version 99, expected 1"),
+    ],
+)
 def test_attributes_of_the_wrong_type_are_refused(tmp_path, attr, value, message):
     path = tmp_path / "c.h5"
     write_rows(path)
@@ -257,6 +268,7 @@ def test_features_must_be_two_dimensional_floats(tmp_path):
         def fn(f):
             del f["features"]
             f["features"] = data
+
         return fn
 
     edit(path, replace(np.zeros((12, 8), np.int32)))
@@ -352,10 +364,12 @@ APPEND = textwrap.dedent(
 
 
 def _writer(tmp_path, path, batches, pause=0.0):
-    code = APPEND.format(tests=str(__import__("pathlib").Path(__file__).parent), path=str(path),
-                         batches=batches, pause=pause)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    code = APPEND.format(
+        tests=str(__import__("pathlib").Path(__file__).parent), path=str(path), batches=batches, pause=pause
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline() == "open\n", proc.stderr.read()
     return proc
 

@@ -8,8 +8,19 @@ from typer.testing import CliRunner
 from headstart.cli import app
 
 runner = CliRunner()
-TINY = ["--backbone", "tiny", "--weights", "none", "--precision", "float32", "--batch-size", "4", "-q",
-        "--commit-seconds", "0"]
+TINY = [
+    "--backbone",
+    "tiny",
+    "--weights",
+    "none",
+    "--precision",
+    "float32",
+    "--batch-size",
+    "4",
+    "-q",
+    "--commit-seconds",
+    "0",
+]
 
 
 def invoke(*args):
@@ -92,13 +103,18 @@ def test_mismatch_refused_then_overwrite(image_folder, tmp_path):
 
 def test_offline_imagenet_is_one_message(image_folder, tmp_path, monkeypatch):
     def offline(*args, **kwargs):
-        raise Exception("URL fetch failure on https://storage.googleapis.com/x.h5: None -- [Errno -2] "
-                        "Name or service not known")
+        raise Exception(
+            "URL fetch failure on https://storage.googleapis.com/x.h5: None -- [Errno -2] Name or service not known"
+        )
 
     monkeypatch.setattr("keras.src.applications.vgg16.file_utils.get_file", offline)
     result = invoke("extract", image_folder, "--out", tmp_path / "c.h5", "--layer", "block5_pool", "-q")
-    assert_clean_error(result, "Could not download the ImageNet weights of vgg16",
-                       "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", "--weights PATH")
+    assert_clean_error(
+        result,
+        "Could not download the ImageNet weights of vgg16",
+        "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "--weights PATH",
+    )
 
 
 def test_info_on_a_non_cache(tmp_path):
@@ -149,8 +165,9 @@ def test_prune_is_refused_while_another_writer_holds_the_cache(image_folder, tmp
     out = tmp_path / "c.h5"
     assert invoke("extract", image_folder, "--out", out, *TINY).exit_code == 0
     with open_cache(out) as c:
-        header = CacheHeader(dim=c.dim, dtype="float16", fingerprint=c.fingerprint,
-                             class_names=tuple(c.class_names), root=c.root)
+        header = CacheHeader(
+            dim=c.dim, dtype="float16", fingerprint=c.fingerprint, class_names=tuple(c.class_names), root=c.root
+        )
     (image_folder / "cat" / "cat.0.jpg").unlink()
     with CacheWriter(out, header):  # another extraction is running
         result = invoke("extract", image_folder, "--out", out, *TINY, "--prune")
@@ -197,6 +214,7 @@ def test_extract_names_a_link_loop_it_did_not_follow(image_folder, tmp_path):
 
 # -- polish: version, -v, help from the registries, numbers checked ------------------------------
 
+
 def _text(output: str) -> str:
     """Help text without rich's box drawing, words joined by single spaces."""
     import re
@@ -233,15 +251,18 @@ def test_help_lists_the_choices_of_the_registries():
     assert f"One of: {', '.join(RESIZE_METHODS)}" in text and ", ".join(STORAGE_DTYPES) in text
 
 
-@pytest.mark.parametrize("option, value, message", [
-    ("--input-size", "0", "Expected --input-size from 32 to 4096. Received: 0."),
-    ("--input-size", "100000", "Expected --input-size from 32 to 4096. Received: 100000."),
-    ("--commit-seconds", "-1", "Expected --commit-seconds of 0 or more. Received: -1.0."),
-    ("--commit-seconds", "nan", "Expected --commit-seconds of 0 or more. Received: nan."),
-    ("--workers", "0", "Expected --workers of at least 1. Received: 0."),
-    ("--limit-per-class", "0", "Expected --limit-per-class of at least 1. Received: 0."),
-    ("--batch-size", "0", "Expected --batch-size to be a whole number of at least 1, or auto. Received: 0."),
-])
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--input-size", "0", "Expected --input-size from 32 to 4096. Received: 0."),
+        ("--input-size", "100000", "Expected --input-size from 32 to 4096. Received: 100000."),
+        ("--commit-seconds", "-1", "Expected --commit-seconds of 0 or more. Received: -1.0."),
+        ("--commit-seconds", "nan", "Expected --commit-seconds of 0 or more. Received: nan."),
+        ("--workers", "0", "Expected --workers of at least 1. Received: 0."),
+        ("--limit-per-class", "0", "Expected --limit-per-class of at least 1. Received: 0."),
+        ("--batch-size", "0", "Expected --batch-size to be a whole number of at least 1, or auto. Received: 0."),
+    ],
+)
 def test_numeric_options_are_checked_in_one_line(image_folder, tmp_path, option, value, message):
     """Issue 7: --input-size 0 silently meant the default; --commit-seconds -1 was taken."""
     result = invoke("extract", image_folder, "--out", tmp_path / "c.h5", *TINY, option, value)

@@ -1,4 +1,4 @@
-"""Tests of headstart.cli_heads: the head commands' exit codes, output and messages."""
+"""Tests of headstart.cli.heads: the head commands' exit codes, output and messages."""
 
 import json
 import subprocess
@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
+from conftest import TINY_FINGERPRINT
 from typer.testing import CliRunner
 
-from conftest import TINY_FINGERPRINT
 from headstart.cache import CacheHeader, CacheWriter
-from headstart.cli_heads import register
+from headstart.cli.heads import register
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FP = TINY_FINGERPRINT
@@ -27,7 +27,11 @@ def write_cache(path, n=300, fp=FP, seed=0):
     y = rng.integers(0, 2, n)
     X = (5 + np.random.default_rng(0).normal(0, 0.6, (2, 32))[y] + rng.normal(0, 1, (n, 32))).astype(np.float32)
     header = CacheHeader(
-        dim=32, dtype="float16", fingerprint=fp, class_names=("cat", "dog"), root="/data/pets",
+        dim=32,
+        dtype="float16",
+        fingerprint=fp,
+        class_names=("cat", "dog"),
+        root="/data/pets",
     )
     with CacheWriter(path, header) as w:
         w.append(X, y, [f"{'cd'[k]}/{i}.jpg" for i, k in enumerate(y)])
@@ -50,8 +54,20 @@ def run_dir(cache):
 
 def test_train_prints_a_summary_and_writes_the_run(run_dir):
     assert (run_dir / "run.json").exists() and (run_dir / "head.npz").exists()
-    result = runner.invoke(app, ["train", str(json.loads((run_dir / "run.json").read_text())["cache"]["path"]),
-                                 "--out", str(run_dir), "--no-plots", "--seed", "3", "--split", "80,10,10"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(json.loads((run_dir / "run.json").read_text())["cache"]["path"]),
+            "--out",
+            str(run_dir),
+            "--no-plots",
+            "--seed",
+            "3",
+            "--split",
+            "80,10,10",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "Trained logreg in" in result.stdout and "validation  accuracy" in result.stdout
     assert f"Run written to {run_dir}" in result.stdout
@@ -62,8 +78,24 @@ def test_train_prints_a_summary_and_writes_the_run(run_dir):
 def test_compare_prints_one_table(cache, tmp_path):
     out = tmp_path / "cmp"
     result = runner.invoke(
-        app, ["compare", str(cache), "--heads", "logreg,softmax", "--out", str(out), "--epochs", "5",
-              "--batch-size", "64", "--learning-rate", "0.02", "--class-weight", "balanced", "--no-plots"],
+        app,
+        [
+            "compare",
+            str(cache),
+            "--heads",
+            "logreg,softmax",
+            "--out",
+            str(out),
+            "--epochs",
+            "5",
+            "--batch-size",
+            "64",
+            "--learning-rate",
+            "0.02",
+            "--class-weight",
+            "balanced",
+            "--no-plots",
+        ],
     )
     assert result.exit_code == 0, result.output
     for word in ("head", "val accuracy", "test accuracy", "test log loss", "fit s", "logreg", "softmax"):
@@ -111,7 +143,10 @@ def test_misclassified_lists_pictures_and_draws_a_montage(run_dir, tmp_path):
         (["train", "{cache}", "--class-weight", "uneven"], "--class-weight none or balanced"),
         (["train", "{tmp}/missing.h5"], "no such file"),
         (["evaluate", "{tmp}"], "Expected a run folder made by `headstart train`"),
-        (["compare", "{cache}", "--heads", "logreg", "--dropout", "0.1"], "--dropout does not apply to the logreg head"),
+        (
+            ["compare", "{cache}", "--heads", "logreg", "--dropout", "0.1"],
+            "--dropout does not apply to the logreg head",
+        ),
         (["misclassified", "{tmp}/nope"], "no such folder"),
     ],
 )
@@ -134,7 +169,7 @@ def test_every_command_has_help_with_an_example():
 
 def test_importing_the_commands_loads_no_tensorflow_keras_or_matplotlib():
     code = (
-        "import sys, headstart.cli_heads; "
+        "import sys, headstart.cli.heads; "
         "print(sorted(m for m in ('tensorflow', 'keras', 'matplotlib', 'sklearn') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -156,14 +191,19 @@ def picture_run(tmp_path_factory):
     fp = config.fingerprint()
     tmp = tmp_path_factory.mktemp("pictures")
     header = CacheHeader(
-        dim=res.features.shape[1], dtype="float16", fingerprint=fp, class_names=("Cat", "Dog"), root=str(root),
+        dim=res.features.shape[1],
+        dtype="float16",
+        fingerprint=fp,
+        class_names=("Cat", "Dog"),
+        root=str(root),
     )
     with CacheWriter(tmp / "pets.h5", header) as w:
         ok = [Path(p) for p in res.ok]
         w.append(res.features, [int(p.parent.name == "Dog") for p in ok], [p.relative_to(root).as_posix() for p in ok])
         w.close(complete=True)
-    result = runner.invoke(app, ["train", str(tmp / "pets.h5"), "--out", str(tmp / "run"), "--split", "0.6,0.2,0.2",
-                                 "--no-plots"])
+    result = runner.invoke(
+        app, ["train", str(tmp / "pets.h5"), "--out", str(tmp / "run"), "--split", "0.6,0.2,0.2", "--no-plots"]
+    )
     assert result.exit_code == 0, result.output
     return tmp / "run", files
 
@@ -171,8 +211,9 @@ def picture_run(tmp_path_factory):
 def test_predict_prints_a_line_per_picture_and_exit_1_when_some_fail(picture_run):
     run, files = picture_run
     bad = SHARED / "bad-images"
-    result = runner.invoke(app, ["predict", str(run), str(files[0]), str(bad / "rgba.png"), str(bad / "empty.jpg"),
-                                 "--top-k", "2"])
+    result = runner.invoke(
+        app, ["predict", str(run), str(files[0]), str(bad / "rgba.png"), str(bad / "empty.jpg"), "--top-k", "2"]
+    )
     assert result.exit_code == 1
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith(str(files[0]) + "\t")
@@ -193,8 +234,9 @@ def test_predict_json_and_exit_0_when_all_are_read(picture_run):
 
 def test_train_knn_with_temperature_calibration(cache, tmp_path):
     out = tmp_path / "knn"
-    result = runner.invoke(app, ["train", str(cache), "--head", "knn", "--calibrate", "temperature", "--out", str(out),
-                                 "--no-plots"])
+    result = runner.invoke(
+        app, ["train", str(cache), "--head", "knn", "--calibrate", "temperature", "--out", str(out), "--no-plots"]
+    )
     assert result.exit_code == 0, result.output
     assert "Trained knn" in result.stdout and "temperature" in result.stdout
     assert "calibration (validation): log loss" in result.stdout
@@ -204,8 +246,9 @@ def test_train_knn_with_temperature_calibration(cache, tmp_path):
 
 
 def test_train_takes_k_and_c_only_for_the_heads_that_have_them(cache, tmp_path):
-    result = runner.invoke(app, ["train", str(cache), "--head", "svm", "--C", "0.01", "--out", str(tmp_path / "svm"),
-                                 "--no-plots"])
+    result = runner.invoke(
+        app, ["train", str(cache), "--head", "svm", "--C", "0.01", "--out", str(tmp_path / "svm"), "--no-plots"]
+    )
     assert result.exit_code == 0 and "C=0.01" in result.stdout
     result = runner.invoke(app, ["train", str(cache), "--head", "logreg", "--k", "3", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "--k does not apply to the logreg head; it applies to knn" in result.stderr

@@ -1,4 +1,4 @@
-"""Tests of headstart.cli_sweep: `sweep` output, exit codes and messages (`runs`: see test_heads_catalog)."""
+"""Tests of headstart.cli.sweep: `sweep` output, exit codes and messages (`runs`: see test_heads_catalog)."""
 
 import json
 import sys
@@ -8,7 +8,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from headstart.cli_sweep import register
+from headstart.cli.sweep import register
 
 sys.path.insert(0, str(Path(__file__).parent))
 from heads_fixtures import features, write_cache  # noqa: E402
@@ -25,8 +25,10 @@ def cache(tmp_path_factory):
 
 def test_sweep_prints_a_ranked_table_and_the_best_run(cache, tmp_path):
     out = tmp_path / "sw"
-    result = runner.invoke(app, ["sweep", str(cache), "--head", "logreg", "--grid", "C=0.01,1", "--jobs", "1",
-                                 "--no-plots", "--out", str(out)])
+    result = runner.invoke(
+        app,
+        ["sweep", str(cache), "--head", "logreg", "--grid", "C=0.01,1", "--jobs", "1", "--no-plots", "--out", str(out)],
+    )
     assert result.exit_code == 0, result.output
     assert "logreg sweep on feats.h5: 2 trials" in result.stdout and "val accuracy" in result.stdout
     assert "on the test split: accuracy" in result.stdout and str(out / "best") in result.stdout
@@ -34,16 +36,19 @@ def test_sweep_prints_a_ranked_table_and_the_best_run(cache, tmp_path):
     assert json.loads((out / "sweep.json").read_text())["search"]["grid"] == {"C": [0.01, 1.0]}
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--grid", "C=abc"], "Expected C values as numbers. Received: 'abc'."),
-    (["--grid", "units=1"], "Head 'logreg' takes no option 'units'"),
-    (["--range", "C=1:0.1", "--trials", "3"], "Expected LOW < HIGH"),
-    ([], "Expected at least one --grid NAME=V1,V2 (or --trials N)"),
-    (["--grid", "C=1", "--epochs", "3"], "--epochs does not apply to the logreg head"),
-    (["--grid", "C=1", "--calibrate", "platt"], "Expected --calibrate among none, temperature"),
-    (["--grid", "C=1", "--halving"], "Expected a Keras head (softmax, mlp) for --halving"),
-    (["--grid", "C=1", "--rank-by", "f1"], "Expected --rank-by among accuracy, log_loss. Received: 'f1'."),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--grid", "C=abc"], "Expected C values as numbers. Received: 'abc'."),
+        (["--grid", "units=1"], "Head 'logreg' takes no option 'units'"),
+        (["--range", "C=1:0.1", "--trials", "3"], "Expected LOW < HIGH"),
+        ([], "Expected at least one --grid NAME=V1,V2 (or --trials N)"),
+        (["--grid", "C=1", "--epochs", "3"], "--epochs does not apply to the logreg head"),
+        (["--grid", "C=1", "--calibrate", "platt"], "Expected --calibrate among none, temperature"),
+        (["--grid", "C=1", "--halving"], "Expected a Keras head (softmax, mlp) for --halving"),
+        (["--grid", "C=1", "--rank-by", "f1"], "Expected --rank-by among accuracy, log_loss. Received: 'f1'."),
+    ],
+)
 def test_bad_sweeps_are_one_line_and_exit_2(cache, tmp_path, args, message):
     result = runner.invoke(app, ["sweep", str(cache), "--head", "logreg", "--out", str(tmp_path / "sw"), *args])
     assert result.exit_code == 2, result.output

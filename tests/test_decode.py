@@ -4,9 +4,9 @@ import csv
 
 import numpy as np
 import pytest
+from conftest import BAD_IMAGES, needs_shared
 from PIL import Image
 
-from conftest import BAD_IMAGES, needs_shared
 from headstart.extractor.decode import DecodeError, load_image
 from headstart.extractor.scan import is_image_file
 

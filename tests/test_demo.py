@@ -54,7 +54,8 @@ def test_pets_dry_run_prints_the_three_commands(tmp_path):
 
 def test_pets_runs_download_extract_compare_in_order(tmp_path, monkeypatch):
     from headstart import download
-    from headstart.extractor import backbones, runner as extract_runner
+    from headstart.extractor import backbones
+    from headstart.extractor import runner as extract_runner
     from headstart.heads import training
 
     calls = []

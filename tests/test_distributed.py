@@ -13,9 +13,9 @@ import time
 
 import numpy as np
 import pytest
+from conftest import make_images
 from typer.testing import CliRunner
 
-from conftest import make_images
 from headstart.cache import open_cache
 from headstart.cli import app
 from headstart.errors import RayError
@@ -25,8 +25,19 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 psutil = pytest.importorskip("psutil")
 
-TINY = ["--backbone", "tiny", "--weights", "none", "--precision", "float32", "--batch-size", "4", "-q",
-        "--commit-seconds", "0"]
+TINY = [
+    "--backbone",
+    "tiny",
+    "--weights",
+    "none",
+    "--precision",
+    "float32",
+    "--batch-size",
+    "4",
+    "-q",
+    "--commit-seconds",
+    "0",
+]
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
 
 
@@ -35,8 +46,13 @@ def local_ray():
     """One small Ray for the module: 2 CPUs, no dashboard, workers' logs kept out of the test output."""
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
-             runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level=logging.ERROR,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}},
+    )
     yield ray
     ray.shutdown()
 
@@ -56,15 +72,19 @@ def assert_same_rows(a_path, b_path):
         np.testing.assert_allclose(a[p][1], b[p][1], rtol=2e-3, atol=1e-3)  # float16 rounding
 
 
-@pytest.mark.parametrize("address, fragment", [
-    ("127.0.0.1:1", "Expected a Ray cluster listening at 127.0.0.1:1"),
-    ("ray://127.0.0.1:1", "Expected a Ray cluster listening at ray://127.0.0.1:1"),
-    ("head-node", "Expected --ray auto, local, HOST:PORT or ray://HOST:PORT"),
-])
+@pytest.mark.parametrize(
+    "address, fragment",
+    [
+        ("127.0.0.1:1", "Expected a Ray cluster listening at 127.0.0.1:1"),
+        ("ray://127.0.0.1:1", "Expected a Ray cluster listening at ray://127.0.0.1:1"),
+        ("head-node", "Expected --ray auto, local, HOST:PORT or ray://HOST:PORT"),
+    ],
+)
 def test_an_unreachable_cluster_is_one_line_in_seconds(monkeypatch, image_folder, tmp_path, address, fragment):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh process
-    result = CliRunner().invoke(app, ["extract", str(image_folder), "--out", str(tmp_path / "c.h5"), *TINY,
-                                      "--ray", address])
+    result = CliRunner().invoke(
+        app, ["extract", str(image_folder), "--out", str(tmp_path / "c.h5"), *TINY, "--ray", address]
+    )
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert fragment in " ".join(result.output.split())
     assert not (tmp_path / "c.h5").exists()
@@ -75,13 +95,20 @@ def test_ray_gives_the_rows_of_a_local_run(local_ray, image_folder, tiny_config,
     extract(image_folder, tmp_path / "local.h5", tiny_config, batch_size=4)
     out = tmp_path / "ray.h5"
     calls = []
-    res = extract(image_folder, out, tiny_config, batch_size=4, ray="local", workers=1,
-                  progress=lambda d, t, s: calls.append((d, t, s)))
+    res = extract(
+        image_folder,
+        out,
+        tiny_config,
+        batch_size=4,
+        ray="local",
+        workers=1,
+        progress=lambda d, t, s: calls.append((d, t, s)),
+    )
     assert (res.extracted, res.skipped, res.failed) == (12, 1, [("dog/empty.jpg", "empty file")])
     assert calls[0] == (0, 13, 0) and calls[-1] == (13, 13, 1)  # the progress bar's figures
     assert_same_rows(out, tmp_path / "local.h5")
-    with open_cache(out) as c, open_cache(tmp_path / "local.h5") as l:
-        assert c.complete and c.fingerprint == l.fingerprint and c.fingerprint_digest == l.fingerprint_digest
+    with open_cache(out) as c, open_cache(tmp_path / "local.h5") as local:
+        assert c.complete and c.fingerprint == local.fingerprint and c.fingerprint_digest == local.fingerprint_digest
     # Nothing left to do: the CLI says so without starting any actor.
     again = CliRunner().invoke(app, ["extract", str(image_folder), "--out", str(out), *TINY, "--ray", "local"])
     assert again.exit_code == 0, again.output
@@ -133,8 +160,20 @@ def test_driver_killed_mid_run_then_rerun_has_every_row_once(tiny_config, tmp_pa
     src = make_images(tmp_path / "images", per_class=300, size=(120, 160))
     (src / "cat" / "zz-broken.jpg").write_bytes(b"\xff\xd8 not really")
     out = tmp_path / "killed.h5"
-    cmd = [sys.executable, "-m", "headstart.cli", "extract", str(src), "--out", str(out), *TINY,
-           "--ray", "local", "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "headstart.cli",
+        "extract",
+        str(src),
+        "--out",
+        str(out),
+        *TINY,
+        "--ray",
+        "local",
+        "--workers",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     children = []
     try:
@@ -170,11 +209,14 @@ class _FakeRay:
         return self._resources
 
 
-@pytest.mark.parametrize("resources, workers, expected", [
-    ({"CPU": 2.0}, 1, {"num_cpus": 1.0}),
-    ({"CPU": 2.0}, 2, {"num_cpus": 0.5}),  # a core is left for decoding: 2 actors never starve it
-    ({"CPU": 16.0, "GPU": 4.0}, 4, {"num_gpus": 1, "num_cpus": 1.0}),
-])
+@pytest.mark.parametrize(
+    "resources, workers, expected",
+    [
+        ({"CPU": 2.0}, 1, {"num_cpus": 1.0}),
+        ({"CPU": 2.0}, 2, {"num_cpus": 0.5}),  # a core is left for decoding: 2 actors never starve it
+        ({"CPU": 16.0, "GPU": 4.0}, 4, {"num_gpus": 1, "num_cpus": 1.0}),
+    ],
+)
 def test_actor_resources_leave_room_for_decoding(resources, workers, expected):
     from headstart.extractor.distributed import _actor_resources
 

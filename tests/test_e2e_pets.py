@@ -4,13 +4,13 @@ import json
 
 import numpy as np
 import pytest
+from conftest import MOBILENET_WEIGHTS, PETS, needs_shared
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from typer.testing import CliRunner
 
-from conftest import MOBILENET_WEIGHTS, PETS, needs_shared
 from headstart import open_cache
 from headstart.cli import app
 
@@ -20,10 +20,24 @@ pytestmark = needs_shared
 @pytest.fixture(scope="module")
 def pets_cache(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e") / "pets-mobilenet.h5"
-    result = CliRunner().invoke(app, [
-        "extract", str(PETS), "--out", str(out), "--backbone", "mobilenet", "--alpha", "0.25",
-        "--weights", str(MOBILENET_WEIGHTS), "--precision", "float32", "-q",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "extract",
+            str(PETS),
+            "--out",
+            str(out),
+            "--backbone",
+            "mobilenet",
+            "--alpha",
+            "0.25",
+            "--weights",
+            str(MOBILENET_WEIGHTS),
+            "--precision",
+            "float32",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -58,8 +72,10 @@ def test_predict_finds_the_weights_file_the_cache_recorded(pets_cache, tmp_path)
     assert CliRunner().invoke(app, ["train", str(pets_cache), "--head", "logreg", "--out", str(run)]).exit_code == 0
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
-    result = CliRunner().invoke(app, ["predict", str(run), str(PETS / "Cat" / "cat.1.jpg"),
-                                      str(PETS / "Dog" / "dog.2.jpg"), str(empty), "--json"])
+    result = CliRunner().invoke(
+        app,
+        ["predict", str(run), str(PETS / "Cat" / "cat.1.jpg"), str(PETS / "Dog" / "dog.2.jpg"), str(empty), "--json"],
+    )
     assert result.exit_code == 1, result.output  # one picture could not be read
     text = result.output
     assert "cat.1.jpg" in text and "dog.2.jpg" in text and "empty" in text

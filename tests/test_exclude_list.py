@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
+from conftest import planted_features, write_cache
 from typer.testing import CliRunner
 
-from conftest import planted_features, write_cache
 from headstart.cli import app
 from headstart.errors import ExcludeListError
 from headstart.exclude_list import read_exclude_list
@@ -23,11 +22,14 @@ def test_reads_paths_skips_comments_and_normalizes(tmp_path):
     assert read_exclude_list(f).paths == {"c0/1.jpg", "c1/2.jpg", "c2/3.jpg"}
 
 
-@pytest.mark.parametrize("content, needle", [
-    (b"\xff\xfe\x00garbage", "UTF-8"),
-    (b"/etc/passwd\n", "relative"),
-    (b"c0/../../secret.jpg\n", "relative"),
-])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (b"\xff\xfe\x00garbage", "UTF-8"),
+        (b"/etc/passwd\n", "relative"),
+        (b"c0/../../secret.jpg\n", "relative"),
+    ],
+)
 def test_malformed_lists_are_errors(tmp_path, content, needle):
     f = tmp_path / "x.txt"
     f.write_bytes(content)
@@ -50,12 +52,28 @@ def test_train_leaves_listed_pictures_out_and_records_them(cache, tmp_path):
         paths = c.paths
     listed = paths[:30] + ["c9/not-in-the-cache.jpg"]
     (tmp_path / "suspects.txt").write_text("\n".join(listed) + "\n")
-    res = runner.invoke(app, ["train", str(cache), "--head", "logreg", "--out", str(tmp_path / "run"),
-                              "--exclude-list", str(tmp_path / "suspects.txt"), "--no-plots"])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            str(cache),
+            "--head",
+            "logreg",
+            "--out",
+            str(tmp_path / "run"),
+            "--exclude-list",
+            str(tmp_path / "suspects.txt"),
+            "--no-plots",
+        ],
+    )
     assert res.exit_code == 0, res.output
     info = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert info["excluded"] == {"file": str(tmp_path / "suspects.txt"), "paths": sorted(paths[:30]),
-                                "listed": 31, "not_in_cache": 1}
+    assert info["excluded"] == {
+        "file": str(tmp_path / "suspects.txt"),
+        "paths": sorted(paths[:30]),
+        "listed": 31,
+        "not_in_cache": 1,
+    }
     counts = info["split"]["counts"]
     assert sum(sum(v.values()) for v in counts.values()) == len(paths) - 30
     res = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--json"])

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import MOBILENET_WEIGHTS, PETS, make_images, needs_shared
 from typer.testing import CliRunner
 
-from conftest import MOBILENET_WEIGHTS, PETS, make_images, needs_shared
 from headstart.cli import app
 
 runner = CliRunner()
@@ -59,8 +59,9 @@ def test_pixel_model_at_the_input_size_gives_the_cached_features(tiny_config):
 
     pixels = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
     expected = Embedder(tiny_config, batch_size=3)(list(pixels))
-    np.testing.assert_allclose(pixel_model(tiny_config).predict_on_batch(pixels.astype(np.float32)), expected,
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        pixel_model(tiny_config).predict_on_batch(pixels.astype(np.float32)), expected, rtol=1e-5, atol=1e-5
+    )
 
 
 # -- the .keras file ----------------------------------------------------------------------------
@@ -167,11 +168,14 @@ def test_predict_with_a_broken_keras_file_is_one_line(tmp_path, content, tiny_ru
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt, need, files", [
-    ("saved_model", "tensorflow", {"saved_model.pb", "labels.txt", "headstart.json"}),
-    ("onnx", "tf2onnx", {"model.onnx", "labels.txt", "headstart.json"}),
-    ("litert", "ai_edge_litert", {"model.tflite", "labels.txt", "headstart.json"}),
-])
+@pytest.mark.parametrize(
+    "fmt, need, files",
+    [
+        ("saved_model", "tensorflow", {"saved_model.pb", "labels.txt", "headstart.json"}),
+        ("onnx", "tf2onnx", {"model.onnx", "labels.txt", "headstart.json"}),
+        ("litert", "ai_edge_litert", {"model.tflite", "labels.txt", "headstart.json"}),
+    ],
+)
 def test_other_formats_are_checked_folders_with_labels(tiny_run, tmp_path, fmt, need, files):
     pytest.importorskip(need)
     out = tmp_path / f"pets-{fmt}"
@@ -205,8 +209,10 @@ def test_exported_mobilenet_agrees_with_predict_on_real_photos(tmp_path):
     assert agree >= 0.99
     info, _ = load_run(run)
     with open_cache(info["cache"]["path"]) as cache:
-        test = [((Path(cache.root) / cache.paths[i]).resolve(), cache.class_names[cache.labels[i]])
-                for i in _test_rows(info, cache)]
+        test = [
+            ((Path(cache.root) / cache.paths[i]).resolve(), cache.class_names[cache.labels[i]])
+            for i in _test_rows(info, cache)
+        ]
     accuracy = np.mean([top(by_file[p]) == y for p, y in test])
     run_accuracy = json.loads((run / "metrics.json").read_text())["test"]["accuracy"]
     assert abs(accuracy - run_accuracy) <= 0.01

@@ -9,12 +9,12 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import make_images
+
 from headstart.cache import open_cache
 from headstart.errors import CacheMismatchError
-from headstart.extractor.backbones import make_config
 from headstart.extractor import runner
+from headstart.extractor.backbones import make_config
 from headstart.extractor.runner import auto_batch_size, embed_files, extract
 
 
@@ -27,8 +27,9 @@ def rows_by_path(cache_path):
 def test_clean_run_fills_the_cache(image_folder, tiny_config, tmp_path):
     (image_folder / "cat" / "broken.jpg").write_bytes(b"")
     calls = []
-    res = extract(image_folder, tmp_path / "c.h5", tiny_config, batch_size=4,
-                  progress=lambda d, t, s: calls.append((d, t, s)))
+    res = extract(
+        image_folder, tmp_path / "c.h5", tiny_config, batch_size=4, progress=lambda d, t, s: calls.append((d, t, s))
+    )
     assert (res.extracted, res.skipped, res.total_rows, res.complete) == (12, 1, 12, True)
     assert res.failed == [("cat/broken.jpg", "empty file")]
     assert calls[0] == (0, 13, 0) and calls[-1] == (13, 13, 1)
@@ -118,9 +119,28 @@ KILLER_ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 
 
 def _extract_cmd(src, out):
-    return [sys.executable, "-m", "headstart.cli", "extract", str(src), "--out", str(out), "--backbone", "tiny",
-            "--weights", "none", "--precision", "float32", "--batch-size", "4", "--workers", "1", "-q",
-            "--commit-seconds", "0"]
+    return [
+        sys.executable,
+        "-m",
+        "headstart.cli",
+        "extract",
+        str(src),
+        "--out",
+        str(out),
+        "--backbone",
+        "tiny",
+        "--weights",
+        "none",
+        "--precision",
+        "float32",
+        "--batch-size",
+        "4",
+        "--workers",
+        "1",
+        "-q",
+        "--commit-seconds",
+        "0",
+    ]
 
 
 def _committed(path):
@@ -137,8 +157,9 @@ def test_kill_9_at_several_points_then_resume_equals_a_clean_run(tmp_path):
     (src / "cat" / "zz-broken.jpg").write_bytes(b"\xff\xd8 not really")
     out = tmp_path / "killed.h5"
     for kill_at in (8, 200, 400):
-        proc = subprocess.Popen(_extract_cmd(src, out), env=KILLER_ENV,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            _extract_cmd(src, out), env=KILLER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 120
         while _committed(out) < kill_at and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -215,8 +236,9 @@ def test_kill_9_at_random_moments_never_damages_the_cache(tmp_path):
         before = _committed(out)
         if before == 800:
             break
-        proc = subprocess.Popen(_extract_cmd(src, out), env=KILLER_ENV,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            _extract_cmd(src, out), env=KILLER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 120
         while _committed(out) <= before and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)  # wait until this run is extracting ...
@@ -239,9 +261,15 @@ def test_a_reader_in_another_process_does_not_block_the_writer(image_folder, tin
     out = tmp_path / "c.h5"
     extract(image_folder, out, tiny_config, batch_size=4, limit_per_class=2)
     reader = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from headstart import open_cache\n"
-         "with open_cache(sys.argv[1]) as c:\n    print(len(c), flush=True); time.sleep(30)", str(out)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from headstart import open_cache\n"
+            "with open_cache(sys.argv[1]) as c:\n    print(len(c), flush=True); time.sleep(30)",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert reader.stdout.readline().strip() == "4"  # the reader has the file open now

@@ -11,19 +11,18 @@ on a copy of a tiny good cache (a few milliseconds each); the commands run in-pr
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import numpy as np
 import pytest
+from conftest import TINY_FINGERPRINT, make_images
 from typer.testing import CliRunner
 
-from conftest import TINY_FINGERPRINT, make_images
 from headstart.cache import CacheHeader, CacheWriter, canonical_json, fingerprint_digest
 from headstart.cache.fingerprint import FINGERPRINT_TYPES
 from headstart.cache.validate import ATTRIBUTES, DATASETS
@@ -35,6 +34,7 @@ CLASSES = ("cat", "dog")
 
 
 # -- how a cache is broken ---------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Broken:
@@ -52,6 +52,7 @@ def _h5(fn):
     def apply(path: Path) -> None:
         with h5py.File(path, "r+", locking=False) as f:
             fn(f)
+
     return apply
 
 
@@ -59,6 +60,7 @@ def _replace(name, data, dtype=None):
     def fn(f):
         del f[name]
         f.create_dataset(name, data=data, dtype=dtype)
+
     return _h5(fn)
 
 
@@ -66,6 +68,7 @@ def _group_instead(name):
     def fn(f):
         del f[name]
         f.create_group(name)
+
     return _h5(fn)
 
 
@@ -88,10 +91,12 @@ def _set(name, index, value):
 def _fingerprint(fp, digest=True):
     """Write ``fp`` (an object, or raw text) as the fingerprint; ``digest`` recomputes the digest
     (as a forger would), else the old digest stays."""
+
     def fn(f):
         f.attrs["fingerprint"] = fp if isinstance(fp, str) else canonical_json(fp)
         if digest and not isinstance(fp, str):
             f.attrs["fingerprint_digest"] = fingerprint_digest(fp)
+
     return _h5(fn)
 
 
@@ -99,6 +104,7 @@ def _file(content: bytes):
     def apply(path):
         path.unlink()
         path.write_bytes(content)
+
     return apply
 
 
@@ -106,6 +112,7 @@ def _truncate(fraction):
     def apply(path):
         data = path.read_bytes()
         path.write_bytes(data[: int(len(data) * fraction)])
+
     return apply
 
 
@@ -130,8 +137,19 @@ def _missing(path):
 
 
 STR = h5py.string_dtype()
-COMMAND_NAMES = ("info", "extract", "train", "compare", "evaluate RUN CACHE", "evaluate RUN",
-                 "misclassified RUN", "sweep", "audit", "map", "merge")  # the keys of COMMANDS, below
+COMMAND_NAMES = (
+    "info",
+    "extract",
+    "train",
+    "compare",
+    "evaluate RUN CACHE",
+    "evaluate RUN",
+    "misclassified RUN",
+    "sweep",
+    "audit",
+    "map",
+    "merge",
+)  # the keys of COMMANDS, below
 WRONG_DTYPE = {
     "features": np.zeros((24, 32), np.int32),
     "labels": np.zeros(24, np.float32),
@@ -167,9 +185,11 @@ def _broken() -> list[Broken]:
             Broken(f"/{name} missing", _del(name), f"no dataset /{name}"),
             Broken(f"/{name} a group", _group_instead(name), f"/{name} is a group"),
             Broken(f"/{name} of the wrong type", _replace(name, WRONG_DTYPE[name]), f"/{name} holds"),
-            Broken(f"/{name} of the wrong rank", _replace(name, WRONG_RANK[name],
-                                                          STR if WRONG_RANK[name].dtype == object else None),
-                   f"/{name} has shape"),
+            Broken(
+                f"/{name} of the wrong rank",
+                _replace(name, WRONG_RANK[name], STR if WRONG_RANK[name].dtype == object else None),
+                f"/{name} has shape",
+            ),
         ]
     for name in ATTRIBUTES:
         value, expect = WRONG_ATTR[name]
@@ -179,8 +199,13 @@ def _broken() -> list[Broken]:
         ]
     out += [
         Broken("attribute weights_path of the wrong type", _attr("weights_path", 3), "attribute weights_path"),
-        Broken("/features as an external link", _h5(lambda f: (f.__delitem__("features"), f.__setitem__(
-            "features", h5py.ExternalLink("/etc/passwd", "/x")))), "/features is a link"),
+        Broken(
+            "/features as an external link",
+            _h5(
+                lambda f: (f.__delitem__("features"), f.__setitem__("features", h5py.ExternalLink("/etc/passwd", "/x")))
+            ),
+            "/features is a link",
+        ),
         # out of range
         Broken("progress past the rows", _set("progress", 0, 30), "/progress counts 30 rows but /features holds 24"),
         Broken("progress negative", _set("progress", 0, -1), "/progress counts -1 rows"),
@@ -190,23 +215,39 @@ def _broken() -> list[Broken]:
         Broken("a label past the classes", _set("labels", 3, 2), "/labels[3] is 2"),
         Broken("a negative label", _set("labels", 0, -1), "/labels[0] is -1"),
         Broken("a huge label", _set("labels", 7, 2**31 - 1), "/labels[7] is 2147483647"),
-        Broken("duplicate class names", _replace("class_names", np.array(["cat", "cat"], dtype=object), STR),
-               "'cat' twice"),
+        Broken(
+            "duplicate class names", _replace("class_names", np.array(["cat", "cat"], dtype=object), STR), "'cat' twice"
+        ),
         Broken("no class names", _replace("class_names", np.array([], dtype=object), STR), "/class_names is empty"),
-        Broken("an empty class name", _replace("class_names", np.array(["cat", ""], dtype=object), STR),
-               "/class_names holds ''"),
-        Broken("a class name with a slash", _replace("class_names", np.array(["cat", "a/b"], dtype=object), STR),
-               "/class_names holds 'a/b'"),
+        Broken(
+            "an empty class name",
+            _replace("class_names", np.array(["cat", ""], dtype=object), STR),
+            "/class_names holds ''",
+        ),
+        Broken(
+            "a class name with a slash",
+            _replace("class_names", np.array(["cat", "a/b"], dtype=object), STR),
+            "/class_names holds 'a/b'",
+        ),
         Broken("an absolute path", _set("paths", 2, "/etc/passwd"), "/paths[2] is '/etc/passwd'"),
         Broken("a path out of the root", _set("paths", 2, "../../etc/passwd"), "/paths[2] is '../../etc/passwd'"),
         Broken("an empty path", _set("paths", 2, ""), "/paths[2] is an empty path"),
-        Broken("paths not UTF-8", _replace("paths", np.array([b"\xff\xfe.jpg"] * 24, dtype=object),
-                                           h5py.string_dtype("ascii")), "/paths holds bytes that are not UTF-8"),
-        Broken("features of zero columns", _replace("features", np.zeros((24, 0), np.float16)),
-               "at least one value per row"),
+        Broken(
+            "paths not UTF-8",
+            _replace("paths", np.array([b"\xff\xfe.jpg"] * 24, dtype=object), h5py.string_dtype("ascii")),
+            "/paths holds bytes that are not UTF-8",
+        ),
+        Broken(
+            "features of zero columns",
+            _replace("features", np.zeros((24, 0), np.float16)),
+            "at least one value per row",
+        ),
         Broken("features float64", _replace("features", np.zeros((24, 32), np.float64)), "/features holds float64"),
-        Broken("features float32, fingerprint float16", _replace("features", np.zeros((24, 32), np.float32)),
-               "the fingerprint says 'float16'"),
+        Broken(
+            "features float32, fingerprint float16",
+            _replace("features", np.zeros((24, 32), np.float32)),
+            "the fingerprint says 'float16'",
+        ),
         Broken("schema version 99", _attr("schema_version", 99), "schema version 99"),
         Broken("schema version 1.5", _attr("schema_version", 1.5), "attribute schema_version"),
         Broken("versions not JSON", _attr("versions", "{oops"), "attribute versions"),
@@ -219,21 +260,39 @@ def _broken() -> list[Broken]:
         Broken("fingerprint a string", _fingerprint('"tiny"'), "not an object"),
         Broken("fingerprint null", _fingerprint("null"), "not an object"),
         Broken("fingerprint deeply nested", _fingerprint("[" * 100000 + "]" * 100000), "fingerprint"),
-        Broken("fingerprint with an unknown setting", _fingerprint({**TINY_FINGERPRINT, "colour": "red"}),
-               "unknown settings: colour"),
-        Broken("digest of other settings", _fingerprint({**TINY_FINGERPRINT, "layer": "pool"}, digest=False),
-               "does not match the fingerprint"),
+        Broken(
+            "fingerprint with an unknown setting",
+            _fingerprint({**TINY_FINGERPRINT, "colour": "red"}),
+            "unknown settings: colour",
+        ),
+        Broken(
+            "digest of other settings",
+            _fingerprint({**TINY_FINGERPRINT, "layer": "pool"}, digest=False),
+            "does not match the fingerprint",
+        ),
         Broken("digest of the wrong form", _attr("fingerprint_digest", "abc"), "does not match the fingerprint"),
-        Broken("preprocessing os.system, digest kept", _fingerprint(
-            {**TINY_FINGERPRINT, "preprocessing": "os.system"}, digest=False), "does not match the fingerprint"),
-        Broken("preprocessing os.system, digest recomputed", _fingerprint(
-            {**TINY_FINGERPRINT, "preprocessing": "os.system"}), "preprocessing",
-            ),
-        Broken("backbone unknown, digest recomputed", _fingerprint({**TINY_FINGERPRINT, "backbone": "resnet9000"}),
-               "backbone"),
+        Broken(
+            "preprocessing os.system, digest kept",
+            _fingerprint({**TINY_FINGERPRINT, "preprocessing": "os.system"}, digest=False),
+            "does not match the fingerprint",
+        ),
+        Broken(
+            "preprocessing os.system, digest recomputed",
+            _fingerprint({**TINY_FINGERPRINT, "preprocessing": "os.system"}),
+            "preprocessing",
+        ),
+        Broken(
+            "backbone unknown, digest recomputed",
+            _fingerprint({**TINY_FINGERPRINT, "backbone": "resnet9000"}),
+            "backbone",
+        ),
         # not a cache at all
-        Broken("no such file", _missing, "no such file",  # extract makes a new cache there
-               commands=tuple(c for c in COMMAND_NAMES if c != "extract")),
+        Broken(
+            "no such file",
+            _missing,
+            "no such file",  # extract makes a new cache there
+            commands=tuple(c for c in COMMAND_NAMES if c != "extract"),
+        ),
         Broken("an empty file", _file(b""), ""),
         Broken("random bytes", _file(np.random.default_rng(0).bytes(4096)), ""),
         Broken("a text file", _file(b"features,labels\n1,2\n"), ""),
@@ -246,17 +305,28 @@ def _broken() -> list[Broken]:
     for key, types in FINGERPRINT_TYPES.items():
         wrong = 1 if str in types or bool in types else "1"  # a number for text, text for numbers
         out += [
-            Broken(f"fingerprint without {key}", _fingerprint({k: v for k, v in TINY_FINGERPRINT.items() if k != key}),
-                   f"lacks the settings {key}"),
-            Broken(f"fingerprint {key} of the wrong type", _fingerprint({**TINY_FINGERPRINT, key: wrong}),
-                   f"setting {key} is"),
+            Broken(
+                f"fingerprint without {key}",
+                _fingerprint({k: v for k, v in TINY_FINGERPRINT.items() if k != key}),
+                f"lacks the settings {key}",
+            ),
+            Broken(
+                f"fingerprint {key} of the wrong type",
+                _fingerprint({**TINY_FINGERPRINT, key: wrong}),
+                f"setting {key} is",
+            ),
         ]
     # NaN / inf in every row (so in every split): valid at the door (info and extract read no
     # features); the commands that read features must name the rows before any fit or score.
     for value in (np.nan, np.inf, -np.inf):
-        out.append(Broken(f"features hold {value}", _set("features", (slice(None), 3), value),
-                          "Expected finite features",
-                          commands=("train", "compare", "evaluate RUN CACHE", "evaluate RUN", "misclassified RUN")))
+        out.append(
+            Broken(
+                f"features hold {value}",
+                _set("features", (slice(None), 3), value),
+                "Expected finite features",
+                commands=("train", "compare", "evaluate RUN CACHE", "evaluate RUN", "misclassified RUN"),
+            )
+        )
     return out
 
 
@@ -265,6 +335,7 @@ BROKEN = _broken()
 
 
 # -- the commands that read a cache ----------------------------------------------------------------
+
 
 @dataclass
 class Env:
@@ -298,8 +369,9 @@ def env(tmp_path_factory):
     y = np.arange(24) % 2
     X = (rng.normal(0, 1, (24, 32)) + 3 * y[:, None]).astype(np.float32)
     good = base / "good.h5"
-    header = CacheHeader(dim=32, dtype="float16", fingerprint=TINY_FINGERPRINT, class_names=CLASSES,
-                         root=str(base / "images"))
+    header = CacheHeader(
+        dim=32, dtype="float16", fingerprint=TINY_FINGERPRINT, class_names=CLASSES, root=str(base / "images")
+    )
     with CacheWriter(good, header) as w:
         w.append(X, y, [f"{CLASSES[k]}/{i}.jpg" for i, k in enumerate(y)])
         w.close(complete=True)

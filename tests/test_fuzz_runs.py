@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from heads_fixtures import features, write_cache
 from typer.testing import CliRunner
 
 from headstart.cli import app
 from headstart.heads import training
 from headstart.heads.rundir import RUN_JSON, manifest
-from heads_fixtures import features, write_cache
 
 runner = CliRunner()
 PWNED = "headstart-fuzz-pwned"
@@ -36,8 +36,7 @@ def good(tmp_path_factory):
     cache = write_cache(base / "feats.h5", X, y)
     runs = {
         "logreg": training.train(cache, "logreg", base / "logreg", plots=False).run_dir,
-        "mlp": training.train(cache, "mlp", base / "mlp", plots=False,
-                              params={"epochs": 2, "hidden_units": 8}).run_dir,
+        "mlp": training.train(cache, "mlp", base / "mlp", plots=False, params={"epochs": 2, "hidden_units": 8}).run_dir,
     }
     return cache, runs
 
@@ -55,6 +54,7 @@ def _json_edit(name, edit):
         data = json.loads((folder / name).read_text())
         edit(data)
         (folder / name).write_text(json.dumps(data))
+
     return apply
 
 
@@ -66,6 +66,7 @@ def _set(path: str, value):
         for k in keys[:-1]:
             data = data[k]
         data[keys[-1]] = value
+
     return edit
 
 
@@ -76,6 +77,7 @@ def _delete(path: str):
         for k in keys[:-1]:
             data = data[k]
         del data[keys[-1]]
+
     return edit
 
 
@@ -87,6 +89,7 @@ def _write(name, content: bytes):
         elif p.exists() or p.is_symlink():
             p.unlink()
         p.write_bytes(content)
+
     return apply
 
 
@@ -94,6 +97,7 @@ def _truncate(name):
     def apply(folder):
         data = (folder / name).read_bytes()
         (folder / name).write_bytes(data[: len(data) // 2])
+
     return apply
 
 
@@ -105,6 +109,7 @@ def _dir_instead(name):
     def apply(folder):
         (folder / name).unlink()
         (folder / name).mkdir()
+
     return apply
 
 
@@ -112,12 +117,14 @@ def _symlink_loop(name):
     def apply(folder):
         (folder / name).unlink()
         (folder / name).symlink_to(folder / name)
+
     return apply
 
 
 def _npz(name, **arrays):
     def apply(folder):
         np.savez(folder / name, **arrays)
+
     return apply
 
 
@@ -127,20 +134,37 @@ def _npz_edit(name, edit):
             arrays = {k: z[k] for k in z.files}
         edit(arrays)
         np.savez(folder / name, **arrays)
+
     return apply
 
 
 def _pickle_in(name, marker):
     def apply(folder):
         (folder / name).write_bytes(pickle.dumps(_Payload(marker)))
+
     return apply
 
 
 FILES = ("run.json", "head.json", "head.npz", "standardization.npz", "metrics.json", "history.csv")
 WRONG_TYPES = (None, 0, -1, 1.5, "x", [], {}, True)
-RUN_KEYS = ("kind", "format", "head", "class_names", "cache", "cache.path", "cache.fingerprint",
-            "cache.fingerprint_digest", "cache.dim", "cache.root", "cache.weights_path", "split",
-            "split.fractions", "split.seed", "versions", "files")
+RUN_KEYS = (
+    "kind",
+    "format",
+    "head",
+    "class_names",
+    "cache",
+    "cache.path",
+    "cache.fingerprint",
+    "cache.fingerprint_digest",
+    "cache.dim",
+    "cache.root",
+    "cache.weights_path",
+    "split",
+    "split.fractions",
+    "split.seed",
+    "versions",
+    "files",
+)
 HEAD_KEYS = ("format", "head", "params", "classes", "n_features", "fitted", "history")
 
 
@@ -207,16 +231,20 @@ def forgeries(marker: Path):
         ("standardization.npz: NaN mean", _npz("standardization.npz", mean=np.full(16, np.nan), scale=np.ones(16))),
         ("standardization.npz: wrong shape", _npz("standardization.npz", mean=np.zeros(3), scale=np.ones(3))),
         ("standardization.npz: integers", _npz("standardization.npz", mean=np.zeros(16, int), scale=np.ones(16, int))),
-        ("standardization.npz: object", _npz("standardization.npz", mean=np.array([_Payload(marker)], dtype=object),
-                                              scale=np.ones(16))),
+        (
+            "standardization.npz: object",
+            _npz("standardization.npz", mean=np.array([_Payload(marker)], dtype=object), scale=np.ones(16)),
+        ),
     ]
     return out
 
 
 def _arrays_edits(run_name):
     """Shape, NaN and dtype damage of each array of the head (names differ by head)."""
-    names = {"logreg": ("coef", "intercept"), "mlp": ("hidden.kernel", "hidden.bias",
-                                                      "predictions.kernel", "predictions.bias")}[run_name]
+    names = {
+        "logreg": ("coef", "intercept"),
+        "mlp": ("hidden.kernel", "hidden.bias", "predictions.kernel", "predictions.bias"),
+    }[run_name]
     out = []
     for n in names:
         out += [
@@ -339,8 +367,9 @@ def test_every_command_refuses_every_broken_run_in_one_line(kind, run_name, good
                 ok = result.exit_code == 0 and result.exception is None or isinstance(result.exception, SystemExit)
                 ok = ok and "Traceback" not in result.stderr + result.stdout
             elif benign:
-                ok = clean_fail or (result.exit_code in (0, 1) and result.exception is None
-                                    or isinstance(result.exception, SystemExit))
+                ok = clean_fail or (
+                    result.exit_code in (0, 1) and result.exception is None or isinstance(result.exception, SystemExit)
+                )
             else:
                 ok = (
                     result.exit_code == 2
@@ -349,8 +378,10 @@ def test_every_command_refuses_every_broken_run_in_one_line(kind, run_name, good
                     and err.startswith("Error:")
                 )
             if not ok:
-                failures.append(f"{name} / {command}: exit {result.exit_code}: {(err or result.stdout)[-300:]!r}"
-                                f"{' ' + repr(result.exception) if result.exception and result.exit_code not in (0, 1, 2) else ''}")
+                failures.append(
+                    f"{name} / {command}: exit {result.exit_code}: {(err or result.stdout)[-300:]!r}"
+                    f"{' ' + repr(result.exception) if result.exception and result.exit_code not in (0, 1, 2) else ''}"
+                )
             if not benign and _snapshot(tmp_path) != before:
                 failures.append(f"{name} / {command}: wrote or changed files")
         assert not marker.exists(), f"{name}: code ran"

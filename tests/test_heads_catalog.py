@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from headstart.cli_sweep import register
+from headstart.cli.sweep import register
 from headstart.errors import RunError
 from headstart.heads import catalog, training
 from headstart.heads import sweep as S
@@ -42,8 +42,12 @@ def runs(tmp_path_factory):
 
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     broken = top / "broken"
-    for name, content in [("torn", b'{"kind": "headstart-run", "form'), ("random", os.urandom(200)),
-                          ("list", b"[1, 2]"), ("wrong-head", None)]:
+    for name, content in [
+        ("torn", b'{"kind": "headstart-run", "form'),
+        ("random", os.urandom(200)),
+        ("list", b"[1, 2]"),
+        ("wrong-head", None),
+    ]:
         (broken / name).mkdir(parents=True)
         if content is None:
             info = json.loads((top / "logreg" / "run.json").read_text())
@@ -84,8 +88,11 @@ def test_broken_folders_and_links_are_notes(runs):
 
 
 def test_sorting_and_an_unknown_column():
-    rows = [{"val_accuracy": 0.5, "fit_seconds": 2.0}, {"val_accuracy": None, "fit_seconds": 1.0},
-            {"val_accuracy": 0.9, "fit_seconds": 3.0}]
+    rows = [
+        {"val_accuracy": 0.5, "fit_seconds": 2.0},
+        {"val_accuracy": None, "fit_seconds": 1.0},
+        {"val_accuracy": 0.9, "fit_seconds": 3.0},
+    ]
     assert [r["val_accuracy"] for r in catalog.sort_rows(rows, "val_accuracy")] == [0.9, 0.5, None]
     assert [r["fit_seconds"] for r in catalog.sort_rows(rows, "fit_seconds")] == [1.0, 2.0, 3.0]
     with pytest.raises(RunError, match="Expected --sort among val_accuracy"):
@@ -106,10 +113,13 @@ def test_runs_command_table_json_and_notes(runs):
         assert accs == sorted(accs, reverse=True)
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["runs", "/no/such/folder"], "Expected a folder of runs. Received: /no/such/folder (no such folder)"),
-    (["runs", ".", "--sort", "speed"], "Expected --sort among"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["runs", "/no/such/folder"], "Expected a folder of runs. Received: /no/such/folder (no such folder)"),
+        (["runs", ".", "--sort", "speed"], "Expected --sort among"),
+    ],
+)
 def test_runs_bad_input_is_one_line_and_exit_2(args, message):
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and message in " ".join(result.stderr.split())

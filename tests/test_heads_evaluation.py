@@ -5,14 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from heads_fixtures import CLASSES, FP, cache, features, logreg_run, write_cache  # noqa: F401 - fixtures
 from PIL import Image
 
 from headstart.cache import CacheHeader, CacheWriter, open_cache
 from headstart.errors import CacheError, CacheMismatchError, HeadstartError, RunError
 from headstart.heads import evaluation, training
 from headstart.heads.split import SplitSpec, assign
-from heads_fixtures import CLASSES, FP, cache, features, logreg_run, write_cache  # noqa: F401 - fixtures
-
 
 # -- evaluate ----------------------------------------------------------------------------------
 
@@ -53,8 +52,9 @@ def test_evaluate_refuses_a_cache_with_other_settings(logreg_run, tmp_path):
 
 def test_evaluate_maps_classes_by_name_and_refuses_unknown_ones(logreg_run, tmp_path):
     X, y = features(60)
-    only_dogs = write_cache(tmp_path / "dogs.h5", X[y == 1], np.zeros(int((y == 1).sum()), int), classes=("dog",),
-                            root="/data/dogs")
+    only_dogs = write_cache(
+        tmp_path / "dogs.h5", X[y == 1], np.zeros(int((y == 1).sum()), int), classes=("dog",), root="/data/dogs"
+    )
     result = evaluation.evaluate(logreg_run.run_dir, only_dogs)
     assert result.metrics["per_class"]["dog"]["support"] == int((y == 1).sum())
     assert result.metrics["per_class"]["cat"]["support"] == 0
@@ -80,7 +80,11 @@ def test_evaluate_after_pictures_are_added_keeps_the_old_test_split(tmp_path):
         old_test = {p for p, k in zip(c.paths, assign(c.paths, SplitSpec())) if k == 2}
     X2, y2 = features(200, seed=9)
     header = CacheHeader(
-        dim=64, dtype="float16", fingerprint=FP, class_names=CLASSES, root="/data/pets",
+        dim=64,
+        dtype="float16",
+        fingerprint=FP,
+        class_names=CLASSES,
+        root="/data/pets",
     )
     new_paths = [f"{CLASSES[k]}/new{i}.jpg" for i, k in enumerate(y2)]
     with CacheWriter(path, header) as w:  # extract run again over a folder with more pictures
@@ -113,7 +117,6 @@ def test_misclassified_lists_wrong_test_pictures_by_loss(logreg_run, tmp_path):
 def test_misclassified_refuses_n_below_one(logreg_run):
     with pytest.raises(RunError, match="-n of 1 or more"):
         evaluation.misclassified(logreg_run.run_dir, n=0)
-
 
 
 def test_evaluate_names_non_finite_features_of_another_cache(logreg_run, tmp_path):

@@ -21,7 +21,10 @@ def blobs(n=450, dim=32, classes=3, seed=0):
 
 @pytest.mark.parametrize(
     ("estimator", "check"),
-    [pytest.param(e, c, id=getattr(c, "func", c).__name__) for e, c in estimator_checks_generator(KNNHead(), legacy=True)],
+    [
+        pytest.param(e, c, id=getattr(c, "func", c).__name__)
+        for e, c in estimator_checks_generator(KNNHead(), legacy=True)
+    ],
 )
 def test_sklearn_estimator_checks(estimator, check):
     from sklearn.exceptions import SkipTestWarning

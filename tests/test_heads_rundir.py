@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from heads_fixtures import features, write_cache
 
 from headstart.errors import RunBusyError, RunError
 from headstart.heads import evaluation, training
-from headstart.heads.rundir import is_comparison, is_run, read_run, result_writer, RUN_KIND
+from headstart.heads.rundir import RUN_KIND, is_comparison, is_run, read_run, result_writer
 from headstart.locking import exclusive_lock, lock_path_for
-from heads_fixtures import features, write_cache
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,10 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_folder(cache, tmp_
 def _headstart(*args, **kw):
     return subprocess.Popen(
         [sys.executable, "-c", "from headstart.cli import app; app()", *map(str, args)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
     )
 
 

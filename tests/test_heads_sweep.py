@@ -1,14 +1,12 @@
 """Tests of headstart.heads.sweep: grid and random search, validation-only scoring, resume, folder safety."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from headstart.errors import HeadError, RunBusyError, RunError
@@ -87,16 +85,16 @@ def test_the_test_split_is_read_once_by_the_best_trial_after_every_trial(cache, 
 
 
 def test_rerun_skips_finished_trials_and_adds_new_ones(logreg_sweep, cache):
-    again = S.sweep(cache, "logreg", logreg_sweep.out, grid={"C": [0.001, 0.01, 0.1, 1.0, 10.0]}, jobs=1,
-                    plots=False)
+    again = S.sweep(cache, "logreg", logreg_sweep.out, grid={"C": [0.001, 0.01, 0.1, 1.0, 10.0]}, jobs=1, plots=False)
     assert again.skipped == 4 and len(again.trials) == 5
     lines = (logreg_sweep.out / JOURNAL).read_text().splitlines()
     assert len(lines) == 1 + 5  # the header and each trial once
 
 
 def test_rank_by_log_loss(logreg_sweep, cache):
-    again = S.sweep(cache, "logreg", logreg_sweep.out, grid={"C": [0.001, 0.01, 0.1, 1.0]}, jobs=1, plots=False,
-                    rank_by="log_loss")
+    again = S.sweep(
+        cache, "logreg", logreg_sweep.out, grid={"C": [0.001, 0.01, 0.1, 1.0]}, jobs=1, plots=False, rank_by="log_loss"
+    )
     losses = [t["val"]["log_loss"] for t in again.trials]
     assert again.skipped == 4 and losses == sorted(losses)
 
@@ -115,8 +113,22 @@ def test_other_split_or_calibration_does_not_reuse_trials(cache, tmp_path):
 def test_resume_after_the_sweep_process_is_killed(cache, tmp_path):
     out = tmp_path / "sw"
     grid = "C=" + ",".join(str(c) for c in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0))
-    cmd = [sys.executable, "-c", "from headstart.cli import run; run()", "sweep", str(cache), "--head", "svm",
-           "--grid", grid, "--jobs", "1", "--no-plots", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from headstart.cli import run; run()",
+        "sweep",
+        str(cache),
+        "--head",
+        "svm",
+        "--grid",
+        grid,
+        "--jobs",
+        "1",
+        "--no-plots",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -173,8 +185,8 @@ def test_a_folder_with_other_files_is_refused_and_kept(cache, tmp_path, logreg_s
 
 
 def test_a_second_sweep_on_the_same_folder_is_refused(cache, tmp_path):
-    from headstart.locking import exclusive_lock, lock_path_for
     from headstart.heads.rundir import busy_error
+    from headstart.locking import exclusive_lock, lock_path_for
 
     out = tmp_path / "sw"
     with exclusive_lock(lock_path_for(out), busy_error(out)):
@@ -184,9 +196,14 @@ def test_a_second_sweep_on_the_same_folder_is_refused(cache, tmp_path):
 
 def test_parsing_values_to_each_options_type():
     assert S.parse_grid("mlp", ["hidden_units=128,256", "dropout=0.2,0.5", "learning_rate=1e-3"]) == {
-        "hidden_units": [128, 256], "dropout": [0.2, 0.5], "learning_rate": [0.001]}
+        "hidden_units": [128, 256],
+        "dropout": [0.2, 0.5],
+        "learning_rate": [0.001],
+    }
     assert S.parse_grid("logreg", ["class_weight=none,balanced", "C=1"]) == {
-        "class_weight": [None, "balanced"], "C": [1.0]}
+        "class_weight": [None, "balanced"],
+        "C": [1.0],
+    }
     assert S.parse_ranges("mlp", ["learning_rate=1e-4:1e-2:log"]) == {"learning_rate": (1e-4, 1e-2, True)}
     for args, message in [
         (["hidden_units=1.5"], "hidden_units values as integers. Received: '1.5'"),
@@ -203,8 +220,13 @@ def test_parsing_values_to_each_options_type():
 
 
 def test_random_settings_are_distinct_and_in_range():
-    settings = S.random_settings("mlp", {"dropout": [0.1, 0.3]}, {"hidden_units": (32, 512, True),
-                                                                  "learning_rate": (1e-4, 1e-2, True)}, 12, seed=0)
+    settings = S.random_settings(
+        "mlp",
+        {"dropout": [0.1, 0.3]},
+        {"hidden_units": (32, 512, True), "learning_rate": (1e-4, 1e-2, True)},
+        12,
+        seed=0,
+    )
     assert len(settings) == 12 and len({json.dumps(s, sort_keys=True) for s in settings}) == 12
     for s in settings:
         assert isinstance(s["hidden_units"], int) and 32 <= s["hidden_units"] <= 512
@@ -238,8 +260,11 @@ def test_successive_halving_keeps_the_best_third_for_more_epochs():
     def fake_rung(trials, total):
         calls.append([(t.params["epochs"], t.params["hidden_units"]) for t in trials])
         for t in trials:  # a bigger layer scores better
-            t.record = {"params": t.params, "rung": t.rung, "val": {"accuracy": t.params["hidden_units"] / 1000,
-                                                                     "log_loss": 1.0}}
+            t.record = {
+                "params": t.params,
+                "rung": t.rung,
+                "val": {"accuracy": t.params["hidden_units"] / 1000, "log_loss": 1.0},
+            }
 
     settings = [{"hidden_units": h} for h in range(1, 10)]
     kept = S._halving(settings, {"epochs": 90}, "mlp", 3, fake_rung)
@@ -251,8 +276,16 @@ def test_successive_halving_keeps_the_best_third_for_more_epochs():
 
 @pytest.mark.slow
 def test_mlp_sweep_with_halving_in_worker_processes(cache, tmp_path):
-    result = S.sweep(cache, "mlp", tmp_path / "sw", grid={"hidden_units": [8, 32], "learning_rate": [0.01, 0.001]},
-                     params={"epochs": 6, "batch_size": 32}, halving=True, eta=2, jobs=2)
+    result = S.sweep(
+        cache,
+        "mlp",
+        tmp_path / "sw",
+        grid={"hidden_units": [8, 32], "learning_rate": [0.01, 0.001]},
+        params={"epochs": 6, "batch_size": 32},
+        halving=True,
+        eta=2,
+        jobs=2,
+    )
     assert len(result.trials) == 4 and result.trials[0]["params"]["epochs"] == 6
     assert result.best.metrics["test"]["accuracy"] > 0.8
 
@@ -262,8 +295,22 @@ def test_ctrl_c_keeps_finished_trials_stops_the_workers_and_says_so(cache, tmp_p
 
     out = tmp_path / "sw"
     grid = "C=" + ",".join(str(c) for c in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0))
-    cmd = [sys.executable, "-c", "from headstart.cli import run; run()", "sweep", str(cache), "--head", "svm",
-           "--grid", grid, "--jobs", "2", "--no-plots", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from headstart.cli import run; run()",
+        "sweep",
+        str(cache),
+        "--head",
+        "svm",
+        "--grid",
+        grid,
+        "--jobs",
+        "2",
+        "--no-plots",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -293,8 +340,22 @@ def test_workers_die_with_a_killed_sweep(cache, tmp_path):
 
     out = tmp_path / "sw"
     grid = "C=" + ",".join(str(c) for c in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0))
-    cmd = [sys.executable, "-c", "from headstart.cli import run; run()", "sweep", str(cache), "--head", "svm",
-           "--grid", grid, "--jobs", "2", "--no-plots", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from headstart.cli import run; run()",
+        "sweep",
+        str(cache),
+        "--head",
+        "svm",
+        "--grid",
+        grid,
+        "--jobs",
+        "2",
+        "--no-plots",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120

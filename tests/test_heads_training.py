@@ -5,24 +5,31 @@ import json
 
 import numpy as np
 import pytest
+from heads_fixtures import CLASSES, FP, KERAS, cache, features, logreg_run, write_cache  # noqa: F401 - fixtures
 from PIL import Image
 
 from headstart.cache import open_cache
 from headstart.errors import CacheError, RunError
-from headstart.heads import evaluation, training
+from headstart.heads import HeadError, LogRegHead, evaluation, training
 from headstart.heads.sources import CacheSource
-from headstart.heads import HeadError, LogRegHead
 from headstart.heads.split import SplitError, SplitSpec, assign
-from heads_fixtures import CLASSES, FP, KERAS, cache, features, logreg_run, write_cache  # noqa: F401 - fixtures
-
 
 # -- train -------------------------------------------------------------------------------------
 
 
 def test_train_writes_every_run_file_and_each_parses(logreg_run, cache):
     d = logreg_run.run_dir
-    expected = {"head.json", "standardization.npz", "head.npz", "run.json", "metrics.json", "history.csv",
-                "curves.png", "confusion.png", "calibration.png"}
+    expected = {
+        "head.json",
+        "standardization.npz",
+        "head.npz",
+        "run.json",
+        "metrics.json",
+        "history.csv",
+        "curves.png",
+        "confusion.png",
+        "calibration.png",
+    }
     assert expected == {p.name for p in d.iterdir()}
 
     run = json.loads((d / "run.json").read_text())

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_images
 from typer.testing import CliRunner
 
-from conftest import make_images
 from headstart.cli import app
 from headstart.errors import BackboneError, WeightsDownloadError
 
@@ -19,24 +19,45 @@ runner = CliRunner()
 
 def _dinov2(size: int = 56):
     return keras_hub.models.DINOV2Backbone(
-        patch_size=14, num_layers=2, hidden_dim=32, num_heads=2, intermediate_dim=64,
-        image_shape=(size, size, 3), position_embedding_shape=(size, size),
+        patch_size=14,
+        num_layers=2,
+        hidden_dim=32,
+        num_heads=2,
+        intermediate_dim=64,
+        image_shape=(size, size, 3),
+        position_embedding_shape=(size, size),
     )
 
 
 def _clip(size: int = 32):
-    vision = keras_hub.models.CLIPVisionEncoder(patch_size=8, hidden_dim=16, num_layers=1, num_heads=2,
-                                                intermediate_dim=32, image_shape=(size, size, 3))
-    text = keras_hub.models.CLIPTextEncoder(vocabulary_size=50, embedding_dim=16, hidden_dim=16, num_layers=1,
-                                            num_heads=2, intermediate_dim=32, max_sequence_length=8)
+    vision = keras_hub.models.CLIPVisionEncoder(
+        patch_size=8, hidden_dim=16, num_layers=1, num_heads=2, intermediate_dim=32, image_shape=(size, size, 3)
+    )
+    text = keras_hub.models.CLIPTextEncoder(
+        vocabulary_size=50,
+        embedding_dim=16,
+        hidden_dim=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=32,
+        max_sequence_length=8,
+    )
     return keras_hub.models.CLIPBackbone(vision, text, projection_dim=12)
 
 
 def _siglip(size: int = 32):
-    vision = keras_hub.models.SigLIPVisionEncoder(patch_size=8, hidden_dim=16, num_layers=1, num_heads=2,
-                                                  intermediate_dim=32, image_shape=(size, size, 3))
-    text = keras_hub.models.SigLIPTextEncoder(vocabulary_size=50, embedding_dim=16, hidden_dim=16, num_layers=1,
-                                              num_heads=2, intermediate_dim=32, max_sequence_length=8)
+    vision = keras_hub.models.SigLIPVisionEncoder(
+        patch_size=8, hidden_dim=16, num_layers=1, num_heads=2, intermediate_dim=32, image_shape=(size, size, 3)
+    )
+    text = keras_hub.models.SigLIPTextEncoder(
+        vocabulary_size=50,
+        embedding_dim=16,
+        hidden_dim=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=32,
+        max_sequence_length=8,
+    )
     return keras_hub.models.SigLIPBackbone(vision, text)
 
 
@@ -55,7 +76,11 @@ def test_dinov2_gives_the_class_token_and_a_fingerprint_with_the_folder_digest(d
 
     config = make_config("hub:dinov2_small", weights=str(dinov2_folder), precision="float32")
     assert (config.layer, config.pooling, config.input_size, config.preprocessing) == (
-        "class_token", None, 56, "imagenet_mean_std")
+        "class_token",
+        None,
+        56,
+        "imagenet_mean_std",
+    )
     assert config.weights.startswith("sha256:") and config.weights_path == str(dinov2_folder.resolve())
     assert ExtractionConfig.from_fingerprint(config.fingerprint(), config.weights_path) == config
 
@@ -74,8 +99,17 @@ def test_dinov2_gives_the_class_token_and_a_fingerprint_with_the_folder_digest(d
 def test_extract_resume_train_export_predict_with_a_hub_backbone(dinov2_folder, tmp_path):
     images = make_images(tmp_path / "images", per_class=8)
     cache = tmp_path / "hub.h5"
-    args = ["extract", str(images), "--out", str(cache), "--backbone", "hub:dinov2_small",
-            "--weights", str(dinov2_folder), "-q"]
+    args = [
+        "extract",
+        str(images),
+        "--out",
+        str(cache),
+        "--backbone",
+        "hub:dinov2_small",
+        "--weights",
+        str(dinov2_folder),
+        "-q",
+    ]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     again = runner.invoke(app, args)
@@ -83,21 +117,30 @@ def test_extract_resume_train_export_predict_with_a_hub_backbone(dinov2_folder, 
     info = json.loads(runner.invoke(app, ["info", str(cache), "--json"]).stdout)
     assert info["fingerprint"]["backbone"] == "hub:dinov2_small" and info["feature_shape"] == [16, 32]
 
-    assert runner.invoke(app, ["compare", str(cache), "--out", str(tmp_path / "runs"), "--heads", "logreg",
-                               "--no-plots"]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["compare", str(cache), "--out", str(tmp_path / "runs"), "--heads", "logreg", "--no-plots"]
+        ).exit_code
+        == 0
+    )
     out = tmp_path / "hub.keras"
     result = runner.invoke(app, ["export", str(tmp_path / "runs" / "logreg"), "--out", str(out)])
     assert result.exit_code == 0, result.output
     files = sorted(images.rglob("*.jpg"))
-    a = json.loads(runner.invoke(app, ["predict", str(tmp_path / "runs" / "logreg"), *map(str, files), "--json"]).stdout)
+    a = json.loads(
+        runner.invoke(app, ["predict", str(tmp_path / "runs" / "logreg"), *map(str, files), "--json"]).stdout
+    )
     b = json.loads(runner.invoke(app, ["predict", str(out), *map(str, files), "--json"]).stdout)
     assert np.mean([p["class"] == q["class"] for p, q in zip(a["predictions"], b["predictions"])]) >= 0.9
 
 
-@pytest.mark.parametrize("make, family, layer, dim", [
-    pytest.param(_clip, "clip", "image_embedding", 12, marks=pytest.mark.slow),
-    pytest.param(_siglip, "siglip", "image_embedding", 16, marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "make, family, layer, dim",
+    [
+        pytest.param(_clip, "clip", "image_embedding", 12, marks=pytest.mark.slow),
+        pytest.param(_siglip, "siglip", "image_embedding", 16, marks=pytest.mark.slow),
+    ],
+)
 def test_clip_and_siglip_give_the_image_embedding(tmp_path, make, family, layer, dim):
     from headstart.extractor import hub
     from headstart.extractor.backbones import make_config
@@ -135,10 +178,13 @@ def test_a_preset_name_offline_is_one_line_naming_the_way_out(monkeypatch):
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("backbone, weights, message", [
-    ("hub:dinov2_tiniest", "none", "preset of KerasHub"),
-    ("hub:dinov2_small", "/no/such/folder", "no such folder"),
-])
+@pytest.mark.parametrize(
+    "backbone, weights, message",
+    [
+        ("hub:dinov2_tiniest", "none", "preset of KerasHub"),
+        ("hub:dinov2_small", "/no/such/folder", "no such folder"),
+    ],
+)
 def test_bad_hub_options_are_clear_errors(backbone, weights, message):
     from headstart.extractor.backbones import make_config
 
@@ -153,12 +199,15 @@ def test_a_folder_of_another_family_is_refused(tmp_path, dinov2_folder):
         make_config("hub:clip_vit_base_patch16", weights=str(dinov2_folder))
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"weights": "kaggle://evil"}, "kaggle://.../VERSION"),
-    ({"layer": "block5_pool"}, "layer and preprocessing of a hub family"),
-    ({"backbone": "hub:../../etc"}, "preset name"),
-    ({"pooling": "avg"}, "pooling"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"weights": "kaggle://evil"}, "kaggle://.../VERSION"),
+        ({"layer": "block5_pool"}, "layer and preprocessing of a hub family"),
+        ({"backbone": "hub:../../etc"}, "preset name"),
+        ({"pooling": "avg"}, "pooling"),
+    ],
+)
 def test_hub_fingerprints_from_files_are_checked(dinov2_folder, change, message):
     from headstart.extractor.backbones import make_config
     from headstart.extractor.config import ExtractionConfig

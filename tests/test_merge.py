@@ -6,9 +6,9 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+from conftest import make_images
 from typer.testing import CliRunner
 
-from conftest import make_images
 from headstart.cache import open_cache
 from headstart.cache.merge import merge
 from headstart.cli import app
@@ -22,8 +22,13 @@ runner = CliRunner()
 def rows(path):
     with open_cache(path) as c:
         feats = c.read(dtype=np.float16)
-        return ({p: (int(lab), feats[i]) for i, (p, lab) in enumerate(zip(c.paths, c.labels))},
-                sorted(c.failed), c.class_names, c.fingerprint, c.complete)
+        return (
+            {p: (int(lab), feats[i]) for i, (p, lab) in enumerate(zip(c.paths, c.labels))},
+            sorted(c.failed),
+            c.class_names,
+            c.fingerprint,
+            c.complete,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +126,16 @@ def test_mismatched_settings_duplicated_paths_and_missing_shards_are_refused(sha
     out = tmp_path / "m.h5"
     other = make_config("tiny", weights="none", precision="float32", resize="crop")
     extract(image_folder, tmp_path / "crop.h5", other, batch_size=4, shards=3, shard=0)
-    assert_clean_error(invoke("merge", out, tmp_path / "crop.h5", parts[1], parts[2]),
-                       "Expected caches extracted with the same settings", "resize: 'crop'")
+    assert_clean_error(
+        invoke("merge", out, tmp_path / "crop.h5", parts[1], parts[2]),
+        "Expected caches extracted with the same settings",
+        "resize: 'crop'",
+    )
     assert_clean_error(invoke("merge", out, whole, parts[0]), "Expected shards of one folder only")
     shutil.copy(parts[0], tmp_path / "again.h5")
-    assert_clean_error(invoke("merge", out, parts[0], tmp_path / "again.h5", parts[1], parts[2]),
-                       "Expected each shard once")
+    assert_clean_error(
+        invoke("merge", out, parts[0], tmp_path / "again.h5", parts[1], parts[2]), "Expected each shard once"
+    )
     assert_clean_error(invoke("merge", out, parts[0], parts[0]), "Expected each cache once")
     assert_clean_error(invoke("merge", out, parts[0], parts[1]), "Expected all 3 shards", "missing: 2", "--partial")
     with pytest.raises(MergeError, match="Expected all 3 shards"):
@@ -135,8 +144,9 @@ def test_mismatched_settings_duplicated_paths_and_missing_shards_are_refused(sha
     assert_clean_error(invoke("merge", out, parts[0], parts[1], parts[2]), "--overwrite")
     # two whole-folder caches of the same pictures: every path twice
     shutil.copy(whole, tmp_path / "whole2.h5")
-    assert_clean_error(invoke("merge", tmp_path / "w.h5", whole, tmp_path / "whole2.h5"),
-                       "Expected each picture in one cache only")
+    assert_clean_error(
+        invoke("merge", tmp_path / "w.h5", whole, tmp_path / "whole2.h5"), "Expected each picture in one cache only"
+    )
     assert not (tmp_path / "w.h5").exists()
 
 
@@ -147,9 +157,20 @@ def test_a_tampered_fingerprint_digest_is_refused(shards, tmp_path):
     assert_clean_error(invoke("merge", tmp_path / "m.h5", *parts), "does not match the fingerprint")
 
 
-@pytest.mark.parametrize("hostile", ["random bytes", "empty", "not a cache", "folder", "missing",
-                                     "rows past the paths", "labels out of range", "bad shard record",
-                                     "incomplete"])
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "random bytes",
+        "empty",
+        "not a cache",
+        "folder",
+        "missing",
+        "rows past the paths",
+        "labels out of range",
+        "bad shard record",
+        "incomplete",
+    ],
+)
 def test_broken_or_hostile_shards_are_one_line_and_nothing_is_written(shards, tmp_path, hostile):
     whole, parts = shards
     bad = tmp_path / "bad.h5"

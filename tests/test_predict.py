@@ -3,14 +3,13 @@
 from pathlib import Path
 
 import pytest
-
-from headstart.cache import CacheHeader, CacheWriter
-from headstart.errors import CacheMismatchError, RunError
-from headstart import predict as prediction
-from headstart.heads import training
-from headstart.heads.split import SplitSpec
 from heads_fixtures import FP, SHARED, cache, features, logreg_run, write_cache  # noqa: F401 - fixtures
 
+from headstart import predict as prediction
+from headstart.cache import CacheHeader, CacheWriter
+from headstart.errors import CacheMismatchError, RunError
+from headstart.heads import training
+from headstart.heads.split import SplitSpec
 
 # -- predict (needs the extractor and ../shared) -----------------------------------------------
 
@@ -43,7 +42,11 @@ def picture_run(tmp_path_factory):
     fp = config.fingerprint()
     tmp = tmp_path_factory.mktemp("pictures")
     header = CacheHeader(
-        dim=res.features.shape[1], dtype="float16", fingerprint=fp, class_names=("Cat", "Dog"), root=str(root),
+        dim=res.features.shape[1],
+        dtype="float16",
+        fingerprint=fp,
+        class_names=("Cat", "Dog"),
+        root=str(root),
     )
     with CacheWriter(tmp / "pets.h5", header) as w:
         w.append(res.features, [int(p.parent.name == "Dog") for p in ok], [p.relative_to(root).as_posix() for p in ok])
@@ -115,7 +118,11 @@ def test_real_pictures_with_imagenet_weights_end_to_end(tmp_path):
     ok = [Path(p) for p in res.ok]
     fp = config.fingerprint()
     header = CacheHeader(
-        dim=res.features.shape[1], dtype="float16", fingerprint=fp, class_names=("Cat", "Dog"), root=str(root),
+        dim=res.features.shape[1],
+        dtype="float16",
+        fingerprint=fp,
+        class_names=("Cat", "Dog"),
+        root=str(root),
     )
     with CacheWriter(tmp_path / "pets.h5", header) as w:
         w.append(res.features, [int(p.parent.name == "Dog") for p in ok], [p.relative_to(root).as_posix() for p in ok])

@@ -14,8 +14,16 @@ def touch(path: Path, data: bytes = b"x") -> None:
 
 
 def test_classes_sorted_files_recursive_and_case_insensitive(tmp_path):
-    for rel in ["Dog/b.JPG", "Dog/a.png", "Cat/sub/z.jpeg", "Cat/y.WebP", "Cat/notes.txt", "Cat/Thumbs.db",
-                "Cat/.hidden.jpg", ".git/x.jpg"]:
+    for rel in [
+        "Dog/b.JPG",
+        "Dog/a.png",
+        "Cat/sub/z.jpeg",
+        "Cat/y.WebP",
+        "Cat/notes.txt",
+        "Cat/Thumbs.db",
+        "Cat/.hidden.jpg",
+        ".git/x.jpg",
+    ]:
         touch(tmp_path / rel)
     ds = scan_dataset(tmp_path)
     assert ds.class_names == ("Cat", "Dog")
@@ -69,11 +77,14 @@ def test_find_images_takes_files_as_given_and_searches_folders(tmp_path):
     touch(tmp_path / "d" / "readme.md")
     touch(tmp_path / "odd.name")
     assert find_images([tmp_path / "odd.name", tmp_path / "d"]) == [
-        tmp_path / "odd.name", tmp_path / "d" / "1.jpg", tmp_path / "d" / "2.png"
+        tmp_path / "odd.name",
+        tmp_path / "d" / "1.jpg",
+        tmp_path / "d" / "2.png",
     ]
 
 
 # -- symbolic links: each real folder once, loops reported --------------------------------------
+
 
 def nine_cats(tmp_path: Path) -> Path:
     for i in range(9):

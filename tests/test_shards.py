@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from conftest import make_images
+
 from headstart.cache import open_cache
 from headstart.errors import CacheMismatchError, ShardError
 from headstart.extractor.runner import extract
@@ -28,12 +28,15 @@ def test_shards_do_not_follow_the_split():
     assert 0.6 < train[in_shard0].mean() < 0.8  # the split is ~70% train inside a shard too
 
 
-@pytest.mark.parametrize("shards, shard, fragment", [
-    (4, None, "--shards N and --shard I together"),
-    (None, 1, "--shards N and --shard I together"),
-    (4, 4, "--shard from 0 to 3"),
-    (0, 0, "--shards of at least 1"),
-])
+@pytest.mark.parametrize(
+    "shards, shard, fragment",
+    [
+        (4, None, "--shards N and --shard I together"),
+        (None, 1, "--shards N and --shard I together"),
+        (4, 4, "--shard from 0 to 3"),
+        (0, 0, "--shards of at least 1"),
+    ],
+)
 def test_bad_shard_options(shards, shard, fragment):
     with pytest.raises(ShardError, match=fragment):
         Shard.from_options(shards, shard)
@@ -46,8 +49,7 @@ def test_shard_caches_cover_the_folder_once_and_resume_as_themselves(image_folde
         with open_cache(tmp_path / f"p{i}.h5") as c:
             assert Shard.from_json(c.shard) == Shard(i, 3) and c.complete
             rows.extend(c.paths)
-        assert extract(image_folder, tmp_path / f"p{i}.h5", tiny_config, batch_size=4, shards=3,
-                       shard=i).extracted == 0
+        assert extract(image_folder, tmp_path / f"p{i}.h5", tiny_config, batch_size=4, shards=3, shard=i).extracted == 0
         assert res.extracted == len(c.paths)
     assert sorted(rows) == sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.jpg"))
     with pytest.raises(CacheMismatchError, match=r"shard 0 of 3\). Received: shard 1 of 3"):

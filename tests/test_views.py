@@ -57,8 +57,19 @@ def test_views_none_keeps_the_old_fingerprint_and_no_view_dataset(image_folder, 
 
 
 def test_other_views_on_an_existing_cache_is_one_line(image_folder, tmp_path):
-    args = ["extract", str(image_folder), "--out", str(tmp_path / "c.h5"), "--backbone", "tiny", "--weights", "none",
-            "--precision", "float32", "--quiet"]
+    args = [
+        "extract",
+        str(image_folder),
+        "--out",
+        str(tmp_path / "c.h5"),
+        "--backbone",
+        "tiny",
+        "--weights",
+        "none",
+        "--precision",
+        "float32",
+        "--quiet",
+    ]
     assert runner.invoke(app, args).exit_code == 0
     result = runner.invoke(app, [*args, "--views", "flip"])
     assert result.exit_code == 2 and "views" in result.output and "Traceback" not in result.output
@@ -92,6 +103,7 @@ def test_per_picture_averages_rows_of_one_path():
 
 def test_heads_train_on_views_and_score_pictures(tmp_path, flip_config):
     from conftest import make_images
+
     from headstart import open_cache
     from headstart.extractor.runner import extract
     from headstart.heads.split import SplitSpec, assign
@@ -106,8 +118,9 @@ def test_heads_train_on_views_and_score_pictures(tmp_path, flip_config):
         assert all(len(s) == 1 for s in by_path.values())  # both views of a picture in one split
         test_pictures = len({p for p, c in zip(cache.paths, codes) if c == 2})
     out = tmp_path / "cmp"
-    result = runner.invoke(app, ["compare", str(tmp_path / "c.h5"), "--heads", "logreg", "--out", str(out),
-                                 "--no-plots"])
+    result = runner.invoke(
+        app, ["compare", str(tmp_path / "c.h5"), "--heads", "logreg", "--out", str(out), "--no-plots"]
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "logreg" / "metrics.json").read_text())
     run = json.loads((out / "logreg" / "run.json").read_text())
@@ -129,6 +142,7 @@ def test_heads_train_on_views_and_score_pictures(tmp_path, flip_config):
 
 def test_predict_averages_the_mirror(tmp_path, flip_config):
     from conftest import make_images
+
     from headstart.extractor.runner import embed_files
     from headstart.heads.training import train
     from headstart.predict import predict

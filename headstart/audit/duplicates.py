@@ -10,8 +10,8 @@ leaks: a test picture the head has, in effect, already seen.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -84,11 +84,13 @@ def find_duplicates(
     for rows, weakest in groups.groups():
         first = hashes[rows[0]]
         exact = first is not None and all(hashes[r] == first for r in rows)
-        out.append(DuplicateGroup(
-            rows=rows,
-            similarity=1.0 if exact else weakest,
-            exact=exact,
-            splits=[SPLITS[int(split_codes[r])] for r in rows],
-        ))
+        out.append(
+            DuplicateGroup(
+                rows=rows,
+                similarity=1.0 if exact else weakest,
+                exact=exact,
+                splits=[SPLITS[int(split_codes[r])] for r in rows],
+            )
+        )
     out.sort(key=lambda g: (-g.similarity, g.rows[0]))
     return out

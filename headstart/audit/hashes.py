@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
-from typing import Sequence
 
 READ_BYTES = 1 << 20
 
@@ -53,7 +53,7 @@ def content_hashes(
     """
     hashes: list[str | None] = [None] * len(paths)
     todo = []
-    for i, p in enumerate(paths):
+    for i, _p in enumerate(paths):
         digest = stored[i] if stored is not None else ""
         if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest):
             hashes[i] = digest

@@ -10,8 +10,9 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MAX_EMBED_BYTES = 20 << 20
@@ -62,8 +63,14 @@ def png_file_uri(path: Path) -> str | None:
     return data_uri(data, "image/png") if data.startswith(PNG_MAGIC) else None
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, classes: Sequence[str] = (), sortable: bool = False,
-          table_id: str | None = None) -> str:
+def table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    classes: Sequence[str] = (),
+    sortable: bool = False,
+    table_id: str | None = None,
+) -> str:
     """An HTML table; every cell is escaped. ``classes``: a CSS class per column ("" for none)."""
     th = '<th class="sortable">' if sortable else "<th>"
     head = "".join(f"{th}{esc(h)}</th>" for h in headers)
@@ -93,7 +100,7 @@ def page(title: str, body: str, script: str = "") -> str:
     """A whole HTML document: our own style and script inline, nothing loaded from anywhere."""
     csp = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
         f"<title>{esc(title)}</title><style>{STYLE}</style></head>\n<body>\n{body}\n"
         f"<script>{script}</script>\n</body></html>\n"

@@ -28,8 +28,24 @@ log = logging.getLogger(__name__)
 METHODS = ("auto", "tsne", "umap", "pca")
 MAX_POINTS = 5000
 PCA_DIMS = 50
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-           "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94"]
+PALETTE = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+    "#c5b0d5",
+    "#c49c94",
+]
 
 
 @dataclass
@@ -152,15 +168,30 @@ def _draw_png(path, xy, labels, class_names, wrong, flags, title) -> None:
     for k, name in enumerate(class_names):
         m = labels == k
         if m.any():
-            ax.scatter(xy[m, 0], xy[m, 1], s=12, color=PALETTE[k % len(PALETTE)], label=name.replace("$", r"\$"),
-                       alpha=0.8, linewidths=0)
+            ax.scatter(
+                xy[m, 0],
+                xy[m, 1],
+                s=12,
+                color=PALETTE[k % len(PALETTE)],
+                label=name.replace("$", r"\$"),
+                alpha=0.8,
+                linewidths=0,
+            )
     if wrong.any():
-        ax.scatter(xy[wrong, 0], xy[wrong, 1], s=40, facecolors="none", edgecolors="black", linewidths=0.8,
-                   label="misclassified (out of fold)")
+        ax.scatter(
+            xy[wrong, 0],
+            xy[wrong, 1],
+            s=40,
+            facecolors="none",
+            edgecolors="black",
+            linewidths=0.8,
+            label="misclassified (out of fold)",
+        )
     flagged = np.array([bool(f) for f in flags])
     if flagged.any():
-        ax.scatter(xy[flagged, 0], xy[flagged, 1], s=70, marker="x", color="red", linewidths=1.2,
-                   label="flagged by the audit")
+        ax.scatter(
+            xy[flagged, 0], xy[flagged, 1], s=70, marker="x", color="red", linewidths=1.2, label="flagged by the audit"
+        )
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(loc="best", fontsize=8, markerscale=1.5)
@@ -202,25 +233,38 @@ def _write_html(path, xy, labels, class_names, wrong, flags, paths, base, title,
     order = np.argsort(wrong | np.array([bool(f) for f in flags]), kind="stable")  # marked ones drawn last
     for i in order:
         colour = PALETTE[int(labels[i]) % len(PALETTE)]
-        stroke = ' stroke="red" stroke-width="2.5"' if flags[i] else (' stroke="black" stroke-width="1.5"' if wrong[i] else "")
+        stroke = (
+            ' stroke="red" stroke-width="2.5"'
+            if flags[i]
+            else (' stroke="black" stroke-width="1.5"' if wrong[i] else "")
+        )
         radius = 6 if flags[i] or wrong[i] else 4
-        circles.append(f'<circle data-i="{int(i)}" cx="{pos[i, 0]:.1f}" cy="{size - pos[i, 1]:.1f}" r="{radius}" '
-                       f'fill="{colour}" fill-opacity="0.8"{stroke}></circle>')
+        circles.append(
+            f'<circle data-i="{int(i)}" cx="{pos[i, 0]:.1f}" cy="{size - pos[i, 1]:.1f}" r="{radius}" '
+            f'fill="{colour}" fill-opacity="0.8"{stroke}></circle>'
+        )
     for i, p in enumerate(paths):
         jpeg = thumbnail_jpeg(base, p, thumb)
-        points.append({
-            "path": p, "label": class_names[int(labels[i])], "wrong": bool(wrong[i]), "flags": flags[i],
-            "thumb": base64.b64encode(jpeg).decode("ascii") if jpeg else None,
-        })
+        points.append(
+            {
+                "path": p,
+                "label": class_names[int(labels[i])],
+                "wrong": bool(wrong[i]),
+                "flags": flags[i],
+                "thumb": base64.b64encode(jpeg).decode("ascii") if jpeg else None,
+            }
+        )
     legend = " ".join(
-        f'<span style="color:{PALETTE[k % len(PALETTE)]}">&#9679;</span> {H.esc(name)}' for k, name in enumerate(class_names)
+        f'<span style="color:{PALETTE[k % len(PALETTE)]}">&#9679;</span> {H.esc(name)}'
+        for k, name in enumerate(class_names)
     )
     body = (
         f"<h1>{H.esc(title)}</h1>"
         f"<p>{legend} &nbsp; black ring: misclassified out of fold ({int(wrong.sum())}); "
         f"red ring: flagged by the audit ({sum(bool(f) for f in flags)}). Point at a dot to see the picture.</p>"
         f'<svg width="{size}" height="{size}" viewBox="0 0 {size} {size}" style="border:1px solid #d0d7de">'
-        + "".join(circles) + "</svg>"
+        + "".join(circles)
+        + "</svg>"
         '<div id="tip" style="display:none;position:absolute;background:#fff;border:1px solid #888;padding:4px;'
         'max-width:260px;pointer-events:none;white-space:pre-wrap;font-size:12px">'
         '<img alt="" style="max-width:250px;display:none"><div></div></div>'

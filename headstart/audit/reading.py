@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -39,11 +39,14 @@ def check_reader(cache: CacheReader) -> None:
     if len(cache.labels) != n or len(cache.paths) != n:
         problems.append(f"{len(cache.labels)} labels and {len(cache.paths)} paths for {n} rows")
     elif n and (cache.labels.min() < 0 or cache.labels.max() >= len(cache.class_names)):
-        problems.append(f"labels from {int(cache.labels.min())} to {int(cache.labels.max())} for "
-                        f"{len(cache.class_names)} classes")
+        problems.append(
+            f"labels from {int(cache.labels.min())} to {int(cache.labels.max())} for {len(cache.class_names)} classes"
+        )
     if problems:
-        raise CacheError(f"Expected a consistent headstart feature cache. Received: {cache.path} with "
-                         f"{'; '.join(problems)}; extract it again with --overwrite.")
+        raise CacheError(
+            f"Expected a consistent headstart feature cache. Received: {cache.path} with "
+            f"{'; '.join(problems)}; extract it again with --overwrite."
+        )
 
 
 @contextlib.contextmanager

@@ -89,8 +89,11 @@ def _load_run(run_dir: Path) -> dict[str, Any]:
     _need(isinstance(info, dict), run_dir / "run.json", "the top level is not an object")
     _need(isinstance(info.get("head"), str), run_dir / "run.json", "head is not text")
     names = info.get("class_names")
-    _need(isinstance(names, list) and all(isinstance(c, str) for c in names), run_dir / "run.json",
-          "class_names is not a list of text")
+    _need(
+        isinstance(names, list) and all(isinstance(c, str) for c in names),
+        run_dir / "run.json",
+        "class_names is not a list of text",
+    )
     metrics = _read_json(run_dir / "metrics.json", "metrics.json") if (run_dir / "metrics.json").exists() else {}
     _need(isinstance(metrics, dict), run_dir / "metrics.json", "the top level is not an object")
     for split in ("val", "test"):
@@ -99,12 +102,18 @@ def _load_run(run_dir: Path) -> dict[str, Any]:
         for key in ("accuracy", "log_loss", "ece", "roc_auc", "roc_auc_ovr", "top5_accuracy"):
             _need(_number(m.get(key)), run_dir / "metrics.json", f"{split}.{key} is not a number")
         per_class = m.get("per_class", {})
-        _need(isinstance(per_class, dict) and all(isinstance(v, dict) and all(_number(x) for x in v.values())
-                                                  for v in per_class.values()),
-              run_dir / "metrics.json", f"{split}.per_class is not a table of numbers")
+        _need(
+            isinstance(per_class, dict)
+            and all(isinstance(v, dict) and all(_number(x) for x in v.values()) for v in per_class.values()),
+            run_dir / "metrics.json",
+            f"{split}.per_class is not a table of numbers",
+        )
         cm = m.get("confusion_matrix", [])
-        _need(isinstance(cm, list) and all(isinstance(r, list) and all(isinstance(v, int) for v in r) for r in cm),
-              run_dir / "metrics.json", f"{split}.confusion_matrix is not a table of counts")
+        _need(
+            isinstance(cm, list) and all(isinstance(r, list) and all(isinstance(v, int) for v in r) for r in cm),
+            run_dir / "metrics.json",
+            f"{split}.confusion_matrix is not a table of counts",
+        )
     return {"dir": run_dir, "info": info, "metrics": metrics}
 
 
@@ -114,8 +123,11 @@ def _comparison_rows(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any]
     _need(isinstance(data, dict) and isinstance(data.get("rows"), list), path, "rows is not a list")
     for row in data["rows"]:
         _need(isinstance(row, dict) and isinstance(row.get("head"), str), path, "a row has no head name")
-        _need(bool(_HEAD_NAME.match(row["head"])) and row["head"] not in (".", ".."), path,
-              f"a head name is not a plain name ({row['head']!r})")
+        _need(
+            bool(_HEAD_NAME.match(row["head"])) and row["head"] not in (".", ".."),
+            path,
+            f"a head name is not a plain name ({row['head']!r})",
+        )
         for key in ("val_accuracy", "test_accuracy", "test_log_loss", "fit_seconds"):
             _need(_number(row.get(key)), path, f"{key} is not a number")
     return data["rows"], data
@@ -134,8 +146,15 @@ def _mistakes(run_dir: Path, n: int, notes: list[str]) -> list[dict[str, Any]]:
     out = []
     for m in result.mistakes:
         jpeg = thumbnail_jpeg(m.file.parent, m.file.name, 150)
-        out.append({"path": m.path, "true": m.true, "predicted": m.predicted, "probability": m.probability,
-                    "thumb": H.data_uri(jpeg, "image/jpeg") if jpeg else None})
+        out.append(
+            {
+                "path": m.path,
+                "true": m.true,
+                "predicted": m.predicted,
+                "probability": m.probability,
+                "thumb": H.data_uri(jpeg, "image/jpeg") if jpeg else None,
+            }
+        )
     return out
 
 
@@ -158,45 +177,74 @@ def _run_section(run: dict[str, Any], mistakes: list[dict[str, Any]]) -> str:
         ("chosen on validation", json.dumps(info.get("fitted", {}), sort_keys=True)),
         ("cache", cache.get("path")),
         ("features", f"{cache.get('rows')} x {cache.get('dim')} {cache.get('dtype')}"),
-        ("extraction", ", ".join(f"{k}={v}" for k, v in (cache.get("fingerprint") or {}).items() if v is not None)
-         if isinstance(cache.get("fingerprint"), dict) else None),
+        (
+            "extraction",
+            ", ".join(f"{k}={v}" for k, v in (cache.get("fingerprint") or {}).items() if v is not None)
+            if isinstance(cache.get("fingerprint"), dict)
+            else None,
+        ),
         ("split", json.dumps(info.get("split", {}), sort_keys=True)),
         ("excluded", len(info["excluded"]) if isinstance(info.get("excluded"), list) else None),
         ("fit seconds", info.get("fit_seconds")),
         ("created", info.get("created")),
     ]
-    parts.append("<h3>Settings</h3>" + H.table(["setting", "value"], [r for r in settings if r[1] is not None],
-                                                classes=["", "path"]))
+    parts.append(
+        "<h3>Settings</h3>"
+        + H.table(["setting", "value"], [r for r in settings if r[1] is not None], classes=["", "path"])
+    )
     rows = []
     for split in ("val", "test"):
         m = metrics.get(split, {})
-        rows.append([split, m.get("n"), m.get("accuracy"), m.get("log_loss"), m.get("ece"),
-                     m.get("roc_auc", m.get("roc_auc_ovr", m.get("top5_accuracy")))])
+        rows.append(
+            [
+                split,
+                m.get("n"),
+                m.get("accuracy"),
+                m.get("log_loss"),
+                m.get("ece"),
+                m.get("roc_auc", m.get("roc_auc_ovr", m.get("top5_accuracy"))),
+            ]
+        )
     parts.append("<h3>Metrics</h3>" + H.table(["split", "n", "accuracy", "log loss", "ECE", "ROC AUC / top-5"], rows))
     test = metrics.get("test", {})
     per_class = test.get("per_class", {})
     if per_class:
-        parts.append("<h3>Per class (test)</h3>" + H.table(
-            ["class", "precision", "recall", "F1", "support"],
-            [[c, v.get("precision"), v.get("recall"), v.get("f1"), v.get("support")] for c, v in per_class.items()],
-            sortable=True,
-        ))
+        parts.append(
+            "<h3>Per class (test)</h3>"
+            + H.table(
+                ["class", "precision", "recall", "F1", "support"],
+                [[c, v.get("precision"), v.get("recall"), v.get("f1"), v.get("support")] for c, v in per_class.items()],
+                sortable=True,
+            )
+        )
     cm = test.get("confusion_matrix", [])
     if cm and len(cm) == len(names) <= 50:
-        parts.append("<h3>Confusion matrix (test; rows true, columns predicted)</h3>" + H.table(
-            ["true \\ predicted", *names], [[names[i], *row] for i, row in enumerate(cm)]))
+        parts.append(
+            "<h3>Confusion matrix (test; rows true, columns predicted)</h3>"
+            + H.table(["true \\ predicted", *names], [[names[i], *row] for i, row in enumerate(cm)])
+        )
     plots = []
-    for name, alt in (("curves.png", "learning curves"), ("confusion.png", "confusion matrix"),
-                      ("calibration.png", "reliability diagram")):
+    for name, alt in (
+        ("curves.png", "learning curves"),
+        ("confusion.png", "confusion matrix"),
+        ("calibration.png", "reliability diagram"),
+    ):
         uri = H.png_file_uri(run_dir / name)
         if uri:
             plots.append(f'<figure><img alt="{H.esc(alt)}" src="{uri}"><figcaption>{H.esc(alt)}</figcaption></figure>')
     if plots:
         parts.append('<h3>Curves, confusion, calibration</h3><div class="plots">' + "".join(plots) + "</div>")
     if mistakes:
-        parts.append("<h3>Most confident mistakes (test)</h3>" + _cards(
-            mistakes, lambda m: f'{H.esc(m["true"])} → {H.esc(m["predicted"])} ({m["probability"]:.2f})'
-                                f'<br><span class="note">{H.esc(m["path"])}</span>'))
+        parts.append(
+            "<h3>Most confident mistakes (test)</h3>"
+            + _cards(
+                mistakes,
+                lambda m: (
+                    f"{H.esc(m['true'])} → {H.esc(m['predicted'])} ({m['probability']:.2f})"
+                    f'<br><span class="note">{H.esc(m["path"])}</span>'
+                ),
+            )
+        )
     return "\n".join(parts)
 
 
@@ -204,14 +252,19 @@ def _audit_section(audit: dict[str, Any], root: Path | None) -> str:
     from headstart.audit.pictures import thumbnail_jpeg
 
     leaks = [g for g in audit["duplicates"] if g.get("leakage")]
-    parts = ["<h2 id=\"audit\">Audit</h2>",
-             H.table(["finding", "count"], [
-                 ["label issues", len(audit["label_issues"])],
-                 ["duplicate groups", len(audit["duplicates"])],
-                 ["exact duplicate groups", sum(bool(g.get("exact")) for g in audit["duplicates"])],
-                 ["groups across splits (leakage)", len(leaks)],
-                 ["outliers listed", len(audit["outliers"])],
-             ])]
+    parts = [
+        '<h2 id="audit">Audit</h2>',
+        H.table(
+            ["finding", "count"],
+            [
+                ["label issues", len(audit["label_issues"])],
+                ["duplicate groups", len(audit["duplicates"])],
+                ["exact duplicate groups", sum(bool(g.get("exact")) for g in audit["duplicates"])],
+                ["groups across splits (leakage)", len(leaks)],
+                ["outliers listed", len(audit["outliers"])],
+            ],
+        ),
+    ]
     for note in audit.get("notes", []) if isinstance(audit.get("notes"), list) else []:
         parts.append(f'<p class="note">{H.esc(note)}</p>')
     issues = audit["label_issues"][:20]
@@ -221,18 +274,39 @@ def _audit_section(audit: dict[str, Any], root: Path | None) -> str:
         for i in issues:
             jpeg = thumbnail_jpeg(base, i["path"], 150)
             cards.append({**i, "thumb": H.data_uri(jpeg, "image/jpeg") if jpeg else None})
-        parts.append("<h3>Label issues (most suspicious first)</h3>" + _cards(
-            cards, lambda i: f'{H.esc(i["label"])} → {H.esc(i["suggested"])} ({i["score"]:.2f})'
-                             f'<br><span class="note">{H.esc(i["path"])}</span>'))
+        parts.append(
+            "<h3>Label issues (most suspicious first)</h3>"
+            + _cards(
+                cards,
+                lambda i: (
+                    f"{H.esc(i['label'])} → {H.esc(i['suggested'])} ({i['score']:.2f})"
+                    f'<br><span class="note">{H.esc(i["path"])}</span>'
+                ),
+            )
+        )
     if audit["duplicates"]:
-        parts.append("<h3>Duplicates</h3>" + H.table(
-            ["pictures", "similarity", "exact", "splits"],
-            [[" | ".join(g["paths"]), g["similarity"], g["exact"], ", ".join(g["splits"])] for g in audit["duplicates"][:50]],
-            classes=["path"], sortable=True))
+        parts.append(
+            "<h3>Duplicates</h3>"
+            + H.table(
+                ["pictures", "similarity", "exact", "splits"],
+                [
+                    [" | ".join(g["paths"]), g["similarity"], g["exact"], ", ".join(g["splits"])]
+                    for g in audit["duplicates"][:50]
+                ],
+                classes=["path"],
+                sortable=True,
+            )
+        )
     if audit["outliers"]:
-        parts.append("<h3>Outliers</h3>" + H.table(
-            ["path", "label", "score"], [[o["path"], o["label"], o["score"]] for o in audit["outliers"][:20]],
-            classes=["path"], sortable=True))
+        parts.append(
+            "<h3>Outliers</h3>"
+            + H.table(
+                ["path", "label", "score"],
+                [[o["path"], o["label"], o["score"]] for o in audit["outliers"][:20]],
+                classes=["path"],
+                sortable=True,
+            )
+        )
     return "\n".join(parts)
 
 
@@ -267,20 +341,37 @@ def make_report(
             f"Expected a folder made by headstart train or compare (run.json or comparison.json). Received: {source}."
         )
     audit_data = None
-    audit_path = Path(audit) if audit is not None else (source / AUDIT_JSON if (source / AUDIT_JSON).is_file() else None)
+    audit_path = (
+        Path(audit) if audit is not None else (source / AUDIT_JSON if (source / AUDIT_JSON).is_file() else None)
+    )
     if audit_path is not None:
         audit_data = load_audit(audit_path)
 
     body = [f"<h1>{H.esc(title)}</h1>"]
     if rows is not None:
-        body.append("<h2>Comparison</h2>" + H.table(
-            ["head", "val accuracy", "test accuracy", "test log loss", "fit s"],
-            [[r["head"], r.get("val_accuracy"), r.get("test_accuracy"), r.get("test_log_loss"), r.get("fit_seconds")]
-             for r in rows],
-            sortable=True, table_id="comparison"))
+        body.append(
+            "<h2>Comparison</h2>"
+            + H.table(
+                ["head", "val accuracy", "test accuracy", "test log loss", "fit s"],
+                [
+                    [
+                        r["head"],
+                        r.get("val_accuracy"),
+                        r.get("test_accuracy"),
+                        r.get("test_log_loss"),
+                        r.get("fit_seconds"),
+                    ]
+                    for r in rows
+                ],
+                sortable=True,
+                table_id="comparison",
+            )
+        )
         split = comparison.get("split") if isinstance(comparison.get("split"), dict) else {}
-        body.append(f'<p class="note">cache {H.esc(comparison.get("cache"))}; split {H.esc(json.dumps(split.get("counts")))}'
-                    "</p>")
+        body.append(
+            f'<p class="note">cache {H.esc(comparison.get("cache"))}; split {H.esc(json.dumps(split.get("counts")))}'
+            "</p>"
+        )
         uri = H.png_file_uri(source / "comparison.png")
         if uri:
             body.append(f'<div class="plots"><img alt="comparison" src="{uri}"></div>')

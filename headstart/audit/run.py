@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from headstart.audit import duplicates as D
 from headstart.audit import labels as L
 from headstart.audit import outliers as O
@@ -229,12 +228,10 @@ def write(result: AuditResult, out: Path, montages: bool = True) -> list[Path]:
             ],
             "duplicates.png": [
                 (p, f"group {k + 1} {_similarity_text(g)} {s}")
-                for k, g in enumerate(result.duplicates[:MONTAGE_ITEMS // 2])
+                for k, g in enumerate(result.duplicates[: MONTAGE_ITEMS // 2])
                 for p, s in list(zip(g["paths"], g["splits"]))[:2]
             ],
-            "outliers.png": [
-                (i["path"], f"{i['label']} ({i['score']:.2f})") for i in result.outliers[:MONTAGE_ITEMS]
-            ],
+            "outliers.png": [(i["path"], f"{i['label']} ({i['score']:.2f})") for i in result.outliers[:MONTAGE_ITEMS]],
         }
         for name, items in drawings.items():
             if items:
@@ -258,9 +255,11 @@ def load_audit(path: str | os.PathLike) -> dict[str, Any]:
     try:
         if not isinstance(data, dict):
             raise TypeError("not an object")
-        for key, fields in (("label_issues", ("path", "label", "suggested", "score")),
-                            ("duplicates", ("paths", "similarity", "exact", "splits")),
-                            ("outliers", ("path", "label", "score"))):
+        for key, fields in (
+            ("label_issues", ("path", "label", "suggested", "score")),
+            ("duplicates", ("paths", "similarity", "exact", "splits")),
+            ("outliers", ("path", "label", "score")),
+        ):
             items = data.get(key, [])
             if not isinstance(items, list):
                 raise TypeError(f"{key} is not a list")
@@ -272,9 +271,13 @@ def load_audit(path: str | os.PathLike) -> dict[str, Any]:
                         raise TypeError(f"{key}.{f} is not text")
                 if "score" in item and not isinstance(item["score"], (int, float)):
                     raise TypeError(f"{key}.score is not a number")
-                if "paths" in item and not (isinstance(item["paths"], list) and all(isinstance(p, str) for p in item["paths"])):
+                if "paths" in item and not (
+                    isinstance(item["paths"], list) and all(isinstance(p, str) for p in item["paths"])
+                ):
                     raise TypeError("duplicates.paths is not a list of text")
-                if "splits" in item and not (isinstance(item["splits"], list) and all(s in SPLITS for s in item["splits"])):
+                if "splits" in item and not (
+                    isinstance(item["splits"], list) and all(s in SPLITS for s in item["splits"])
+                ):
                     raise TypeError(f"duplicates.splits holds a split other than {', '.join(SPLITS)}")
     except TypeError as err:
         raise AuditError(f"Expected an audit.json written by headstart audit. Received: {path} ({err}).") from None

@@ -95,7 +95,6 @@ def reduce(cache: CacheReader, dims: int = DIMS, seed: int = 0, block_rows: int 
             coords[start : start + len(x)] = x
         return _space(mean, None, coords, 1.0)
 
-
     def times(b: np.ndarray) -> np.ndarray:  # X @ b, N x k
         out = np.empty((n, b.shape[1]), dtype=np.float32)
         for start, x in cache.iter_chunks(block_rows):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 def canonical_json(settings: Mapping[str, Any]) -> str:
@@ -55,8 +56,15 @@ OPTIONAL_FINGERPRINT_TYPES: dict[str, tuple[type, ...]] = {"views": (str,)}
 caches made before the setting existed keep their fingerprint."""
 
 
-_JSON_NAMES = {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string",
-               list: "array", dict: "object"}
+_JSON_NAMES = {
+    type(None): "null",
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+    list: "array",
+    dict: "object",
+}
 
 
 def _type_name(value: Any) -> str:

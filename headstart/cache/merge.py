@@ -23,9 +23,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import h5py
 import numpy as np
@@ -33,13 +33,13 @@ import numpy as np
 from headstart.cache.fingerprint import describe_diff, diff_settings, fingerprint_digest
 from headstart.cache.store import (
     ROW_DATASETS,
+    CacheLock,
     CacheReader,
     _check_schema,
     _fsync_dir,
     _open_any,
     _write_empty,
     chunk_rows_for,
-    CacheLock,
     open_cache,
 )
 from headstart.errors import CacheError, MergeError
@@ -90,8 +90,8 @@ def _open_inputs(paths: Sequence[Path]) -> list[CacheReader]:
 
 def _check_fit(readers: Sequence[CacheReader], root: str | None, partial: bool) -> None:
     """Refuse caches that do not make one cache: settings, classes, completeness, shards, rows."""
-    from headstart.extractor.shards import Shard
     from headstart.errors import ShardError
+    from headstart.extractor.shards import Shard
 
     first = readers[0]
     for r in readers:
@@ -136,19 +136,17 @@ def _check_fit(readers: Sequence[CacheReader], root: str | None, partial: bool) 
     sharded = [p for p in parts if p is not None]
     if sharded and len(sharded) != len(parts):
         whole = next(r.path for r, p in zip(readers, parts) if p is None)
-        raise MergeError(
-            f"Expected shards of one folder only. Received: {whole} (a whole-folder cache) with shards."
-        )
+        raise MergeError(f"Expected shards of one folder only. Received: {whole} (a whole-folder cache) with shards.")
     if sharded:
         counts = sorted({p.count for p in sharded})
         if len(counts) > 1:
-            raise MergeError(
-                f"Expected shards of one --shards count. Received: counts {', '.join(map(str, counts))}."
-            )
+            raise MergeError(f"Expected shards of one --shards count. Received: counts {', '.join(map(str, counts))}.")
         seen: dict[int, Path] = {}
         for r, p in zip(readers, sharded):
             if p.index in seen:
-                raise MergeError(f"Expected each shard once. Received: shard {p.index} in {seen[p.index]} and {r.path}.")
+                raise MergeError(
+                    f"Expected each shard once. Received: shard {p.index} in {seen[p.index]} and {r.path}."
+                )
             seen[p.index] = r.path
         missing = sorted(set(range(counts[0])) - set(seen))
         if missing and not partial:
@@ -189,8 +187,12 @@ def _optional_columns(readers: Sequence[CacheReader]) -> list[str]:
         elif all(having):
             names.append(name)
         elif any(having):
-            log.warning("/%s is missing from %s: the merged cache has no /%s",
-                        name, next(r.path for r, h in zip(readers, having) if not h), name)
+            log.warning(
+                "/%s is missing from %s: the merged cache has no /%s",
+                name,
+                next(r.path for r, h in zip(readers, having) if not h),
+                name,
+            )
     return names
 
 
@@ -274,7 +276,9 @@ def merge(
     return result
 
 
-def _write(out: Path, readers: Sequence[CacheReader], *, copy: bool, columns: Sequence[str], root, progress) -> MergeResult:
+def _write(
+    out: Path, readers: Sequence[CacheReader], *, copy: bool, columns: Sequence[str], root, progress
+) -> MergeResult:
     first = readers[0]
     total = sum(len(r) for r in readers)
     failed = [item for r in readers for item in r.failed]
@@ -321,8 +325,15 @@ def _write(out: Path, readers: Sequence[CacheReader], *, copy: bool, columns: Se
             elif n:
                 rel = os.path.relpath(r.path.resolve(), out.resolve().parent)
                 layout[start : start + n] = h5py.VirtualSource(rel, "features", shape=r.features.shape)[:n]
-                sources.append({"file": rel, "rows": n, "created": r.created,
-                                "last_path": r.paths[-1], "fingerprint_digest": r.fingerprint_digest})
+                sources.append(
+                    {
+                        "file": rel,
+                        "rows": n,
+                        "created": r.created,
+                        "last_path": r.paths[-1],
+                        "fingerprint_digest": r.fingerprint_digest,
+                    }
+                )
             start += n
             done += n
             if progress:
@@ -344,8 +355,9 @@ def _write(out: Path, readers: Sequence[CacheReader], *, copy: bool, columns: Se
     f.close()
     os.replace(tmp, out)
     _fsync_dir(out.parent)
-    return MergeResult(out=out, rows=total, skipped=len(failed), inputs=len(readers), virtual=not copy,
-                       optional=list(columns))
+    return MergeResult(
+        out=out, rows=total, skipped=len(failed), inputs=len(readers), virtual=not copy, optional=list(columns)
+    )
 
 
 def check_sources(f: h5py.File, path: Path) -> None:
@@ -368,7 +380,7 @@ def check_sources(f: h5py.File, path: Path) -> None:
             raise CacheError(
                 f"Expected features read from the recorded shards of {path}. Received: {vds.file_name}:{vds.dset_name}."
             )
-        shard = (path.parent / vds.file_name)
+        shard = path.parent / vds.file_name
         if not shard.is_file():
             raise CacheError(
                 f"Expected the shard {vds.file_name} beside {path} (a merged cache reads its features from "
@@ -379,8 +391,10 @@ def check_sources(f: h5py.File, path: Path) -> None:
                 _check_schema(s, shard)
                 rows = int(s["progress"][0])
                 same = (
-                    rows == record["rows"] and s.attrs.get("created") == record.get("created")
-                    and s.attrs.get("fingerprint_digest") == digest and s["features"].shape[0] >= rows
+                    rows == record["rows"]
+                    and s.attrs.get("created") == record.get("created")
+                    and s.attrs.get("fingerprint_digest") == digest
+                    and s["features"].shape[0] >= rows
                     and (rows == 0 or s["paths"].asstr()[rows - 1] == record.get("last_path"))
                 )
         except (CacheError, OSError, KeyError, ValueError) as err:
@@ -392,5 +406,6 @@ def check_sources(f: h5py.File, path: Path) -> None:
             )
         mapped += record["rows"]
     if mapped != int(f["progress"][0]):
-        raise CacheError(f"Expected {int(f['progress'][0])} rows of features in {path}. Received: {mapped} in its shards.")
-
+        raise CacheError(
+            f"Expected {int(f['progress'][0])} rows of features in {path}. Received: {mapped} in its shards."
+        )

@@ -43,9 +43,10 @@ import os
 import stat
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -160,9 +161,7 @@ def _write_empty(
 
 
 def _create_datasets(f: h5py.File, dim: int, dtype: str, chunk_rows: int, class_names: Sequence[str]) -> None:
-    f.create_dataset(
-        "features", shape=(0, dim), maxshape=(None, dim), dtype=dtype, chunks=(chunk_rows, dim)
-    )
+    f.create_dataset("features", shape=(0, dim), maxshape=(None, dim), dtype=dtype, chunks=(chunk_rows, dim))
     f.create_dataset("labels", shape=(0,), maxshape=(None,), dtype="int32", chunks=(4096,))
     f.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(1024,))
     f.create_dataset("class_names", data=np.array(list(class_names), dtype=object), dtype=_STR)
@@ -385,7 +384,7 @@ class CacheLock:
             ),
         )
 
-    def __enter__(self) -> "CacheLock":
+    def __enter__(self) -> CacheLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -395,7 +394,7 @@ class CacheLock:
     def held(self) -> bool:
         return self._lock.held
 
-    def acquire(self) -> "CacheLock":
+    def acquire(self) -> CacheLock:
         try:
             self._lock.acquire()
         except OSError as err:
@@ -426,7 +425,7 @@ class CacheWriter:
         self._staged_rows = self._staged_failed = 0
 
     # -- opening -----------------------------------------------------------------------------
-    def __enter__(self) -> "CacheWriter":
+    def __enter__(self) -> CacheWriter:
         if self._lock is None:
             self._lock = CacheLock(self.path).acquire()
         try:
@@ -492,8 +491,11 @@ class CacheWriter:
             f = self._open_swmr_write()
         try:
             _check_schema(f, self.path)
-            fixed = [name for name in ("features", "labels", "paths", "failed_paths", "failed_reasons")
-                     if f[name].maxshape[0] is not None]
+            fixed = [
+                name
+                for name in ("features", "labels", "paths", "failed_paths", "failed_reasons")
+                if f[name].maxshape[0] is not None
+            ]
             if fixed:
                 raise CacheError(
                     f"Expected a feature cache that can grow. Received: {self.path} (/{fixed[0]} has a fixed "
@@ -699,9 +701,7 @@ class CacheReader:
         self.weights_path: str | None = c.weights_path
         self.schema_version = c.schema_version
         # Schema 2, `extract --views flip`: 0 = the picture, 1 = its mirror; None without views.
-        self.views: np.ndarray | None = (
-            self._f["view"][: self._n].astype(np.int8) if "view" in self._f else None
-        )
+        self.views: np.ndarray | None = self._f["view"][: self._n].astype(np.int8) if "view" in self._f else None
         self.shard: str = str(self._f.attrs.get("shard", ""))  # JSON of the shard, "" for a whole folder
         self.sha256: list[str] | None = None
         """Hex SHA-256 of each row's picture file ("" = unknown); None in a version-1 cache."""
@@ -722,7 +722,7 @@ class CacheReader:
     def __len__(self) -> int:
         return self._n
 
-    def __enter__(self) -> "CacheReader":
+    def __enter__(self) -> CacheReader:
         return self
 
     def __exit__(self, *exc) -> None:

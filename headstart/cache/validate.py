@@ -68,8 +68,6 @@ FEATURE_DTYPES = ("float16", "float32")
 log = logging.getLogger(__name__)
 
 
-
-
 @dataclass(frozen=True)
 class Contents:
     """What `validate` read from a valid cache (the committed part of it)."""
@@ -168,8 +166,13 @@ def _visible_text(ds: h5py.Dataset, stop: int, what: str) -> list[str]:
             except OSError:
                 break
         break
-    log.info("%s: %d of %d %s are visible to this process yet (a writer is appending)",
-             ds.file.filename, len(out), stop, what)
+    log.info(
+        "%s: %d of %d %s are visible to this process yet (a writer is appending)",
+        ds.file.filename,
+        len(out),
+        stop,
+        what,
+    )
     return out
 
 
@@ -188,7 +191,9 @@ def _check_path(rel: str) -> str | None:
     return None
 
 
-def validate(f: h5py.File, supported_versions: tuple[int, ...], progress: tuple[int, int, int] | None = None) -> Contents:
+def validate(
+    f: h5py.File, supported_versions: tuple[int, ...], progress: tuple[int, int, int] | None = None
+) -> Contents:
     """Check every rule of the schema against the open file ``f``; `Invalid` names the first broken one."""
     missing = [name for name in DATASETS if name not in f]
     if missing:
@@ -220,7 +225,8 @@ def validate(f: h5py.File, supported_versions: tuple[int, ...], progress: tuple[
         if not 0 <= count <= lengths[shortest]:
             raise Invalid(
                 f"/progress counts {count} {what} but /{shortest} holds {lengths[shortest]}"
-                if count > 0 else f"/progress counts {count} {what}"
+                if count > 0
+                else f"/progress counts {count} {what}"
             )
     if complete not in (0, 1):
         raise Invalid(f"/progress marks completeness {complete}, expected 0 or 1")
@@ -239,9 +245,7 @@ def validate(f: h5py.File, supported_versions: tuple[int, ...], progress: tuple[
     labels = ds["labels"][:n_rows].astype(np.int64)
     if n_rows and (labels.min() < 0 or labels.max() >= len(class_names)):
         bad = int(np.flatnonzero((labels < 0) | (labels >= len(class_names)))[0])
-        raise Invalid(
-            f"/labels[{bad}] is {labels[bad]}, expected 0 to {len(class_names) - 1} (one per class name)"
-        )
+        raise Invalid(f"/labels[{bad}] is {labels[bad]}, expected 0 to {len(class_names) - 1} (one per class name)")
     if "view" in ds:
         views = ds["view"][:n_rows]
         if n_rows and (views.min() < 0 or views.max() > 1):
@@ -250,8 +254,12 @@ def validate(f: h5py.File, supported_versions: tuple[int, ...], progress: tuple[
         problem = _check_path(rel)
         if problem:
             raise Invalid(f"/paths[{i}] is {problem}")
-    failed = list(zip(_visible_text(ds["failed_paths"], n_failed, "/failed_paths"),
-                      _visible_text(ds["failed_reasons"], n_failed, "/failed_reasons")))
+    failed = list(
+        zip(
+            _visible_text(ds["failed_paths"], n_failed, "/failed_paths"),
+            _visible_text(ds["failed_reasons"], n_failed, "/failed_reasons"),
+        )
+    )
 
     text = _attr(f, "fingerprint", str)
     try:
@@ -297,7 +305,9 @@ def validate(f: h5py.File, supported_versions: tuple[int, ...], progress: tuple[
 
 
 def check(
-    f: h5py.File, path: str | os.PathLike, supported_versions: tuple[int, ...],
+    f: h5py.File,
+    path: str | os.PathLike,
+    supported_versions: tuple[int, ...],
     progress: tuple[int, int, int] | None = None,
 ) -> Contents:
     """`validate`, with any broken rule or read error turned into one `CacheError` line naming ``path``."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -262,9 +262,7 @@ def get_preprocessing(name: str) -> Callable[[np.ndarray], np.ndarray]:
     try:
         return PREPROCESSING[name]
     except (KeyError, TypeError):
-        raise BackboneError(
-            f"Expected a preprocessing among {', '.join(PREPROCESSING)}. Received: {name!r}."
-        ) from None
+        raise BackboneError(f"Expected a preprocessing among {', '.join(PREPROCESSING)}. Received: {name!r}.") from None
 
 
 @contextlib.contextmanager
@@ -282,8 +280,19 @@ def _dtype_policy(precision: str):
 
 def _looks_like_download_failure(err: Exception) -> bool:
     text = f"{type(err).__name__}: {err}".lower()
-    return any(s in text for s in ("url fetch failure", "urlopen", "name or service", "temporary failure",
-                                   "connection", "network is unreachable", "http error", "timed out"))
+    return any(
+        s in text
+        for s in (
+            "url fetch failure",
+            "urlopen",
+            "name or service",
+            "temporary failure",
+            "connection",
+            "network is unreachable",
+            "http error",
+            "timed out",
+        )
+    )
 
 
 def build_model(config: ExtractionConfig):
@@ -330,8 +339,14 @@ def build_model(config: ExtractionConfig):
         out = keras.layers.Activation("linear", dtype="float32", name="features")(out)
     model = keras.Model(base.inputs[0], out, name=f"{spec.name}_{config.layer}")
     model.trainable = False
-    log.info("built %s up to %s (%d values), weights %s, precision %s",
-             spec.name, config.layer, model.output_shape[-1], config.weights, config.precision)
+    log.info(
+        "built %s up to %s (%d values), weights %s, precision %s",
+        spec.name,
+        config.layer,
+        model.output_shape[-1],
+        config.weights,
+        config.precision,
+    )
     return model
 
 
@@ -353,17 +368,29 @@ def _build_hub(config: ExtractionConfig):
         out = keras.layers.Activation("linear", dtype="float32", name="features")(base.outputs[0])
     model = keras.Model(base.inputs[0], out, name=base.name)
     model.trainable = False
-    log.info("built %s (%s, %d values), weights %s", config.backbone, config.layer, model.output_shape[-1],
-             config.weights)
+    log.info(
+        "built %s (%s, %d values), weights %s", config.backbone, config.layer, model.output_shape[-1], config.weights
+    )
     return model
 
 
-def make_hub_config(backbone: str, layer: str | None, *, weights: str, input_size: int | None, resize: str,
-                    jpeg_draft: bool, precision: str, dtype: str, seed: int, views: str = "none") -> ExtractionConfig:
+def make_hub_config(
+    backbone: str,
+    layer: str | None,
+    *,
+    weights: str,
+    input_size: int | None,
+    resize: str,
+    jpeg_draft: bool,
+    precision: str,
+    dtype: str,
+    seed: int,
+    views: str = "none",
+) -> ExtractionConfig:
     """`make_config` for ``hub:PRESET`` (see `headstart.extractor.hub`)."""
-    import keras
-
     from pathlib import Path
+
+    import keras
 
     from headstart.extractor import hub
     from headstart.extractor.config import PRECISIONS, STORAGE_DTYPES, VIEWS
@@ -397,10 +424,22 @@ def make_hub_config(backbone: str, layer: str | None, *, weights: str, input_siz
     if dtype not in STORAGE_DTYPES:
         raise BackboneError(f"Expected --dtype among {', '.join(STORAGE_DTYPES)}. Received: {dtype!r}.")
     return ExtractionConfig(
-        backbone=backbone, layer=family.layer, pooling=None, alpha=None, weights=identity, seed=seed_used,
-        keras_version=keras.__version__, input_size=size, resize=resize, jpeg_draft=jpeg_draft,
-        preprocessing=family.preprocessing, precision=precision, dtype=dtype, backend=keras.backend.backend(),
-        views=views, weights_path=folder,
+        backbone=backbone,
+        layer=family.layer,
+        pooling=None,
+        alpha=None,
+        weights=identity,
+        seed=seed_used,
+        keras_version=keras.__version__,
+        input_size=size,
+        resize=resize,
+        jpeg_draft=jpeg_draft,
+        preprocessing=family.preprocessing,
+        precision=precision,
+        dtype=dtype,
+        backend=keras.backend.backend(),
+        views=views,
+        weights_path=folder,
     )
 
 
@@ -473,8 +512,18 @@ def make_config(
     if hub.is_hub(backbone):
         if alpha is not None:
             raise BackboneError(f"Expected no --alpha for {backbone} (only mobilenet has one). Received: {alpha}.")
-        return make_hub_config(backbone, layer, weights=weights, input_size=input_size, resize=resize,
-                               jpeg_draft=jpeg_draft, precision=precision, dtype=dtype, seed=seed, views=views)
+        return make_hub_config(
+            backbone,
+            layer,
+            weights=weights,
+            input_size=input_size,
+            resize=resize,
+            jpeg_draft=jpeg_draft,
+            precision=precision,
+            dtype=dtype,
+            seed=seed,
+            views=views,
+        )
 
     from headstart.extractor.config import (
         MAX_INPUT_SIZE,
@@ -555,14 +604,16 @@ def describe_backbones() -> tuple[list[dict], str | None]:
     rows = []
     for spec in BACKBONES.values():
         m = measured.get(spec.name, {}) if isinstance(measured, dict) else {}
-        rows.append({
-            "name": spec.name,
-            "layers": list(spec.layers),
-            "default_layer": spec.default_layer,
-            "input_size": spec.input_size,
-            "preprocessing": spec.preprocessing,
-            "features": m.get("features"),
-            "weights_mb": m.get("weights_mb"),
-            "pictures_per_second": m.get("pictures_per_second"),
-        })
+        rows.append(
+            {
+                "name": spec.name,
+                "layers": list(spec.layers),
+                "default_layer": spec.default_layer,
+                "input_size": spec.input_size,
+                "preprocessing": spec.preprocessing,
+                "features": m.get("features"),
+                "weights_mb": m.get("weights_mb"),
+                "pictures_per_second": m.get("pictures_per_second"),
+            }
+        )
     return rows, machine

@@ -77,7 +77,7 @@ class ExtractionConfig:
         return fingerprint_digest(self.fingerprint())
 
     @classmethod
-    def from_fingerprint(cls, fingerprint: Any, weights_path: str | None = None) -> "ExtractionConfig":
+    def from_fingerprint(cls, fingerprint: Any, weights_path: str | None = None) -> ExtractionConfig:
         """Rebuild the config a cache was made with (e.g. to embed new pictures the same way).
 
         The fingerprint comes from a file: every key and type is checked, and every name is looked
@@ -110,9 +110,8 @@ def _one_of(name: str, value: Any, allowed) -> None:
 
 def check_settings(fp: dict[str, Any]) -> None:
     """Check the values of a fingerprint whose keys and types are right against the registries."""
-    from headstart.extractor.backbones import BACKBONES, PREPROCESSING
-
     from headstart.extractor import hub
+    from headstart.extractor.backbones import BACKBONES, PREPROCESSING
 
     if hub.is_hub(fp["backbone"]):
         _check_hub(fp)
@@ -134,9 +133,13 @@ def check_settings(fp: dict[str, Any]) -> None:
     _one_of(f"alpha of {spec.name}", fp["alpha"], spec.alphas or (None,))
     weights = fp["weights"]
     if weights not in (IMAGENET, RANDOM_WEIGHTS) and not _WEIGHTS_FILE.fullmatch(weights):
-        raise BackboneError(f"Expected weights among imagenet, none, sha256:<64 hex digits>. Received: {weights!r:.80}.")
+        raise BackboneError(
+            f"Expected weights among imagenet, none, sha256:<64 hex digits>. Received: {weights!r:.80}."
+        )
     if (fp["seed"] is None) != (weights != RANDOM_WEIGHTS):
-        raise BackboneError(f"Expected a seed with weights none only. Received: seed {fp['seed']!r}, weights {weights}.")
+        raise BackboneError(
+            f"Expected a seed with weights none only. Received: seed {fp['seed']!r}, weights {weights}."
+        )
     if fp["keras_version"] is not None and not _VERSION.fullmatch(fp["keras_version"]):
         raise BackboneError(f"Expected keras_version like 3.8.0. Received: {fp['keras_version']!r:.80}.")
     size = fp["input_size"]
@@ -166,11 +169,15 @@ def _check_hub(fp: dict[str, Any]) -> None:
             f"Expected weights among none, sha256:<64 hex digits>, kaggle://.../VERSION. Received: {weights!r:.80}."
         )
     if (fp["seed"] is None) != (weights != RANDOM_WEIGHTS):
-        raise BackboneError(f"Expected a seed with weights none only. Received: seed {fp['seed']!r}, weights {weights}.")
+        raise BackboneError(
+            f"Expected a seed with weights none only. Received: seed {fp['seed']!r}, weights {weights}."
+        )
     if fp["keras_version"] is not None and not _VERSION.fullmatch(fp["keras_version"]):
         raise BackboneError(f"Expected keras_version like 3.8.0. Received: {fp['keras_version']!r:.80}.")
     if not MIN_INPUT_SIZE <= fp["input_size"] <= MAX_INPUT_SIZE:
-        raise BackboneError(f"Expected input_size from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}. Received: {fp['input_size']}.")
+        raise BackboneError(
+            f"Expected input_size from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}. Received: {fp['input_size']}."
+        )
     _one_of("resize", fp["resize"], RESIZE_METHODS)
     _one_of("precision", fp["precision"], PRECISIONS)
     _one_of("dtype", fp["dtype"], STORAGE_DTYPES)

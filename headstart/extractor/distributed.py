@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -105,9 +106,7 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit():
-        raise RayError(
-            f"Expected --ray auto, local, HOST:PORT or ray://HOST:PORT. Received: {address!r}."
-        )
+        raise RayError(f"Expected --ray auto, local, HOST:PORT or ray://HOST:PORT. Received: {address!r}.")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as err:
@@ -121,8 +120,10 @@ def _worker_env() -> dict[str, str]:
     """Environment of this job's Ray workers: the driver's Keras backend (part of the fingerprint)."""
     import keras  # loaded already: the extraction config names the backend and Keras version
 
-    return {"KERAS_BACKEND": keras.backend.backend(),
-            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    return {
+        "KERAS_BACKEND": keras.backend.backend(),
+        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+    }
 
 
 def cluster_gpus(address: str) -> int:
@@ -191,8 +192,12 @@ def _decode_batch(batch: dict[str, np.ndarray], size: int, resize: str, draft: b
         except DecodeError as err:
             reasons.append(str(err))
             digests.append("")
-    return {"index": np.asarray(batch["index"], dtype=np.int64), "pixels": pixels,
-            "reason": np.array(reasons, dtype=object), "sha256": np.array(digests, dtype=object)}
+    return {
+        "index": np.asarray(batch["index"], dtype=np.int64),
+        "pixels": pixels,
+        "reason": np.array(reasons, dtype=object),
+        "sha256": np.array(digests, dtype=object),
+    }
 
 
 class EmbedActor:
@@ -211,7 +216,7 @@ class EmbedActor:
         feats = np.zeros((len(reasons), self.embedder.dim), dtype=np.float32)
         step = self.embedder.batch_size
         for start in range(0, len(ok), step):
-            rows = ok[start:start + step]
+            rows = ok[start : start + step]
             feats[rows] = self.embedder([batch["pixels"][i] for i in rows])
         return {"index": batch["index"], "features": feats, "reason": reasons, "sha256": batch["sha256"]}
 
@@ -287,13 +292,19 @@ def embed_stream(
     # Enough blocks to keep every actor busy on a small run, at most DECODE_BLOCK pictures a task.
     block = max(1, min(DECODE_BLOCK, -(-n // (4 * workers))))
     tables = [
-        pa.table({"index": pa.array(range(lo, min(n, lo + block)), pa.int64()),
-                  "path": pa.array([str(p) for p in paths[lo:lo + block]], pa.string())})
+        pa.table(
+            {
+                "index": pa.array(range(lo, min(n, lo + block)), pa.int64()),
+                "path": pa.array([str(p) for p in paths[lo : lo + block]], pa.string()),
+            }
+        )
         for lo in range(0, n, block)
     ]
     ds = ray.data.from_arrow(tables)
     ds = ds.map_batches(
-        _decode_batch, batch_size=None, batch_format="numpy",
+        _decode_batch,
+        batch_size=None,
+        batch_format="numpy",
         fn_kwargs={"size": config.input_size, "resize": config.resize, "draft": config.jpeg_draft},
         # The memory a task's pictures take once decoded. Besides helping Ray place the tasks, it
         # keeps Ray Data from fusing decoding into the model actors (it fuses operators whose
@@ -301,7 +312,9 @@ def embed_stream(
         memory=block * config.input_size**2 * 3 * 2,
     )
     ds = ds.map_batches(
-        EmbedActor, batch_size=ray_batch, batch_format="numpy",
+        EmbedActor,
+        batch_size=ray_batch,
+        batch_format="numpy",
         fn_constructor_kwargs={"config": config, "batch_size": batch_size},
         compute=ray.data.ActorPoolStrategy(size=workers),
         **resources,

@@ -83,7 +83,7 @@ def presets() -> dict[str, tuple[Family, str]]:
 
 def preset_of(backbone: str) -> tuple[str, Family, str]:
     """``(preset name, family, kaggle handle)`` of ``hub:PRESET``, or a `BackboneError` listing some."""
-    name = backbone[len(PREFIX):]
+    name = backbone[len(PREFIX) :]
     known = presets()
     if name not in known:
         shown = ", ".join(sorted(known)[:12])
@@ -97,7 +97,7 @@ def preset_of(backbone: str) -> tuple[str, Family, str]:
 
 def check_name(backbone: str, layer: str, preprocessing: str) -> None:
     """Check a hub backbone's settings read from a fingerprint (no KerasHub needed)."""
-    if not _NAME.fullmatch(backbone[len(PREFIX):]):
+    if not _NAME.fullmatch(backbone[len(PREFIX) :]):
         raise BackboneError(f"Expected hub:PRESET with a preset name. Received: {backbone!r:.80}.")
     families = [f for f in FAMILIES.values() if f.layer == layer and f.preprocessing == preprocessing]
     if not families:

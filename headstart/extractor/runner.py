@@ -7,10 +7,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Collection, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -63,7 +63,7 @@ def decode_stream(
     try:
         pending: collections.deque[Future] = collections.deque()
         it = iter(enumerate(paths))
-        for i, p in it:
+        for _i, p in it:
             pending.append(pool.submit(work, p))
             if len(pending) >= prefetch:
                 break
@@ -201,7 +201,7 @@ def embed_files(
     feats, flips, ok, failed = [], [], [], []
     for idx, f, bad, _ in embed_stream(files, embedder, workers or default_workers()):
         feats.append(f[: len(idx)])
-        flips.append(f[len(idx):])
+        flips.append(f[len(idx) :])
         ok.extend(files[i] for i in idx)
         failed.extend((files[i], reason) for i, reason in bad)
     empty = np.zeros((0, embedder.dim), np.float32)
@@ -334,9 +334,8 @@ def extract(
     ``exclude_paths``: relative paths not to extract (``--exclude-list``); with ``prune``, rows
     already in the cache for them are dropped too.
     """
-    from headstart.extractor.shards import Shard
-
     from headstart.extractor.backbones import make_config
+    from headstart.extractor.shards import Shard
 
     t0 = time.perf_counter()
     source, out = Path(source), Path(out)
@@ -352,8 +351,10 @@ def extract(
         from headstart.extractor import distributed
 
         if config.views == "flip":
-            raise RayError("Expected --views none with --ray: flipped views run on one machine only for now. "
-                           "Extract with --views flip without --ray, or shard the folder (--shards N --shard I).")
+            raise RayError(
+                "Expected --views none with --ray: flipped views run on one machine only for now. "
+                "Extract with --views flip without --ray, or shard the folder (--shards N --shard I)."
+            )
         distributed.check_ray(ray)  # fail in seconds, before the cache is touched
     dataset = scan_dataset(source, exclude=exclude, limit_per_class=limit_per_class)
     if part is not None:
@@ -363,7 +364,9 @@ def extract(
     if out.exists() and out.is_dir():
         raise DatasetError(f"Expected --out to be a file path. Received: {out} (a folder).")
     if out.is_symlink() and not out.exists():
-        raise DatasetError(f"Expected --out to be a file path. Received: {out} (a symbolic link to nothing, or a loop).")
+        raise DatasetError(
+            f"Expected --out to be a file path. Received: {out} (a symbolic link to nothing, or a loop)."
+        )
     # The cache is checked under the writer lock, which the writer then keeps: no other process
     # can create or change it between the check of its settings and our first row.
     lock = CacheLock(out).acquire()
@@ -437,8 +440,9 @@ def extract(
                     t_loop = time.perf_counter()
                 labels, rels = [todo[i][1] for i in idx], [todo[i][0] for i in idx]
                 if config.views == "flip":  # both rows of a picture are committed together
-                    writer.append(feats, labels * 2, rels * 2, view=[0] * len(idx) + [1] * len(idx),
-                                  sha256=list(digests) * 2)
+                    writer.append(
+                        feats, labels * 2, rels * 2, view=[0] * len(idx) + [1] * len(idx), sha256=list(digests) * 2
+                    )
                 else:
                     writer.append(feats, labels, rels, sha256=digests)
                 bad_items = [(todo[i][0], reason) for i, reason in bad]
@@ -474,6 +478,11 @@ def extract(
         skipped_links=dataset.skipped_links,
         moved_from=moved_from,
     )
-    log.info("extracted %d, skipped %d in %.1f s (%.1f pictures/s)",
-             extracted, len(failed), seconds, result.pictures_per_second)
+    log.info(
+        "extracted %d, skipped %d in %.1f s (%.1f pictures/s)",
+        extracted,
+        len(failed),
+        seconds,
+        result.pictures_per_second,
+    )
     return result

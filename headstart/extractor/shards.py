@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -48,7 +48,7 @@ class Shard:
             )
 
     @classmethod
-    def from_options(cls, shards: int | None, shard: int | None) -> "Shard | None":
+    def from_options(cls, shards: int | None, shard: int | None) -> Shard | None:
         """The shard the CLI options name, or None for the whole folder."""
         if shards is None and shard is None:
             return None
@@ -63,7 +63,7 @@ class Shard:
         return json.dumps({"index": self.index, "count": self.count, "method": METHOD}, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, where: str = "the cache") -> "Shard | None":
+    def from_json(cls, text: str, where: str = "the cache") -> Shard | None:
         """Read the ``shard`` attribute of a cache ("" for a whole-folder cache)."""
         if not text:
             return None
@@ -75,7 +75,9 @@ class Shard:
             if type(index) is not int or type(count) is not int:
                 raise ValueError("index and count must be whole numbers")
         except (ValueError, TypeError, KeyError, AttributeError) as err:
-            raise ShardError(f"Expected a shard record like {{'index': 3, 'count': 16}} in {where}. Received: {err}.") from None
+            raise ShardError(
+                f"Expected a shard record like {{'index': 3, 'count': 16}} in {where}. Received: {err}."
+            ) from None
         return cls(index, count)
 
     def __str__(self) -> str:

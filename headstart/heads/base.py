@@ -10,7 +10,8 @@ same function as a Keras model (standardization included) for export.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -93,8 +94,14 @@ class Head(ClassifierMixin, BaseEstimator):
         # (a Normalization layer's mean became a missing ONNX input).
         standardize = keras.layers.BatchNormalization(epsilon=0.0, name="standardization", trainable=False)
         standardize.build((None, d))
-        standardize.set_weights([np.ones(d, np.float32), np.zeros(d, np.float32),
-                                 self.scaler_.mean.reshape(d), np.square(self.scaler_.scale).reshape(d)])
+        standardize.set_weights(
+            [
+                np.ones(d, np.float32),
+                np.zeros(d, np.float32),
+                self.scaler_.mean.reshape(d),
+                np.square(self.scaler_.scale).reshape(d),
+            ]
+        )
         x = standardize(inputs)
         outputs = self._keras_layers(keras, x)
         return keras.Model(inputs, outputs, name=f"{self.name}_head")
@@ -231,9 +238,7 @@ def check_positive(name: str, value, integer: bool = False, allow_zero: bool = F
 
 
 def check_fraction(name: str, value) -> None:
-    if value is not None and not (
-        isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < 1
-    ):
+    if value is not None and not (isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < 1):
         raise ValueError(f"Expected {name} in [0, 1). Received: {value!r}.")
 
 

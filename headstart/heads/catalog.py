@@ -12,9 +12,10 @@ from __future__ import annotations
 import inspect
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from headstart.errors import RunError
 from headstart.heads.rundir import (
@@ -31,8 +32,14 @@ from headstart.heads.rundir import (
 
 MAX_JSON_BYTES = 64 << 20
 SORT_KEYS = {  # column → (descending?, missing last)
-    "val_accuracy": True, "test_accuracy": True, "log_loss": False, "ece": False,
-    "fit_seconds": False, "date": True, "head": False, "path": False,
+    "val_accuracy": True,
+    "test_accuracy": True,
+    "log_loss": False,
+    "ece": False,
+    "fit_seconds": False,
+    "date": True,
+    "head": False,
+    "path": False,
 }
 _KEY_PARAMS = ("hidden_units", "dropout", "learning_rate", "C", "k", "class_weight", "batch_size", "epochs")
 _FITTED_SHOWN = {"C_": "C", "k_": "k", "best_epoch_": "best_epoch", "temperature_": "T"}
@@ -47,8 +54,9 @@ class Catalog:
         """Rows grouped by cache (fingerprint digest, else path), groups in order of first row."""
         out: dict[str, dict[str, Any]] = {}
         for row in self.rows:
-            g = out.setdefault(row["cache_key"], {"cache": row["cache"], "fingerprint_digest": row["cache_digest"],
-                                                   "rows": []})
+            g = out.setdefault(
+                row["cache_key"], {"cache": row["cache"], "fingerprint_digest": row["cache_digest"], "rows": []}
+            )
             g["rows"].append(row)
         return list(out.values())
 
@@ -153,13 +161,21 @@ def _unfinished_sweep_row(folder: Path, top: Path) -> dict[str, Any] | None:
     digest = header.get("fingerprint_digest") if isinstance(header.get("fingerprint_digest"), str) else None
     params = best.get("params") if isinstance(best.get("params"), dict) else {}
     return {
-        "path": str(folder.relative_to(top)) if folder != top else ".", "kind": "sweep (unfinished)",
-        "group": f"{n} trials done", "head": head,
+        "path": str(folder.relative_to(top)) if folder != top else ".",
+        "kind": "sweep (unfinished)",
+        "group": f"{n} trials done",
+        "head": head,
         "params": " ".join(f"{k}={v}" for k, v in params.items() if isinstance(v, (int, float, str))),
-        "val_accuracy": _num(best["val"].get("accuracy")), "test_accuracy": None,
-        "log_loss": _num(best["val"].get("log_loss")), "ece": _num(best["val"].get("ece")),
-        "fit_seconds": _num(best.get("seconds")), "calibrate": None, "cache": cache, "cache_digest": digest,
-        "cache_key": f"{digest}|{cache}", "date": best.get("finished") if isinstance(best.get("finished"), str) else None,
+        "val_accuracy": _num(best["val"].get("accuracy")),
+        "test_accuracy": None,
+        "log_loss": _num(best["val"].get("log_loss")),
+        "ece": _num(best["val"].get("ece")),
+        "fit_seconds": _num(best.get("seconds")),
+        "calibrate": None,
+        "cache": cache,
+        "cache_digest": digest,
+        "cache_key": f"{digest}|{cache}",
+        "date": best.get("finished") if isinstance(best.get("finished"), str) else None,
     }
 
 
@@ -189,7 +205,11 @@ def find_runs(top: str | os.PathLike) -> Catalog:
         try:
             if COMPARISON_JSON in names:
                 data = _load_json(here / COMPARISON_JSON)
-                if isinstance(data, dict) and data.get("kind") == COMPARISON_KIND and isinstance(data.get("runs"), list):
+                if (
+                    isinstance(data, dict)
+                    and data.get("kind") == COMPARISON_KIND
+                    and isinstance(data.get("runs"), list)
+                ):
                     for r in data["runs"]:
                         if isinstance(r, str) and "/" not in r:
                             groups[here / r] = f"compare {here.name}"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -103,7 +104,9 @@ def _test_rows(info: Mapping[str, Any], cache) -> np.ndarray:
     if excluded is not None:  # pictures the run left out (--exclude-list) stay out of its test split
         paths = excluded.get("paths") if isinstance(excluded, dict) else None
         if not (isinstance(paths, list) and all(isinstance(p, str) for p in paths)):
-            raise RunError(f"Expected excluded.paths in the run's run.json as a list of paths. Received: {paths!r:.80}.")
+            raise RunError(
+                f"Expected excluded.paths in the run's run.json as a list of paths. Received: {paths!r:.80}."
+            )
         test &= ~np.isin(np.array(cache.paths, dtype=object), np.array(paths, dtype=object))
     return np.flatnonzero(test)
 

@@ -211,7 +211,9 @@ class KerasHead(Head):
         if callbacks and self.best_epoch_ == self.epochs:
             log.warning(
                 "%s head: the validation loss was still falling at the last of %d epochs; "
-                "raise --epochs or --learning-rate", self.name, self.epochs,
+                "raise --epochs or --learning-rate",
+                self.name,
+                self.epochs,
             )
         return self
 

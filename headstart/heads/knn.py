@@ -15,7 +15,7 @@ refuses with `HeadError` (export does not support knn).
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.utils.multiclass import check_classification_targets

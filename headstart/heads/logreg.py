@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -154,4 +154,3 @@ class LogRegHead(LinearHead):
         self.n_iter_ = int(np.max(model.n_iter_))
         log.info("logreg head: C=%g chosen from %s", self.C_, Cs)
         return self
-

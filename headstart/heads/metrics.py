@@ -6,7 +6,8 @@ matrix with one column per class name, and returns plain JSON-ready dicts.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import (
@@ -63,9 +64,7 @@ def split_metrics(y: np.ndarray, proba: np.ndarray, class_names: Sequence[str]) 
     if len(y) == 0:
         return {"n": 0}
     pred = proba.argmax(axis=1)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y, pred, labels=labels, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     ece, bins = calibration(y, proba)
     out: dict[str, Any] = {
         "n": int(len(y)),

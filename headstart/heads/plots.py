@@ -7,8 +7,9 @@ so no global backend is switched and nothing needs a display.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,9 +34,7 @@ def check_image_path(path: Path, option: str) -> Path:
     """A picture path whose suffix names a format we can write (its folder is created when saving)."""
     path = Path(path)
     if path.suffix.lower() not in IMAGE_FORMATS:
-        raise HeadstartError(
-            f"Expected {option} to end in one of {', '.join(IMAGE_FORMATS)}. Received: {path}."
-        )
+        raise HeadstartError(f"Expected {option} to end in one of {', '.join(IMAGE_FORMATS)}. Received: {path}.")
     if path.exists() and path.is_dir():
         raise HeadstartError(f"Expected {option} to be a file path. Received: {path} (a folder).")
     return path
@@ -49,9 +48,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_curves(
-    history: Sequence[Mapping[str, Any]], path: Path, title: str = "", chosen: float | None = None
-) -> Path:
+def plot_curves(history: Sequence[Mapping[str, Any]], path: Path, title: str = "", chosen: float | None = None) -> Path:
     """Training and validation loss and accuracy per epoch (or along the ``C`` path of ``logreg``).
 
     ``chosen`` (the epoch kept by early stopping, or the ``C`` kept) is marked with a dotted line.
@@ -65,8 +62,9 @@ def plot_curves(
         for prefix, name in (("", "training"), ("val_", "validation")):
             ys = [row.get(prefix + key) for row in history]
             if any(v is not None for v in ys):
-                ax.plot(x, [np.nan if v is None else v for v in ys], marker="o" if x_key != "epoch" else None,
-                        label=name)
+                ax.plot(
+                    x, [np.nan if v is None else v for v in ys], marker="o" if x_key != "epoch" else None, label=name
+                )
         if chosen is not None:
             ax.axvline(chosen, color="gray", linestyle=":", label=f"kept ({x_key} {chosen:g})")
         ax.set_xlabel({"C": "C (inverse regularization)", "k": "k (neighbours)"}.get(x_key, "epoch"))
@@ -105,7 +103,10 @@ def plot_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], 
 
 
 def plot_calibration(
-    bins: Sequence[Mapping[str, Any]], ece: float, path: Path, title: str = "",
+    bins: Sequence[Mapping[str, Any]],
+    ece: float,
+    path: Path,
+    title: str = "",
     before: tuple[Sequence[Mapping[str, Any]], float] | None = None,
 ) -> Path:
     """Reliability diagram: accuracy against confidence per bin, with the share of rows below.

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import numbers
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
@@ -22,12 +23,16 @@ from headstart.heads.base import FITTED_KEYS, fitted_info
 from headstart.heads.keras_heads import MLPHead, SoftmaxHead
 from headstart.heads.knn import KNNHead
 from headstart.heads.logreg import LogRegHead
-from headstart.heads.svm import SVMHead
 from headstart.heads.names import HEAD_NAMES
 from headstart.heads.sources import Standardizer, load_arrays
+from headstart.heads.svm import SVMHead
 
 HEADS: dict[str, type] = {
-    "softmax": SoftmaxHead, "logreg": LogRegHead, "mlp": MLPHead, "knn": KNNHead, "svm": SVMHead,
+    "softmax": SoftmaxHead,
+    "logreg": LogRegHead,
+    "mlp": MLPHead,
+    "knn": KNNHead,
+    "svm": SVMHead,
 }
 assert tuple(HEADS) == HEAD_NAMES, "headstart.heads.names.HEAD_NAMES must list the registry"
 HEAD_FORMAT = 2
@@ -176,10 +181,13 @@ def load_head(folder: str | Path):
     _need(isinstance(name, str) and name in HEADS, path, f"a head among {', '.join(HEADS)}", name)
     classes = meta.get("classes")
     _need(
-        isinstance(classes, list) and len(classes) >= 2
+        isinstance(classes, list)
+        and len(classes) >= 2
         and (all(_is_int(c) and c >= 0 for c in classes) or all(isinstance(c, str) for c in classes))
         and classes == sorted(set(classes)),
-        path, "classes as two or more distinct sorted labels (numbers or names)", classes,
+        path,
+        "classes as two or more distinct sorted labels (numbers or names)",
+        classes,
     )
     n_features = meta.get("n_features")
     _need(_is_int(n_features) and 0 < n_features <= MAX_FEATURES, path, "n_features a positive integer", n_features)
@@ -189,9 +197,12 @@ def load_head(folder: str | Path):
     _need(isinstance(history, list) and all(isinstance(r, dict) for r in history), path, "history as a list", history)
     fitted = meta.get("fitted", {})
     _need(
-        isinstance(fitted, dict) and set(fitted) <= set(FITTED_KEYS)
+        isinstance(fitted, dict)
+        and set(fitted) <= set(FITTED_KEYS)
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in fitted.values()),
-        path, "fitted values as numbers", fitted,
+        path,
+        "fitted values as numbers",
+        fitted,
     )
     for key in ("n_iter_", "best_epoch_", "k_", "n_rows_"):
         if key in fitted:

@@ -35,8 +35,9 @@ import numbers
 import os
 import platform
 import shutil
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from headstart.cache.fingerprint import fingerprint_digest
 from headstart.cache.store import _fsync_dir
@@ -91,8 +92,9 @@ def seal_run(folder: Path, run: Mapping[str, Any]) -> None:
 
 def seal_comparison(folder: Path, data: Mapping[str, Any], runs: list[str]) -> None:
     files = manifest(folder)
-    write_json(folder / COMPARISON_JSON, {"kind": COMPARISON_KIND, "format": RUN_FORMAT, **data,
-                                          "runs": runs, "files": files})
+    write_json(
+        folder / COMPARISON_JSON, {"kind": COMPARISON_KIND, "format": RUN_FORMAT, **data, "runs": runs, "files": files}
+    )
 
 
 def _json_object(path: Path) -> dict | None:
@@ -178,7 +180,9 @@ def _replaceable(out: Path, kind: str) -> bool:
 def check_out(out: Path, kind: str) -> None:
     """``out`` must be new, empty, or an earlier headstart result of the same kind (which is replaced)."""
     if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise RunError(f"Expected --out to be a folder. Received: {out} ({'a link' if out.is_symlink() else 'a file'}).")
+        raise RunError(
+            f"Expected --out to be a folder. Received: {out} ({'a link' if out.is_symlink() else 'a file'})."
+        )
     if out.is_dir() and not _replaceable(out, kind):
         what = {RUN_KIND: "run", COMPARISON_KIND: "comparison", SWEEP_KIND: "sweep"}[kind]
         raise RunError(
@@ -231,9 +235,7 @@ def result_writer(out: Path, kind: str) -> Iterator[Path]:
 
 
 def busy_error(out: Path) -> RunBusyError:
-    return RunBusyError(
-        f"Another headstart process is writing {out}. Wait for it to finish, or choose another --out."
-    )
+    return RunBusyError(f"Another headstart process is writing {out}. Wait for it to finish, or choose another --out.")
 
 
 @contextlib.contextmanager
@@ -260,8 +262,7 @@ def staged_result(out: Path, kind: str) -> Iterator[Path]:
             else:  # someone added a file while we worked: keep it all, visibly
                 kept = out.parent / f"{out.name}.previous-{os.getpid()}"
                 os.rename(old, kept)
-                log.warning("the previous %s gained other files while this run worked; it is kept at %s",
-                            out, kept)
+                log.warning("the previous %s gained other files while this run worked; it is kept at %s", out, kept)
         else:  # no atomic exchange here: two renames, the old result kept until the new is in place
             old = out.parent / f"{prefix}{os.getpid()}-old"
             os.rename(out, old)
@@ -317,21 +318,33 @@ def validate_run_json(info: Any, path: Path) -> dict[str, Any]:
                 "it is no longer read. Train the head again from its cache (seconds): headstart train CACHE."
             )
         _need(False, path, f"kind {RUN_KIND!r} and format {RUN_FORMAT}", (info.get("kind"), info.get("format")))
-    _need(isinstance(info.get("head"), str) and info["head"] in HEADS, path,
-          f"head among {', '.join(HEADS)}", info.get("head"))
+    _need(
+        isinstance(info.get("head"), str) and info["head"] in HEADS,
+        path,
+        f"head among {', '.join(HEADS)}",
+        info.get("head"),
+    )
     names = info.get("class_names")
     _need(
-        isinstance(names, list) and len(names) >= 2 and all(isinstance(c, str) and c for c in names)
+        isinstance(names, list)
+        and len(names) >= 2
+        and all(isinstance(c, str) and c for c in names)
         and len(set(names)) == len(names),
-        path, "class_names as two or more distinct names", names,
+        path,
+        "class_names as two or more distinct names",
+        names,
     )
     cache = info.get("cache")
     _need(isinstance(cache, dict), path, "cache as an object", cache)
     _need(isinstance(cache.get("path"), str) and cache["path"], path, "cache.path as text", cache.get("path"))
     fp = cache.get("fingerprint")
     _need(isinstance(fp, dict) and fp, path, "cache.fingerprint as an object", fp)
-    _need(cache.get("fingerprint_digest") == fingerprint_digest(fp), path,
-          "cache.fingerprint_digest matching cache.fingerprint", cache.get("fingerprint_digest"))
+    _need(
+        cache.get("fingerprint_digest") == fingerprint_digest(fp),
+        path,
+        "cache.fingerprint_digest matching cache.fingerprint",
+        cache.get("fingerprint_digest"),
+    )
     for key in ("root", "weights_path"):
         _need(cache.get(key) is None or isinstance(cache.get(key), str), path, f"cache.{key} as text", cache.get(key))
     _need(_is_int(cache.get("dim")) and cache["dim"] > 0, path, "cache.dim a positive integer", cache.get("dim"))
@@ -339,8 +352,13 @@ def validate_run_json(info: Any, path: Path) -> dict[str, Any]:
     _need(isinstance(split, dict), path, "split as an object", split)
     try:
         fractions, seed = split["fractions"], split["seed"]
-        _need(isinstance(fractions, list) and all(isinstance(f, numbers.Real) and not isinstance(f, bool)
-                                                   for f in fractions), path, "split.fractions as numbers", fractions)
+        _need(
+            isinstance(fractions, list)
+            and all(isinstance(f, numbers.Real) and not isinstance(f, bool) for f in fractions),
+            path,
+            "split.fractions as numbers",
+            fractions,
+        )
         _need(_is_int(seed), path, "split.seed an integer", seed)
         info["split_spec"] = SplitSpec(tuple(fractions), seed)
     except KeyError as err:
@@ -380,9 +398,12 @@ def read_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], Any]:
     if head_name(head) != info["head"]:
         raise RunError(f"{run_dir}: run.json says {info['head']}, the saved head is {head_name(head)}.")
     if head.n_features_in_ != info["cache"]["dim"]:
-        raise RunError(f"{run_dir}: the head takes {head.n_features_in_} features, run.json's cache has "
-                       f"{info['cache']['dim']}.")
+        raise RunError(
+            f"{run_dir}: the head takes {head.n_features_in_} features, run.json's cache has {info['cache']['dim']}."
+        )
     if head.classes_.dtype.kind != "i" or int(max(head.classes_)) >= len(info["class_names"]):
-        raise RunError(f"{run_dir}: the head predicts labels {head.classes_.tolist()[:5]}, run.json names "
-                       f"{len(info['class_names'])} classes.")
+        raise RunError(
+            f"{run_dir}: the head predicts labels {head.classes_.tolist()[:5]}, run.json names "
+            f"{len(info['class_names'])} classes."
+        )
     return info, head

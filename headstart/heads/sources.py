@@ -8,8 +8,9 @@ per-feature mean and scale of the training rows and is saved as arrays (`.npz`, 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -162,11 +163,11 @@ class Standardizer:
         self.scale = np.asarray(scale, dtype=np.float32)
 
     @classmethod
-    def identity(cls, n_features: int) -> "Standardizer":
+    def identity(cls, n_features: int) -> Standardizer:
         return cls(np.zeros(n_features), np.ones(n_features))
 
     @classmethod
-    def fit_blocks(cls, blocks: Iterator[np.ndarray], n_features: int) -> "Standardizer":
+    def fit_blocks(cls, blocks: Iterator[np.ndarray], n_features: int) -> Standardizer:
         """Mean and standard deviation over blocks of rows (Chan's merge, float64 accumulators)."""
         n = 0
         mean = np.zeros(n_features, dtype=np.float64)
@@ -199,7 +200,7 @@ class Standardizer:
         np.savez(path, mean=self.mean, scale=self.scale)
 
     @classmethod
-    def load(cls, path: Path, n_features: int) -> "Standardizer":
+    def load(cls, path: Path, n_features: int) -> Standardizer:
         """Read and check a saved standardization: two finite float vectors of ``n_features``, scale > 0."""
         arrays = load_arrays(path, {"mean": (n_features,), "scale": (n_features,)})
         if not (arrays["scale"] > 0).all():

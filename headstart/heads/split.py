@@ -15,8 +15,9 @@ The cost of stability is that the counts are only close to the fractions, not ex
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,7 @@ class SplitSpec:
         object.__setattr__(self, "seed", int(self.seed))
 
     @classmethod
-    def parse(cls, text: str, seed: int = 0) -> "SplitSpec":
+    def parse(cls, text: str, seed: int = 0) -> SplitSpec:
         """Read ``"0.7,0.15,0.15"`` (or percentages ``"70,15,15"``) as a split."""
         try:
             parts = [float(p) for p in text.replace(" ", "").split(",")]
@@ -65,7 +66,7 @@ class SplitSpec:
         return {"fractions": list(self.fractions), "seed": self.seed, "method": "sha256(seed, relative path)"}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "SplitSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> SplitSpec:
         return cls(tuple(data["fractions"]), int(data["seed"]))
 
 

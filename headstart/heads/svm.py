@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.optimize import minimize
@@ -99,21 +99,32 @@ class SVMHead(LinearHead):
         self.scaler_ = fit_scaler(self.standardize, ArraySource(X))
         Xs = self.scaler_.transform(X)
         y_idx = encode(y, self.classes_, "training")
-        Cs = [1e-2 if self.C is None else float(self.C)] if Xv is None else sorted(
-            float(c) for c in ([self.C] if self.C is not None else self.Cs)
+        Cs = (
+            [1e-2 if self.C is None else float(self.C)]
+            if Xv is None
+            else sorted(float(c) for c in ([self.C] if self.C is not None else self.Cs))
         )
         if Xv is not None:
             Xvs = self.scaler_.transform(Xv)
             yv_idx = encode(yv, self.classes_, "validation")
         history, best = [], None
         for C in Cs:
-            model = LinearSVC(C=C, max_iter=self.max_iter, tol=self.tol, class_weight=self.class_weight,
-                              random_state=self.random_state, dual="auto")
+            model = LinearSVC(
+                C=C,
+                max_iter=self.max_iter,
+                tol=self.tol,
+                class_weight=self.class_weight,
+                random_state=self.random_state,
+                dual="auto",
+            )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 model.fit(Xs, y_idx)
-            row = {"C": C, "accuracy": float(np.mean(self._decision(model, Xs).argmax(1) == y_idx)),
-                   "n_iter": int(np.max(model.n_iter_))}
+            row = {
+                "C": C,
+                "accuracy": float(np.mean(self._decision(model, Xs).argmax(1) == y_idx)),
+                "n_iter": int(np.max(model.n_iter_)),
+            }
             if Xv is not None:
                 dv = self._decision(model, Xvs)
                 row["val_accuracy"] = float(np.mean(dv.argmax(1) == yv_idx))
@@ -146,7 +157,6 @@ class SVMHead(LinearHead):
         self.history_ = history
         log.info("svm head: C=%g; probability slope %.3g", self.C_, slope)
         return self
-
 
 
 def fit_scaling(d: np.ndarray, y_idx: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, np.ndarray]:

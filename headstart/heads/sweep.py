@@ -39,9 +39,10 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -172,8 +173,9 @@ def parse_ranges(head: str, items: Sequence[str]) -> dict[str, tuple[float, floa
             raise HeadError(f"Expected a numeric option for --range. Received: {name!r}; use --grid for it.")
         lo, hi = (parse_value(head, name, p) for p in parts[:2])
         if not lo < hi or (log_scale and lo <= 0):
-            raise HeadError(f"Expected LOW < HIGH{' and LOW > 0 (log)' if log_scale else ''} in --range. "
-                            f"Received: {item!r}.")
+            raise HeadError(
+                f"Expected LOW < HIGH{' and LOW > 0 (log)' if log_scale else ''} in --range. Received: {item!r}."
+            )
         ranges[name] = (lo, hi, log_scale)
     return ranges
 
@@ -277,7 +279,11 @@ def plan_jobs(data: Data, head_name: str, n_trials: int, jobs: int | None) -> tu
 
 
 def _run_trials(
-    data: Data, head_name: str, todo: list[tuple[Trial, dict[str, Any]]], jobs: int, executor: str,
+    data: Data,
+    head_name: str,
+    todo: list[tuple[Trial, dict[str, Any]]],
+    jobs: int,
+    executor: str,
     done: Callable[[Trial, dict[str, Any]], None],
 ) -> None:
     """Fit every ``(trial, params)`` and call ``done(trial, result)`` in this process as each ends."""
@@ -290,8 +296,9 @@ def _run_trials(
     if executor == "thread":
         pool = cf.ThreadPoolExecutor(jobs)
     else:
-        pool = cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"),
-                                      initializer=_worker_init, initargs=(os.getpid(),))
+        pool = cf.ProcessPoolExecutor(
+            jobs, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init, initargs=(os.getpid(),)
+        )
     try:
         futures = {pool.submit(_score_in_worker, head_name, params): trial for trial, params in todo}
         for fut in cf.as_completed(futures):
@@ -350,8 +357,11 @@ def read_journal(path: Path, head_name: str) -> dict[str, dict[str, Any]]:
             skipped += 1
             continue
         ok = (
-            isinstance(rec, dict) and rec.get("kind") == TRIAL_KIND and rec.get("head") == head_name
-            and isinstance(rec.get("key"), str) and isinstance(rec.get("params"), dict)
+            isinstance(rec, dict)
+            and rec.get("kind") == TRIAL_KIND
+            and rec.get("head") == head_name
+            and isinstance(rec.get("key"), str)
+            and isinstance(rec.get("params"), dict)
             and set(rec["params"]) <= allowed
             and all(v is None or isinstance(v, (int, float, str)) for v in rec["params"].values())
             and _finite_numbers(rec.get("val"), ("accuracy", "log_loss", "ece"))
@@ -478,21 +488,35 @@ def sweep(
                 "give it a share with --split (e.g. 0.7,0.15,0.15)."
             )
         if data.streamed and head in ("logreg", "svm", "knn"):
-            raise RunError(f"The {head} head needs the training rows in memory, and {data.cache_path} is too "
-                           "large for the memory available. Sweep softmax or mlp, which stream from the file.")
-        context = _digest({
-            "head": head, "fingerprint": data.cache_info["fingerprint_digest"], "rows": data.cache_info["rows"],
-            "split": split.to_dict(), "calibrate": calibrate,
-        })
+            raise RunError(
+                f"The {head} head needs the training rows in memory, and {data.cache_path} is too "
+                "large for the memory available. Sweep softmax or mlp, which stream from the file."
+            )
+        context = _digest(
+            {
+                "head": head,
+                "fingerprint": data.cache_info["fingerprint_digest"],
+                "rows": data.cache_info["rows"],
+                "split": split.to_dict(),
+                "calibrate": calibrate,
+            }
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         with exclusive_lock(lock_path_for(out), busy_error(out)):
             check_out(out, SWEEP_KIND)
             journal = out / JOURNAL
             if not out.exists() or not any(out.iterdir()):
                 out.mkdir(exist_ok=True)
-                _append(journal, {"kind": JOURNAL_KIND, "format": SWEEP_FORMAT, "head": head,
-                                  "cache": data.cache_info["path"],
-                                  "fingerprint_digest": data.cache_info["fingerprint_digest"]})
+                _append(
+                    journal,
+                    {
+                        "kind": JOURNAL_KIND,
+                        "format": SWEEP_FORMAT,
+                        "head": head,
+                        "cache": data.cache_info["path"],
+                        "fingerprint_digest": data.cache_info["fingerprint_digest"],
+                    },
+                )
             finished = read_journal(journal, head)
 
             all_trials: list[Trial] = []
@@ -517,8 +541,13 @@ def sweep(
 
                 def done(t: Trial, result: dict[str, Any]) -> None:
                     t.record = {
-                        "kind": TRIAL_KIND, "head": head, "key": t.key(context, head, fixed), "context": context,
-                        "params": t.params, "rung": t.rung, **result,
+                        "kind": TRIAL_KIND,
+                        "head": head,
+                        "key": t.key(context, head, fixed),
+                        "context": context,
+                        "params": t.params,
+                        "rung": t.rung,
+                        **result,
                         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     }
                     _append(journal, t.record)
@@ -540,8 +569,16 @@ def sweep(
 
             with staged_result(out, SWEEP_KIND) as tmp:
                 best_params = {**fixed, **best["params"]}
-                result = _fit_one(data, head, best_params, tmp / BEST, out / BEST, plots, calibrate,
-                                  extra={"sweep": {"rank": 1, "params": best["params"], "of": len(ranked)}})
+                result = _fit_one(
+                    data,
+                    head,
+                    best_params,
+                    tmp / BEST,
+                    out / BEST,
+                    plots,
+                    calibrate,
+                    extra={"sweep": {"rank": 1, "params": best["params"], "of": len(ranked)}},
+                )
                 rows = [{"rank": i + 1, **rec} for i, rec in enumerate(ranked)]
                 _write_trials_csv(rows, tmp / TRIALS_CSV)
                 searched = list(dict.fromkeys(k for r in rows for k in r["params"]))
@@ -553,20 +590,44 @@ def sweep(
                 seconds = time.perf_counter() - t_start
                 files = manifest(tmp)
                 shutil.copyfile(journal, tmp / JOURNAL)
-                write_json(tmp / SWEEP_JSON, {
-                    "kind": SWEEP_KIND, "format": SWEEP_FORMAT, "head": head,
-                    "cache": data.cache_info, "split": {**split.to_dict(), "counts": data.counts},
-                    "class_names": data.class_names, "calibrate": calibrate, "fixed_params": fixed,
-                    "search": {"mode": mode, "grid": grid, "ranges": {k: list(v) for k, v in ranges.items()},
-                               "trials": trials, "seed": search_seed, "halving": halving,
-                               "eta": eta if halving else None, "searched": searched, "rank_by": rank_by},
-                    "jobs": n_jobs, "executor": how, "seconds": round(seconds, 3), "skipped": counts["skipped"],
-                    "trials": rows,
-                    "best": {"params": best["params"], "val": best["val"], "run": BEST,
-                             "test": {k: result.metrics["test"].get(k) for k in ("accuracy", "log_loss", "ece", "n")}},
-                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    "versions": versions(), "files": files,
-                })
+                write_json(
+                    tmp / SWEEP_JSON,
+                    {
+                        "kind": SWEEP_KIND,
+                        "format": SWEEP_FORMAT,
+                        "head": head,
+                        "cache": data.cache_info,
+                        "split": {**split.to_dict(), "counts": data.counts},
+                        "class_names": data.class_names,
+                        "calibrate": calibrate,
+                        "fixed_params": fixed,
+                        "search": {
+                            "mode": mode,
+                            "grid": grid,
+                            "ranges": {k: list(v) for k, v in ranges.items()},
+                            "trials": trials,
+                            "seed": search_seed,
+                            "halving": halving,
+                            "eta": eta if halving else None,
+                            "searched": searched,
+                            "rank_by": rank_by,
+                        },
+                        "jobs": n_jobs,
+                        "executor": how,
+                        "seconds": round(seconds, 3),
+                        "skipped": counts["skipped"],
+                        "trials": rows,
+                        "best": {
+                            "params": best["params"],
+                            "val": best["val"],
+                            "run": BEST,
+                            "test": {k: result.metrics["test"].get(k) for k in ("accuracy", "log_loss", "ece", "n")},
+                        },
+                        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                        "versions": versions(),
+                        "files": files,
+                    },
+                )
     return SweepResult(out, rows, result, counts["skipped"], time.perf_counter() - t_start, n_jobs, how)
 
 
@@ -585,9 +646,7 @@ def _halving(settings, fixed, head, eta, run_rung, rank_by: str = "accuracy") ->
         for t in trials:
             kept[json.dumps({k: v for k, v in t.params.items() if k != "epochs"}, sort_keys=True)] = t
         ranked = sorted(trials, key=lambda t: _rank_key(t.record, rank_by))
-        survivors = [
-            {k: v for k, v in t.params.items() if k != "epochs"} for t in ranked[: max(1, len(ranked) // eta)]
-        ]
+        survivors = [{k: v for k, v in t.params.items() if k != "epochs"} for t in ranked[: max(1, len(ranked) // eta)]]
         log.info("halving rung %d: %d settings at %d epochs; %d continue", rung, len(trials), epochs, len(survivors))
     return list(kept.values())
 
@@ -598,5 +657,14 @@ def _write_trials_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
         w = csv.writer(fh)
         w.writerow(["rank", *names, "rung", "val_accuracy", "val_log_loss", "val_ece", "seconds"])
         for r in rows:
-            w.writerow([r["rank"], *(r["params"].get(n, "") for n in names), r.get("rung", 0),
-                        r["val"]["accuracy"], r["val"]["log_loss"], r["val"]["ece"], r["seconds"]])
+            w.writerow(
+                [
+                    r["rank"],
+                    *(r["params"].get(n, "") for n in names),
+                    r.get("rung", 0),
+                    r["val"]["accuracy"],
+                    r["val"]["log_loss"],
+                    r["val"]["ece"],
+                    r["seconds"],
+                ]
+            )

@@ -16,9 +16,10 @@ import datetime as _dt
 import logging
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,6 @@ from headstart.heads.split import SPLITS, SplitSpec, assign, check_trainable, sp
 from headstart.heads.views import per_picture
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -184,9 +184,7 @@ def prepare(cache, spec: SplitSpec, stream: bool | None, exclude=None) -> Data:
             sources["val"] = ArraySource(np.concatenate(blocks), val.labels)
     else:
         arrays = _load_splits(cache, codes)
-        sources = {
-            name: ArraySource(arrays[k], cache.labels[indices[name]]) for k, name in enumerate(SPLITS)
-        }
+        sources = {name: ArraySource(arrays[k], cache.labels[indices[name]]) for k, name in enumerate(SPLITS)}
     return Data(
         paths=None if cache.views is None else {k: [cache.paths[i] for i in v] for k, v in indices.items()},
         cache_path=cache.path.resolve(),
@@ -232,8 +230,14 @@ IN_MEMORY_HEADS = ("logreg", "svm", "knn")
 
 
 def _fit_one(
-    data: Data, name: str, params: Mapping[str, Any], folder: Path, final: Path, plots: bool,
-    calibrate: str | None = None, extra: Mapping[str, Any] | None = None,
+    data: Data,
+    name: str,
+    params: Mapping[str, Any],
+    folder: Path,
+    final: Path,
+    plots: bool,
+    calibrate: str | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Fit one head and write its run into ``folder`` (which becomes ``final`` once swapped in).
 
@@ -275,8 +279,10 @@ def _fit_one(
         for split in ("val", "test"):
             if before[split].get("n"):
                 calibration[split] = {
-                    "log_loss_before": before[split]["log_loss"], "log_loss_after": metrics[split]["log_loss"],
-                    "ece_before": before[split]["ece"], "ece_after": metrics[split]["ece"],
+                    "log_loss_before": before[split]["log_loss"],
+                    "log_loss_after": metrics[split]["log_loss"],
+                    "ece_before": before[split]["ece"],
+                    "ece_after": metrics[split]["ece"],
                     "calibration_bins_before": before[split]["calibration_bins"],
                 }
         metrics["calibration"] = calibration
@@ -329,8 +335,7 @@ def _plot_run(folder: Path, head: str, history, metrics, class_names, chosen) ->
         title = f"{head}: {shown} split, ECE {m['ece']:.3f}"
         if cal:
             title = f"{head}: {shown} split, ECE {cal['ece_before']:.3f} -> {m['ece']:.3f} (temperature)"
-        plots.plot_calibration(m["calibration_bins"], m["ece"], folder / "calibration.png", title=title,
-                               before=before)
+        plots.plot_calibration(m["calibration_bins"], m["ece"], folder / "calibration.png", title=title, before=before)
 
 
 def train(
@@ -410,8 +415,9 @@ def compare(
             log.warning("the cache is streamed from disk; %s need memory and are left out", ", ".join(left_out))
             heads = [h for h in heads if h not in left_out]
             if not heads:
-                raise RunError(f"The {', '.join(left_out)} heads need the training rows in memory; "
-                               "the cache is too large.")
+                raise RunError(
+                    f"The {', '.join(left_out)} heads need the training rows in memory; the cache is too large."
+                )
         with result_writer(out, COMPARISON_KIND) as tmp:
             for name in heads:
                 runs.append(_fit_one(data, name, per_head[name], tmp / name, out / name, plots))

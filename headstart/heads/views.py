@@ -7,7 +7,7 @@ picture counts once in every metric and `misclassified` lists it once.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -23,7 +23,9 @@ def picture_groups(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return rank[inverse.ravel()], first[order]
 
 
-def per_picture(proba: np.ndarray, labels: np.ndarray, paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def per_picture(
+    proba: np.ndarray, labels: np.ndarray, paths: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Average the probabilities of rows with the same path: ``(proba, labels, first row)`` per picture."""
     groups, first = picture_groups(paths)
     sums = np.zeros((len(first), proba.shape[1]), dtype=np.float64)

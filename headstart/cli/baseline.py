@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
-from headstart.console import cli_errors, say
+from headstart.cli.console import cli_errors, say
 
 
 def baseline_cmd(
@@ -22,7 +22,7 @@ def baseline_cmd(
     workers: int = typer.Option(2, "--workers", help="Threads decoding batches ahead of the model."),
     split: str = typer.Option("0.7,0.15,0.15", "--split", help="Train, validation and test fractions (as the heads')."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split (as the heads'), the weights and the shuffling."),
-    exclude: List[str] = typer.Option([], "--exclude", help="Leave out this class (repeatable)."),
+    exclude: list[str] = typer.Option([], "--exclude", help="Leave out this class (repeatable)."),
     limit_per_class: Optional[int] = typer.Option(None, help="At most N pictures per class (the first N, sorted)."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG plots."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No line per epoch."),
@@ -38,19 +38,38 @@ def baseline_cmd(
 
     def on_epoch(epoch: int, logs: dict) -> None:
         if not quiet:
-            say(f"epoch {epoch}: loss {logs.get('loss', float('nan')):.3f}, accuracy {logs.get('accuracy', 0):.3f}, "
-                f"val loss {logs.get('val_loss', float('nan')):.3f}, val accuracy {logs.get('val_accuracy', 0):.3f}")
+            say(
+                f"epoch {epoch}: loss {logs.get('loss', float('nan')):.3f}, accuracy {logs.get('accuracy', 0):.3f}, "
+                f"val loss {logs.get('val_loss', float('nan')):.3f}, val accuracy {logs.get('val_accuracy', 0):.3f}"
+            )
 
     with cli_errors(f"Interrupted. Nothing was written to {out}; run the same command to train again."):
-        params = BaselineParams(input_size=input_size, epochs=epochs, batch_size=batch_size,
-                                learning_rate=learning_rate, patience=patience, flip=not no_flip, workers=workers,
-                                seed=seed)
-        result = train_baseline(data, out, params=params, split=SplitSpec.parse(split, seed), exclude=exclude,
-                                limit_per_class=limit_per_class, plots=not no_plots, on_epoch=on_epoch)
+        params = BaselineParams(
+            input_size=input_size,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            patience=patience,
+            flip=not no_flip,
+            workers=workers,
+            seed=seed,
+        )
+        result = train_baseline(
+            data,
+            out,
+            params=params,
+            split=SplitSpec.parse(split, seed),
+            exclude=exclude,
+            limit_per_class=limit_per_class,
+            plots=not no_plots,
+            on_epoch=on_epoch,
+        )
     c = result.counts
     skipped = f"; skipped {len(result.failed)} unreadable (listed in run.json)" if result.failed else ""
-    say(f"Trained the scratch CNN in {result.fit_seconds:.1f} s on {c['train']:,} pictures (validation {c['val']:,}, "
-        f"test {c['test']:,}); best epoch {result.best_epoch} of {result.epochs}{skipped}.")
+    say(
+        f"Trained the scratch CNN in {result.fit_seconds:.1f} s on {c['train']:,} pictures (validation {c['val']:,}, "
+        f"test {c['test']:,}); best epoch {result.best_epoch} of {result.epochs}{skipped}."
+    )
     say(f"  validation  {summary_line(result.metrics['val'])}")
     say(f"  test        {summary_line(result.metrics['test'])}")
     say(f"Run written to {result.run_dir}  (next: headstart compare CACHE --baseline {result.run_dir})")

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import typer
 
-from headstart.console import cli_errors, err_console, out_console, say
+from headstart.cli.console import cli_errors, err_console, out_console, say
 from headstart.heads.names import HEAD_NAMES as _HEADS
 
 
@@ -39,14 +39,16 @@ def _shown(v: Any) -> str:
 def sweep_cmd(
     cache: Path = typer.Argument(..., help="A feature cache made by headstart extract."),
     head: str = typer.Option("mlp", "--head", help=f"The head to search, one of: {', '.join(_HEADS)}."),
-    grid: List[str] = typer.Option(
+    grid: list[str] = typer.Option(
         [], "--grid", help="NAME=V1,V2,... values of one option (repeatable); every combination is a trial."
     ),
-    ranges: List[str] = typer.Option(
+    ranges: list[str] = typer.Option(
         [], "--range", help="NAME=LOW:HIGH[:log] for a random search (with --trials; repeatable)."
     ),
     trials: Optional[int] = typer.Option(
-        None, "--trials", help="Draw this many random settings from --grid values and --range ranges "
+        None,
+        "--trials",
+        help="Draw this many random settings from --grid values and --range ranges "
         "(default ranges per head when neither is given).",
     ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Sweep folder (default runs/sweep-HEAD)."),
@@ -91,19 +93,35 @@ def sweep_cmd(
             fixed["epochs"] = epochs
         if patience is not None:
             fixed["patience"] = patience
-        from headstart.cli_heads import _check_applies
+        from headstart.cli.heads import _check_applies
 
         _check_applies({k: v for k, v in fixed.items() if k != "random_state"}, [head])
 
         def progress(rec: dict, done: int, total: int) -> None:
             params = " ".join(f"{k}={_shown(v)}" for k, v in rec["params"].items())
-            say(f"  [{done}/{total}] {params}: validation accuracy {rec['val']['accuracy']:.3f}, "
-                f"log loss {rec['val']['log_loss']:.3f} ({rec['seconds']:.1f} s)", err=True)
+            say(
+                f"  [{done}/{total}] {params}: validation accuracy {rec['val']['accuracy']:.3f}, "
+                f"log loss {rec['val']['log_loss']:.3f} ({rec['seconds']:.1f} s)",
+                err=True,
+            )
 
         result = S.sweep(
-            cache, head, out or Path("runs") / f"sweep-{head}", grid=g, ranges=r, trials=trials,
-            split=SplitSpec.parse(split, seed), params=fixed, calibrate=calibrate, halving=halving,
-            jobs=jobs, plots=not no_plots, stream=stream, search_seed=seed, rank_by=rank_by, on_trial=progress,
+            cache,
+            head,
+            out or Path("runs") / f"sweep-{head}",
+            grid=g,
+            ranges=r,
+            trials=trials,
+            split=SplitSpec.parse(split, seed),
+            params=fixed,
+            calibrate=calibrate,
+            halving=halving,
+            jobs=jobs,
+            plots=not no_plots,
+            stream=stream,
+            search_seed=seed,
+            rank_by=rank_by,
+            on_trial=progress,
         )
     from rich.markup import escape
     from rich.table import Table
@@ -113,9 +131,14 @@ def sweep_cmd(
     for col in ("rank", *names, "val accuracy", "val log loss", "val ECE", "fit s"):
         table.add_column(col, justify="right")
     for row in result.trials[:25]:
-        table.add_row(str(row["rank"]), *(_shown(row["params"].get(n)) if n in row["params"] else "-" for n in names),
-                      _fmt(row["val"]["accuracy"]), _fmt(row["val"]["log_loss"]), _fmt(row["val"]["ece"]),
-                      f"{row['seconds']:.1f}")
+        table.add_row(
+            str(row["rank"]),
+            *(_shown(row["params"].get(n)) if n in row["params"] else "-" for n in names),
+            _fmt(row["val"]["accuracy"]),
+            _fmt(row["val"]["log_loss"]),
+            _fmt(row["val"]["ece"]),
+            f"{row['seconds']:.1f}",
+        )
     wide_console().print(table)
     if len(result.trials) > 25:
         say(f"  ... and {len(result.trials) - 25} more in {result.out / 'trials.csv'}")
@@ -124,15 +147,20 @@ def sweep_cmd(
     b = result.best
     skipped = f", {result.skipped} taken from the journal" if result.skipped else ""
     say(f"{len(result.trials)} trials in {result.seconds:.1f} s ({result.jobs} at a time{skipped}).")
-    say(f"Best ({', '.join(f'{k}={_shown(v)}' for k, v in result.trials[0]['params'].items())}) on the test split: "
-        f"{summary_line(b.metrics['test'])}")
+    say(
+        f"Best ({', '.join(f'{k}={_shown(v)}' for k, v in result.trials[0]['params'].items())}) on the test split: "
+        f"{summary_line(b.metrics['test'])}"
+    )
     say(f"Sweep written to {result.out}; the best run is {b.run_dir}  (next: headstart evaluate {b.run_dir})")
 
 
 def runs_cmd(
     folder: Path = typer.Argument(Path("runs"), help="Folder to search for runs, comparisons and sweeps."),
-    sort: str = typer.Option("val_accuracy", "--sort", help="Column to sort by: val_accuracy, test_accuracy, "
-                             "log_loss, ece, fit_seconds, date, head, path."),
+    sort: str = typer.Option(
+        "val_accuracy",
+        "--sort",
+        help="Column to sort by: val_accuracy, test_accuracy, log_loss, ece, fit_seconds, date, head, path.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (groups of rows, notes)."),
 ) -> None:
     """Every run, comparison and sweep below FOLDER in one table, grouped by the cache they were fitted on.
@@ -164,18 +192,25 @@ def runs_cmd(
         n = len(g["rows"])
         table = Table(title=f"cache {escape(g['cache'])} ({n} run{'s' if n != 1 else ''})", title_justify="left")
         for col in ("run", "head", "parameters", "val acc", "test acc", "log loss", "ECE", "fit s", "date", "part of"):
-            table.add_column(col, justify="left" if col in ("run", "head", "parameters", "date", "part of") else "right")
+            table.add_column(
+                col, justify="left" if col in ("run", "head", "parameters", "date", "part of") else "right"
+            )
         for row in g["rows"]:
             table.add_row(
-                escape(row["path"]), row["head"], escape(row["params"]),
-                _fmt(row["val_accuracy"]), _fmt(row["test_accuracy"]), _fmt(row["log_loss"]), _fmt(row["ece"]),
-                _fmt(row["fit_seconds"], 1), (row["date"] or "-")[5:16].replace("T", " "),
+                escape(row["path"]),
+                row["head"],
+                escape(row["params"]),
+                _fmt(row["val_accuracy"]),
+                _fmt(row["test_accuracy"]),
+                _fmt(row["log_loss"]),
+                _fmt(row["ece"]),
+                _fmt(row["fit_seconds"], 1),
+                (row["date"] or "-")[5:16].replace("T", " "),
                 escape(" ".join(x for x in (row["group"], "" if row["kind"] == "run" else row["kind"]) if x)),
             )
         wide_console().print(table)
     for note in cat.notes:
-        err_console.print(f"skipped {escape(note['path'])}: {escape(note['reason'])}", soft_wrap=True,
-                          highlight=False)
+        err_console.print(f"skipped {escape(note['path'])}: {escape(note['reason'])}", soft_wrap=True, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import typer
 
-from headstart.console import cli_errors, err_console, out_console
+from headstart.cli.console import cli_errors, err_console, out_console
 from headstart.errors import HeadstartError
 from headstart.heads.names import DEFAULT_HEADS as _DEFAULT_HEADS
 from headstart.heads.names import HEAD_NAMES as _HEADS
@@ -76,7 +76,7 @@ _FLAGS = {
 }
 
 
-def _check_applies(params: dict[str, Any], heads: List[str]) -> None:
+def _check_applies(params: dict[str, Any], heads: list[str]) -> None:
     """Each option the user set must apply to at least one of the chosen heads (named as a flag)."""
     from headstart.heads.registry import head_class, head_params
 
@@ -102,7 +102,9 @@ def _fmt(value: Optional[float], digits: int = 3) -> str:
 SPLIT = typer.Option("0.7,0.15,0.15", "--split", help="Train, validation and test fractions.")
 SEED = typer.Option(0, "--seed", help="Seed of the split (and of the heads' initialization).")
 EPOCHS = typer.Option(None, "--epochs", help="Most epochs for softmax and mlp (default 100; early stopping).")
-BATCH = typer.Option(None, "--batch-size", help="Batch size for softmax and mlp (default: about 50 steps an epoch, 16 to 256).")
+BATCH = typer.Option(
+    None, "--batch-size", help="Batch size for softmax and mlp (default: about 50 steps an epoch, 16 to 256)."
+)
 LR = typer.Option(None, "--learning-rate", help="Adam learning rate for softmax and mlp (default 0.001).")
 HIDDEN = typer.Option(None, "--hidden-units", help="Hidden units of mlp (default 256).")
 DROPOUT = typer.Option(None, "--dropout", help="Dropout of mlp (default 0.5).")
@@ -167,8 +169,15 @@ def train_cmd(
         check_cache_settings(cache)
         params["random_state"] = seed
         result = training.train(
-            cache, head, out or Path("runs") / head, split=_split(split, seed), params=params,
-            plots=not no_plots, stream=stream, exclude=_exclude(exclude_list), calibrate=calibrate,
+            cache,
+            head,
+            out or Path("runs") / head,
+            split=_split(split, seed),
+            params=params,
+            plots=not no_plots,
+            stream=stream,
+            exclude=_exclude(exclude_list),
+            calibrate=calibrate,
         )
     from headstart.heads.metrics import summary_line
 
@@ -182,8 +191,10 @@ def train_cmd(
     _echo(f"  test        {summary_line(result.metrics['test'])}")
     cal = result.metrics.get("calibration", {}).get("val")
     if cal:
-        _echo(f"  calibration (validation): log loss {cal['log_loss_before']:.3f} -> {cal['log_loss_after']:.3f}, "
-              f"ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}")
+        _echo(
+            f"  calibration (validation): log loss {cal['log_loss_before']:.3f} -> {cal['log_loss_after']:.3f}, "
+            f"ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}"
+        )
     _echo(f"Run written to {result.run_dir}  (next: headstart evaluate {result.run_dir})")
 
 
@@ -228,19 +239,28 @@ def compare_cmd(
         check_cache_settings(cache)
         params["random_state"] = seed
         result = training.compare(
-            cache, out or Path("runs") / f"compare-{cache.stem}", heads=names, split=_split(split, seed),
-            params=params, plots=not no_plots, stream=stream, baseline=baseline, exclude=_exclude(exclude_list),
+            cache,
+            out or Path("runs") / f"compare-{cache.stem}",
+            heads=names,
+            split=_split(split, seed),
+            params=params,
+            plots=not no_plots,
+            stream=stream,
+            baseline=baseline,
+            exclude=_exclude(exclude_list),
         )
-    from rich.table import Table
-
     from rich.markup import escape
+    from rich.table import Table
 
     table = Table(title=f"heads on {escape(cache.name)}")
     for col in ("head", "val accuracy", "test accuracy", "test log loss", "fit s"):
         table.add_column(col, justify="left" if col == "head" else "right")
     for row in result.rows:
         table.add_row(
-            row["head"], _fmt(row["val_accuracy"]), _fmt(row["test_accuracy"]), _fmt(row["test_log_loss"]),
+            row["head"],
+            _fmt(row["val_accuracy"]),
+            _fmt(row["test_accuracy"]),
+            _fmt(row["test_log_loss"]),
             f"{row['fit_seconds']:.2f}",
         )
     out_console.print(table)
@@ -265,8 +285,18 @@ def evaluate_cmd(
     with cli_errors():
         result = evaluation.evaluate(run, cache)
     if as_json:
-        typer.echo(json.dumps({"run": str(run), "cache": str(result.cache_path), "scope": result.scope,
-                               "excluded": result.excluded, "metrics": result.metrics}, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "run": str(run),
+                    "cache": str(result.cache_path),
+                    "scope": result.scope,
+                    "excluded": result.excluded,
+                    "metrics": result.metrics,
+                },
+                indent=2,
+            )
+        )
         return
     from rich.table import Table
 
@@ -292,7 +322,7 @@ def predict_cmd(
     run: Path = typer.Argument(
         ..., help="A run directory made by headstart train, or a .keras file made by headstart export."
     ),
-    paths: List[Path] = typer.Argument(..., help="Pictures, and folders to search for pictures."),
+    paths: list[Path] = typer.Argument(..., help="Pictures, and folders to search for pictures."),
     top_k: int = typer.Option(1, "--top-k", "-k", min=1, help="Print the K most probable classes."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of lines."),
     weights: Optional[Path] = typer.Option(
@@ -315,8 +345,9 @@ def predict_cmd(
         result = predict.predict(run, paths, top_k=top_k, batch_size=batch_size, weights=weights)
     failed = result.failed
     if as_json:
-        typer.echo(json.dumps({"predictions": [p.to_dict() for p in result.predictions],
-                               "failed": len(failed)}, indent=2))
+        typer.echo(
+            json.dumps({"predictions": [p.to_dict() for p in result.predictions], "failed": len(failed)}, indent=2)
+        )
     else:
         for p in result.predictions:
             if p.ok:
@@ -346,12 +377,22 @@ def misclassified_cmd(
     with cli_errors():
         result = evaluation.misclassified(run, n, montage)
     if as_json:
-        typer.echo(json.dumps({"n_test": result.n_test, "n_wrong": result.n_wrong,
-                               "montage": None if result.montage is None else str(result.montage),
-                               "mistakes": [m.to_dict() for m in result.mistakes]}, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "n_test": result.n_test,
+                    "n_wrong": result.n_wrong,
+                    "montage": None if result.montage is None else str(result.montage),
+                    "mistakes": [m.to_dict() for m in result.mistakes],
+                },
+                indent=2,
+            )
+        )
         return
-    _echo(f"{result.n_wrong:,} of {result.n_test:,} test pictures misclassified; "
-          f"the {len(result.mistakes)} of highest loss:")
+    _echo(
+        f"{result.n_wrong:,} of {result.n_test:,} test pictures misclassified; "
+        f"the {len(result.mistakes)} of highest loss:"
+    )
     for m in result.mistakes:
         _echo(f"{m.file}\ttrue {m.true}\tpredicted {m.predicted}\t{m.probability:.3f}")
     if result.montage is not None:

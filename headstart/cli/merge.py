@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
-from headstart.console import cli_errors, say
+from headstart.cli.console import cli_errors, say
 
 
 def merge_cmd(
     out: Path = typer.Argument(..., help="The merged cache to write."),
-    shards: List[Path] = typer.Argument(..., help="The caches to merge (e.g. part-*.h5)."),
+    shards: list[Path] = typer.Argument(..., help="The caches to merge (e.g. part-*.h5)."),
     copy: bool = typer.Option(
-        False, "--copy", help="Write one self-contained file (copies the features) instead of a virtual cache "
-        "that reads them from the shards."
+        False,
+        "--copy",
+        help="Write one self-contained file (copies the features) instead of a virtual cache "
+        "that reads them from the shards.",
     ),
     overwrite: bool = typer.Option(False, help="Replace OUT if it is a headstart cache already."),
     partial: bool = typer.Option(False, help="Merge even if some shards of the --shards count are missing."),
@@ -39,7 +41,8 @@ def merge_cmd(
         res = merge(out, shards, copy=copy, overwrite=overwrite, partial=partial, root=root)
     kind = (
         f"features read from the {res.inputs} caches merged: keep them where they are"
-        if res.virtual else "a self-contained copy"
+        if res.virtual
+        else "a self-contained copy"
     )
     say(f"Merged {res.inputs} caches: {res.rows} rows, {res.skipped} skipped, into {out} ({kind})")
 

@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from headstart.console import cli_errors, out_console, say
+from headstart.cli.console import cli_errors, out_console, say
 
 SHOWN = 10
 
@@ -23,8 +23,7 @@ def _table(title: str, headers: list[str], rows: list[list[str]]):
 
     t = Table(title=title, title_justify="left")
     for k, h in enumerate(headers):
-        t.add_column(h, justify="left" if k == 0 or h in ("label", "suggested", "splits") else "right",
-                     overflow="fold")
+        t.add_column(h, justify="left" if k == 0 or h in ("label", "suggested", "splits") else "right", overflow="fold")
     for row in rows:
         t.add_row(*[Text(str(v)) for v in row])  # paths may hold [ and ]: no markup
     return t
@@ -54,37 +53,59 @@ def audit_cmd(
 
         check_cache_settings(cache)
         result = audit(
-            cache, out, root=root, threshold=threshold, folds=folds, top_outliers=outliers,
-            split=SplitSpec.parse(split, seed), seed=seed, montages=not no_montages,
+            cache,
+            out,
+            root=root,
+            threshold=threshold,
+            folds=folds,
+            top_outliers=outliers,
+            split=SplitSpec.parse(split, seed),
+            seed=seed,
+            montages=not no_montages,
         )
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=1))
         return
     exact = sum(g["exact"] for g in result.duplicates)
-    say(f"{cache}: {result.rows:,} pictures; {len(result.label_issues):,} label issues, "
+    say(
+        f"{cache}: {result.rows:,} pictures; {len(result.label_issues):,} label issues, "
         f"{len(result.duplicates):,} duplicate groups ({exact:,} exact, {len(result.leakage):,} across splits), "
-        f"{len(result.outliers):,} outliers listed; {sum(result.seconds.values()):.1f} s")
+        f"{len(result.outliers):,} outliers listed; {sum(result.seconds.values()):.1f} s"
+    )
     for note in result.notes:
         say(f"note: {note}")
     if result.label_issues:
-        out_console.print(_table(
-            f"label issues (top {min(SHOWN, len(result.label_issues))} of {len(result.label_issues):,})",
-            ["path", "label", "suggested", "score"],
-            [[i["path"], i["label"], i["suggested"], f"{i['score']:.3f}"] for i in result.label_issues[:SHOWN]],
-        ))
+        out_console.print(
+            _table(
+                f"label issues (top {min(SHOWN, len(result.label_issues))} of {len(result.label_issues):,})",
+                ["path", "label", "suggested", "score"],
+                [[i["path"], i["label"], i["suggested"], f"{i['score']:.3f}"] for i in result.label_issues[:SHOWN]],
+            )
+        )
     if result.duplicates:
-        out_console.print(_table(
-            f"duplicates (top {min(SHOWN, len(result.duplicates))} of {len(result.duplicates):,} groups)",
-            ["paths", "similarity", "exact", "splits"],
-            [["\n".join(g["paths"]), f"{g['similarity']:.3f}", "yes" if g["exact"] else "no",
-              ", ".join(g["splits"]) + (" LEAK" if g["leakage"] else "")] for g in result.duplicates[:SHOWN]],
-        ))
+        out_console.print(
+            _table(
+                f"duplicates (top {min(SHOWN, len(result.duplicates))} of {len(result.duplicates):,} groups)",
+                ["paths", "similarity", "exact", "splits"],
+                [
+                    [
+                        "\n".join(g["paths"]),
+                        f"{g['similarity']:.3f}",
+                        "yes" if g["exact"] else "no",
+                        ", ".join(g["splits"]) + (" LEAK" if g["leakage"] else ""),
+                    ]
+                    for g in result.duplicates[:SHOWN]
+                ],
+            )
+        )
     if result.outliers:
-        out_console.print(_table(
-            f"outliers (top {min(SHOWN, len(result.outliers))})",
-            ["path", "label", "score"],
-            [[o["path"], o["label"], f"{o['score']:.3f}"] for o in result.outliers[:SHOWN]],
-        ))
+        out_console.print(
+            _table(
+                f"outliers (top {min(SHOWN, len(result.outliers))})",
+                ["path", "label", "score"],
+                [[o["path"], o["label"], f"{o['score']:.3f}"] for o in result.outliers[:SHOWN]],
+            )
+        )
     if result.out is not None:
         say(f"audit.json, suspects.txt ({len(result.suspects()):,} paths) and montages are in {result.out}")
 
@@ -111,8 +132,10 @@ def map_cmd(
         check_cache_settings(cache)
         findings = load_audit(audit) if audit is not None else None
         result = make_map(cache, out, audit=findings, method=method, max_points=max_points, root=root, seed=seed)
-    say(f"{result.points:,} of {result.rows:,} pictures drawn ({result.method}); {result.misclassified:,} "
-        f"misclassified out of fold, {result.flagged:,} flagged by the audit; map written to {result.out}")
+    say(
+        f"{result.points:,} of {result.rows:,} pictures drawn ({result.method}); {result.misclassified:,} "
+        f"misclassified out of fold, {result.flagged:,} flagged by the audit; map written to {result.out}"
+    )
 
 
 def report_cmd(
@@ -131,8 +154,10 @@ def report_cmd(
         result = make_report(source, out, audit=audit, mistakes=mistakes)
     for note in result.notes:
         say(f"note: {note}")
-    say(f"Report of {result.runs} run{'s' if result.runs != 1 else ''} ({result.mistakes} mistakes shown"
-        f"{', audit included' if result.audit else ''}) written to {result.out}")
+    say(
+        f"Report of {result.runs} run{'s' if result.runs != 1 else ''} ({result.mistakes} mistakes shown"
+        f"{', audit included' if result.audit else ''}) written to {result.out}"
+    )
 
 
 def register(app: typer.Typer) -> None:

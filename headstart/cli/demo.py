@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import typer
 
-from headstart.console import cli_errors, out_console, say
+from headstart.cli.console import cli_errors, out_console, say
 
 GENERATED_NOTE = (
     "This demo runs on pictures that headstart draws itself (four shapes on random backgrounds), "
@@ -24,20 +25,31 @@ def _table(title: str, rows: Sequence[dict[str, Any]]):
         table.add_column(col, justify="left" if col == "head" else "right")
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for row in rows:
-        table.add_row(row["head"], fmt(row["val_accuracy"]), fmt(row["test_accuracy"]), fmt(row["test_log_loss"]),
-                      f"{row['fit_seconds']:.2f}")
+        table.add_row(
+            row["head"],
+            fmt(row["val_accuracy"]),
+            fmt(row["test_accuracy"]),
+            fmt(row["test_log_loss"]),
+            f"{row['fit_seconds']:.2f}",
+        )
     return table
 
 
 def demo_cmd(
     out: Optional[Path] = typer.Option(
-        None, "--out", "-o", help="Folder for the pictures, caches and runs (default headstart-demo); "
-        "with --pets, for the comparison (default runs/pets)."
+        None,
+        "--out",
+        "-o",
+        help="Folder for the pictures, caches and runs (default headstart-demo); "
+        "with --pets, for the comparison (default runs/pets).",
     ),
     per_class: int = typer.Option(60, "--per-class", min=10, help="Generated pictures per class."),
     seed: int = typer.Option(0, "--seed", help="Seed of the pictures, the random weights and the split."),
-    pets: bool = typer.Option(False, "--pets", help="Run the real job instead: download Dogs vs Cats (786 MB), "
-                              "extract VGG16 fc2, compare the heads."),
+    pets: bool = typer.Option(
+        False,
+        "--pets",
+        help="Run the real job instead: download Dogs vs Cats (786 MB), extract VGG16 fc2, compare the heads.",
+    ),
     data: Path = typer.Option(Path("data"), "--data", help="With --pets: where to download the pictures."),
     dry_run: bool = typer.Option(False, "--dry-run", help="With --pets: print the commands, run nothing."),
 ) -> None:
@@ -67,14 +79,21 @@ def demo_cmd(
         out_console.print(_table(f"MobileNet 0.25, {label}: heads on {result.pictures} generated pictures", rows))
     best = {name: max(r["test_accuracy"] or 0 for r in rows) for name, rows in result.tables.items()}
     scale, chance = result.feature_scale, 1 / len(demo.SHAPES)
-    say(f"Best test accuracy: {best['imagenet']:.3f} with ImageNet features, {best['random']:.3f} with the random "
+    say(
+        f"Best test accuracy: {best['imagenet']:.3f} with ImageNet features, {best['random']:.3f} with the random "
         f"network's (chance {chance:.3f}). Mean |feature|: {scale['imagenet']:.3g} with ImageNet "
         f"weights, {scale['random']:.3g} with random ones. "
-        + ("Through 14 untrained layers the signal fades to almost nothing: " if best["random"] < chance + 0.1
-           else "Random features tell the shapes apart only in part: ")
-        + "the weights are what transfer learning transfers.")
-    say(f"Comparison plots: {', '.join(str(p) for p in result.plots)}; runs, caches and pictures in {result.out} "
-        f"({result.seconds:.0f} s in all).")
+        + (
+            "Through 14 untrained layers the signal fades to almost nothing: "
+            if best["random"] < chance + 0.1
+            else "Random features tell the shapes apart only in part: "
+        )
+        + "the weights are what transfer learning transfers."
+    )
+    say(
+        f"Comparison plots: {', '.join(str(p) for p in result.plots)}; runs, caches and pictures in {result.out} "
+        f"({result.seconds:.0f} s in all)."
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
-import sys
 
 import typer
 
-from headstart.console import err_console, say
-
+from headstart.cli import audit, baseline, demo, export, extract, heads, merge, sweep
+from headstart.cli.console import err_console, say
 
 app = typer.Typer(
     name="headstart",
@@ -26,6 +24,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
 def setup_logging(verbose: int) -> None:
     from rich.logging import RichHandler
 
@@ -55,16 +55,10 @@ def main(
     setup_logging(verbose)
 
 
-# Every command lives in a headstart/cli_*.py module with a register(app) function: one style.
-COMMAND_MODULES = ("cli_extract", "cli_heads", "cli_sweep", "cli_export", "cli_audit", "cli_merge", "cli_baseline",
-                   "cli_demo")
-for _name in COMMAND_MODULES:
-    importlib.import_module(f"headstart.{_name}").register(app)
+# Every command group lives in a headstart/cli/<group>.py module with a register(app) function: one style.
+for _group in (extract, heads, sweep, export, audit, merge, baseline, demo):
+    _group.register(app)
 
 
 def run() -> None:  # pragma: no cover
     app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
-from headstart.console import cli_errors, err_console, fail, out_console, say
+from headstart.cli.console import cli_errors, err_console, fail, out_console, say
 from headstart.errors import HeadstartError
 from headstart.extractor.backbones import BACKBONES
 from headstart.extractor.config import MAX_INPUT_SIZE, MIN_INPUT_SIZE, PRECISIONS, RESIZE_METHODS, STORAGE_DTYPES
@@ -68,19 +68,31 @@ def _progress(quiet: bool, bytes_: bool = False):
     )
 
     if bytes_:
-        columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                   TimeRemainingColumn()]
+        columns = [
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        ]
     else:
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-                   TextColumn("{task.fields[rate]:>6.1f} pictures/s"), TextColumn("skipped {task.fields[skipped]}"),
-                   TimeRemainingColumn()]
+        columns = [
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rate]:>6.1f} pictures/s"),
+            TextColumn("skipped {task.fields[skipped]}"),
+            TimeRemainingColumn(),
+        ]
     return Progress(*columns, console=err_console, transient=False)
 
 
 def _layers_help() -> str:
     """The feature layers of every backbone, from the registry (the default one first)."""
     per = "; ".join(
-        f"{name}: " + ", ".join([spec.default_layer + " (default)"] + [n for n in spec.layers if n != spec.default_layer])
+        f"{name}: "
+        + ", ".join([spec.default_layer + " (default)"] + [n for n in spec.layers if n != spec.default_layer])
         for name, spec in BACKBONES.items()
     )
     return f"Feature layer of the backbone. {per}."
@@ -121,21 +133,26 @@ def extract(
         "squash", help=f"One of: {', '.join(RESIZE_METHODS)} (squash: both sides, like keras load_img; crop: centre)."
     ),
     precision: str = typer.Option(
-        "auto", help=f"One of: auto, {', '.join(PRECISIONS)}. auto: float16 on a GPU; on a CPU bfloat16 for "
+        "auto",
+        help=f"One of: auto, {', '.join(PRECISIONS)}. auto: float16 on a GPU; on a CPU bfloat16 for "
         f"{', '.join(n for n, s in BACKBONES.items() if s.cpu_bfloat16) or 'none'} where the CPU has native "
-        "bfloat16, else float32."
+        "bfloat16, else float32.",
     ),
     dtype: str = typer.Option("float16", help=f"Storage type of the features, one of: {', '.join(STORAGE_DTYPES)}."),
     views: str = typer.Option(
-        "none", help="none, or flip: also store each picture's horizontal mirror (heads train on both; "
-        "evaluate and predict average them)."
+        "none",
+        help="none, or flip: also store each picture's horizontal mirror (heads train on both; "
+        "evaluate and predict average them).",
     ),
-    batch_size: str = typer.Option("32", help="Pictures per model call, or auto (the largest that fits a GPU; 32 on CPU)."),
+    batch_size: str = typer.Option(
+        "32", help="Pictures per model call, or auto (the largest that fits a GPU; 32 on CPU)."
+    ),
     workers: Optional[int] = typer.Option(
-        None, help="Decoding threads, at least 1 (default: one per CPU core); with --ray, model actors (default: one "
-        "per GPU of the cluster, else one per node)."
+        None,
+        help="Decoding threads, at least 1 (default: one per CPU core); with --ray, model actors (default: one "
+        "per GPU of the cluster, else one per node).",
     ),
-    exclude: List[str] = typer.Option([], "--exclude", help="Leave out this class (repeatable)."),
+    exclude: list[str] = typer.Option([], "--exclude", help="Leave out this class (repeatable)."),
     limit_per_class: Optional[int] = typer.Option(
         None, help="At most N pictures per class, N at least 1 (the first N, sorted)."
     ),
@@ -144,18 +161,23 @@ def extract(
     overwrite: bool = typer.Option(False, help="Start a new cache even if OUT exists with other settings."),
     prune: bool = typer.Option(False, help="Drop rows whose pictures are no longer in SOURCE."),
     root_moved: bool = typer.Option(
-        False, "--root-moved", help="OUT was extracted from another folder and the pictures moved to SOURCE: "
-        "match rows by their relative path and record SOURCE as the cache's folder."
+        False,
+        "--root-moved",
+        help="OUT was extracted from another folder and the pictures moved to SOURCE: "
+        "match rows by their relative path and record SOURCE as the cache's folder.",
     ),
     commit_seconds: float = typer.Option(
-        1.0, help="Make extracted rows durable at least this often (0 or more seconds); a crash loses at most "
-        "this much work."
+        1.0,
+        help="Make extracted rows durable at least this often (0 or more seconds); a crash loses at most "
+        "this much work.",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ray: Optional[str] = typer.Option(
-        None, "--ray", help="Run on a Ray cluster: auto (the one this machine joined), ray://HOST:10001, HOST:6379, "
+        None,
+        "--ray",
+        help="Run on a Ray cluster: auto (the one this machine joined), ray://HOST:10001, HOST:6379, "
         "or local (start one here). Decoding runs as Ray tasks, the model in --workers actors (one per GPU "
-        "by default). Needs pip install 'headstart[ray]'."
+        "by default). Needs pip install 'headstart[ray]'.",
     ),
     shards: Optional[int] = typer.Option(
         None, "--shards", help="Split the folder into N shards by a hash of each picture's path (with --shard)."
@@ -164,8 +186,10 @@ def extract(
         None, "--shard", help="Extract only shard I (0 to N-1) into OUT; join the shards with headstart merge."
     ),
     exclude_list: Optional[Path] = typer.Option(
-        None, "--exclude-list", help="Do not extract the pictures listed in this file, one relative path a line "
-        "(with --prune, drop their rows too)."
+        None,
+        "--exclude-list",
+        help="Do not extract the pictures listed in this file, one relative path a line "
+        "(with --prune, drop their rows too).",
     ),
 ) -> None:
     """Run the backbone once over every picture and store the features in an HDF5 cache.
@@ -178,8 +202,8 @@ def extract(
 
     One shard of 16 (any scheduler): headstart extract /mnt/pictures --out part-3.h5 --shards 16 --shard 3
     """
-    from headstart.extractor.backbones import make_config
     from headstart.exclude_list import read_exclude_list
+    from headstart.extractor.backbones import make_config
     from headstart.extractor.runner import extract as run_extract
 
     interrupted = f"Interrupted. What was extracted is kept in {out}; run the same command to resume."
@@ -190,8 +214,17 @@ def extract(
 
             precision = "float16" if cluster_gpus(ray) else precision  # auto means float16 on GPUs
         config = make_config(
-            backbone, layer, weights=weights, alpha=alpha, input_size=input_size, resize=resize,
-            jpeg_draft=not no_draft, precision=precision, dtype=dtype, seed=seed, views=views,
+            backbone,
+            layer,
+            weights=weights,
+            alpha=alpha,
+            input_size=input_size,
+            resize=resize,
+            jpeg_draft=not no_draft,
+            precision=precision,
+            dtype=dtype,
+            seed=seed,
+            views=views,
         )
         with _progress(quiet) as bar:
             task = bar.add_task("extract", total=None, rate=0.0, skipped=0) if bar else None
@@ -205,9 +238,21 @@ def extract(
                     bar.update(task, completed=done, total=total, rate=rate, skipped=skipped)
 
             result = run_extract(
-                source, out, config, batch_size=batch, workers=workers, exclude=exclude,
-                limit_per_class=limit_per_class, overwrite=overwrite, prune=prune, progress=progress,
-                commit_seconds=commit_seconds, root_moved=root_moved, ray=ray, shards=shards, shard=shard,
+                source,
+                out,
+                config,
+                batch_size=batch,
+                workers=workers,
+                exclude=exclude,
+                limit_per_class=limit_per_class,
+                overwrite=overwrite,
+                prune=prune,
+                progress=progress,
+                commit_seconds=commit_seconds,
+                root_moved=root_moved,
+                ray=ray,
+                shards=shards,
+                shard=shard,
                 exclude_paths=read_exclude_list(exclude_list).paths if exclude_list is not None else (),
             )
     skipped = f", skipped {result.skipped} (see: headstart info {out})" if result.skipped else ", skipped 0"
@@ -238,8 +283,10 @@ def info(
 
     with cli_errors():
         if root is not None and not root.is_dir():
-            raise fail(f"Expected --root to be the folder of the pictures. Received: {root} "
-                       f"({'not a folder' if root.exists() else 'no such folder'}).")
+            raise fail(
+                f"Expected --root to be the folder of the pictures. Received: {root} "
+                f"({'not a folder' if root.exists() else 'no such folder'})."
+            )
         with open_cache(cache) as c:
             config_of(c)  # every setting from this version's registries
             missing = c.missing_files(root)

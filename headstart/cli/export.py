@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from headstart.console import cli_errors, out_console, say
+from headstart.cli.console import cli_errors, say
 
 
 def export_cmd(
@@ -36,7 +36,8 @@ def export_cmd(
         result = export(run, out, fmt, weights=weights, overwrite=overwrite, verify=not no_verify)
     checked = (
         f", checked against the Keras model (largest difference {result.max_difference:.1e})"
-        if result.max_difference is not None else ""
+        if result.max_difference is not None
+        else ""
     )
     say(f"Exported {run} as {fmt} to {result.path} in {result.seconds:.1f} s{checked}")
 
@@ -58,16 +59,28 @@ def backbones_cmd(
         typer.echo(json.dumps({"backbones": rows, "measured_on": machine}, indent=2))
         return
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-    short = {"keras.applications.vgg16.preprocess_input": "caffe", "keras.applications.resnet50.preprocess_input":
-             "caffe", "keras.applications.mobilenet.preprocess_input": "-1..1", "in_model": "in model"}
+    short = {
+        "keras.applications.vgg16.preprocess_input": "caffe",
+        "keras.applications.resnet50.preprocess_input": "caffe",
+        "keras.applications.mobilenet.preprocess_input": "-1..1",
+        "in_model": "in model",
+    }
     headers = ("name", "layer (others)", "features", "input", "preprocessing", "weights MB", "pictures/s")
     cells = [headers]
     for r in rows:
         others = [name for name in r["layers"] if name != r["default_layer"]]
         layer = r["default_layer"] + (f" ({', '.join(others)})" if others else "")
-        cells.append((r["name"], layer, fmt(r["features"], "d"), str(r["input_size"]),
-                      short.get(r["preprocessing"], r["preprocessing"]), fmt(r["weights_mb"], ".0f"),
-                      fmt(r["pictures_per_second"], ".1f")))
+        cells.append(
+            (
+                r["name"],
+                layer,
+                fmt(r["features"], "d"),
+                str(r["input_size"]),
+                short.get(r["preprocessing"], r["preprocessing"]),
+                fmt(r["weights_mb"], ".0f"),
+                fmt(r["pictures_per_second"], ".1f"),
+            )
+        )
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for row in cells:  # plain columns: a pipe or a narrow terminal never truncates a name
         say("  ".join(c.ljust(w) if i in (0, 1, 4) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
