@@ -123,6 +123,16 @@ class ExactSearch:
         mask[self.rows] = True
         if allowed is not None:
             mask &= allowed
+        if self.matrix is not None:  # one matrix product over every row: memory-bound, no copies
+            sims = queries.astype(np.float32) @ self.matrix.T
+            sims[:, ~mask] = -np.inf
+            k = min(k, int(mask.sum()))
+            top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k else np.zeros((len(queries), 0), int)
+            out = []
+            for q_sims, rows in zip(sims, top):
+                order = np.lexsort((rows, -q_sims[rows]))
+                out.append([(int(rows[i]), float(q_sims[rows[i]])) for i in order])
+            return out
         best_rows = np.zeros((len(queries), 0), np.int64)
         best_sims = np.zeros((len(queries), 0), np.float32)
         for start, block in self._blocks():
@@ -205,6 +215,7 @@ def similar(
     split: SplitSpec = SplitSpec(),
     weights: str | os.PathLike | None = None,
     keep_self: bool = False,
+    index: bool = False,
 ) -> list[QueryResult]:
     """The ``k`` nearest pictures of ``cache_path`` to each query, by centred cosine.
 
@@ -212,7 +223,9 @@ def similar(
     results unless ``keep_self``); any other existing file is embedded with the cache's settings
     (``weights``: the weights file, when the cache was extracted from one and it moved).
     ``exclude_split`` / ``only_split`` restrict the pictures searched to splits of ``split``
-    (train, val, test), e.g. to look for test pictures that leaked into training.
+    (train, val, test), e.g. to look for test pictures that leaked into training. ``index``: answer
+    from the approximate index beside the cache (`headstart.similar_index`), built when missing or
+    outdated.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise SimilarError(f"Expected -k of 1 or more. Received: {k}.")
@@ -220,7 +233,12 @@ def similar(
         raise SimilarError("Expected at least one query: a picture of the cache or a picture file. Received: none.")
     with open_cache(cache_path, require_finite=True) as cache:
         allowed = _allowed_rows(cache, split, exclude_split, only_split)
-        search = ExactSearch(cache)
+        if index:
+            from headstart.similar_index import open_index
+
+            search = open_index(cache)
+        else:
+            search = ExactSearch(cache)
         rows = {q: _row_of(cache, q) for q in queries}
         files = [q for q, r in rows.items() if r is None]
         for q in files:

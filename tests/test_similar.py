@@ -117,3 +117,44 @@ def test_a_new_picture_file_is_embedded_with_the_caches_settings(tmp_path, tiny_
     assert from_cache.neighbours[0].path == "dog/dog.5.jpg"
     (by_full_path,) = similar(cache, [str(images / "dog" / "dog.5.jpg")], k=2)
     assert by_full_path.source == "cache"
+
+
+def _recall(exact_hits, approx_hits) -> float:
+    return np.mean([len({r for r, _ in a} & {r for r, _ in e}) / len(e) for e, a in zip(exact_hits, approx_hits)])
+
+
+def test_the_index_recalls_what_exact_search_finds_and_follows_the_cache(tmp_path):
+    pytest.importorskip("usearch")
+    from headstart.cache import open_cache
+    from headstart.similar_index import index_folder, open_index
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (3000, 64)) + np.repeat(rng.normal(0, 2, (30, 64)), 100, axis=0)
+    paths = [f"a/{i}.jpg" for i in range(3000)]
+    cache = write_cache(tmp_path / "c.h5", x, [i % 2 for i in range(3000)], paths, ("a", "b"))
+    with open_cache(cache) as c:
+        exact = ExactSearch(c)
+        queries = np.stack([exact.vector(r) for r in range(0, 3000, 30)])
+        approx = open_index(c)
+        assert _recall(exact.search(queries, 10), approx.search(queries, 10)) >= 0.95
+    assert (index_folder(cache) / "index.json").is_file()
+    (res,) = similar(cache, ["a/5.jpg"], k=3, index=True)
+    (ref,) = similar(cache, ["a/5.jpg"], k=3)
+    assert [n.path for n in res.neighbours][:1] == [n.path for n in ref.neighbours][:1]
+    # The cache changes (made again, fewer rows): the old index is never used, it is built again.
+    (tmp_path / "c.h5").unlink()
+    write_cache(tmp_path / "c.h5", x[:2000], [i % 2 for i in range(2000)], paths[:2000], ("a", "b"))
+    (res,) = similar(cache, ["a/5.jpg"], k=3, index=True)
+    meta = json.loads((index_folder(cache) / "index.json").read_text())
+    assert meta["rows"] == 2000 and all(n.row < 2000 for n in res.neighbours)
+
+
+def test_an_index_folder_that_headstart_did_not_write_is_not_deleted(tmp_path):
+    pytest.importorskip("usearch")
+    cache, *_ = _clusters(tmp_path)
+    folder = tmp_path / "c.h5.index"
+    folder.mkdir()
+    (folder / "mine.txt").write_text("keep me")
+    result = runner.invoke(app, ["similar", str(cache), "c0/p0.jpg", "--index"])
+    assert result.exit_code == 2 and "Expected" in result.stderr
+    assert (folder / "mine.txt").read_text() == "keep me"

@@ -31,6 +31,12 @@ def similar_cmd(
     montage: Optional[Path] = typer.Option(
         None, "--montage", help="Draw each query's neighbours in a grid into this picture (.png by its suffix)."
     ),
+    index: bool = typer.Option(
+        False,
+        "--index",
+        help="Answer from an approximate index beside the cache (CACHE.index/, built when missing or outdated; "
+        "needs usearch). For collections too large to scan.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Find the pictures of a cache nearest to a query, by centred cosine of the cached features.
@@ -51,6 +57,7 @@ def similar_cmd(
             only_split=only_split,
             split=SplitSpec.parse(split, seed),
             weights=weights,
+            index=index,
         )
         if montage is not None:
             from headstart.audit.pictures import montage as draw
