@@ -1,4 +1,4 @@
-"""The exploring commands of the CLI (similar): parse, call, print."""
+"""The exploring commands of the CLI (curve, similar): parse, call, print."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from headstart.cli import heads as heads_cli
 from headstart.cli.console import cli_errors, say
 
 
@@ -80,6 +81,61 @@ def similar_cmd(
         say(f"Montage written to {montage}")
 
 
+def curve_cmd(
+    caches: list[Path] = typer.Argument(..., help="One or more feature caches (backbones) made by headstart extract."),
+    head: str = typer.Option("logreg", "--head", help="The head to fit at every point."),
+    out: Path = typer.Option(Path("runs/curve"), "--out", "-o", help="Folder for curve.json, curve.png, journal."),
+    draws: int = typer.Option(5, "--draws", help="Random class-balanced draws per point."),
+    largest: Optional[int] = typer.Option(
+        None, "--largest", help="Largest draw in pictures a class before the whole training split (default: all)."
+    ),
+    split: str = typer.Option("0.7,0.15,0.15", "--split", help="Train, validation and test fractions."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split, the draws and the heads."),
+    epochs: Optional[int] = heads_cli.EPOCHS,
+    hidden_units: Optional[int] = heads_cli.HIDDEN,
+    c: Optional[float] = typer.Option(None, "--C", help="Inverse regularization of logreg and svm (default: chosen)."),
+    k: Optional[int] = typer.Option(None, "--k", help="Neighbours of knn (default: chosen on validation)."),
+    no_plots: bool = heads_cli.NO_PLOTS,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Learning curve: test accuracy and log loss against labelled training pictures per class
+    (1, 2, 4, ... then all), a few random draws per point, one line per cache.
+
+    Killed or stopped, the same command goes on from the points already fitted.
+
+    Example: headstart curve pets-vgg16-fc2.h5 --head logreg --out runs/curve
+    Example: headstart curve vgg16.h5 mobilenet.h5 --largest 64 --out runs/curve-backbones
+    """
+    from headstart.heads.curve import learning_curve
+    from headstart.heads.split import SplitSpec
+
+    params = {key: v for key, v in (("epochs", epochs), ("hidden_units", hidden_units), ("C", c), ("k", k)) if v}
+    with cli_errors():
+        heads_cli._check_applies(params, [head])
+        result = learning_curve(
+            caches,
+            head,
+            out,
+            split=SplitSpec.parse(split, seed),
+            params=params,
+            draws=draws,
+            largest=largest,
+            plots=not no_plots,
+        )
+    if as_json:
+        typer.echo(json.dumps({"out": str(result.out), "caches": result.caches, "summary": result.rows}, indent=2))
+        return
+    typer.echo("cache\tper class\ttrain pictures\tdraws\taccuracy mean\taccuracy sd\tlog loss mean")
+    for r in result.rows:
+        typer.echo(
+            f"{Path(r['cache']).name}\t{r['per_class']}\t{r['n_train']}\t{r['draws']}\t{r['accuracy_mean']:.3f}\t"
+            f"{r['accuracy_std']:.3f}\t{r['log_loss_mean']:.3f}"
+        )
+    skipped = f", {result.skipped} points from the journal" if result.skipped else ""
+    say(f"Curve written to {result.out} in {result.seconds:.1f} s{skipped}  (plot: {result.out / 'curve.png'})")
+
+
 def register(app: typer.Typer) -> None:
-    """Add similar to ``app``."""
+    """Add curve and similar to ``app``."""
+    app.command("curve")(curve_cmd)
     app.command("similar")(similar_cmd)
