@@ -67,16 +67,22 @@ def _mobilenet_file(config: ExtractionConfig, top: bool) -> str:
     return f"mobilenet_{alpha}_{config.input_size}_tf{'' if top else '_no_top'}.h5"
 
 
-def _application(model: str, **kwargs) -> Callable:
-    """``make`` for a `keras.applications` model cut at its pooled last stage (no top)."""
+def _application(model: str, depthwise: bool = False, **kwargs) -> Callable:
+    """``make`` for a `keras.applications` model cut at its pooled last stage (no top).
+    ``depthwise``: build its grouped convolutions as depthwise ones (see `extractor.depthwise`)."""
 
     def make(include_top: bool, weights, config: ExtractionConfig):
         import keras
 
         size = config.input_size
-        return getattr(keras.applications, model)(
+        base = getattr(keras.applications, model)(
             include_top=False, weights=weights, input_shape=(size, size, 3), pooling="avg", **kwargs
         )
+        if depthwise:
+            from headstart.extractor.depthwise import grouped_to_depthwise
+
+            base = grouped_to_depthwise(base)
+        return base
 
     return make
 
@@ -207,7 +213,7 @@ BACKBONES: dict[str, Backbone] = {
     ),
     "convnext_tiny": Backbone(
         name="convnext_tiny",
-        make=_application("ConvNeXtTiny"),
+        make=_application("ConvNeXtTiny", depthwise=True),
         layers={"head_layernorm": Layer(pooling="avg", output=True)},
         default_layer="head_layernorm",
         preprocessing=IN_MODEL,
