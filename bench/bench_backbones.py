@@ -37,7 +37,7 @@ HUB_PRESET = "hub:dinov2_small"  # one KerasHub preset, measured where keras-hub
 CHILD = r"""
 import json, sys, time
 import numpy as np
-from headstart.extractor.backbones import make_config
+from headstart.extractor.backbones import has_accelerator, make_config
 from headstart.extractor.decode import load_image
 from headstart.extractor.runner import Embedder, extract
 from headstart.extractor.scan import scan_dataset
@@ -63,7 +63,7 @@ print("RESULT " + json.dumps({"backbone": name, "precision": precision, "layer":
     "input_size": config.input_size, "features": int(emb.model.output_shape[-1]), "parameters": params,
     "weights_mb": params * 4 / 1e6, "n": len(pixels), "extracted": res.extracted,
     "pictures_per_second": len(pixels) / model_s, "pipeline_pictures_per_second": res.extracted / pipe_s,
-    "model_cpu_per_wall": model_cpu_s / model_s, "build_s": build_s}))
+    "model_cpu_per_wall": model_cpu_s / model_s, "build_s": build_s, "on_accelerator": has_accelerator()}))
 """
 
 
@@ -83,7 +83,9 @@ def busy_reason(loads: list[float], rows: list[dict], max_load: float, cores: in
     """Why these figures must not be written, or None when the machine was quiet throughout."""
     if loads and max(loads) > max_load:
         return f"the 1-minute load average reached {max(loads):.2f} (limit {max_load})"
-    for r in rows:  # on an idle machine TensorFlow keeps most of the cores busy inside the model
+    for r in rows:  # on an idle CPU-only machine TensorFlow keeps most of the cores busy inside the model
+        if r.get("on_accelerator"):
+            continue
         if r["model_cpu_per_wall"] < 0.5 * cores:
             return (
                 f"{r['backbone']} {r['precision']} used {r['model_cpu_per_wall']:.2f} CPU-seconds per second "
