@@ -28,7 +28,8 @@ PACKAGE_DATA = REPO / "headstart" / "extractor" / "backbone_speeds.json"
 CHILD = r"""
 import json, sys, time
 import numpy as np
-from headstart.extractor.backbones import build_model, make_config
+from headstart.extractor.model import build_model
+from headstart.extractor.options import make_config
 name, batch, batches = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 config = make_config(name, weights="none", precision="float32")
 t0 = time.perf_counter()

@@ -98,7 +98,7 @@ def main(argv=None) -> None:
     from headstart.extractor.backbones import get_backbone
     from headstart.extractor.config import ExtractionConfig
     from headstart.extractor.decode import load_image
-    from headstart.extractor.runner import decode_stream
+    from headstart.extractor.embed import decode_stream
 
     t_start = time.perf_counter()
     info = device_info(with_tensorflow=False)

@@ -131,7 +131,7 @@ def test_download_unknown_dataset_and_offline_archive(tmp_path):
 
 def test_ctrl_c_keeps_the_work_and_says_how_to_resume(image_folder, tmp_path, monkeypatch):
     from headstart import open_cache
-    from headstart.extractor.runner import Embedder
+    from headstart.extractor.embed import Embedder
 
     real_call, calls = Embedder.__call__, []
 

@@ -13,7 +13,7 @@ from headstart.cache import open_cache
 from headstart.cache.merge import merge
 from headstart.cli import app
 from headstart.errors import CacheError, MergeError
-from headstart.extractor.backbones import make_config
+from headstart.extractor.options import make_config
 from headstart.extractor.runner import extract
 
 runner = CliRunner()

@@ -1,15 +1,15 @@
-"""Tests of headstart.predict: new pictures through the run's backbone and head."""
+"""Tests of headstart.ship.predict: new pictures through the run's backbone and head."""
 
 from pathlib import Path
 
 import pytest
 from heads_fixtures import FP, SHARED, cache, features, logreg_run, write_cache  # noqa: F401 - fixtures
 
-from headstart import predict as prediction
 from headstart.cache import CacheHeader, CacheWriter
 from headstart.errors import CacheMismatchError, RunError
 from headstart.heads import training
 from headstart.heads.split import SplitSpec
+from headstart.ship import predict as prediction
 
 # -- predict (needs the extractor and ../shared) -----------------------------------------------
 
@@ -25,10 +25,10 @@ def picture_run(tmp_path_factory):
     pytest.importorskip("headstart.extractor.runner")
     if not (SHARED / "pets-sample").is_dir():
         pytest.skip("../shared/data/pets-sample is not here")
-    from headstart.extractor.runner import embed_files
+    from headstart.extractor.embed import embed_files
 
     try:
-        from headstart.extractor.backbones import make_config
+        from headstart.extractor.options import make_config
 
         config = make_config("tiny", weights="none", input_size=32)
     except ImportError:
@@ -108,8 +108,8 @@ def test_real_pictures_with_imagenet_weights_end_to_end(tmp_path):
     weights = SHARED.parent / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
     if not weights.is_file() or not (SHARED / "pets-sample").is_dir():
         pytest.skip("../shared weights or pictures are not here")
-    from headstart.extractor.backbones import make_config
-    from headstart.extractor.runner import embed_files
+    from headstart.extractor.embed import embed_files
+    from headstart.extractor.options import make_config
 
     root = SHARED / "pets-sample"
     files = sorted(root.glob("Cat/*.jpg")) + sorted(root.glob("Dog/*.jpg"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from headstart.cache import open_cache
-from headstart.cache.store import CacheReader
+from headstart.cache.reader import CacheReader
 from headstart.errors import CacheError, HeadstartError
 
 _DAMAGE = (TypeError, ValueError, KeyError, IndexError, RuntimeError, AttributeError, OSError)

@@ -1,4 +1,4 @@
-"""The export and backbones commands of the CLI: parse, call `headstart.export` or the registry, print."""
+"""The export and backbones commands of the CLI: parse, call `headstart.ship.export` or the registry, print."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def export_cmd(
 
     Example: headstart export runs/pets/logreg --out pets-classifier.keras
     """
-    from headstart.export import export
+    from headstart.ship.export import export
 
     with cli_errors():
         result = export(run, out, fmt, weights=weights, overwrite=overwrite, verify=not no_verify)

@@ -203,7 +203,7 @@ def extract(
     One shard of 16 (any scheduler): headstart extract /mnt/pictures --out part-3.h5 --shards 16 --shard 3
     """
     from headstart.exclude_list import read_exclude_list
-    from headstart.extractor.backbones import make_config
+    from headstart.extractor.options import make_config
     from headstart.extractor.runner import extract as run_extract
 
     interrupted = f"Interrupted. What was extracted is kept in {out}; run the same command to resume."
@@ -340,7 +340,7 @@ def info(
 
 def _shard_record(text: str, cache: Path) -> Optional[dict]:
     """The shard a cache holds, checked, as a dict; None for a whole-folder cache."""
-    from headstart.extractor.shards import Shard
+    from headstart.cache.shards import Shard
 
     part = Shard.from_json(text, str(cache))
     return json.loads(part.to_json()) if part else None

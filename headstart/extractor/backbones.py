@@ -1,16 +1,17 @@
-"""Backbone registry: frozen Keras models cut at a named layer, with their exact preprocessing."""
+"""Backbone registry (`BACKBONES`, `PREPROCESSING`): frozen Keras models cut at a named layer, with their exact preprocessing.
+
+A backbone is added here: its maker, its layers, and the preprocessing its fingerprint names.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from headstart.errors import BackboneError, WeightsDownloadError
-from headstart.extractor.config import IMAGENET, RANDOM_WEIGHTS, ExtractionConfig
+from headstart.errors import BackboneError
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +38,23 @@ class Backbone:
     default_layer: str
     preprocessing: str
     input_size: int = 224
-    weights_file: Callable[[ExtractionConfig, bool], str] = lambda config, top: "?"
+    weights_file: Callable[..., str] = lambda config, top: "?"
     alphas: tuple[float, ...] = field(default=())
     cpu_bfloat16: bool = False  # bfloat16 measured faster than float32 on a CPU with native bfloat16
 
 
-def _vgg16(include_top: bool, weights, config: ExtractionConfig):
+def _vgg16(include_top: bool, weights, config):
     import keras
 
     size = config.input_size
     return keras.applications.VGG16(include_top=include_top, weights=weights, input_shape=(size, size, 3))
 
 
-def _vgg16_file(config: ExtractionConfig, top: bool) -> str:
+def _vgg16_file(config, top: bool) -> str:
     return "vgg16_weights_tf_dim_ordering_tf_kernels" + ("" if top else "_notop") + ".h5"
 
 
-def _mobilenet(include_top: bool, weights, config: ExtractionConfig):
+def _mobilenet(include_top: bool, weights, config):
     import keras
 
     size = config.input_size
@@ -62,7 +63,7 @@ def _mobilenet(include_top: bool, weights, config: ExtractionConfig):
     )
 
 
-def _mobilenet_file(config: ExtractionConfig, top: bool) -> str:
+def _mobilenet_file(config, top: bool) -> str:
     alpha = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}.get(config.alpha, str(config.alpha))
     return f"mobilenet_{alpha}_{config.input_size}_tf{'' if top else '_no_top'}.h5"
 
@@ -70,7 +71,7 @@ def _mobilenet_file(config: ExtractionConfig, top: bool) -> str:
 def _application(model: str, **kwargs) -> Callable:
     """``make`` for a `keras.applications` model cut at its pooled last stage (no top)."""
 
-    def make(include_top: bool, weights, config: ExtractionConfig):
+    def make(include_top: bool, weights, config):
         import keras
 
         size = config.input_size
@@ -81,11 +82,11 @@ def _application(model: str, **kwargs) -> Callable:
     return make
 
 
-def _named_file(name: str) -> Callable[[ExtractionConfig, bool], str]:
+def _named_file(name: str) -> Callable[..., str]:
     return lambda config, top: name
 
 
-def _tiny(include_top: bool, weights, config: ExtractionConfig):
+def _tiny(include_top: bool, weights, config):
     """A few-thousand-parameter conv net for tests and smoke runs; random weights only."""
     import keras
     from keras import layers
@@ -249,7 +250,7 @@ def get_backbone(name: str) -> Backbone:
         raise BackboneError(f"Expected a backbone among {', '.join(BACKBONES)}. Received: {name!r}.") from None
 
 
-def preprocess_function(config: ExtractionConfig) -> Callable[[np.ndarray], np.ndarray]:
+def preprocess_function(config) -> Callable[[np.ndarray], np.ndarray]:
     """The preprocessing registered under the config's name (e.g. ``keras.applications.vgg16.preprocess_input``).
 
     The name selects from `PREPROCESSING`; it never names code to import (it comes from files).
@@ -263,326 +264,6 @@ def get_preprocessing(name: str) -> Callable[[np.ndarray], np.ndarray]:
         return PREPROCESSING[name]
     except (KeyError, TypeError):
         raise BackboneError(f"Expected a preprocessing among {', '.join(PREPROCESSING)}. Received: {name!r}.") from None
-
-
-@contextlib.contextmanager
-def _dtype_policy(precision: str):
-    import keras
-
-    before = keras.config.dtype_policy()
-    policy = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[precision]
-    keras.config.set_dtype_policy(policy)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(before)
-
-
-def _looks_like_download_failure(err: Exception) -> bool:
-    text = f"{type(err).__name__}: {err}".lower()
-    return any(
-        s in text
-        for s in (
-            "url fetch failure",
-            "urlopen",
-            "name or service",
-            "temporary failure",
-            "connection",
-            "network is unreachable",
-            "http error",
-            "timed out",
-        )
-    )
-
-
-def build_model(config: ExtractionConfig):
-    """A frozen Keras model from pictures (after preprocessing) to the config's feature vector."""
-    import keras
-
-    from headstart.extractor import hub
-
-    if hub.is_hub(config.backbone):
-        return _build_hub(config)
-    spec = get_backbone(config.backbone)
-    layer = get_layer(spec, config.layer)
-    if config.weights == IMAGENET:
-        weights = "imagenet"
-    elif config.weights == RANDOM_WEIGHTS:
-        weights = None
-        keras.utils.set_random_seed(config.seed or 0)
-    else:
-        weights = config.weights_path
-        if weights is None:
-            raise BackboneError(
-                f"Expected the weights file with {config.weights} for this cache. Received: no --weights PATH."
-            )
-    with _dtype_policy(config.precision):
-        try:
-            base = spec.make(layer.include_top, weights, config)
-        except BackboneError:
-            raise
-        except Exception as err:  # Keras raises plain Exception/ValueError for both cases.
-            if weights == "imagenet" and _looks_like_download_failure(err):
-                fname = spec.weights_file(config, layer.include_top)
-                raise WeightsDownloadError(
-                    f"Could not download the ImageNet weights of {spec.name} ({fname}): {str(err).splitlines()[0]}. "
-                    f"Download {fname} where there is network (Keras keeps it in ~/.keras/models/) "
-                    f"and pass it with --weights PATH."
-                ) from None
-            raise BackboneError(
-                f"Could not build {spec.name} with weights {config.weights_path or weights}: "
-                f"{str(err).splitlines()[0] if str(err) else type(err).__name__}."
-            ) from None
-        out = base.outputs[0] if layer.output else base.get_layer(config.layer).output
-        if config.pooling == "avg" and len(out.shape) == 4:
-            out = keras.layers.GlobalAveragePooling2D(name="feature_pool")(out)
-        out = keras.layers.Activation("linear", dtype="float32", name="features")(out)
-    model = keras.Model(base.inputs[0], out, name=f"{spec.name}_{config.layer}")
-    model.trainable = False
-    log.info(
-        "built %s up to %s (%d values), weights %s, precision %s",
-        spec.name,
-        config.layer,
-        model.output_shape[-1],
-        config.weights,
-        config.precision,
-    )
-    return model
-
-
-def _build_hub(config: ExtractionConfig):
-    import keras
-
-    from headstart.extractor import hub
-
-    _, family, handle = hub.preset_of(config.backbone)
-    if config.weights.startswith("sha256:") and config.weights_path is None:
-        raise BackboneError(
-            f"Expected the preset folder with {config.weights} for this cache. Received: no --weights FOLDER."
-        )
-    if config.weights == RANDOM_WEIGHTS:
-        keras.utils.set_random_seed(config.seed or 0)
-    folder = config.weights_path if config.weights.startswith("sha256:") else None
-    with _dtype_policy(config.precision):
-        base = hub.build(family, handle, folder, config.weights != RANDOM_WEIGHTS, config.input_size)
-        out = keras.layers.Activation("linear", dtype="float32", name="features")(base.outputs[0])
-    model = keras.Model(base.inputs[0], out, name=base.name)
-    model.trainable = False
-    log.info(
-        "built %s (%s, %d values), weights %s", config.backbone, config.layer, model.output_shape[-1], config.weights
-    )
-    return model
-
-
-def make_hub_config(
-    backbone: str,
-    layer: str | None,
-    *,
-    weights: str,
-    input_size: int | None,
-    resize: str,
-    jpeg_draft: bool,
-    precision: str,
-    dtype: str,
-    seed: int,
-    views: str = "none",
-) -> ExtractionConfig:
-    """`make_config` for ``hub:PRESET`` (see `headstart.extractor.hub`)."""
-    from pathlib import Path
-
-    import keras
-
-    from headstart.extractor import hub
-    from headstart.extractor.config import PRECISIONS, STORAGE_DTYPES, VIEWS
-    from headstart.extractor.decode import RESIZE_METHODS
-
-    if views not in VIEWS:
-        raise BackboneError(f"Expected --views among {', '.join(VIEWS)}. Received: {views!r}.")
-    _, family, handle = hub.preset_of(backbone)
-    if layer not in (None, family.layer):
-        raise BackboneError(f"Expected a layer of {backbone} among {family.layer}. Received: {layer!r}.")
-    if weights.lower() == IMAGENET:
-        identity, folder, seed_used = handle, None, None
-    elif weights.lower() == RANDOM_WEIGHTS:
-        identity, folder, seed_used = RANDOM_WEIGHTS, None, seed
-    else:
-        path = Path(weights).expanduser()
-        if not path.is_dir():
-            raise BackboneError(
-                f"Expected --weights imagenet (the preset's), none, or a KerasHub preset folder for {backbone}. "
-                f"Received: {weights} (no such folder)."
-            )
-        identity, folder, seed_used = hub.folder_digest(path), str(path.resolve()), None
-    size = hub.image_size(family, hub.read_config(family, handle, folder))
-    if input_size not in (None, size):
-        raise BackboneError(f"Expected --input-size {size} for {backbone} (the preset's). Received: {input_size}.")
-    if resize not in RESIZE_METHODS:
-        raise BackboneError(f"Expected --resize among {', '.join(RESIZE_METHODS)}. Received: {resize!r}.")
-    precision = default_precision(None) if precision == "auto" else precision
-    if precision not in PRECISIONS:
-        raise BackboneError(f"Expected --precision among auto, {', '.join(PRECISIONS)}. Received: {precision!r}.")
-    if dtype not in STORAGE_DTYPES:
-        raise BackboneError(f"Expected --dtype among {', '.join(STORAGE_DTYPES)}. Received: {dtype!r}.")
-    return ExtractionConfig(
-        backbone=backbone,
-        layer=family.layer,
-        pooling=None,
-        alpha=None,
-        weights=identity,
-        seed=seed_used,
-        keras_version=keras.__version__,
-        input_size=size,
-        resize=resize,
-        jpeg_draft=jpeg_draft,
-        preprocessing=family.preprocessing,
-        precision=precision,
-        dtype=dtype,
-        backend=keras.backend.backend(),
-        views=views,
-        weights_path=folder,
-    )
-
-
-def has_accelerator() -> bool:
-    """Whether the Keras backend sees a GPU."""
-    import keras
-
-    backend = keras.backend.backend()
-    try:
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            return bool(tf.config.list_physical_devices("GPU"))
-        if backend == "torch":
-            import torch
-
-            return torch.cuda.is_available()
-        if backend == "jax":
-            import jax
-
-            return jax.default_backend() == "gpu"
-    except Exception:  # pragma: no cover - a broken GPU stack falls back to CPU numbers
-        pass
-    return False
-
-
-def cpu_has_bfloat16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); Linux only."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next((line for line in fh if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def default_precision(backbone: str | None = None) -> str:
-    """float16 on a GPU. On a CPU, bfloat16 for backbones where it was measured to pay
-    (VGG16: 1.95x the pictures/s, features' cosine 0.9996 to float32) when the CPU has native
-    bfloat16 and the backend is TensorFlow; float32 otherwise (MobileNet ran 0.87x in bfloat16)."""
-    import keras
-
-    if has_accelerator():
-        return "float16"
-    spec = BACKBONES.get(backbone or "")
-    if spec is not None and spec.cpu_bfloat16 and keras.backend.backend() == "tensorflow" and cpu_has_bfloat16():
-        return "bfloat16"
-    return "float32"
-
-
-def make_config(
-    backbone: str = "vgg16",
-    layer: str | None = None,
-    *,
-    weights: str = IMAGENET,
-    alpha: float | None = None,
-    input_size: int | None = None,
-    resize: str = "squash",
-    jpeg_draft: bool = True,
-    precision: str = "auto",
-    dtype: str = "float16",
-    seed: int = 0,
-    views: str = "none",
-) -> ExtractionConfig:
-    """Check the user's options and resolve defaults into an `ExtractionConfig`."""
-    import keras
-
-    from headstart.extractor import hub
-
-    if hub.is_hub(backbone):
-        if alpha is not None:
-            raise BackboneError(f"Expected no --alpha for {backbone} (only mobilenet has one). Received: {alpha}.")
-        return make_hub_config(
-            backbone,
-            layer,
-            weights=weights,
-            input_size=input_size,
-            resize=resize,
-            jpeg_draft=jpeg_draft,
-            precision=precision,
-            dtype=dtype,
-            seed=seed,
-            views=views,
-        )
-
-    from headstart.extractor.config import (
-        MAX_INPUT_SIZE,
-        MIN_INPUT_SIZE,
-        PRECISIONS,
-        RESIZE_METHODS,
-        STORAGE_DTYPES,
-        VIEWS,
-        resolve_weights,
-    )
-
-    spec = get_backbone(backbone)
-    layer = layer or spec.default_layer
-    get_layer(spec, layer)
-    if spec.alphas:
-        alpha = 1.0 if alpha is None else float(alpha)
-        if alpha not in spec.alphas:
-            raise BackboneError(
-                f"Expected --alpha among {', '.join(map(str, spec.alphas))} for {spec.name}. Received: {alpha}."
-            )
-    elif alpha is not None:
-        raise BackboneError(f"Expected no --alpha for {spec.name} (only mobilenet has one). Received: {alpha}.")
-    if resize not in RESIZE_METHODS:
-        raise BackboneError(f"Expected --resize among {', '.join(RESIZE_METHODS)}. Received: {resize!r}.")
-    if precision == "auto":
-        precision = default_precision(spec.name)
-    if precision not in PRECISIONS:
-        raise BackboneError(f"Expected --precision among auto, {', '.join(PRECISIONS)}. Received: {precision!r}.")
-    if views not in VIEWS:
-        raise BackboneError(f"Expected --views among {', '.join(VIEWS)}. Received: {views!r}.")
-    if dtype not in STORAGE_DTYPES:
-        raise BackboneError(f"Expected --dtype among {', '.join(STORAGE_DTYPES)}. Received: {dtype!r}.")
-    size = spec.input_size if input_size is None else input_size
-    if not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
-        raise BackboneError(f"Expected --input-size from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}. Received: {size}.")
-    if spec.layers[layer].include_top and size != spec.input_size:
-        raise BackboneError(
-            f"Expected --input-size {spec.input_size} for {spec.name} {layer} (its dense layers fix it). "
-            f"Received: {size}."
-        )
-    identity, path, seed_used = resolve_weights(weights, seed)
-    return ExtractionConfig(
-        backbone=spec.name,
-        layer=layer,
-        pooling=spec.layers[layer].pooling,
-        alpha=alpha,
-        weights=identity,
-        seed=seed_used,
-        keras_version=keras.__version__ if identity == IMAGENET else None,
-        input_size=size,
-        resize=resize,
-        jpeg_draft=jpeg_draft,
-        preprocessing=spec.preprocessing,
-        precision=precision,
-        dtype=dtype,
-        backend=keras.backend.backend(),
-        views=views,
-        weights_path=path,
-    )
 
 
 SPEEDS_FILE = "backbone_speeds.json"

@@ -158,7 +158,6 @@ def _check_hub(fp: dict[str, Any]) -> None:
     """`check_settings` for a KerasHub backbone: names from the hub families, a Kaggle handle with its
     version, none, or the SHA-256 of a preset folder (no KerasHub needed to check)."""
     from headstart.extractor import hub
-    from headstart.extractor.decode import RESIZE_METHODS
 
     hub.check_name(fp["backbone"], fp["layer"], fp["preprocessing"])
     _one_of("pooling", fp["pooling"], (None,))

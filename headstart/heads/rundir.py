@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart.cache.fingerprint import fingerprint_digest
-from headstart.cache.store import _fsync_dir
+from headstart.cache.hdf5 import _fsync_dir
 from headstart.errors import RunBusyError, RunError, SplitError
 from headstart.heads.registry import HEAD_FILES, HEADS, _is_int, _need, _read_json, head_name, load_head
 from headstart.heads.split import SplitSpec
