@@ -7,7 +7,7 @@
 
 Each backbone runs in its own process (no memory or compiled graphs carried from one to the next):
 one warm-up batch, then ``--batches`` timed batches of ``--batch-size`` random pictures, float32.
-``--write-package-data`` stores the figures in ``headstart/extractor/backbone_speeds.json`` with the
+``--write-package-data`` stores the figures in ``headstart/settings/backbone_speeds.json`` with the
 machine they were measured on; `headstart backbones` reads that file and never measures at run time.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, cpu_cores, describe_load, device_info, finish, table  # noqa: E402
 
-PACKAGE_DATA = REPO / "headstart" / "extractor" / "backbone_speeds.json"
+PACKAGE_DATA = REPO / "headstart" / "settings" / "backbone_speeds.json"
 
 CHILD = r"""
 import json, sys, time
@@ -49,7 +49,7 @@ print("RESULT " + json.dumps({"backbone": name, "layer": config.layer, "input_si
 
 
 def main() -> None:
-    from headstart.extractor.backbones import BACKBONES
+    from headstart.settings.backbones import BACKBONES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=None, help="comma-separated backbone names (default: all but tiny)")

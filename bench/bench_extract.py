@@ -282,8 +282,8 @@ def child(args) -> None:
     """Run one way over ``--child-data`` and print its figures as one JSON line."""
     import numpy as np
 
-    from headstart.extractor.backbones import preprocess_function
     from headstart.extractor.model import build_model
+    from headstart.settings.backbones import preprocess_function
 
     config = model_config(args)
     data = Path(args.child_data)

@@ -6,11 +6,11 @@ import pytest
 from conftest import MOBILENET_WEIGHTS, needs_shared
 
 from headstart.errors import BackboneError, WeightsDownloadError
-from headstart.extractor.backbones import get_backbone
-from headstart.extractor.config import ExtractionConfig
 from headstart.extractor.embed import Embedder
 from headstart.extractor.model import build_model
 from headstart.extractor.options import make_config
+from headstart.settings.backbones import get_backbone
+from headstart.settings.config import ExtractionConfig
 
 
 @pytest.mark.parametrize("layer, dim", [("fc2", 4096), ("block5_pool", 512)])
@@ -190,7 +190,7 @@ def test_new_backbones_default_input_size_and_offline_message(monkeypatch, name,
 
 
 def test_preprocessing_registry_keeps_the_fingerprints_of_existing_caches():
-    from headstart.extractor.backbones import BACKBONES, PREPROCESSING
+    from headstart.settings.backbones import BACKBONES, PREPROCESSING
 
     assert set(PREPROCESSING) >= {
         "keras.applications.vgg16.preprocess_input",
@@ -212,7 +212,7 @@ def test_a_preprocessing_string_never_names_code(monkeypatch, name, tiny_config)
     import os
     import sys
 
-    from headstart.extractor.backbones import preprocess_function
+    from headstart.settings.backbones import preprocess_function
 
     called = []
     monkeypatch.setattr(os, "system", lambda *a: called.append(a))

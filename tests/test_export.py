@@ -42,7 +42,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
 def test_every_registered_preprocessing_has_layers_that_compute_the_same():
     import keras
 
-    from headstart.extractor.backbones import PREPROCESSING
+    from headstart.settings.backbones import PREPROCESSING
     from headstart.ship.model import preprocessing_layers
 
     x = np.random.default_rng(0).uniform(0, 255, (2, 5, 7, 3)).astype(np.float32)
@@ -222,7 +222,7 @@ def test_exported_mobilenet_agrees_with_predict_on_real_photos(tmp_path):
 
 
 def test_backbones_lists_the_registry_with_measured_figures():
-    from headstart.extractor.backbones import BACKBONES
+    from headstart.settings.backbones import BACKBONES
 
     result = runner.invoke(app, ["backbones"])
     assert result.exit_code == 0, result.output

@@ -32,7 +32,7 @@ def picture_run(tmp_path_factory):
 
         config = make_config("tiny", weights="none", input_size=32)
     except ImportError:
-        from headstart.extractor.config import ExtractionConfig
+        from headstart.settings.config import ExtractionConfig
 
         config = ExtractionConfig(backbone="tiny", layer="embed", weights="none", seed=0, input_size=32)
     root = SHARED / "pets-sample"

@@ -52,7 +52,7 @@ def backbones_cmd(
     """
     import json
 
-    from headstart.extractor.backbones import describe_backbones
+    from headstart.settings.backbones import describe_backbones
 
     rows, machine = describe_backbones()
     if as_json:

@@ -13,8 +13,8 @@ import typer
 
 from headstart.cli.console import cli_errors, err_console, fail, out_console, say
 from headstart.errors import HeadstartError
-from headstart.extractor.backbones import BACKBONES
-from headstart.extractor.config import MAX_INPUT_SIZE, MIN_INPUT_SIZE, PRECISIONS, RESIZE_METHODS, STORAGE_DTYPES
+from headstart.settings.backbones import BACKBONES
+from headstart.settings.config import MAX_INPUT_SIZE, MIN_INPUT_SIZE, PRECISIONS, RESIZE_METHODS, STORAGE_DTYPES
 
 
 def download(
@@ -279,7 +279,7 @@ def info(
     Example: headstart info pets-vgg16-fc2.h5 --json
     """
     from headstart.cache import open_cache
-    from headstart.extractor.config import config_of
+    from headstart.settings.config import config_of
 
     with cli_errors():
         if root is not None and not root.is_dir():

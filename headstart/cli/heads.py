@@ -164,9 +164,6 @@ def train_cmd(
         params = _params(epochs, batch_size, learning_rate, hidden_units, dropout, patience, class_weight)
         params.update({key: v for key, v in (("k", k), ("C", c)) if v is not None})
         _check_applies(params, [head])
-        from headstart.extractor.config import check_cache_settings
-
-        check_cache_settings(cache)
         params["random_state"] = seed
         result = training.train(
             cache,
@@ -234,9 +231,6 @@ def compare_cmd(
         params = _params(epochs, batch_size, learning_rate, hidden_units, dropout, patience, class_weight)
         names = [h.strip() for h in heads.split(",") if h.strip()]
         _check_applies(params, names)
-        from headstart.extractor.config import check_cache_settings
-
-        check_cache_settings(cache)
         params["random_state"] = seed
         result = training.compare(
             cache,

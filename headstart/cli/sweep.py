@@ -84,9 +84,6 @@ def sweep_cmd(
     from headstart.heads.split import SplitSpec
 
     with cli_errors("Interrupted. Finished trials are kept; run the same command to go on."):
-        from headstart.extractor.config import check_cache_settings
-
-        check_cache_settings(cache)
         g = space.parse_grid(head, grid)
         r = space.parse_ranges(head, ranges)
         fixed: dict[str, Any] = {"random_state": seed}

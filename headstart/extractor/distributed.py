@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from headstart.errors import HeadstartError, RayError
-from headstart.extractor.config import ExtractionConfig
+from headstart.settings.config import ExtractionConfig
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def _check_worker(config: ExtractionConfig) -> None:
     """Refuse to compute features that would not match the fingerprint on this node."""
     import keras
 
-    from headstart.extractor.config import file_sha256
+    from headstart.settings.config import file_sha256
 
     backend = keras.backend.backend()
     if backend != config.backend:

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from headstart.errors import HeadstartError
-from headstart.extractor.config import ExtractionConfig
 from headstart.extractor.decode import DecodeError, load_image_hashed
+from headstart.settings.config import ExtractionConfig
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,8 @@ class Embedder:
     """
 
     def __init__(self, config: ExtractionConfig, batch_size: int | str):
-        from headstart.extractor.backbones import preprocess_function
         from headstart.extractor.model import build_model
+        from headstart.settings.backbones import preprocess_function
 
         if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
             raise HeadstartError(f"Expected --batch-size of at least 1, or auto. Received: {batch_size}.")

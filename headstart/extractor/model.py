@@ -6,8 +6,8 @@ import contextlib
 import logging
 
 from headstart.errors import BackboneError, WeightsDownloadError
-from headstart.extractor.backbones import get_backbone, get_layer
-from headstart.extractor.config import IMAGENET, RANDOM_WEIGHTS, ExtractionConfig
+from headstart.settings.backbones import get_backbone, get_layer
+from headstart.settings.config import IMAGENET, RANDOM_WEIGHTS, ExtractionConfig
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def build_model(config: ExtractionConfig):
     """A frozen Keras model from pictures (after preprocessing) to the config's feature vector."""
     import keras
 
-    from headstart.extractor import hub
+    from headstart.settings import hub
 
     if hub.is_hub(config.backbone):
         return _build_hub(config)
@@ -100,7 +100,7 @@ def build_model(config: ExtractionConfig):
 def _build_hub(config: ExtractionConfig):
     import keras
 
-    from headstart.extractor import hub
+    from headstart.settings import hub
 
     _, family, handle = hub.preset_of(config.backbone)
     if config.weights.startswith("sha256:") and config.weights_path is None:

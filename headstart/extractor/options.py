@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from headstart.errors import BackboneError
-from headstart.extractor.backbones import BACKBONES, get_backbone, get_layer
-from headstart.extractor.config import IMAGENET, RANDOM_WEIGHTS, ExtractionConfig
+from headstart.settings.backbones import BACKBONES, get_backbone, get_layer
+from headstart.settings.config import IMAGENET, RANDOM_WEIGHTS, ExtractionConfig
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +24,13 @@ def make_hub_config(
     seed: int,
     views: str = "none",
 ) -> ExtractionConfig:
-    """`make_config` for ``hub:PRESET`` (see `headstart.extractor.hub`)."""
+    """`make_config` for ``hub:PRESET`` (see `headstart.settings.hub`)."""
     from pathlib import Path
 
     import keras
 
-    from headstart.extractor import hub
-    from headstart.extractor.config import PRECISIONS, RESIZE_METHODS, STORAGE_DTYPES, VIEWS
+    from headstart.settings import hub
+    from headstart.settings.config import PRECISIONS, RESIZE_METHODS, STORAGE_DTYPES, VIEWS
 
     if views not in VIEWS:
         raise BackboneError(f"Expected --views among {', '.join(VIEWS)}. Received: {views!r}.")
@@ -143,7 +143,7 @@ def make_config(
     """Check the user's options and resolve defaults into an `ExtractionConfig`."""
     import keras
 
-    from headstart.extractor import hub
+    from headstart.settings import hub
 
     if hub.is_hub(backbone):
         if alpha is not None:
@@ -161,7 +161,7 @@ def make_config(
             views=views,
         )
 
-    from headstart.extractor.config import (
+    from headstart.settings.config import (
         MAX_INPUT_SIZE,
         MIN_INPUT_SIZE,
         PRECISIONS,

@@ -15,9 +15,9 @@ import numpy as np
 from headstart.cache import CacheHeader, CacheLock, CacheWriter, describe_diff, diff_settings, open_cache
 from headstart.cache.merge import make_self_contained
 from headstart.errors import CacheMismatchError, DatasetError, HeadstartError, RayError
-from headstart.extractor.config import ExtractionConfig
 from headstart.extractor.embed import Embedder, default_workers, embed_stream
 from headstart.extractor.scan import scan_dataset
+from headstart.settings.config import ExtractionConfig
 
 log = logging.getLogger(__name__)
 

@@ -67,6 +67,7 @@ from headstart.heads.trials import (
     read_journal,
 )
 from headstart.locking import exclusive_lock, lock_path_for
+from headstart.settings.config import check_cache_settings
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ def sweep(
     ``rank_by`` orders the trials: validation ``accuracy`` (ties broken by log loss) or ``log_loss``
     (finer on a small validation split). ``on_trial(record, done, total)`` is called as each trial ends.
     """
+    check_cache_settings(cache_path)  # refuse settings this version does not know, before any work
     from headstart.heads.calibration import check_calibration
 
     t_start = time.perf_counter()

@@ -46,6 +46,7 @@ from headstart.heads.rundir import (
 )
 from headstart.heads.split import SplitSpec
 from headstart.heads.views import per_picture
+from headstart.settings.config import check_cache_settings
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +259,8 @@ def train(
     """
     from headstart.heads.calibration import check_calibration
 
+    check_cache_settings(cache_path)  # refuse settings this version does not know, before any work
+
     out = Path(out)
     make_head(head, **dict(params or {}))  # bad options fail before the cache is read
     calibrate = check_calibration(calibrate)
@@ -287,6 +290,7 @@ def compare(
     is swapped into ``out`` whole when every head is done. ``baseline``: a `headstart baseline` run
     folder on the same split, added as one more row of the table and the plot.
     """
+    check_cache_settings(cache_path)  # refuse settings this version does not know, before any work
     out = Path(out)
     heads = list(dict.fromkeys(heads))
     if not heads:

@@ -132,7 +132,7 @@ def _normalise(name: str) -> Callable[[np.ndarray], np.ndarray]:
     """(pixels / 255 - mean) / std per channel, the published values of a KerasHub family."""
 
     def preprocess(x: np.ndarray) -> np.ndarray:
-        from headstart.extractor.hub import NORMALISATION
+        from headstart.settings.hub import NORMALISATION
 
         mean, std = (np.asarray(v, np.float32) for v in NORMALISATION[name])
         x /= np.float32(255.0)
@@ -149,7 +149,7 @@ PREPROCESSING: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "keras.applications.mobilenet.preprocess_input": _mobilenet_preprocess,
     "keras.applications.resnet50.preprocess_input": _resnet50_preprocess,
     IN_MODEL: _in_model,
-    # KerasHub families (headstart.extractor.hub): published mean and std on pixels / 255.
+    # KerasHub families (headstart.settings.hub): published mean and std on pixels / 255.
     "imagenet_mean_std": _normalise("imagenet_mean_std"),
     "clip_mean_std": _normalise("clip_mean_std"),
     "scale_minus1_1": _normalise("scale_minus1_1"),
@@ -278,7 +278,7 @@ def describe_backbones() -> tuple[list[dict], str | None]:
     from importlib import resources
 
     try:
-        data = json.loads(resources.files("headstart.extractor").joinpath(SPEEDS_FILE).read_text())
+        data = json.loads(resources.files("headstart.settings").joinpath(SPEEDS_FILE).read_text())
         measured, machine = data["backbones"], data.get("measured_on")
     except (OSError, ValueError, KeyError, TypeError):
         measured, machine = {}, None

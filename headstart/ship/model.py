@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from headstart.errors import ExportError
-from headstart.extractor.config import ExtractionConfig
 from headstart.extractor.model import build_model
+from headstart.settings.config import ExtractionConfig
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "probabilities"
@@ -51,7 +51,7 @@ def _normalise_layers(name: str) -> Callable[[], list]:
     def make() -> list:
         import keras
 
-        from headstart.extractor.hub import NORMALISATION
+        from headstart.settings.hub import NORMALISATION
 
         mean, std = (np.asarray(v, np.float64) for v in NORMALISATION[name])
         dense = keras.layers.Dense(3, name=f"normalise_{name}", trainable=False)

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from headstart.errors import CacheMismatchError, HeadstartError, RunError
-from headstart.extractor.config import ExtractionConfig, file_sha256
-from headstart.extractor.hub import folder_digest
+from headstart.settings.config import ExtractionConfig, file_sha256
+from headstart.settings.hub import folder_digest
 
 
 def _weights_path(info: Mapping[str, Any], weights: str | os.PathLike | None) -> str | None:
