@@ -28,7 +28,7 @@ t0 = time.perf_counter()
 run, out, fmt = sys.argv[1:4]
 if fmt == "build-only":
     from headstart.ship.model import classifier_model, pixel_model
-    from headstart.heads.evaluation import load_run
+    from headstart.heads.run_reader import load_run
     from headstart.ship.runs import run_config
     info, head = load_run(run)
     model = classifier_model(pixel_model(run_config(info, run)), head.to_keras(), head.n_features_in_, head.classes_, 2)

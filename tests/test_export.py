@@ -120,7 +120,7 @@ def test_crop_export(tmp_path, head):
 
 
 def test_head_to_keras_matches_predict_proba(tiny_run):
-    from headstart.heads.evaluation import load_run
+    from headstart.heads.run_reader import load_run
 
     info, head = load_run(tiny_run[0])
     x = np.random.default_rng(0).normal(0, 1, (5, head.n_features_in_)).astype(np.float32)

@@ -12,7 +12,8 @@ import pytest
 from headstart.errors import HeadError, RunBusyError, RunError
 from headstart.heads import sweep as S
 from headstart.heads import sweep_space as space
-from headstart.heads.rundir import JOURNAL, read_run
+from headstart.heads.run_reader import read_run
+from headstart.heads.rundir import JOURNAL
 
 sys.path.insert(0, str(Path(__file__).parent))
 from heads_fixtures import features, write_cache  # noqa: E402

@@ -156,7 +156,7 @@ def test_predict_averages_the_mirror(tmp_path, flip_config):
     f = folder / "cat" / "cat.1.jpg"
     res = embed_files([f], flip_config)
     assert res.features.shape == res.flipped.shape == (1, 32)
-    from headstart.heads.evaluation import load_run
+    from headstart.heads.run_reader import load_run
 
     _, head = load_run(tmp_path / "run")
     expected = (head.predict_proba(res.features) + head.predict_proba(res.flipped)) / 2

@@ -21,7 +21,7 @@ _WHERE = {
     "MisclassifiedResult": "headstart.heads.evaluation",
     "Mistake": "headstart.heads.evaluation",
     "evaluate": "headstart.heads.evaluation",
-    "load_run": "headstart.heads.evaluation",
+    "load_run": "headstart.heads.run_reader",
     "misclassified": "headstart.heads.evaluation",
     "MLPHead": "headstart.heads.keras_heads",
     "SoftmaxHead": "headstart.heads.keras_heads",

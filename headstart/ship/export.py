@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from headstart.errors import ExportError
-from headstart.heads.evaluation import load_run
+from headstart.heads.run_reader import load_run
 from headstart.settings.config import ExtractionConfig
 from headstart.ship.exported import LABELS, METADATA, load_exported, read_metadata
 from headstart.ship.model import INPUT_NAME, OUTPUT_NAME, classifier_model, pixel_model

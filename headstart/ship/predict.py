@@ -17,7 +17,7 @@ import numpy as np
 
 from headstart.errors import HeadstartError, RunError
 from headstart.heads import metrics as M
-from headstart.heads.evaluation import load_run
+from headstart.heads.run_reader import load_run
 from headstart.ship.exported import is_exported, load_exported
 from headstart.ship.runs import run_config
 

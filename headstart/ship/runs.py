@@ -1,6 +1,6 @@
 """A run folder ready to embed new pictures: the `ExtractionConfig` of its cache, with the weights file checked.
 
-Reading the run folder itself (head, class names) is `headstart.heads.evaluation.load_run`; this
+Reading the run folder itself (head, class names) is `headstart.heads.run_reader.load_run`; this
 adds what needs the extractor, for predict and export.
 """
 
