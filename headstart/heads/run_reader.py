@@ -8,12 +8,9 @@ file is there with its recorded SHA-256, and loads the head through
 
 from __future__ import annotations
 
-import contextlib
-import importlib.metadata as _md
 import logging
 import numbers
 import os
-import platform
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,21 +18,10 @@ from typing import Any
 from headstart.cache.fingerprint import fingerprint_digest
 from headstart.errors import RunError, SplitError
 from headstart.heads.registry import HEAD_FILES, HEADS, _is_int, _need, _read_json, head_name, load_head
-from headstart.heads.rundir import METRICS_JSON, RUN_FORMAT, RUN_JSON, RUN_KIND, file_sha256
+from headstart.heads.rundir import METRICS_JSON, RUN_FORMAT, RUN_JSON, RUN_KIND, _versions, file_sha256
 from headstart.heads.split import SplitSpec
 
 log = logging.getLogger(__name__)
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("headstart", "keras", "tensorflow", "scikit-learn", "numpy", "h5py", "matplotlib"):
-        with contextlib.suppress(_md.PackageNotFoundError):
-            out[name] = _md.version(name)
-    return out
-
-
-versions = _versions
 
 
 def _major(version: str) -> str:

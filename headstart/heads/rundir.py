@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import importlib.metadata as _md
 import json
 import logging
 import os
@@ -264,3 +265,14 @@ def staged_result(out: Path, kind: str) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("headstart", "keras", "tensorflow", "scikit-learn", "numpy", "h5py", "matplotlib"):
+        with contextlib.suppress(_md.PackageNotFoundError):
+            out[name] = _md.version(name)
+    return out
+
+
+versions = _versions
