@@ -91,7 +91,16 @@ def test_predict_an_empty_folder_or_no_paths(picture_run, tmp_path):
 def test_predict_checks_the_weights_file_against_the_fingerprint(tmp_path):
     pytest.importorskip("headstart.extractor.runner")
     X, y = features(120)
-    cache = write_cache(tmp_path / "w.h5", X, y, fp={**FP, "backbone": "mobilenet", "weights": "sha256:" + "0" * 64})
+    mobilenet = {
+        "backbone": "mobilenet",
+        "layer": "conv_pw_13_relu",
+        "pooling": "avg",
+        "alpha": 0.25,
+        "weights": "sha256:" + "0" * 64,
+        "seed": None,
+        "input_size": 224,
+    }
+    cache = write_cache(tmp_path / "w.h5", X, y, fp={**FP, **mobilenet})
     run = training.train(cache, "logreg", tmp_path / "run", plots=False)
     other = tmp_path / "other.h5"
     other.write_bytes(b"not the weights")
