@@ -31,15 +31,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, cpu_cores, describe_load, device_info, finish, load_average, table, write_synthetic  # noqa: E402
 
-PACKAGE_DATA = REPO / "headstart" / "extractor" / "backbone_speeds.json"
+PACKAGE_DATA = REPO / "headstart" / "settings" / "backbone_speeds.json"
 HUB_PRESET = "hub:dinov2_small"  # one KerasHub preset, measured where keras-hub is installed
 
 CHILD = r"""
 import json, sys, time
 import numpy as np
-from headstart.extractor.backbones import has_accelerator, make_config
 from headstart.extractor.decode import load_image
-from headstart.extractor.runner import Embedder, extract
+from headstart.extractor.embed import Embedder
+from headstart.extractor.options import has_accelerator, make_config
+from headstart.extractor.runner import extract
 from headstart.extractor.scan import scan_dataset
 name, precision, batch, data, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 config = make_config(name, weights="none", precision=precision)
@@ -95,7 +96,7 @@ def busy_reason(loads: list[float], rows: list[dict], max_load: float, cores: in
 
 
 def main() -> None:
-    from headstart.extractor.backbones import BACKBONES
+    from headstart.settings.backbones import BACKBONES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=None, help="comma-separated backbone names (default: all but tiny, + hub)")

@@ -5,8 +5,9 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from headstart.extractor.backbones import build_model, make_config  # noqa: E402
 from headstart.extractor.depthwise import grouped_to_depthwise  # noqa: E402
+from headstart.extractor.model import build_model  # noqa: E402
+from headstart.extractor.options import make_config  # noqa: E402
 
 
 def _model():

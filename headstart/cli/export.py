@@ -1,4 +1,4 @@
-"""The export and backbones commands of the CLI: parse, call `headstart.export` or the registry, print."""
+"""The export and backbones commands of the CLI: parse, call `headstart.ship.export` or the registry, print."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def export_cmd(
 
     Example: headstart export runs/pets/logreg --out pets-classifier.keras
     """
-    from headstart.export import export
+    from headstart.ship.export import export
 
     with cli_errors():
         result = export(run, out, fmt, weights=weights, overwrite=overwrite, verify=not no_verify)
@@ -52,7 +52,7 @@ def backbones_cmd(
     """
     import json
 
-    from headstart.extractor.backbones import describe_backbones
+    from headstart.settings.backbones import describe_backbones
 
     rows, machine = describe_backbones()
     if as_json:
