@@ -231,5 +231,53 @@ def test_backbones_lists_the_registry_with_measured_figures():
     assert "hub:PRESET" in result.stdout
     data = json.loads(runner.invoke(app, ["backbones", "--json"]).stdout)
     rows = {r["name"]: r for r in data["backbones"]}
-    assert rows["convnext_tiny"]["features"] == 768 and rows["convnext_tiny"]["preprocessing"] == "in_model"
-    assert rows["vgg16"]["pictures_per_second"] > 0 and data["measured_on"]
+    assert rows["convnext_tiny"]["preprocessing"] == "in_model" and rows["vgg16"]["input_size"] == 224
+    assert set(data) == {"backbones", "measured_on"}
+
+
+def test_backbones_shows_figures_only_with_the_machine_and_date_they_were_measured_on(monkeypatch):
+    from headstart.settings import backbones
+
+    old = {"backbones": {"vgg16": {"pictures_per_second": 0.6}}, "measured_on": "Xeon, 2 CPU cores"}
+    monkeypatch.setattr(backbones, "_speeds_text", lambda: json.dumps(old))
+    result = runner.invoke(app, ["backbones"])
+    assert "not measured for this release" in result.stdout and "0.6" not in result.stdout
+    new = {
+        "backbones": {
+            "vgg16": {
+                "features": 4096,
+                "weights_mb": 537.0,
+                "float32": {"pictures_per_second": 6.4, "pipeline_pictures_per_second": 6.3, "ratio": 0.98},
+                "bfloat16": {"pictures_per_second": 13.1, "pipeline_pictures_per_second": 12.9, "ratio": 0.98},
+            }
+        },
+        "measured_on": {
+            "cpu": "Xeon",
+            "cores": 2,
+            "batch_size": 8,
+            "keras": "3.15.1",
+            "backend": "tensorflow",
+            "date": "2026-12-05",
+            "max_load_average": 0.4,
+        },
+    }
+    monkeypatch.setattr(backbones, "_speeds_text", lambda: json.dumps(new))
+    result = runner.invoke(app, ["backbones"])
+    vgg = next(line for line in result.stdout.splitlines() if line.startswith("vgg16 "))
+    assert vgg.split()[-2:] == ["6.4", "13.1"]
+    assert "measured on Xeon, 2 cores, batch 8, Keras 3.15.1 / tensorflow, on 2026-12-05" in result.stdout
+    assert "load average at most 0.40" in result.stdout
+
+
+def test_bench_backbones_refuses_figures_from_a_busy_machine():
+    import importlib.util
+
+    bench_file = Path(__file__).resolve().parents[1] / "bench" / "bench_backbones.py"
+    spec = importlib.util.spec_from_file_location("bench_backbones", bench_file)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    quiet = [{"backbone": "vgg16", "precision": "float32", "model_cpu_per_wall": 1.9}]
+    assert bench.busy_reason([0.3, 0.8], quiet, 1.2, 2) is None
+    assert "load average reached 12.00" in bench.busy_reason([0.3, 12.0], quiet, 1.2, 2)
+    starved = [{"backbone": "vgg16", "precision": "float32", "model_cpu_per_wall": 0.4}]
+    assert "other work took the cores" in bench.busy_reason([0.3], starved, 1.2, 2)

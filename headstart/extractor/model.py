@@ -6,6 +6,7 @@ import contextlib
 import logging
 
 from headstart.errors import BackboneError, WeightsDownloadError
+from headstart.extractor.depthwise import grouped_to_depthwise
 from headstart.settings.backbones import get_backbone, get_layer
 from headstart.settings.config import IMAGENET, RANDOM_WEIGHTS, ExtractionConfig
 
@@ -65,7 +66,7 @@ def build_model(config: ExtractionConfig):
             )
     with _dtype_policy(config.precision):
         try:
-            base = spec.make(layer.include_top, weights, config)
+            base = grouped_to_depthwise(spec.make(layer.include_top, weights, config))
         except BackboneError:
             raise
         except Exception as err:  # Keras raises plain Exception/ValueError for both cases.

@@ -270,21 +270,31 @@ SPEEDS_FILE = "backbone_speeds.json"
 """Per-backbone figures measured once by ``bench/bench_backbones.py --write-package-data``."""
 
 
-def describe_backbones() -> tuple[list[dict], str | None]:
-    """One row per registered backbone (name, layers, default layer, input size, preprocessing,
-    and, where the benchmark measured them, feature size, weights MB and pictures/s), and the
-    machine the figures come from. Nothing is measured here."""
-    import json
+def _speeds_text() -> str:
     from importlib import resources
 
+    return resources.files("headstart.settings").joinpath(SPEEDS_FILE).read_text()
+
+
+def describe_backbones() -> tuple[list[dict], str | None]:
+    """One row per registered backbone (name, layers, default layer, input size, preprocessing,
+    and, where the benchmark measured them, feature size, weights MB, pictures/s of the model alone
+    in float32 and bfloat16 and the pipeline / model ratio), and one line saying where and when the
+    figures were measured. Nothing is measured here."""
+    import json
+
     try:
-        data = json.loads(resources.files("headstart.settings").joinpath(SPEEDS_FILE).read_text())
-        measured, machine = data["backbones"], data.get("measured_on")
+        data = json.loads(_speeds_text())
+        measured, where = data["backbones"], data["measured_on"]
     except (OSError, ValueError, KeyError, TypeError):
-        measured, machine = {}, None
+        measured, where = {}, None
+    if not isinstance(where, dict) or not isinstance(measured, dict):
+        measured, where = {}, None  # figures without a machine and a date are not shown
     rows = []
     for spec in BACKBONES.values():
-        m = measured.get(spec.name, {}) if isinstance(measured, dict) else {}
+        m = measured.get(spec.name) if isinstance(measured.get(spec.name), dict) else {}
+        fp32 = m.get("float32") if isinstance(m.get("float32"), dict) else {}
+        bf16 = m.get("bfloat16") if isinstance(m.get("bfloat16"), dict) else {}
         rows.append(
             {
                 "name": spec.name,
@@ -294,7 +304,17 @@ def describe_backbones() -> tuple[list[dict], str | None]:
                 "preprocessing": spec.preprocessing,
                 "features": m.get("features"),
                 "weights_mb": m.get("weights_mb"),
-                "pictures_per_second": m.get("pictures_per_second"),
+                "pictures_per_second": fp32.get("pictures_per_second"),
+                "pictures_per_second_bfloat16": bf16.get("pictures_per_second"),
+                "pipeline_ratio": fp32.get("ratio"),
             }
+        )
+    machine = None
+    if where:
+        load = where.get("max_load_average")
+        machine = (
+            f"{where.get('cpu')}, {where.get('cores')} cores, batch {where.get('batch_size')}, "
+            f"Keras {where.get('keras')} / {where.get('backend')}, on {where.get('date')}"
+            + (f" (load average at most {load:.2f})" if isinstance(load, (int, float)) else "")
         )
     return rows, machine
