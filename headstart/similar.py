@@ -23,8 +23,10 @@ from typing import Any
 import numpy as np
 
 from headstart.cache import open_cache
+from headstart.cache.paths import normalize_path
 from headstart.errors import SimilarError
-from headstart.heads.split import SPLITS, SplitSpec, assign, normalize_path
+from headstart.heads.split import SPLITS, SplitSpec, assign
+from headstart.similar_index import feature_mean, normalise, picture_rows
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +73,6 @@ def _memory_budget() -> int:
     return int(psutil.virtual_memory().available // 4)
 
 
-def _normalise(block: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    x = block.astype(np.float32, copy=False) - mean
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
-
-
 class ExactSearch:
     """Centred-cosine search over every row of an open cache (one per picture: views are averaged)."""
 
@@ -86,35 +82,25 @@ class ExactSearch:
         n, dim = len(cache), cache.dim
         if n == 0:
             raise SimilarError(f"Expected a cache with extracted pictures. Received: {cache.path} (0 rows).")
-        self.rows = self._picture_rows()
-        total = np.zeros(dim, np.float64)
-        for _, block in cache.iter_chunks(rows=block_rows, dtype=np.float32):
-            total += block.sum(axis=0, dtype=np.float64)
-        self.mean = (total / n).astype(np.float32)
+        self.rows = picture_rows(cache)
+        self.mean = feature_mean(cache, block_rows)
         need = n * dim * 4
         self.in_memory = need <= _memory_budget() if in_memory is None else in_memory
         self.matrix = None
         if self.in_memory:
             self.matrix = np.empty((n, dim), np.float32)
             for start, block in cache.iter_chunks(rows=block_rows, dtype=np.float32):
-                self.matrix[start : start + len(block)] = _normalise(block, self.mean)
+                self.matrix[start : start + len(block)] = normalise(block, self.mean)
         log.info(
             "similarity search over %d rows of %s (%s)", n, cache.path, "in memory" if self.in_memory else "blocks"
         )
 
-    def _picture_rows(self) -> np.ndarray:
-        """The first row of each picture (its original, not a mirrored view)."""
-        views = self.cache.views
-        if views is None:
-            return np.arange(len(self.cache))
-        return np.flatnonzero(views == 0)
-
     def vector(self, row: int) -> np.ndarray:
         """The normalised features of a cache row."""
-        return _normalise(self.cache.read(row, row + 1), self.mean)[0]
+        return normalise(self.cache.read(row, row + 1), self.mean)[0]
 
     def normalise(self, features: np.ndarray) -> np.ndarray:
-        return _normalise(np.atleast_2d(features), self.mean)
+        return normalise(np.atleast_2d(features), self.mean)
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
         """For each normalised query row, the ``k`` best (row, similarity) among ``allowed`` rows
@@ -159,7 +145,7 @@ class ExactSearch:
                 yield start, self.matrix[start : start + self.block_rows]
         else:
             for start, block in self.cache.iter_chunks(rows=self.block_rows, dtype=np.float32):
-                yield start, _normalise(block, self.mean)
+                yield start, normalise(block, self.mean)
 
 
 def _row_of(cache, query: str) -> int | None:
@@ -279,8 +265,8 @@ def similar(
 
 def _embed(cache, files: Sequence[str], weights) -> dict[str, np.ndarray]:
     """Features of new picture files, made with the cache's own extraction settings."""
-    from headstart.extractor.runner import embed_files
-    from headstart.predict import run_config
+    from headstart.extractor.embed import embed_files
+    from headstart.ship.runs import run_config
 
     info = {"cache": {"fingerprint": cache.fingerprint, "weights_path": cache.weights_path}}
     config = run_config(info, cache.path, weights)  # the weights file is checked against the fingerprint

@@ -29,6 +29,26 @@ EXPANSION_ADD = 64
 EXPANSION_SEARCH = 128
 
 
+def normalise(block: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Rows centred on ``mean`` and scaled to unit length (float32), for cosine by dot product."""
+    x = block.astype(np.float32, copy=False) - mean
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def picture_rows(cache) -> np.ndarray:
+    """The first row of each picture (its original, not a mirrored view)."""
+    return np.arange(len(cache)) if cache.views is None else np.flatnonzero(cache.views == 0)
+
+
+def feature_mean(cache, block_rows: int = 8192) -> np.ndarray:
+    """The mean of every row's features, in one pass over the cache."""
+    total = np.zeros(cache.dim, np.float64)
+    for _, block in cache.iter_chunks(rows=block_rows, dtype=np.float32):
+        total += block.sum(axis=0, dtype=np.float64)
+    return (total / max(1, len(cache))).astype(np.float32)
+
+
 def index_folder(cache_path: str | os.PathLike) -> Path:
     path = Path(cache_path)
     return path.with_name(path.name + ".index")
@@ -58,17 +78,16 @@ def _meta(cache) -> dict:
 class ApproximateSearch:
     """The same interface as `headstart.similar.ExactSearch`, answered by an HNSW index."""
 
-    def __init__(self, cache, index, mean: np.ndarray, exact):
+    def __init__(self, cache, index, mean: np.ndarray):
         self.cache = cache
         self.index = index
         self.mean = mean
-        self._exact = exact  # for query vectors of cached rows and of new files
 
     def vector(self, row: int) -> np.ndarray:
-        return self._exact.vector(row)
+        return normalise(self.cache.read(row, row + 1), self.mean)[0]
 
     def normalise(self, features: np.ndarray) -> np.ndarray:
-        return self._exact.normalise(features)
+        return normalise(np.atleast_2d(features), self.mean)
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
         want = k if allowed is None else min(len(self.cache), 4 * k)  # filtered after the search
@@ -83,42 +102,23 @@ class ApproximateSearch:
         return out
 
 
-class _MeanOnly:
-    """Centring and normalising with a stored mean (no pass over the cache)."""
-
-    def __init__(self, cache, mean: np.ndarray):
-        self.cache, self.mean = cache, mean
-
-    def vector(self, row: int) -> np.ndarray:
-        from headstart.similar import _normalise
-
-        return _normalise(self.cache.read(row, row + 1), self.mean)[0]
-
-    def normalise(self, features: np.ndarray) -> np.ndarray:
-        from headstart.similar import _normalise
-
-        return _normalise(np.atleast_2d(features), self.mean)
-
-
 def build_index(cache) -> Path:
     """Build the index of an open cache into its folder (replacing an outdated one whole)."""
-    from headstart.similar import ExactSearch, _normalise
-
     Index = _usearch()
-    exact = ExactSearch(cache, in_memory=False)
+    mean, rows_kept = feature_mean(cache), picture_rows(cache)
     index = Index(ndim=cache.dim, metric="cos", dtype="f16", connectivity=CONNECTIVITY, expansion_add=EXPANSION_ADD)
     index.expansion_search = EXPANSION_SEARCH
     keep = np.zeros(len(cache), bool)
-    keep[exact.rows] = True
+    keep[rows_kept] = True
     for start, block in cache.iter_chunks(dtype=np.float32):
         rows = np.flatnonzero(keep[start : start + len(block)])
         if len(rows):
-            index.add(rows + start, _normalise(block[rows], exact.mean))
+            index.add(rows + start, normalise(block[rows], mean))
     final = index_folder(cache.path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         index.save(str(tmp / "index.usearch"))
-        np.save(tmp / "mean.npy", exact.mean, allow_pickle=False)
+        np.save(tmp / "mean.npy", mean, allow_pickle=False)
         (tmp / "index.json").write_text(json.dumps(_meta(cache), indent=2) + "\n")
         if final.exists():
             if not (final / "index.json").is_file():
@@ -128,7 +128,7 @@ def build_index(cache) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("built the index of %s (%d pictures) in %s", cache.path, len(exact.rows), final)
+    log.info("built the index of %s (%d pictures) in %s", cache.path, len(rows_kept), final)
     return final
 
 
@@ -154,4 +154,4 @@ def open_index(cache, rebuild: bool = True) -> ApproximateSearch:
     mean = np.load(folder / "mean.npy", allow_pickle=False)
     if mean.shape != (cache.dim,):
         raise SimilarError(f"Expected the features' mean in {folder / 'mean.npy'}. Received: shape {mean.shape}.")
-    return ApproximateSearch(cache, index, mean.astype(np.float32), _MeanOnly(cache, mean.astype(np.float32)))
+    return ApproximateSearch(cache, index, mean.astype(np.float32))

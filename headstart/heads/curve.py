@@ -30,10 +30,11 @@ import numpy as np
 from headstart.cache import open_cache
 from headstart.errors import HeadError
 from headstart.heads import metrics as M
+from headstart.heads.prepare import prepare
 from headstart.heads.registry import head_params_json, make_head
 from headstart.heads.sources import ArraySource
 from headstart.heads.split import SplitSpec
-from headstart.heads.training import predict_split, prepare
+from headstart.heads.training import predict_split
 
 log = logging.getLogger(__name__)
 
