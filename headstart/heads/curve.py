@@ -318,6 +318,12 @@ def learning_curve(
     params = dict(params or {})
     params.setdefault("random_state", split.seed)
     make_head(head, **params)  # bad options fail before any cache is read
+    from headstart.settings.config import check_cache_settings
+
+    check_cache_settings(*caches)  # every cache opens, validates and names known settings before
+    for cache_path in caches:  # anything is written
+        with open_cache(cache_path):
+            pass
     out = Path(out)
     _check_out(out)
     t0 = time.perf_counter()
