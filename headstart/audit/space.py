@@ -156,15 +156,26 @@ class Neighbours:
     top_sim: np.ndarray  # (N, k) float32: the k highest raw cosine similarities of each row, highest first
     pairs: np.ndarray  # (P, 2) int64, i < j: centred cosine at least the cut
     pair_sim: np.ndarray  # (P,) float32, their centred cosine similarity in the search space
+    class_sim: np.ndarray | None = None  # (N, k) float32: the same, among the rows of the row's own class
+    nearest: np.ndarray | None = None  # (N,) float32: each row's highest centred similarity to another row
 
 
-def neighbours(space: Space, k: int, cut: float, per_row: int = 10, query_rows: int = QUERY_ROWS) -> Neighbours:
+def neighbours(
+    space: Space,
+    k: int,
+    cut: float,
+    per_row: int = 10,
+    query_rows: int = QUERY_ROWS,
+    labels: np.ndarray | None = None,
+) -> Neighbours:
     """One pass over every pair of rows, ``query_rows`` x N at a time (one matrix product a tile).
 
     Both similarities come from the same tile of raw dot products G of the reduced rows: raw cosine
     G / (|x| |y|), and centred cosine (G - x.m - y.m + m.m) / (|x - m| |y - m|), m the mean row. A
-    row keeps its ``k`` highest raw similarities (outlier scores) and at most ``per_row`` partners
-    whose centred similarity is at least ``cut`` (duplicate candidates). A row is not its own neighbour.
+    row keeps its ``k`` highest raw similarities (outlier scores), with ``labels`` also its ``k``
+    highest among the rows of its class, its highest centred similarity (the near-duplicate
+    threshold comes from their distribution) and at most ``per_row`` partners whose centred
+    similarity is at least ``cut`` (duplicate candidates). A row is not its own neighbour.
     """
     c = space.coords
     n = len(c)
@@ -176,6 +187,8 @@ def neighbours(space: Space, k: int, cut: float, per_row: int = 10, query_rows: 
     cnorm = np.sqrt(np.clip(norm.astype(np.float64) ** 2 - 2 * dot_m + float(m @ m), 0, None))
     cinv = (1.0 / np.where(cnorm > 1e-12, cnorm, np.inf)).astype(np.float32)
     top = np.zeros((n, k), dtype=np.float32)
+    by_class = np.full((n, k), -np.inf, dtype=np.float32) if labels is not None else None
+    nearest = np.full(n, -np.inf, dtype=np.float32)
     pair_rows, pair_cols, pair_vals = [], [], []
     for start in range(0, n, query_rows):
         stop = min(n, start + query_rows)
@@ -192,6 +205,11 @@ def neighbours(space: Space, k: int, cut: float, per_row: int = 10, query_rows: 
         centred[b, b + start] = -np.inf
         if k:
             top[start:stop] = _top_k(g, k)
+            if labels is not None:
+                g[labels[start:stop, None] != labels[None, :]] = -np.inf
+                by_class[start:stop] = _top_k(g, k)
+        if n > 1:
+            nearest[start:stop] = centred.max(axis=1)
         rows, cols = np.nonzero(centred >= cut)
         if len(rows):
             vals = centred[rows, cols]
@@ -209,7 +227,7 @@ def neighbours(space: Space, k: int, cut: float, per_row: int = 10, query_rows: 
         vals = vals[first]
     else:
         pairs, vals = np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
-    return Neighbours(top, pairs, vals.astype(np.float32))
+    return Neighbours(top, pairs, vals.astype(np.float32), by_class, nearest)
 
 
 def _top_k(g: np.ndarray, k: int, width: int = 64) -> np.ndarray:
