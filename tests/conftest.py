@@ -152,7 +152,9 @@ def planted_features(seed: int = 0, dim: int = 64, per_class: int = 40):
     """Three clustered classes with planted problems; returns (features, labels, paths, sha256, planted).
 
     Planted: rows 0-1 an exact duplicate (same digest), rows 2-3 a near duplicate, row 4 a flipped
-    label (a class-0 row labelled 1), row 5 an outlier (far from every cluster).
+    label (a class-0 row labelled 1), row 5 an outlier (far from every cluster), rows 6-9 a group
+    of outliers spread over the classes (around one point far from every cluster, each other's
+    nearest neighbours: a score from 1 or 5 nearest neighbours ranks them far below the top 6).
     """
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, 1, (3, dim))  # same-class rows at cosine ~0.5: far from duplicates
@@ -162,10 +164,18 @@ def planted_features(seed: int = 0, dim: int = 64, per_class: int = 40):
     x[3] = x[2] + rng.normal(0, 0.05, dim)
     labels[4] = 1  # row 4 is a class-0 row
     x[5] = rng.normal(0, 1, dim) * 15
+    group = np.random.default_rng((seed, 7)).normal(0, 1, (5, dim))
+    x[6:10] = group[0] * 3 + group[1:] * 2
     paths = [f"c{k}/{i}.jpg" for i, k in enumerate(labels)]
     sha = [f"{i:064x}" for i in range(len(labels))]
     sha[1] = sha[0]
-    planted = {"exact": (paths[0], paths[1]), "near": (paths[2], paths[3]), "flipped": paths[4], "outlier": paths[5]}
+    planted = {
+        "exact": (paths[0], paths[1]),
+        "near": (paths[2], paths[3]),
+        "flipped": paths[4],
+        "outlier": paths[5],
+        "group": paths[6:10],
+    }
     return x, labels, paths, sha, planted
 
 

@@ -44,14 +44,19 @@ def test_audit_finds_each_planted_problem(planted_cache, tmp_path):
     assert len(groups) == 2  # distinct rows of one cluster are not duplicates
     assert planted["flipped"] in [i["path"] for i in result.label_issues[:3]]
     issue = next(i for i in result.label_issues if i["path"] == planted["flipped"])
-    assert issue["label"] == "c1" and issue["suggested"] == "c0" and 0 < issue["score"] <= 1
-    assert result.outliers[0]["path"] == planted["outlier"]
+    assert issue["label"] == "c1" and issue["suggested"] == "c0" and 0 <= issue["score"] < 0.5
+    assert issue["margin"] > 0 and issue["p_given"] == pytest.approx(issue["score"], abs=0.5)
+    top6 = [o["path"] for o in result.outliers[:6]]
+    assert planted["outlier"] in top6 and set(planted["group"]) <= set(top6)
 
     saved = json.loads((tmp_path / "out" / "audit.json").read_text())
     assert {"label_issues", "duplicates", "outliers"} <= set(saved)
     assert set(saved["label_issues"][0]) >= {"path", "label", "suggested", "score"}
     assert set(saved["duplicates"][0]) >= {"paths", "similarity", "exact", "splits"}
-    assert set(saved["outliers"][0]) == {"path", "label", "score"}
+    assert set(saved["outliers"][0]) == {"path", "label", "score", "score_all", "score_class"}
+    assert set(saved["label_issues"][0]) >= {"margin", "p_given"} and saved["counts"]["suspects"] == len(
+        result.suspects()
+    )
     suspects = (tmp_path / "out" / "suspects.txt").read_text().splitlines()
     assert planted["flipped"] in suspects and planted["outlier"] in suspects
     assert sum(p in suspects for p in planted["exact"]) == 1  # one picture of the pair is kept
@@ -82,7 +87,27 @@ def test_reduced_search_confirms_on_full_rows(planted_cache):
     result = audit(cache, dims=8, montages=False)
     assert result.settings["dims"] == 8 and 0 < result.settings["explained_variance"] < 1
     assert set(planted["near"]) in _groups(result) and set(planted["exact"]) in _groups(result)
-    assert result.outliers[0]["path"] == planted["outlier"]
+    top6 = [o["path"] for o in result.outliers[:6]]
+    assert planted["outlier"] in top6 and set(planted["group"]) <= set(top6)
+
+
+def test_the_planted_group_hides_from_a_few_nearest_neighbours(planted_cache):
+    """The fixture asks for more than one picture's nearest neighbours can tell: with k = 1 or 5
+    the planted group is not in the top 6, with the audit's score all of it is."""
+    from headstart.audit import outliers as O
+    from headstart.cache import open_cache
+
+    cache, planted = planted_cache
+    with open_cache(cache) as c:
+        paths, labels = c.paths, c.labels
+        space = S.reduce(c)
+    near = S.neighbours(space, O.neighbour_count(len(paths)), 0.9, labels=labels)
+    group = [paths.index(p) for p in planted["group"]]
+    for k in (1, 5):
+        top6 = O.rank_outliers(1 - near.top_sim[:, :k].mean(axis=1), 6)
+        assert sum(r in top6 for r in group) <= 1, k
+    scores, _, _ = O.outlier_scores(near.top_sim, near.class_sim, labels)
+    assert set(group) <= set(O.rank_outliers(scores, 6).tolist())
 
 
 def test_reduce_streams_blocks_and_matches_svd(planted_cache):
@@ -260,3 +285,4 @@ def test_cli_defaults_match_the_library():
     assert defaults["threshold"] == duplicates.THRESHOLD
     assert defaults["folds"] == labels.FOLDS
     assert defaults["outliers"] == run.TOP_OUTLIERS
+    assert defaults["keep_weak"] is False

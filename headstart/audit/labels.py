@@ -108,12 +108,12 @@ def find_label_issues(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int =
     proba, folds = out_of_fold_proba(x, y, n_classes, folds, seed)
     local = proba[:, present]
     local = local / np.clip(local.sum(axis=1, keepdims=True), 1e-300, None)
+    flagged = np.flatnonzero(cl_find(labels=y_local, pred_probs=local, n_jobs=1))
     t = temperature(local, y_local)
     local = soften(local, t)
     proba = np.zeros_like(proba)
     proba[:, present] = local
     accuracy = float((local.argmax(axis=1) == y_local).mean())
-    flagged = np.flatnonzero(cl_find(labels=y_local, pred_probs=local, n_jobs=1))
     quality = get_label_quality_scores(y_local, local, method=METHOD)
     ranked = flagged[np.lexsort((flagged, quality[flagged]))].astype(np.int64)
     given = local[ranked, y_local[ranked]]

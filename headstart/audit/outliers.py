@@ -75,25 +75,36 @@ class OutlierGroup:
     similarity: float  # the lowest cosine similarity between two members
 
 
-def candidate_count(rows: int) -> int:
-    """How many of the highest scores `outlier_groups` looks among: 2 % of the rows, at least 50."""
-    return min(rows, max(50, rows // 50))
+GROUP_CANDIDATES = 0.02
+"""`outlier_groups` looks among this share of the highest scores (at least 50) ..."""
+GROUP_SPREAD = 3.0
+"""... that are also this many robust standard deviations above the median score."""
 
 
-def outlier_groups(unit: np.ndarray, scores: np.ndarray, candidates: int | None = None) -> list[OutlierGroup]:
+def group_candidates(scores: np.ndarray) -> np.ndarray:
+    """Rows `outlier_groups` looks among, highest score first: the top 2 % (at least 50) that stand
+    out from the bulk (median + `GROUP_SPREAD` x 1.4826 x the median absolute deviation)."""
+    n = len(scores)
+    if n < 3:
+        return np.zeros(0, dtype=np.int64)
+    rows = rank_outliers(scores, min(n, max(50, round(GROUP_CANDIDATES * n))))
+    median = float(np.median(scores))
+    cut = median + GROUP_SPREAD * 1.4826 * float(np.median(np.abs(scores - median)))
+    return rows[scores[rows] > cut]
+
+
+def outlier_groups(unit: np.ndarray, scores: np.ndarray) -> list[OutlierGroup]:
     """Groups of 2 to ``GROUP_MAX`` high-scoring rows that are closer to each other than to their class.
 
-    Among the ``candidates`` highest scores, two rows are linked when the cosine distance between
+    Among the `group_candidates`, two rows are linked when the cosine distance between
     them (rows of ``unit``, L2-normalized) is at most ``GROUP_TIGHTNESS`` times the lower of their
     two scores: each is at least twice as close to the other as to its own nearest crowd. Groups
     join by complete linkage (every pair of members linked), so a chain of look-alikes is not a
     group. Highest mean score first.
     """
-    n = len(scores)
-    m = candidate_count(n) if candidates is None else min(candidates, n)
-    if m < 2:
+    rows = group_candidates(scores)
+    if len(rows) < 2:
         return []
-    rows = rank_outliers(scores, m)
     u = unit[rows].astype(np.float64)
     dist = 1.0 - u @ u.T
     s = scores[rows]

@@ -14,7 +14,7 @@ outlier ranking. ``out`` gets, each file written beside and renamed into place::
 Weak evidence: when the out-of-fold accuracy is below `WEAK_ACCURACY` or label issues are more than
 `WEAK_SHARE` of the pictures, the label issues are mostly the features' confusion, not wrong labels:
 a note says so and suspects.txt leaves them out (``keep_weak=True`` keeps them).
-`count_findings` and `flags_by_path` are the one way audit, map and report count findings.
+`headstart.audit.findings` is the one way audit, map and report count findings.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from headstart.audit import duplicates as D
 from headstart.audit import labels as L
 from headstart.audit import outliers as O
 from headstart.audit import space as S
+from headstart.audit.findings import count_findings, suspect_paths
 from headstart.audit.hashes import content_hashes
 from headstart.audit.reading import by_picture, open_checked
 from headstart.errors import AuditError
@@ -50,58 +51,6 @@ WEAK_ACCURACY = 0.8
 """Below this out-of-fold accuracy (of the audit's logistic regression) label issues are weak evidence."""
 WEAK_SHARE = 0.1
 """Label issues on more than this share of the pictures are weak evidence."""
-
-
-def suspect_paths(data: dict[str, Any]) -> list[str]:
-    """Paths for a person to review, each once: label issues (not when ``evidence.weak`` and not
-    ``evidence.kept``), duplicates but one a group (the one in train kept), outliers, outlier groups."""
-    seen: dict[str, None] = {}
-    evidence = data.get("evidence") or {}
-    if not evidence.get("weak") or evidence.get("kept"):
-        for item in data.get("label_issues", []):
-            seen.setdefault(item["path"], None)
-    for group in data.get("duplicates", []):
-        keep = group["splits"].index("train") if "train" in group["splits"] else 0
-        for i, p in enumerate(group["paths"]):
-            if i != keep:
-                seen.setdefault(p, None)
-    for item in data.get("outliers", []):
-        seen.setdefault(item["path"], None)
-    for group in data.get("outlier_groups", []):
-        for p in group["paths"]:
-            seen.setdefault(p, None)
-    return list(seen)
-
-
-def flags_by_path(data: dict[str, Any]) -> dict[str, list[str]]:
-    """Every flagged picture and what flagged it (all members of a duplicate group are flagged)."""
-    flags: dict[str, list[str]] = {}
-    for item in data.get("label_issues", []):
-        flags.setdefault(item["path"], []).append(f"label issue: {item['label']} → {item['suggested']}")
-    for group in data.get("duplicates", []):
-        kind = "exact duplicate" if group["exact"] else "near duplicate"
-        for p in group["paths"]:
-            flags.setdefault(p, []).append(kind + (" (leakage)" if group.get("leakage") else ""))
-    for item in data.get("outliers", []):
-        flags.setdefault(item["path"], []).append("outlier")
-    for k, group in enumerate(data.get("outlier_groups", [])):
-        for p in group["paths"]:
-            flags.setdefault(p, []).append(f"outlier group {k + 1}")
-    return flags
-
-
-def count_findings(data: dict[str, Any]) -> dict[str, int]:
-    """The counts that audit, map and report print, from one audit.json."""
-    return {
-        "label_issues": len(data.get("label_issues", [])),
-        "duplicate_groups": len(data.get("duplicates", [])),
-        "exact_groups": sum(bool(g.get("exact")) for g in data.get("duplicates", [])),
-        "leaking_groups": sum(bool(g.get("leakage")) for g in data.get("duplicates", [])),
-        "outliers": len(data.get("outliers", [])),
-        "outlier_groups": len(data.get("outlier_groups", [])),
-        "flagged": len(flags_by_path(data)),
-        "suspects": len(suspect_paths(data)),
-    }
 
 
 @dataclass
@@ -422,6 +371,7 @@ def load_audit(path: str | os.PathLike) -> dict[str, Any]:
             ("label_issues", ("path", "label", "suggested", "score")),
             ("duplicates", ("paths", "similarity", "exact", "splits")),
             ("outliers", ("path", "label", "score")),
+            ("outlier_groups", ("paths", "score")),
         ):
             items = data.get(key, [])
             if not isinstance(items, list):
