@@ -153,8 +153,8 @@ def planted_features(seed: int = 0, dim: int = 64, per_class: int = 40):
 
     Planted: rows 0-1 an exact duplicate (same digest), rows 2-3 a near duplicate, row 4 a flipped
     label (a class-0 row labelled 1), row 5 an outlier (far from every cluster), rows 6-9 a group
-    of outliers spread over the classes (around one point far from every cluster, each other's
-    nearest neighbours: a score from 1 or 5 nearest neighbours ranks them far below the top 6).
+    of outliers in class 0 (around one point far from every cluster, each other's nearest
+    neighbours: a score from 1 or 5 nearest neighbours ranks them below the top 6).
     """
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, 1, (3, dim))  # same-class rows at cosine ~0.5: far from duplicates

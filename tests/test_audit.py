@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import h5py
@@ -286,3 +287,113 @@ def test_cli_defaults_match_the_library():
     assert defaults["folds"] == labels.FOLDS
     assert defaults["outliers"] == run.TOP_OUTLIERS
     assert defaults["keep_weak"] is False
+
+
+def test_near_duplicate_groups_do_not_chain():
+    """a~b and b~c above the threshold, a~c not: complete linkage never puts a and c in one group."""
+    from headstart.audit.duplicates import find_duplicates
+
+    pairs = np.array([[0, 1], [1, 2], [3, 4], [3, 5], [4, 5]])
+    sims = np.array([0.95, 0.9, 0.9, 0.85, 0.8], dtype=np.float32)
+    groups = find_duplicates([None] * 6, pairs, sims, np.zeros(6, int))
+    assert [g.rows for g in groups] == [[0, 1], [3, 4, 5]]
+    assert groups[1].similarity == pytest.approx(0.8)  # the lowest pair inside, not the one that joined
+
+
+def test_threshold_is_derived_from_the_nearest_neighbour_bulk():
+    from headstart.audit.duplicates import CEILING, derive_threshold
+
+    rng = np.random.default_rng(0)
+    bulk = rng.normal(0.5, 0.08, 2000)
+    t = derive_threshold(bulk)
+    assert bulk.max() < t + 0.05 and 0.75 < t < 0.9
+    with_copies = np.concatenate([bulk, rng.uniform(0.9, 1.0, 400)])  # a sixth of the rows are copies
+    assert abs(derive_threshold(with_copies) - t) < 0.05
+    assert derive_threshold(bulk + 0.15) == pytest.approx(t + 0.15, abs=0.01)  # where photos look more alike
+    assert derive_threshold(bulk + 0.3) == CEILING
+    assert derive_threshold(np.full(2, 0.5)) == CEILING  # too few rows to say: only near-identical
+
+
+def test_audit_threshold_follows_the_feature_space(planted_cache, tmp_path):
+    """The same pictures, features squeezed towards their mean: fixed 0.75 would group distinct rows."""
+    cache, planted = planted_cache
+    x, y, paths, sha, _ = planted_features()
+    squeezed = write_cache(tmp_path / "sq.h5", x + 3 * np.abs(x).mean(), y, paths, CLASSES, sha256=sha)
+    for path in (cache, squeezed):
+        result = audit(path, montages=False)
+        assert result.settings["threshold_derived"]
+        assert sorted(map(sorted, _groups(result))) == sorted([sorted(planted["exact"]), sorted(planted["near"])])
+    fixed = audit(cache, threshold=0.3, montages=False)
+    assert not fixed.settings["threshold_derived"] and len(fixed.duplicates) > 2
+
+
+def test_outlier_groups_are_tight_and_never_chained():
+    from headstart.audit import outliers as O
+
+    rng = np.random.default_rng(0)
+    dim = 32
+    bulk = np.abs(rng.normal(0, 1, (300, dim))) + 3
+    far = rng.normal(0, 1, (2, dim)) * 4
+    rows = np.concatenate([bulk, far[0] + rng.normal(0, 0.2, (3, dim)), far[1] + rng.normal(0, 0.2, (4, dim))])
+    unit = S._normalize(rows)
+    sim = unit @ unit.T
+    np.fill_diagonal(sim, -np.inf)
+    top = -np.sort(-sim, axis=1)[:, :50]
+    scores, _, _ = O.outlier_scores(top)
+    groups = O.outlier_groups(unit, scores)
+    assert sorted(sorted(g.rows) for g in groups) == [[300, 301, 302], [303, 304, 305, 306]]
+    assert all(g.similarity > 0.9 and g.score > 0.3 for g in groups)
+    # a chain: each link close, the two ends not; complete linkage keeps them apart
+    linked = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]], dtype=bool)
+    dist = np.array([[0, 0.1, 0.3], [0.1, 0, 0.2], [0.3, 0.2, 0]])
+    assert sorted(map(sorted, O._complete_linkage(linked, dist, 20))) == [[0, 1], [2]]
+
+
+def test_weak_evidence_keeps_label_issues_out_of_suspects(tmp_path):
+    """Labels the features cannot tell apart: a note says so and suspects.txt leaves the issues out."""
+    from headstart.audit.findings import suspect_paths
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1, (150, 16)) + 3
+    y = rng.integers(0, 3, 150)
+    paths = [f"c{k}/{i}.jpg" for i, k in enumerate(y)]
+    cache = write_cache(tmp_path / "weak.h5", x, y, paths, CLASSES)
+    result = audit(cache, tmp_path / "a", montages=False)
+    assert result.evidence["weak"] and result.evidence["oof_accuracy"] < 0.8
+    assert any(n.startswith("weak evidence") for n in result.notes) and result.label_issues
+    suspects = (tmp_path / "a" / "suspects.txt").read_text().splitlines()
+    assert suspects == suspect_paths({**result.to_json(), "label_issues": []})
+    kept = audit(cache, tmp_path / "b", montages=False, keep_weak=True)
+    assert {i["path"] for i in kept.label_issues} <= set(kept.suspects())
+    res = runner.invoke(app, ["audit", str(cache), "--no-montages"])
+    assert res.exit_code == 0 and "weak evidence" in res.output
+
+
+def test_strong_evidence_keeps_label_issues_in_suspects(planted_cache):
+    cache, planted = planted_cache
+    result = audit(cache, montages=False)
+    assert not result.evidence["weak"] and planted["flipped"] in result.suspects()
+
+
+def test_audit_map_and_report_count_the_same_findings(planted_cache, tmp_path):
+    from headstart.audit.findings import count_findings
+
+    cache, _ = planted_cache
+    res = runner.invoke(app, ["audit", str(cache), "--out", str(tmp_path / "a"), "--no-montages"])
+    assert res.exit_code == 0, res.output
+    counts = json.loads((tmp_path / "a" / "audit.json").read_text())["counts"]
+    assert counts == count_findings(load_audit(tmp_path / "a"))
+    assert (
+        f"{counts['flagged']} pictures flagged" in res.output
+        and f"suspects.txt ({counts['suspects']} paths)" in res.output
+    )
+    assert len((tmp_path / "a" / "suspects.txt").read_text().splitlines()) == counts["suspects"]
+    res = runner.invoke(
+        app, ["map", str(cache), "--out", str(tmp_path / "m.png"), "--audit", str(tmp_path / "a"), "--method", "pca"]
+    )
+    assert res.exit_code == 0 and f"{counts['flagged']} flagged by the audit" in res.output, res.output
+    from headstart.audit.report import _audit_section
+
+    page = _audit_section(load_audit(tmp_path / "a"), None)
+    for name, key in (("pictures flagged", "flagged"), ("paths in suspects.txt", "suspects")):
+        assert re.search(rf"{name}</td>\s*<td[^>]*>{counts[key]}<", page), name
