@@ -397,3 +397,20 @@ def test_audit_map_and_report_count_the_same_findings(planted_cache, tmp_path):
     page = _audit_section(load_audit(tmp_path / "a"), None)
     for name, key in (("pictures flagged", "flagged"), ("paths in suspects.txt", "suspects")):
         assert re.search(rf"{name}</td>\s*<td[^>]*>{counts[key]}<", page), name
+
+
+def test_label_issue_scores_rank_where_the_regression_is_overconfident():
+    """Weak features, 5 classes, 600 rows of 256 dimensions: the out-of-fold regression gives every top
+    issue p(given) < 0.01 (a score of 1.00 each, before); softened and scored by cleanlab, they spread."""
+    from headstart.audit import labels as L
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 600)
+    x = rng.normal(0, 1, (5, 256))[y] * 0.1 + rng.normal(0, 1, (600, 256))
+    raw, _ = L.out_of_fold_proba(x, y, 5)
+    assert np.sort(raw[np.arange(600), y])[:20].max() < 0.01  # what made every top score 1.00
+    issues = L.find_label_issues(x, y, 5)
+    top = issues.scores[:20]
+    assert list(top) == sorted(top) and len(set(np.round(top, 2))) >= 8 and top[-1] - top[0] >= 0.1
+    assert issues.temperature > 1.5 and issues.accuracy < 0.6
+    assert np.all(issues.margins[:20] > 0) and np.all(issues.suggested != y[issues.rows])
