@@ -1,12 +1,13 @@
 """Label issues: out-of-sample class probabilities from K-fold logistic regression, then confident learning.
 
 Each picture's probabilities come from a logistic regression that did not see it (stratified
-K folds on the reduced, standardized features; see `C`), softened by one temperature fitted on
-those out-of-fold probabilities (`temperature`: the regressions are overconfident, and every top
-issue then showed p(given) = 0.00). cleanlab's `find_label_issues` (Northcutt, Jiang and Chuang
-2021, "Confident Learning") flags the pictures whose given label disagrees with what the others
-say about them; they are ranked by cleanlab's label-quality score (`METHOD`, in [0, 1], low:
-likely wrong), shown with the margin p(suggested) - p(given).
+K folds on the reduced, standardized features; see `C`). cleanlab's `find_label_issues`
+(Northcutt, Jiang and Chuang 2021, "Confident Learning") flags the pictures whose given label
+disagrees with what the others say about them. They are ranked by cleanlab's label-quality score
+(`METHOD`, in [0, 1], low: likely wrong) on the probabilities softened by one temperature fitted
+on them (`temperature`): on weak features the regressions are overconfident, and every top issue
+showed p(given) < 0.01, a score of 1.00 each, which told a reviewer nothing. Each issue carries
+the margin p(suggested) - p(given), suggested being the most probable other class.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ log loss picks 0.01, whose flatter probabilities let cleanlab flag only 13 pictu
 
 
 METHOD = "normalized_margin"
-"""cleanlab's label-quality score; measured on the planted pets (10 flips), both it and
-self-confidence put 9 flips among the top 20 (`tests/test_audit_planted.py`); the margin form says
-how far the suggestion is ahead."""
+"""cleanlab's label-quality score: (p(given) - p(best other) + 1) / 2, the form cleanlab recommends for
+labels swapped between classes (self-confidence, p(given), is for pictures of no class; the outliers
+cover those). On the planted pets (10 flips, two classes, where both forms rank alike) 9 flips are
+among the top 20 issues (`tests/test_audit_planted.py`)."""
 
 
 @dataclass(frozen=True)
