@@ -139,6 +139,15 @@ def test_neighbours_match_brute_force_tile_by_tile():
     want = {(i, j) for i, j in zip(*np.nonzero(cen >= 0.9)) if i < j}
     assert {tuple(p) for p in got.pairs.tolist()} == want and (3, 7) in want
     assert np.allclose(got.pair_sim, [cen[i, j] for i, j in got.pairs], atol=1e-5)
+    assert np.allclose(got.nearest, cen.max(axis=1), atol=1e-5)
+    labels = np.random.default_rng(2).integers(0, 3, 50)
+    labels[labels == 2] = 2 * (np.arange((labels == 2).sum()) < 3)  # class 2: 3 rows, fewer than k + 1
+    by = S.neighbours(space, 4, cut=0.9, per_row=3, query_rows=7, labels=labels)
+    assert np.allclose(by.top_sim, got.top_sim) and np.allclose(by.nearest, got.nearest)
+    assert {tuple(p) for p in by.pairs.tolist()} == want
+    for i in range(50):
+        same = np.sort(raw[i, labels == labels[i]])[::-1][:4]  # its own -inf last
+        assert np.allclose(by.class_sim[i, : len(same)], same, atol=1e-5), i
 
 
 def test_version1_cache_hashes_files_and_notes_missing(tmp_path):
