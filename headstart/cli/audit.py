@@ -89,7 +89,7 @@ def audit_cmd(
         out_console.print(
             _table(
                 f"label issues (top {min(SHOWN, len(result.label_issues))} of {len(result.label_issues):,}; "
-                "quality: cleanlab's label-quality score, low = likely wrong; margin: p(suggested) - p(given))",
+                "quality: low = likely wrong; margin: p(suggested) - p(given))",
                 ["path", "label", "suggested", "quality", "margin"],
                 [
                     [i["path"], i["label"], i["suggested"], f"{i['score']:.3f}", f"{i.get('margin', 0):.3f}"]
