@@ -18,7 +18,7 @@ pytestmark = [
 
 
 def _extract(folder, out, **options):
-    from headstart.extractor.backbones import make_config
+    from headstart.extractor.options import make_config
     from headstart.extractor.runner import extract
 
     config = make_config("mobilenet", weights=str(MOBILENET_WEIGHTS), alpha=0.25, **options)
