@@ -324,16 +324,24 @@ def test_threshold_is_derived_from_the_nearest_neighbour_bulk():
 
 
 def test_audit_threshold_follows_the_feature_space(planted_cache, tmp_path):
-    """The same pictures, features squeezed towards their mean: fixed 0.75 would group distinct rows."""
+    """The same rows pulled 70 % towards their class centre: distinct rows of a class now reach a
+    centred similarity above 0.75, so a fixed 0.75 groups them; the derived threshold rises with them."""
     cache, planted = planted_cache
     x, y, paths, sha, _ = planted_features()
-    squeezed = write_cache(tmp_path / "sq.h5", x + 3 * np.abs(x).mean(), y, paths, CLASSES, sha256=sha)
-    for path in (cache, squeezed):
+    true = np.arange(len(x)) // 40  # the class each row was drawn from (row 4 is labelled 1)
+    rows = np.r_[0:5, 10 : len(x)]  # not the planted outliers
+    centre = np.stack([x[rows][true[rows] == c].mean(axis=0) for c in range(3)])
+    x[rows] = centre[true[rows]] + 0.3 * (x[rows] - centre[true[rows]])
+    tight = write_cache(tmp_path / "tight.h5", x, y, paths, CLASSES, sha256=sha)
+    assert len(audit(tight, threshold=0.75, montages=False).duplicates) > 10
+    want = sorted([sorted(planted["exact"]), sorted(planted["near"])])
+    thresholds = []
+    for path in (cache, tight):
         result = audit(path, montages=False)
         assert result.settings["threshold_derived"]
-        assert sorted(map(sorted, _groups(result))) == sorted([sorted(planted["exact"]), sorted(planted["near"])])
-    fixed = audit(cache, threshold=0.3, montages=False)
-    assert not fixed.settings["threshold_derived"] and len(fixed.duplicates) > 2
+        assert sorted(map(sorted, _groups(result))) == want
+        thresholds.append(result.settings["threshold"])
+    assert thresholds[1] > thresholds[0] + 0.1
 
 
 def test_outlier_groups_are_tight_and_never_chained():
