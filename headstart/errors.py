@@ -97,3 +97,7 @@ class DecodeError(Exception):
 
 class Invalid(Exception):
     """One rule a cache breaks; ``str()`` says which, in a few words."""
+
+
+class UnsafeFileError(HeadstartError):
+    """A path named as a file to read is not a regular file (a pipe, a device, a folder) or is too large."""
