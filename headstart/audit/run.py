@@ -134,6 +134,11 @@ def audit(
         hashes, notes = content_hashes(paths, cache.sha256, base)
         lap("hashes")
         space = S.reduce(cache, dims=dims, seed=seed)
+        if space.constant:
+            notes.append(
+                "every picture has the same features: the backbone gives one answer whatever the picture "
+                "(check its weights and layer); duplicates, label issues and outliers cannot be told apart"
+            )
         lap("reduce")
         # Centred cosine tells copies from look-alikes; raw cosine tells a picture unlike any
         # other (centring pulls such a row towards the crowd). Both come from one pass.
