@@ -101,3 +101,7 @@ class Invalid(Exception):
 
 class UnsafeFileError(HeadstartError):
     """A path named as a file to read is not a regular file (a pipe, a device, a folder) or is too large."""
+
+
+class ArchiveDamagedError(DownloadError):
+    """A zip's bytes are damaged (a CRC, a truncated member) or unsafe to unpack (a zip bomb)."""
