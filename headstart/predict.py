@@ -77,8 +77,8 @@ def _gather_files(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, str | 
             out.append((p, "no pictures in this folder"))
         for f in found:
             f = Path(f)
-            if f.resolve() not in seen:
-                seen.add(f.resolve())
+            if _key(f) not in seen:
+                seen.add(_key(f))
                 out.append((f, None))
     return out
 
@@ -214,7 +214,11 @@ def predict_exported(
 
 
 def _key(path) -> Path:
-    return Path(path).resolve()
+    """One key per file however it is named; a path that cannot be resolved (a link loop) keys as itself."""
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symbolic link loop, before Python 3.13
+        return Path(os.path.abspath(path))
 
 
 def predict(
