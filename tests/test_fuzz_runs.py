@@ -496,3 +496,36 @@ def test_report_embeds_no_picture_an_audit_json_points_at(good, tmp_path):
         assert result.exit_code in (0, 2), (claimed, path, result.output)
         if result.exit_code == 0:
             assert "data:image/jpeg" not in out.read_text(), (claimed, path)
+
+
+def test_report_refuses_an_audit_json_that_is_a_pipe_or_a_device(good, tmp_path):
+    import signal
+
+    cache, runs = good
+
+    def hung(signum, frame):
+        raise TimeoutError("report hung reading audit.json")
+
+    os.mkfifo(tmp_path / "pipe.json")
+    (tmp_path / "zero.json").symlink_to("/dev/zero")
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        for name in ("pipe.json", "zero.json"):
+            out = tmp_path / "r.html"
+            args = [
+                "report",
+                str(runs["logreg"]),
+                "--audit",
+                str(tmp_path / name),
+                "--out",
+                str(out),
+                "--mistakes",
+                "0",
+            ]
+            result = runner.invoke(app, args)
+            assert result.exit_code == 2 and "not a regular file" in result.stderr, result.output
+            assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
