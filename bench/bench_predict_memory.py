@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 CHILD = """
 import resource, sys, json
-from headstart.predict import predict
+from headstart.ship.predict import predict
 files = json.loads(sys.argv[1])
 res = predict(sys.argv[2], files)
 assert all(p.ok for p in res.predictions), [p.error for p in res.predictions if not p.ok][:3]

@@ -421,7 +421,7 @@ def test_predict_records_pipes_devices_and_folders_named_like_pictures(tmp_path,
 
     from PIL import Image
 
-    from headstart import export
+    from headstart.ship import predict as ship_predict
 
     class Model:
         def predict_on_batch(self, x):
@@ -430,7 +430,7 @@ def test_predict_records_pipes_devices_and_folders_named_like_pictures(tmp_path,
     def hung(signum, frame):
         raise TimeoutError("predict hung on a picture that is not a file")
 
-    monkeypatch.setattr(export, "load_exported", lambda path: (Model(), ["cat", "dog"]))
+    monkeypatch.setattr(ship_predict, "load_exported", lambda path: (Model(), ["cat", "dog"]))
     (tmp_path / "m.keras").write_bytes(b"stub")
     Image.new("RGB", (20, 30), (9, 99, 199)).save(tmp_path / "real.jpg")
     os.mkfifo(tmp_path / "pipe.jpg")

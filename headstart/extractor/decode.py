@@ -12,7 +12,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from headstart import files
 from headstart.errors import DecodeError, UnsafeFileError
-from headstart.extractor.config import RESIZE_METHODS  # the registry lives with the settings
+from headstart.settings.config import RESIZE_METHODS  # the registry lives with the settings
 
 # Truncated files are errors, not pictures with a grey bottom half.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
