@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from headstart.audit import html as H
-from headstart.errors import AuditError, HeadstartError
+from headstart.errors import AuditError, HeadstartError, UnsafeFileError
+from headstart.files import read_regular
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,8 @@ class ReportResult:
 
 def _read_json(path: Path, what: str) -> Any:
     try:
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise ValueError(f"larger than {MAX_JSON_BYTES >> 20} MiB")
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        return json.loads(read_regular(path, MAX_JSON_BYTES).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, UnsafeFileError) as err:
         raise AuditError(f"Expected a readable {what}. Received: {path} ({err}).") from None
 
 
