@@ -86,7 +86,7 @@ def _check_sizes(zf: zipfile.ZipFile, archive: Path) -> None:
         raise ArchiveDamagedError(
             f"Expected at most {MAX_MEMBERS:,} members under {TOP}/ in {archive}. Received: {len(members):,}. {what}"
         )
-    total = 0
+    total = packed = 0
     for info in members:
         if info.file_size > MAX_MEMBER_BYTES:
             raise ArchiveDamagedError(
@@ -99,6 +99,12 @@ def _check_sizes(zf: zipfile.ZipFile, archive: Path) -> None:
                 f"{info.file_size:,} bytes compressed to {info.compress_size:,}. {what}"
             )
         total += info.file_size
+        packed += info.compress_size
+    if total > MAX_RATIO * packed + (1 << 20):  # many small members, each within RATIO_SLACK
+        raise ArchiveDamagedError(
+            f"Expected pictures that compress at most {MAX_RATIO}:1 in {archive}. Received: {len(members):,} "
+            f"members, {total:,} bytes compressed to {packed:,} in all. {what}"
+        )
     if total > MAX_TOTAL_BYTES:
         raise ArchiveDamagedError(
             f"Expected at most {MAX_TOTAL_BYTES >> 30} GiB under {TOP}/ in {archive}. Received: {total:,} bytes "

@@ -414,6 +414,15 @@ def test_a_zip_bomb_is_refused_before_unpacking(tmp_path):
     assert sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) == 0
 
 
+def test_a_bomb_of_many_small_members_is_refused(tmp_path):
+    small = {f"PetImages/Cat/{i}.jpg": bytes(60 << 10) for i in range(200)}  # each under the per-member slack
+    archive = tmp_path / "bomb.zip"
+    archive.write_bytes(_deflated({**PETS, **small}))
+    with pytest.raises(DownloadError, match="in all"):
+        download_pets(tmp_path / "dest", archive=archive)
+    assert not (tmp_path / "dest" / "PetImages").exists()
+
+
 def test_member_size_total_size_and_member_count_are_capped(tmp_path, monkeypatch):
     archive = tmp_path / "pets.zip"
     archive.write_bytes(_zip({**PETS, "PetImages/Dog/big.jpg": bytes(3 << 20)}))  # stored: ratio 1
