@@ -431,3 +431,15 @@ def test_label_issue_scores_rank_where_the_regression_is_overconfident():
     assert list(top) == sorted(top) and len(set(np.round(top, 2))) >= 8 and top[-1] - top[0] >= 0.1
     assert issues.temperature > 1.5 and issues.accuracy < 0.6
     assert np.all(issues.margins[:20] > 0) and np.all(issues.suggested != y[issues.rows])
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0])
+@pytest.mark.parametrize("dim", [16, 512])  # kept whole, and reduced by the randomized SVD
+def test_constant_features_give_a_note_not_a_crash(tmp_path, value, dim):
+    y = np.repeat(np.arange(3), 20)
+    paths = [f"c{k}/{i}.jpg" for i, k in enumerate(y)]
+    cache = write_cache(tmp_path / "c.h5", np.full((len(y), dim), value), y, paths, ("c0", "c1", "c2"))
+    res = runner.invoke(app, ["audit", str(cache), "--out", str(tmp_path / "a"), "--no-montages"])
+    assert res.exit_code == 0, res.output
+    assert "every picture has the same features" in res.output
+    assert (tmp_path / "a" / "audit.json").is_file()
