@@ -260,3 +260,36 @@ def test_cli_defaults_match_the_library():
     assert defaults["threshold"] == duplicates.THRESHOLD
     assert defaults["folds"] == labels.FOLDS
     assert defaults["outliers"] == run.TOP_OUTLIERS
+
+
+def test_a_reviewed_suspects_txt_is_never_overwritten(planted_cache, tmp_path):
+    """issue 21, finding 7: a second audit into the same --out kept nothing of the person's review."""
+    cache, planted = planted_cache
+    out = tmp_path / "a"
+    args = ["audit", str(cache), "--out", str(out), "--no-montages"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert runner.invoke(app, args).exit_code == 0  # an untouched list is ours: replaced
+    suspects = out / "suspects.txt"
+    reviewed = "".join(line + "\n" for line in suspects.read_text().splitlines() if line != planted["outlier"])
+    suspects.write_text(reviewed)  # the person keeps the outlier: its line is deleted
+    before = (out / "audit.json").read_bytes()
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "changed since" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert suspects.read_text() == reviewed and (out / "audit.json").read_bytes() == before
+    with pytest.raises(AuditError, match="changed since"):
+        audit(cache, out, montages=False)
+    assert suspects.read_text() == reviewed
+
+
+def test_an_audit_folder_from_before_the_manifest_is_still_replaced(planted_cache, tmp_path):
+    cache, _ = planted_cache
+    out = tmp_path / "a"
+    result = audit(cache, out, montages=False)
+    data = json.loads((out / "audit.json").read_text())
+    del data["files"]  # as audits wrote it before: plain lines, no SHA-256
+    (out / "audit.json").write_text(json.dumps(data))
+    (out / "suspects.txt").write_text("".join(p + "\n" for p in result.suspects()))
+    audit(cache, out, montages=False)
+    (out / "suspects.txt").write_text("mine\n")
+    with pytest.raises(AuditError, match="changed since"):
+        audit(cache, out, montages=False)

@@ -5,14 +5,20 @@ streaming the features a block at a time (`headstart.audit.space`): content hash
 and reduced rows → nearest neighbours → duplicate groups and leakage → out-of-fold label issues →
 outlier ranking. ``out`` gets, each file written beside and renamed into place::
 
-    audit.json         every finding (paths as stored in the cache), the settings and notes
+    audit.json         every finding (paths as stored in the cache), the settings and notes,
+                       and ``files``: the SHA-256 of the suspects.txt written beside it
     suspects.txt       one path a line: label issues, all but one picture of each duplicate
-                       group, the listed outliers (for `--exclude-list` once reviewed)
+                       group, the listed outliers (for `--exclude-list` once reviewed; its
+                       format: `headstart.exclude_list.format_exclude_list`)
     label_issues.png, duplicates.png, outliers.png   montages of the top findings
+
+A suspects.txt that changed since headstart wrote it (a list a person reviewed) is never
+replaced: the audit is refused before any work, and nothing in ``out`` is touched.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -28,6 +34,7 @@ from headstart.audit import space as S
 from headstart.audit.hashes import content_hashes
 from headstart.audit.reading import open_checked
 from headstart.errors import AuditError
+from headstart.exclude_list import format_exclude_list
 from headstart.heads.split import SPLITS, SplitSpec, assign
 
 log = logging.getLogger(__name__)
@@ -115,6 +122,8 @@ def audit(
             f"Expected --neighbours >= 1, --outliers >= 0 and --dims >= 2. Received: {neighbours}, {top_outliers}, {dims}."
         )
     cache_path = Path(cache_path)
+    if out is not None:
+        check_out(Path(out))  # before the work: a reviewed suspects.txt refuses the audit at once
     seconds: dict[str, float] = {}
     t = time.perf_counter()
 
@@ -202,22 +211,79 @@ def _similarity_text(group: dict[str, Any]) -> str:
 
 
 def _write_text(path: Path, text: str) -> Path:
+    return _write_bytes(path, text.encode("utf-8"))
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
-def write(result: AuditResult, out: Path, montages: bool = True) -> list[Path]:
-    """Write audit.json, suspects.txt and the montages into ``out`` (created if needed)."""
-    from headstart.audit.pictures import montage
+SUSPECTS_HEADER = (
+    "Pictures of headstart audit to review. Delete the lines of the pictures to keep, then:\n"
+    "headstart train CACHE --exclude-list suspects.txt. A line in double quotes is a JSON string\n"
+    "(a path that a plain line cannot hold). headstart audit never replaces this file once edited."
+)
 
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _suspects_ours(out: Path) -> bool:
+    """Whether ``out/suspects.txt`` is as headstart audit wrote it (its SHA-256 in audit.json; for an
+    audit.json without one, the list its findings give, as audits wrote it before)."""
+    path = out / SUSPECTS_TXT
+    try:
+        data = json.loads((out / AUDIT_JSON).read_text(encoding="utf-8"))
+        current = path.read_bytes() if path.is_file() and not path.is_symlink() else None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    if current is None or not isinstance(data, dict):
+        return False
+    files = data.get("files")
+    if isinstance(files, dict):
+        return files.get(SUSPECTS_TXT) == _sha256(current)
+    try:
+        earlier = AuditResult(**{k: data[k] for k in ("label_issues", "duplicates", "outliers")}, **_BLANK)
+        return current == "".join(p + "\n" for p in earlier.suspects()).encode()
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return False
+
+
+_BLANK: dict[str, Any] = dict(cache=Path(), root="", rows=0, class_names=[], notes=[], settings={}, seconds={})
+
+
+def check_out(out: Path) -> None:
+    """``out`` must be a folder (or new), and any suspects.txt in it as headstart wrote it."""
     if out.exists() and not out.is_dir():
         raise AuditError(f"Expected --out to be a folder. Received: {out} (a file).")
+    path = out / SUSPECTS_TXT
+    if (path.exists() or path.is_symlink()) and not _suspects_ours(out):
+        raise AuditError(
+            f"Expected {path} as headstart audit wrote it, to replace. Received: a file that changed since "
+            "(a reviewed list?); it is kept and nothing was written. Use it (--exclude-list), move it away, "
+            "or choose another --out."
+        )
+
+
+def write(result: AuditResult, out: Path, montages: bool = True) -> list[Path]:
+    """Write audit.json, suspects.txt and the montages into ``out`` (created if needed); refused
+    when ``out`` holds a suspects.txt that changed since an audit wrote it (see `check_out`)."""
+    from headstart.audit.pictures import montage
+
+    check_out(out)
     out.mkdir(parents=True, exist_ok=True)
+    suspects = format_exclude_list(result.suspects(), header=SUSPECTS_HEADER).encode("utf-8")
+    record = {**result.to_json(), "files": {SUSPECTS_TXT: _sha256(suspects)}}
     files = [
-        _write_text(out / AUDIT_JSON, json.dumps(result.to_json(), indent=1) + "\n"),
-        _write_text(out / SUSPECTS_TXT, "".join(p + "\n" for p in result.suspects())),
+        _write_text(out / AUDIT_JSON, json.dumps(record, indent=1) + "\n"),
+        _write_bytes(out / SUSPECTS_TXT, suspects),
     ]
     if montages:
         root = Path(result.root)
