@@ -97,3 +97,7 @@ class DecodeError(Exception):
 
 class Invalid(Exception):
     """One rule a cache breaks; ``str()`` says which, in a few words."""
+
+
+class DiskFullError(HeadstartError):
+    """The disk filled (or would fill) while writing; what was committed before is kept."""

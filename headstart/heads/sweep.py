@@ -16,7 +16,13 @@ The sweep folder::
 Safety. One writer per folder (its lock is held for the whole sweep). Each finished trial is
 appended to the journal inside the locked folder, so a sweep killed at any moment keeps its
 finished trials, and the same command skips them (a trial is the same when its head, options,
-cache fingerprint, split and calibration are). The final files are built in a hidden sibling
+cache, split and calibration are). The cache is known by its settings' digest, its row count
+and a SHA-256 of its contents (features, labels, paths): two caches made with the same settings
+never share trials. The journal's first line names that cache; a journal of another cache is
+discarded (a warning says so) and a new one started. The header is written beside and renamed
+into place, so a full disk or a kill never leaves a journal without it (an empty one, left by
+older versions, is taken as an unstarted sweep); a full disk is one `DiskFullError` line, and the
+trials journaled before it are kept. The final files are built in a hidden sibling
 folder and swapped in whole (`headstart.heads.rundir.staged_result`); until then the folder is an
 unfinished sweep (a journal alone) or the previous finished sweep with a longer journal.
 """
@@ -47,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from headstart.cache import open_cache
+from headstart.disk import disk_full, fsync_dir, is_disk_full
 from headstart.errors import HeadError, RunError, SweepError
 from headstart.heads import metrics as M
 from headstart.heads.base import fitted_info
@@ -59,6 +66,7 @@ from headstart.heads.rundir import (
     SWEEP_KIND,
     busy_error,
     check_out,
+    journal_header,
     manifest,
     staged_result,
     versions,
@@ -376,18 +384,63 @@ def read_journal(path: Path, head_name: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+_KEPT = "The trials journaled before are kept: free some space and run the same command to resume."
+
+
 def _append(path: Path, record: Mapping[str, Any]) -> None:
     """Append one line and make it durable; a torn last line (a kill mid-write) is ended first."""
     line = json.dumps(record, allow_nan=False, separators=(",", ":")).encode() + b"\n"
-    with open(path, "ab+") as fh:
-        fh.seek(0, os.SEEK_END)
-        if fh.tell():
-            fh.seek(-1, os.SEEK_END)
-            if fh.read(1) != b"\n":
-                line = b"\n" + line
-        fh.write(line)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(path, "ab+") as fh:
+            fh.seek(0, os.SEEK_END)
+            if fh.tell():
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    line = b"\n" + line
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as err:
+        if is_disk_full(err):
+            raise disk_full(path, "journaling a finished trial", _KEPT) from None
+        raise
+
+
+def _start_journal(path: Path, header: Mapping[str, Any]) -> None:
+    """A journal holding ``header`` alone, written beside and renamed into place (never torn or empty)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(json.dumps(header, allow_nan=False, separators=(",", ":")).encode() + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as err:
+        if is_disk_full(err):
+            raise disk_full(
+                path, "starting the sweep journal", "Nothing was kept: free some space and run again."
+            ) from None
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+IDENTITY = ("fingerprint_digest", "rows", "content")
+"""What a journal's header must share with the cache for its trials to be reused."""
+
+
+def cache_identity(cache) -> dict[str, Any]:
+    """The cache a sweep's trials belong to: its settings' digest, rows, and a SHA-256 of its contents
+    (every feature row as stored, the labels, the paths, the views); one read of the file."""
+    h = hashlib.sha256()
+    h.update(json.dumps([cache.fingerprint_digest, len(cache), cache.class_names, cache.paths]).encode())
+    h.update(np.asarray(cache.labels, dtype="<i8").tobytes())
+    if cache.views is not None:
+        h.update(np.asarray(cache.views, dtype="i1").tobytes())
+    for _, block in cache.iter_chunks(dtype=cache.dtype):
+        h.update(np.ascontiguousarray(block).tobytes())
+    return {"fingerprint_digest": cache.fingerprint_digest, "rows": len(cache), "content": h.hexdigest()}
 
 
 # -- the sweep ---------------------------------------------------------------------------------------
@@ -492,11 +545,13 @@ def sweep(
                 f"The {head} head needs the training rows in memory, and {data.cache_path} is too "
                 "large for the memory available. Sweep softmax or mlp, which stream from the file."
             )
+        identity = cache_identity(cache)
         context = _digest(
             {
                 "head": head,
                 "fingerprint": data.cache_info["fingerprint_digest"],
                 "rows": data.cache_info["rows"],
+                "content": identity["content"],
                 "split": split.to_dict(),
                 "calibrate": calibrate,
             }
@@ -505,18 +560,19 @@ def sweep(
         with exclusive_lock(lock_path_for(out), busy_error(out)):
             check_out(out, SWEEP_KIND)
             journal = out / JOURNAL
-            if not out.exists() or not any(out.iterdir()):
+            header = {"kind": JOURNAL_KIND, "format": SWEEP_FORMAT, "head": head, "cache": data.cache_info["path"]}
+            header.update(identity)
+            earlier = journal_header(journal)
+            if earlier is None:  # a new or empty folder, or a journal whose header never reached the disk
                 out.mkdir(exist_ok=True)
-                _append(
+                _start_journal(journal, header)
+            elif any(earlier.get(k) != identity[k] for k in IDENTITY):
+                log.warning(
+                    "%s holds the trials of another cache (%s); they are discarded and a new journal started",
                     journal,
-                    {
-                        "kind": JOURNAL_KIND,
-                        "format": SWEEP_FORMAT,
-                        "head": head,
-                        "cache": data.cache_info["path"],
-                        "fingerprint_digest": data.cache_info["fingerprint_digest"],
-                    },
+                    earlier.get("cache"),
                 )
+                _start_journal(journal, header)
             finished = read_journal(journal, head)
 
             all_trials: list[Trial] = []
@@ -567,7 +623,7 @@ def sweep(
             best = ranked[0]
             n_jobs, how = plan["jobs"], plan["how"]
 
-            with staged_result(out, SWEEP_KIND) as tmp:
+            with _results_disk_full(journal), staged_result(out, SWEEP_KIND) as tmp:
                 best_params = {**fixed, **best["params"]}
                 result = _fit_one(
                     data,
@@ -629,6 +685,17 @@ def sweep(
                     },
                 )
     return SweepResult(out, rows, result, counts["skipped"], time.perf_counter() - t_start, n_jobs, how)
+
+
+@contextlib.contextmanager
+def _results_disk_full(journal: Path):
+    """A full disk while the final files are written: one line; the journal keeps every trial."""
+    try:
+        yield
+    except OSError as err:
+        if is_disk_full(err):
+            raise disk_full(journal.parent, "writing the sweep's results", _KEPT) from None
+        raise
 
 
 def _halving(settings, fixed, head, eta, run_rung, rank_by: str = "accuracy") -> list[Trial]:
