@@ -35,10 +35,16 @@ def check_free(folder: str | os.PathLike, need: int, what: str, kept: str) -> No
     """A `DiskFullError` unless ``need`` bytes (and `RESERVE_BYTES`) are free where ``folder`` is."""
     free = free_bytes(folder)
     if free is not None and free < need + RESERVE_BYTES:
-        raise DiskFullError(
-            f"No space left on device: {what} needs about {_mb(need + RESERVE_BYTES)} free in {folder}, "
-            f"{_mb(free)} are. {kept}"
-        )
+        raise no_space(folder, need, what, kept)
+
+
+def no_space(folder: str | os.PathLike, need: int, what: str, kept: str) -> DiskFullError:
+    """The error for ``need`` bytes that are not free where ``folder`` is (nothing written yet)."""
+    free = free_bytes(folder)
+    have = f", {_mb(free)} are" if free is not None else ""
+    return DiskFullError(
+        f"No space left on device: {what} needs about {_mb(need + RESERVE_BYTES)} free in {folder}{have}. {kept}"
+    )
 
 
 def is_disk_full(err: BaseException) -> bool:
@@ -68,3 +74,64 @@ def fsync_dir(path: str | os.PathLike) -> None:
 def disk_full(where: str | os.PathLike, what: str, kept: str) -> DiskFullError:
     """The error for a write that failed because the disk filled."""
     return DiskFullError(f"No space left on device while {what} ({Path(where)}). {kept}")
+
+
+_KEEP_SIZE = 1  # FALLOC_FL_KEEP_SIZE
+_fallocate = None
+
+
+def reserve(fd: int, length: int) -> bool:
+    """Allocate ``length`` bytes past the end of the file ``fd`` without changing its size (Linux
+    ``fallocate(FALLOC_FL_KEEP_SIZE)``), so that writes there cannot fail for want of space.
+    Returns False where the OS or the file system cannot (the caller checks `free_bytes` instead);
+    raises ``OSError(ENOSPC)`` when the disk lacks the bytes."""
+    global _fallocate
+    if _fallocate is None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.fallocate
+            fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+            _fallocate = (fn, ctypes)
+        except (OSError, AttributeError):
+            _fallocate = False
+    if not _fallocate or length <= 0:
+        return False
+    fn, ctypes = _fallocate
+    if fn(fd, _KEEP_SIZE, os.fstat(fd).st_size, length) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSPC, errno.EDQUOT):
+        raise OSError(err, os.strerror(err))
+    return False  # EOPNOTSUPP, ENOSYS, EINVAL, ...: this file system cannot
+
+
+def release(path: str | os.PathLike) -> None:
+    """Give back what `reserve` allocated past the end of a closed file (a truncate to its own size
+    is a no-op on some file systems, hence the byte added and taken away)."""
+    try:
+        size = os.path.getsize(path)
+        os.truncate(path, size + 1)
+        os.truncate(path, size)
+    except OSError:
+        pass
+
+
+def abandon_hdf5(f) -> None:
+    """Close an h5py file whose write failed without letting HDF5 write anything more to it: its
+    descriptor is pointed at /dev/null first, so the file on disk stays as the failure left it (its
+    last commit readable; the next writer recovers it)."""
+    try:
+        fd = f.id.get_vfd_handle()
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(null, fd)
+        finally:
+            os.close(null)
+    except Exception:  # noqa: BLE001 - a closed or odd file: nothing more to protect
+        pass
+    try:
+        f.close()
+    except Exception:  # noqa: BLE001 - HDF5 complains about the failed flush; the file is safe
+        pass

@@ -31,6 +31,15 @@ committed count are ignored by readers and dropped on recovery. A file left behi
 writer carries HDF5's "open for write" mark and can only be opened for reading in SWMR mode; the
 next writer copies its committed rows into a fresh file and atomically replaces it. New files are
 built under a temporary name and renamed into place, so a half-created cache never exists.
+
+A full disk. HDF5 cannot survive a failed write (its next flush or close fails, then the process
+may crash), so the writer makes sure a write cannot fail for space before it hands HDF5 a batch:
+the bytes the batch needs are reserved past the end of the file (`headstart.disk.reserve`), or,
+where the file system cannot reserve, checked free. Short of space, `DiskFullError` (one line,
+"No space left on device ...") comes before any byte of the batch is written, and the cache
+closes cleanly with every committed row. Should a write fail anyway (another process took the
+space between the check and the write), the file is closed without another write
+(`headstart.disk.abandon_hdf5`): it keeps its last commit, and the next writer recovers it.
 """
 
 from __future__ import annotations
@@ -51,9 +60,10 @@ from typing import Any
 import h5py
 import numpy as np
 
+from headstart import disk
 from headstart.cache import validate as _validate
 from headstart.cache.fingerprint import canonical_json, fingerprint_digest, fingerprint_problem
-from headstart.errors import CacheBusyError, CacheError, CacheMismatchError, CacheReadError
+from headstart.errors import CacheBusyError, CacheError, CacheMismatchError, CacheReadError, DiskFullError
 from headstart.locking import FileLock
 
 try:  # POSIX advisory locks; Windows runs without the cross-process guard.
@@ -259,6 +269,9 @@ def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
     with _open_any(src) as f:
         _check_schema(f, src)
         n_rows, n_failed = (int(v) for v in f["progress"][:2])
+        kept_text = f"{src} is unchanged: free some space and run the same command again."
+        need = int(n_rows * (f["features"].shape[1] * f["features"].dtype.itemsize + 128)) + (2 << 20)
+        disk.check_free(dst.parent, need, f"rewriting the {n_rows:,} committed rows of {src}", kept_text)
         complete = int(f["progress"][_COMPLETE])
         feats = f["features"]
         if keep is None:
@@ -283,6 +296,7 @@ def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
             shard=str(f.attrs.get("shard", "")),
         )
         try:
+            _reserve_or_check(out, need, dst.parent, f"rewriting the {n_rows:,} committed rows of {src}", kept_text)
             kept = 0
             step = rows * CHUNKS_PER_READ
             for start in range(0, n_rows, step):
@@ -306,11 +320,34 @@ def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
                 if n_failed:
                     out[name][:] = f[name].asstr()[:n_failed]
             out["progress"][:] = [kept, n_failed, complete]
-        finally:
+        except BaseException as err:
+            if disk.is_disk_full(err):
+                disk.abandon_hdf5(out)
+                tmp.unlink(missing_ok=True)
+                if isinstance(err, DiskFullError):
+                    raise
+                raise disk.disk_full(dst, f"rewriting the committed rows of {src}", kept_text) from None
             out.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        out.close()
+        disk.release(tmp)
     os.replace(tmp, dst)
     _fsync_dir(dst.parent)
     return kept
+
+
+def _reserve_or_check(f: h5py.File, need: int, folder: Path, what: str, kept: str) -> None:
+    """Make sure HDF5 can write ``need`` more bytes to ``f``: reserved past its end where the file
+    system can, else checked free; a `DiskFullError` (nothing written yet) when they are not there."""
+    try:
+        if disk.reserve(f.id.get_vfd_handle(), need + disk.RESERVE_BYTES):
+            return
+    except OSError as err:
+        if not disk.is_disk_full(err):
+            raise
+        raise disk.no_space(folder, need, what, kept) from None
+    disk.check_free(folder, need, what, kept)
 
 
 def _describe_shard(text: str) -> str:
@@ -423,6 +460,8 @@ class CacheWriter:
         self._f: h5py.File | None = None
         self._rows = self._failed = 0
         self._staged_rows = self._staged_failed = 0
+        self._reserved = False  # bytes reserved past the end of the file, given back on close
+        self._ds: dict[str, h5py.Dataset] = {}
 
     # -- opening -----------------------------------------------------------------------------
     def __enter__(self) -> CacheWriter:
@@ -522,6 +561,9 @@ class CacheWriter:
             f.close()
             raise
         self._f = f
+        # Handles held for the writer's life: a handle dropped after a failed write would be closed
+        # (and write again) before `_full_disk_guard` could keep HDF5 from writing.
+        self._ds = {name: f[name] for name in f if isinstance(f[name], h5py.Dataset)}
 
     # -- what is already there ---------------------------------------------------------------
     @property
@@ -577,6 +619,8 @@ class CacheWriter:
         if features.shape != (n, self.header.dim) or len(labels) != n:
             raise ValueError(f"batch shapes disagree: features {features.shape}, {len(labels)} labels, {n} paths")
         f = self._f
+        row_bytes = self.header.dim * f["features"].dtype.itemsize + 4 + 64 + 1 + 32  # + label, sha256, view, heap
+        self._make_room(n * row_bytes + sum(len(p.encode("utf-8", "replace")) for p in paths), f"{n:,} more rows")
         have = {name for name in ROW_DATASETS if name in f}
         digests = columns.pop("sha256", None)
         if "sha256" in have:  # unknown digests are stored as ""; a resumed version-1 cache has no column
@@ -584,36 +628,96 @@ class CacheWriter:
         if set(columns) != have or any(len(v) != n for v in columns.values()):
             raise ValueError(f"expected a value per row for {sorted(have)}, got {sorted(columns)}")
         start = self._staged_rows
-        for name, data in (
-            ("features", features.astype(f["features"].dtype, copy=False)),
-            ("labels", np.asarray(labels, dtype="int32")),
-            ("paths", np.array(list(paths), dtype=object)),
-            *((name, np.asarray(columns[name], dtype=ROW_DATASETS[name])) for name in sorted(have)),
-        ):
-            f[name].resize(start + n, axis=0)
-            f[name][start:] = data
+        with self._full_disk_guard():
+            for name, data in (
+                ("features", features.astype(f["features"].dtype, copy=False)),
+                ("labels", np.asarray(labels, dtype="int32")),
+                ("paths", np.array(list(paths), dtype=object)),
+                *((name, np.asarray(columns[name], dtype=ROW_DATASETS[name])) for name in sorted(have)),
+            ):
+                self._ds[name].resize(start + n, axis=0)
+                self._ds[name][start:] = data
         self._staged_rows = start + n  # only once all the datasets hold the batch
 
     def add_failed(self, items: Sequence[tuple[str, str]]) -> None:
         """Stage skipped pictures as (relative path, reason)."""
         if not items:
             return
-        f = self._f
+        self._make_room(sum(64 + len(p.encode("utf-8", "replace")) + len(r) for p, r in items), "skipped pictures")
         start = self._staged_failed
-        for name, col in (("failed_paths", 0), ("failed_reasons", 1)):
-            f[name].resize(start + len(items), axis=0)
-            f[name][start:] = np.array([it[col] for it in items], dtype=object)
+        with self._full_disk_guard():
+            for name, col in (("failed_paths", 0), ("failed_reasons", 1)):
+                self._ds[name].resize(start + len(items), axis=0)
+                self._ds[name][start:] = np.array([it[col] for it in items], dtype=object)
         self._staged_failed = start + len(items)
 
     def commit(self) -> None:
         """Flush staged rows to disk, then count them as committed."""
+        self._make_room(0, "a commit")
+        self._flush_commit()
+
+    def _flush_commit(self) -> None:
         f = self._f
-        # A whole-file flush, not per dataset: it also writes the global heap that holds the
-        # variable-length path strings, which SWMR does not order for us.
-        f.flush()
-        f["progress"][:_COMPLETE] = [self._staged_rows, self._staged_failed]
-        f.flush()
+        with self._full_disk_guard():
+            # A whole-file flush, not per dataset: it also writes the global heap that holds the
+            # variable-length path strings, which SWMR does not order for us.
+            f.flush()
+            self._ds["progress"][:_COMPLETE] = [self._staged_rows, self._staged_failed]
+            f.flush()
         self._rows, self._failed = self._staged_rows, self._staged_failed
+
+    def _kept(self) -> str:
+        return (
+            f"The {self._rows:,} rows committed before are kept in {self.path}: "
+            "free some space and run the same command to resume."
+        )
+
+    def _make_room(self, need: int, what: str) -> None:
+        """Make sure the next ``need`` bytes (one chunk of each dataset more, and HDF5's metadata) can
+        be written before HDF5 gets them: see "A full disk" in the module docstring."""
+        f = self._f
+        chunks = sum(
+            int(np.prod(f[name].chunks)) * (16 if f[name].dtype.kind == "O" else f[name].dtype.itemsize)
+            for name in ("features", "labels", "paths", "failed_paths", "failed_reasons", *ROW_DATASETS)
+            if name in f and f[name].chunks
+        )
+        try:
+            _reserve_or_check(f, need + chunks, self.path.parent, f"writing {what}", self._kept())
+        except DiskFullError:
+            self._stop()
+            raise
+        self._reserved = True
+
+    def _stop(self) -> None:
+        """Short of space: commit what is staged (its bytes were reserved when it was staged), close, and
+        release the lock; the caller raises `DiskFullError`."""
+        try:
+            self._flush_commit()
+        finally:
+            if self._f is not None:
+                with contextlib.suppress(Exception):
+                    with self._full_disk_guard():
+                        self._f.close()
+                self._f, self._ds = None, {}
+            if self._reserved:
+                disk.release(self.path)
+                self._reserved = False
+            self._release_lock()
+
+    @contextlib.contextmanager
+    def _full_disk_guard(self) -> Iterator[None]:
+        """A write that fails for space anyway: close the file without another write (its last commit
+        stays readable, the next writer recovers it) and say so in one line."""
+        try:
+            yield
+        except Exception as err:
+            if not disk.is_disk_full(err):
+                raise
+            disk.abandon_hdf5(self._f)
+            self._f = None
+            self._ds = {}
+            self._release_lock()
+            raise disk.disk_full(self.path, "writing the feature cache", self._kept()) from None
 
     def close(self, complete: bool = False) -> None:
         """Commit what is staged and close; ``complete`` marks that every picture was seen."""
@@ -622,11 +726,16 @@ class CacheWriter:
                 try:
                     self.commit()
                     if complete:
-                        self._f["progress"][_COMPLETE] = 1
-                        self._f.flush()
+                        with self._full_disk_guard():
+                            self._ds["progress"][_COMPLETE] = 1
+                            self._f.flush()
                 finally:
-                    self._f.close()
-                    self._f = None
+                    if self._f is not None:
+                        self._f.close()
+                        self._f, self._ds = None, {}
+                    if self._reserved:
+                        disk.release(self.path)
+                        self._reserved = False
         finally:
             self._release_lock()
 
