@@ -243,3 +243,65 @@ def test_extract_on_a_disk_that_fills_is_one_line_and_resumes(tmp_path, monkeypa
         assert again.exit_code == 0, again.output
         with open_cache(out) as c:
             assert len(c) == 24 and c.complete
+
+
+# -- merge --copy (finding 4) ------------------------------------------------------------------------
+
+
+def _shards(folder, rows=6000, count=2):
+    """``count`` complete shard caches of ``rows`` rows of 256 float16 features each (3 MiB a shard)."""
+    import numpy as np
+
+    from headstart.cache import CacheWriter
+    from headstart.extractor.shards import Shard
+
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(count):
+        header = _header()
+        header = type(header)(**{**header.__dict__, "shard": Shard(i, count).to_json()})
+        path = folder / f"part-{i}.h5"
+        with CacheWriter(path, header) as w:
+            w.append(
+                rng.normal(size=(rows, 256)).astype("float16"), [i % 2] * rows, [f"s{i}/{j}.jpg" for j in range(rows)]
+            )
+            w.close(complete=True)
+        out.append(path)
+    return out
+
+
+def _merge_in_child(out, shards, *, no_room_check=False):
+    """``headstart merge --copy`` in a child process (the bug was a segmentation fault)."""
+    import subprocess
+
+    code = "import sys\n"
+    if no_room_check:  # the last resort: HDF5 itself meets ENOSPC
+        code += "from headstart import disk\ndisk.reserve = lambda fd, n: False\ndisk.check_free = lambda *a: None\n"
+    code += "from headstart.cli import app\napp(sys.argv[1:], prog_name='headstart')\n"
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run(
+        [sys.executable, "-c", code, "merge", str(out), *map(str, shards), "--copy"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+
+
+@pytest.mark.parametrize("no_room_check", [False, True], ids=["checked-first", "hdf5-meets-enospc"])
+def test_merge_copy_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, no_room_check):
+    shards = _shards(tmp_path)
+    with small_tmpfs(tmp_path, 5) as disk:
+        proc = _merge_in_child(disk / "m.h5", shards, no_room_check=no_room_check)
+        assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: No space left on device"), proc.stderr[-3000:]
+        assert list(disk.iterdir()) == []  # no m.h5, no m.h5.merge.tmp, no lock
+        os.system(f"mount -o remount,size=32m {disk}")
+        proc = _merge_in_child(disk / "m.h5", shards)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        from headstart.cache import open_cache
+
+        with open_cache(disk / "m.h5") as c:
+            assert len(c) == 12000 and c.complete
