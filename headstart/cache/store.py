@@ -64,7 +64,7 @@ from headstart import disk
 from headstart.cache import validate as _validate
 from headstart.cache.fingerprint import canonical_json, fingerprint_digest, fingerprint_problem
 from headstart.errors import CacheBusyError, CacheError, CacheMismatchError, CacheReadError, DiskFullError
-from headstart.locking import FileLock
+from headstart.locking import FileLock, file_locked, lock_file_itself
 
 try:  # POSIX advisory locks; Windows runs without the cross-process guard.
     import fcntl
@@ -230,8 +230,11 @@ def _writer_alive(path: Path) -> bool:
     """Whether a process holds the writer lock of ``path`` (see `CacheLock`) right now."""
     if fcntl is None:  # pragma: no cover
         return False
+    real = Path(os.path.realpath(path))
+    if file_locked(real):
+        return True
     try:
-        fh = open(path.with_name(path.name + ".lock"), "rb")
+        fh = open(real.with_name(real.name + ".lock"), "rb")
     except OSError:
         return False
     with fh:
@@ -404,22 +407,26 @@ class CacheHeader:
 
 
 class CacheLock:
-    """One writer at a time per cache: an exclusive ``flock`` on a ``.lock`` file beside it.
+    """One writer at a time per cache: an exclusive ``flock`` on a ``.lock`` file beside the file
+    the path resolves to (a symbolic link and its target share one), and one on the cache file
+    itself, which follows it through renames and other links.
 
     ``acquire`` fails at once with `CacheBusyError` when another process (or another open in
-    this one) holds it. Checks that must see the cache as the writer will (its settings, its
-    classes) are made after ``acquire``; see `headstart.extractor.runner.extract`.
+    this one) holds either. Checks that must see the cache as the writer will (its settings, its
+    classes) are made after ``acquire``; see `headstart.extractor.runner.extract`. A writer that
+    replaces the file (a new cache, a recovery, a prune) calls `pin` to lock the new one.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._lock = FileLock(
-            self.path.with_name(self.path.name + ".lock"),
-            CacheBusyError(
-                f"Another headstart process is writing {self.path}. "
-                "Wait for it to finish, or stop it and run the command again to resume."
-            ),
+        self.real = Path(os.path.realpath(self.path))
+        self._busy = CacheBusyError(
+            f"Another headstart process is writing {self.path}"
+            + (f" (through {self.real})" if self.real != self.path.absolute() else "")
+            + ". Wait for it to finish, or stop it and run the command again to resume."
         )
+        self._lock = FileLock(self.real.with_name(self.real.name + ".lock"), self._busy)
+        self._file = None  # the open cache file whose own flock we hold
 
     def __enter__(self) -> CacheLock:
         return self.acquire()
@@ -436,9 +443,25 @@ class CacheLock:
             self._lock.acquire()
         except OSError as err:
             raise CacheError(f"Cannot write next to {self.path}: {err.strerror or err}.") from None
+        try:
+            self.pin()
+        except BaseException:
+            self._lock.release()
+            raise
         return self
 
+    def pin(self) -> None:
+        """Lock the file now at the path itself (again after it was replaced); `CacheBusyError` when
+        another writer holds it under another name (a link, or a name it had before a rename)."""
+        try:
+            self._file = lock_file_itself(self.real, self._busy, self._file)
+        except OSError as err:
+            raise CacheError(f"Cannot open {self.path}: {err.strerror or err}.") from None
+
     def release(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         self._lock.release()
 
 
@@ -452,8 +475,9 @@ class CacheWriter:
     def __init__(self, path: Path, header: CacheHeader, *, overwrite: bool = False, lock: CacheLock | None = None):
         """``lock``: the cache's `CacheLock`, already acquired by the caller (to check settings
         under it); the writer then owns it and releases it when closed. By default the writer
-        acquires it itself."""
-        self.path = Path(path)
+        acquires it itself. A symbolic link is followed: the file it points to is written (and
+        replaced, when recovered), the link stays."""
+        self.path = Path(os.path.realpath(path))
         self.header = header
         self._overwrite = overwrite
         self._lock = lock
@@ -518,15 +542,18 @@ class CacheWriter:
         return h5py.File(fid)
 
     def _open_for_append(self) -> None:
+        self._lock.pin()  # the file now at the path (new, recovered or pruned) is ours alone
         try:
             f = self._open_swmr_write()
         except OSError as err:
             if not _is_open_for_write_error(err):
                 raise CacheError(f"Expected an HDF5 feature cache. Received: {self.path} ({err}).") from err
-            # We hold the lock, so no live writer has it: a previous run died. Keep what it committed.
+            # We hold the lock on the file itself, so no live writer has it under any name: a
+            # previous run died. Keep what it committed.
             log.warning("%s was left open by an interrupted run; recovering its committed rows", self.path)
             kept = rewrite(self.path, self.path)
             log.info("recovered %d rows", kept)
+            self._lock.pin()
             f = self._open_swmr_write()
         try:
             _check_schema(f, self.path)
