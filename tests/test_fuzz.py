@@ -149,6 +149,7 @@ COMMAND_NAMES = (
     "audit",
     "map",
     "merge",
+    "merge --copy",
 )  # the keys of COMMANDS, below
 WRONG_DTYPE = {
     "features": np.zeros((24, 32), np.int32),
@@ -357,6 +358,7 @@ COMMANDS: dict[str, Callable[[Env], list]] = {
     "audit": lambda e: ["audit", e.cache, "--out", e.out / "audit"],
     "map": lambda e: ["map", e.cache, "--out", e.out / "map.png"],
     "merge": lambda e: ["merge", e.out / "merged.h5", e.cache],
+    "merge --copy": lambda e: ["merge", e.out / "copied.h5", e.cache, "--copy"],
 }
 """Every command that reads a cache; a command added later joins with one line (and in COMMAND_NAMES)."""
 assert tuple(COMMANDS) == COMMAND_NAMES
