@@ -567,11 +567,12 @@ def sweep(
                 out.mkdir(exist_ok=True)
                 _start_journal(journal, header)
             elif any(earlier.get(k) != identity[k] for k in IDENTITY):
-                log.warning(
-                    "%s holds the trials of another cache (%s); they are discarded and a new journal started",
-                    journal,
-                    earlier.get("cache"),
+                whose = (
+                    f"the trials of another cache ({earlier.get('cache')})"
+                    if "content" in earlier
+                    else "trials of a cache whose contents it did not record (an older headstart)"
                 )
+                log.warning("%s holds %s; they are discarded and a new journal started", journal, whose)
                 _start_journal(journal, header)
             finished = read_journal(journal, head)
 
