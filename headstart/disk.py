@@ -107,6 +107,20 @@ def reserve(fd: int, length: int) -> bool:
     return False  # EOPNOTSUPP, ENOSYS, EINVAL, ...: this file system cannot
 
 
+def make_room(f, need: int, folder: str | os.PathLike, what: str, kept: str) -> None:
+    """Make sure HDF5 can write ``need`` more bytes to the open h5py file ``f``: reserved past its end
+    where the file system can (`reserve`), else checked free (`check_free`); a `DiskFullError`,
+    nothing written yet, when they are not there."""
+    try:
+        if reserve(f.id.get_vfd_handle(), need + RESERVE_BYTES):
+            return
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        raise no_space(folder, need, what, kept) from None
+    check_free(folder, need, what, kept)
+
+
 def release(path: str | os.PathLike) -> None:
     """Give back what `reserve` allocated past the end of a closed file (a truncate to its own size
     is a no-op on some file systems, hence the byte added and taken away)."""

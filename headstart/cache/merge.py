@@ -309,13 +309,7 @@ def _write(
     done = 0
     ds: dict[str, h5py.Dataset] = {}  # handles held to the end: see `headstart.disk.abandon_hdf5`
     try:
-        try:
-            if not disk.reserve(f.id.get_vfd_handle(), need + disk.RESERVE_BYTES):
-                disk.check_free(out.parent, need, what, kept)
-        except OSError as err:
-            if not disk.is_disk_full(err):
-                raise
-            raise disk.no_space(out.parent, need, what, kept) from None
+        disk.make_room(f, need, out.parent, what, kept)
         for name in columns:
             f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=OPTIONAL_ROWS[name], chunks=(4096,))
         ds.update((name, f[name]) for name in ("labels", "paths", "features", *columns))

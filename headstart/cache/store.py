@@ -299,7 +299,7 @@ def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
             shard=str(f.attrs.get("shard", "")),
         )
         try:
-            _reserve_or_check(out, need, dst.parent, f"rewriting the {n_rows:,} committed rows of {src}", kept_text)
+            disk.make_room(out, need, dst.parent, f"rewriting the {n_rows:,} committed rows of {src}", kept_text)
             kept = 0
             step = rows * CHUNKS_PER_READ
             for start in range(0, n_rows, step):
@@ -338,19 +338,6 @@ def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
     os.replace(tmp, dst)
     _fsync_dir(dst.parent)
     return kept
-
-
-def _reserve_or_check(f: h5py.File, need: int, folder: Path, what: str, kept: str) -> None:
-    """Make sure HDF5 can write ``need`` more bytes to ``f``: reserved past its end where the file
-    system can, else checked free; a `DiskFullError` (nothing written yet) when they are not there."""
-    try:
-        if disk.reserve(f.id.get_vfd_handle(), need + disk.RESERVE_BYTES):
-            return
-    except OSError as err:
-        if not disk.is_disk_full(err):
-            raise
-        raise disk.no_space(folder, need, what, kept) from None
-    disk.check_free(folder, need, what, kept)
 
 
 def _describe_shard(text: str) -> str:
@@ -709,7 +696,7 @@ class CacheWriter:
             if name in f and f[name].chunks
         )
         try:
-            _reserve_or_check(f, need + chunks, self.path.parent, f"writing {what}", self._kept())
+            disk.make_room(f, need + chunks, self.path.parent, f"writing {what}", self._kept())
         except DiskFullError:
             self._stop()
             raise
