@@ -305,3 +305,15 @@ def test_merge_copy_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, no_r
 
         with open_cache(disk / "m.h5") as c:
             assert len(c) == 12000 and c.complete
+
+
+def test_a_new_cache_on_a_full_disk_is_one_line_and_leaves_no_file(tmp_path):
+    from headstart.cache import CacheWriter
+    from headstart.errors import DiskFullError
+
+    with small_tmpfs(tmp_path, 3) as disk:
+        filler = fill(disk)
+        with pytest.raises(DiskFullError, match="^No space left on device") as err:
+            with CacheWriter(disk / "c.h5", _header()):
+                pass
+        assert "\n" not in str(err.value) and {p.name for p in disk.iterdir()} == {filler.name}

@@ -150,6 +150,9 @@ def _write_empty(
     try:
         f = h5py.File(path, "w", libver="latest", locking=LOCKING)
     except OSError as err:
+        if disk.is_disk_full(err):
+            path.unlink(missing_ok=True)
+            raise disk.disk_full(path, "creating the cache", "Nothing was written: free some space.") from None
         raise CacheError(f"Cannot create the cache {path}: {err}.") from None
     try:
         _create_datasets(f, dim, dtype, chunk_rows, class_names)
@@ -505,6 +508,7 @@ class CacheWriter:
         tmp = self.path.with_name(self.path.name + ".new.tmp")
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        disk.check_free(self.path.parent, 1 << 20, "creating the cache", "Nothing was written: free some space.")
         f = _write_empty(
             tmp,
             dim=h.dim,
