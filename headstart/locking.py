@@ -74,6 +74,8 @@ def lock_file_itself(path: Path, busy: Exception, held=None):
     if fcntl is None:
         return held
     try:
+        fh = open(path, "r+b")  # for writing: NFS emulates flock with locks that need it
+    except PermissionError:
         fh = open(path, "rb")
     except FileNotFoundError:
         return held
@@ -85,6 +87,9 @@ def lock_file_itself(path: Path, busy: Exception, held=None):
     except BlockingIOError:
         fh.close()
         raise busy from None
+    except OSError:  # a file system without locks (ENOLCK): the lock file beside it still guards
+        fh.close()
+        return held
     if held is not None:
         held.close()
     return fh
