@@ -412,7 +412,7 @@ class CacheLock:
         self.real = Path(os.path.realpath(self.path))
         self._busy = CacheBusyError(
             f"Another headstart process is writing {self.path}"
-            + (f" (through {self.real})" if self.real != self.path.absolute() else "")
+            + (f" (that is, {self.real})" if self.real != self.path.absolute() else "")
             + ". Wait for it to finish, or stop it and run the command again to resume."
         )
         self._lock = FileLock(self.real.with_name(self.real.name + ".lock"), self._busy)
@@ -685,6 +685,8 @@ class CacheWriter:
         self._rows, self._failed = self._staged_rows, self._staged_failed
 
     def _kept(self) -> str:
+        if not self._rows:
+            return f"No row was committed to {self.path} yet: free some space and run the same command."
         return (
             f"The {self._rows:,} rows committed before are kept in {self.path}: "
             "free some space and run the same command to resume."
