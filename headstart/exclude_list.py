@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from headstart.cache.paths import normalize_path
 from headstart.errors import ExcludeListError
-from headstart.heads.split import normalize_path
 
 MAX_BYTES = 64 << 20
 

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from headstart.cli import app
 from headstart.heads import sweep as S
+from headstart.heads import trials as T
 from headstart.heads.rundir import JOURNAL
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -91,7 +92,7 @@ def test_a_journal_that_cannot_be_written_leaves_nothing_and_runs_again(feats, t
         fh = open(path, mode, *args, **kwargs)
         return _FullDisk(fh) if any(c in mode for c in "wa") else fh
 
-    monkeypatch.setattr(S, "open", full_open, raising=False)
+    monkeypatch.setattr(T, "open", full_open, raising=False)
     out = tmp_path / "sweep"
     args = ["sweep", str(feats), "--head", "knn", "--grid", "k=1,3", "--jobs", "1", "--no-plots", "--out", str(out)]
     result = runner.invoke(app, args)
@@ -253,7 +254,7 @@ def _shards(folder, rows=6000, count=2):
     import numpy as np
 
     from headstart.cache import CacheWriter
-    from headstart.extractor.shards import Shard
+    from headstart.cache.shards import Shard
 
     rng = np.random.default_rng(0)
     out = []
