@@ -45,10 +45,10 @@ from headstart.cache.hdf5 import (
     chunk_rows_for,
     rewrite,
 )
+from headstart.cache.lock import CacheLock
 from headstart.cache.reader import CacheReader, open_cache
 from headstart.cache.shards import Shard
 from headstart.cache.virtual import SOURCES_ATTR, check_sources
-from headstart.cache.writer import CacheLock
 from headstart.errors import CacheError, DiskFullError, MergeError, ShardError
 
 log = logging.getLogger(__name__)
