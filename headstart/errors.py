@@ -91,12 +91,24 @@ class BaselineError(HeadstartError):
     """The baseline cannot be trained with these options or on this folder."""
 
 
+class SimilarError(HeadstartError):
+    """A similarity query that cannot be answered as asked."""
+
+
 class DecodeError(Exception):
     """A picture that cannot be turned into pixels; ``str()`` is the reason recorded in the cache."""
 
 
 class Invalid(Exception):
     """One rule a cache breaks; ``str()`` says which, in a few words."""
+
+
+class UnsafeFileError(HeadstartError):
+    """A path named as a file to read is not a regular file (a pipe, a device, a folder) or is too large."""
+
+
+class ArchiveDamagedError(DownloadError):
+    """A zip's bytes are damaged (a CRC, a truncated member) or unsafe to unpack (a zip bomb)."""
 
 
 class DiskFullError(HeadstartError):

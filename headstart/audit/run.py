@@ -33,8 +33,9 @@ from headstart.audit import outliers as O
 from headstart.audit import space as S
 from headstart.audit.hashes import content_hashes
 from headstart.audit.reading import open_checked
-from headstart.errors import AuditError
+from headstart.errors import AuditError, UnsafeFileError
 from headstart.exclude_list import format_exclude_list
+from headstart.files import read_regular
 from headstart.heads.split import SPLITS, SplitSpec, assign
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ AUDIT_FORMAT = 1
 NEIGHBOURS = 10
 TOP_OUTLIERS = 20
 MONTAGE_ITEMS = 20
+MAX_AUDIT_BYTES = 256 << 20  # an audit.json of 1,000,000 findings is ~200 MB
 
 
 @dataclass
@@ -143,6 +145,11 @@ def audit(
         hashes, notes = content_hashes(paths, cache.sha256, base)
         lap("hashes")
         space = S.reduce(cache, dims=dims, seed=seed)
+        if space.constant:
+            notes.append(
+                "every picture has the same features: the backbone gives one answer whatever the picture "
+                "(check its weights and layer); duplicates, label issues and outliers cannot be told apart"
+            )
         lap("reduce")
         # Centred cosine tells copies from look-alikes; raw cosine tells a picture unlike any
         # other (centring pulls such a row towards the crowd). Both come from one pass.
@@ -239,10 +246,10 @@ def _suspects_ours(out: Path) -> bool:
     """Whether ``out/suspects.txt`` is as headstart audit wrote it (its SHA-256 in audit.json; for an
     audit.json without one, the list its findings give, as audits wrote it before)."""
     path = out / SUSPECTS_TXT
-    try:
-        data = json.loads((out / AUDIT_JSON).read_text(encoding="utf-8"))
-        current = path.read_bytes() if path.is_file() and not path.is_symlink() else None
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+    try:  # regular files only, capped: a pipe named audit.json must not hang the check
+        data = json.loads(read_regular(out / AUDIT_JSON, MAX_AUDIT_BYTES).decode("utf-8"))
+        current = read_regular(path, MAX_AUDIT_BYTES) if not path.is_symlink() else None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, UnsafeFileError):
         return False
     if current is None or not isinstance(data, dict):
         return False
@@ -315,8 +322,8 @@ def load_audit(path: str | os.PathLike) -> dict[str, Any]:
     if path.is_dir():
         path = path / AUDIT_JSON
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        data = json.loads(read_regular(path, MAX_AUDIT_BYTES).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, UnsafeFileError) as err:
         raise AuditError(f"Expected an audit.json written by headstart audit. Received: {path} ({err}).") from None
     try:
         if not isinstance(data, dict):
