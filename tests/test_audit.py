@@ -433,6 +433,39 @@ def test_label_issue_scores_rank_where_the_regression_is_overconfident():
     assert np.all(issues.margins[:20] > 0) and np.all(issues.suggested != y[issues.rows])
 
 
+def test_a_reviewed_suspects_txt_is_never_overwritten(planted_cache, tmp_path):
+    """issue 21, finding 7: a second audit into the same --out kept nothing of the person's review."""
+    cache, planted = planted_cache
+    out = tmp_path / "a"
+    args = ["audit", str(cache), "--out", str(out), "--no-montages"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert runner.invoke(app, args).exit_code == 0  # an untouched list is ours: replaced
+    suspects = out / "suspects.txt"
+    reviewed = "".join(line + "\n" for line in suspects.read_text().splitlines() if line != planted["outlier"])
+    suspects.write_text(reviewed)  # the person keeps the outlier: its line is deleted
+    before = (out / "audit.json").read_bytes()
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "changed since" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert suspects.read_text() == reviewed and (out / "audit.json").read_bytes() == before
+    with pytest.raises(AuditError, match="changed since"):
+        audit(cache, out, montages=False)
+    assert suspects.read_text() == reviewed
+
+
+def test_an_audit_folder_from_before_the_manifest_is_still_replaced(planted_cache, tmp_path):
+    cache, _ = planted_cache
+    out = tmp_path / "a"
+    result = audit(cache, out, montages=False)
+    data = json.loads((out / "audit.json").read_text())
+    del data["files"]  # as audits wrote it before: plain lines, no SHA-256
+    (out / "audit.json").write_text(json.dumps(data))
+    (out / "suspects.txt").write_text("".join(p + "\n" for p in result.suspects()))
+    audit(cache, out, montages=False)
+    (out / "suspects.txt").write_text("mine\n")
+    with pytest.raises(AuditError, match="changed since"):
+        audit(cache, out, montages=False)
+
+
 @pytest.mark.parametrize("value", [0.0, 1.0])
 @pytest.mark.parametrize("dim", [16, 512])  # kept whole, and reduced by the randomized SVD
 def test_constant_features_give_a_note_not_a_crash(tmp_path, value, dim):

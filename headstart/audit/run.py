@@ -5,16 +5,21 @@ streaming the features a block at a time (`headstart.audit.space`): content hash
 and reduced rows → nearest neighbours → duplicate groups and leakage → out-of-fold label issues →
 outlier ranking. ``out`` gets, each file written beside and renamed into place::
 
-    audit.json         every finding (paths as stored in the cache), the settings, notes and counts
+    audit.json         every finding (paths as stored in the cache), the settings, notes and counts,
+                       and ``files``: the SHA-256 of the suspects.txt written beside it
     suspects.txt       one path a line: label issues (unless the evidence is weak, see below), all
                        but one picture of each duplicate group, the listed outliers and outlier
-                       groups (for `--exclude-list` once reviewed)
+                       groups (for `--exclude-list` once reviewed; its format:
+                       `headstart.exclude_list.format_exclude_list`)
     label_issues.png, duplicates.png, outliers.png   montages of the top findings
 
 Weak evidence: when the out-of-fold accuracy is below `WEAK_ACCURACY` or label issues are more than
 `WEAK_SHARE` of the pictures, the label issues are mostly the features' confusion, not wrong labels:
 a note says so and suspects.txt leaves them out (``keep_weak=True`` keeps them).
 `headstart.audit.findings` is the one way audit, map and report count findings.
+
+A suspects.txt that changed since headstart wrote it (a list a person reviewed) is never
+replaced: the audit is refused before any work, and nothing in ``out`` is touched.
 """
 
 from __future__ import annotations
@@ -36,14 +41,15 @@ from headstart.audit import space as S
 from headstart.audit.findings import count_findings, suspect_paths
 from headstart.audit.hashes import content_hashes
 from headstart.audit.reading import by_picture, open_checked
+from headstart.audit.suspects import SUSPECTS_TXT, check_out, sha256
 from headstart.errors import AuditError, UnsafeFileError
+from headstart.exclude_list import format_exclude_list
 from headstart.files import read_regular
 from headstart.heads.split import SPLITS, SplitSpec, assign
 
 log = logging.getLogger(__name__)
 
 AUDIT_JSON = "audit.json"
-SUSPECTS_TXT = "suspects.txt"
 AUDIT_FORMAT = 2
 NEIGHBOURS = 10
 TOP_OUTLIERS = 20
@@ -138,6 +144,10 @@ def audit(
             f"Expected --neighbours >= 1, --outliers >= 0 and --dims >= 2. Received: {neighbours}, {top_outliers}, {dims}."
         )
     cache_path = Path(cache_path)
+    if out is not None:
+        check_out(
+            Path(out), AUDIT_JSON, MAX_AUDIT_BYTES
+        )  # before the work: a reviewed suspects.txt refuses the audit at once
     seconds: dict[str, float] = {}
     t = time.perf_counter()
 
@@ -316,22 +326,31 @@ def _similarity_text(group: dict[str, Any]) -> str:
 
 
 def _write_text(path: Path, text: str) -> Path:
+    return _write_bytes(path, text.encode("utf-8"))
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
 def write(result: AuditResult, out: Path, montages: bool = True) -> list[Path]:
-    """Write audit.json, suspects.txt and the montages into ``out`` (created if needed)."""
+    """Write audit.json, suspects.txt and the montages into ``out`` (created if needed); refused
+    when ``out`` holds a suspects.txt that changed since an audit wrote it (see `check_out`)."""
     from headstart.audit.pictures import montage
 
-    if out.exists() and not out.is_dir():
-        raise AuditError(f"Expected --out to be a folder. Received: {out} (a file).")
+    check_out(out, AUDIT_JSON, MAX_AUDIT_BYTES)
     out.mkdir(parents=True, exist_ok=True)
+    suspects = format_exclude_list(result.suspects()).encode("utf-8")
+    record = {**result.to_json(), "files": {SUSPECTS_TXT: sha256(suspects)}}
     files = [
-        _write_text(out / AUDIT_JSON, json.dumps(result.to_json(), indent=1) + "\n"),
-        _write_text(out / SUSPECTS_TXT, "".join(p + "\n" for p in result.suspects())),
+        _write_text(out / AUDIT_JSON, json.dumps(record, indent=1) + "\n"),
+        _write_bytes(out / SUSPECTS_TXT, suspects),
     ]
     if montages:
         root = Path(result.root)

@@ -31,7 +31,13 @@ def _table(title: str, headers: list[str], rows: list[list[str]]):
 
 def audit_cmd(
     cache: Path = typer.Argument(..., help="A feature cache made by headstart extract."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for audit.json, suspects.txt and montages."),
+    out: Optional[Path] = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Folder for audit.json, suspects.txt and montages. A suspects.txt edited since an audit wrote it "
+        "(a reviewed list) is never replaced: the audit is refused, and nothing is written.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print audit.json on stdout instead of tables."),
     threshold: Optional[float] = typer.Option(
         None, "--threshold", help="Centred cosine similarity of near duplicates (default: derived from the cache)."
