@@ -239,7 +239,7 @@ def test_train_knn_with_temperature_calibration(cache, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "Trained knn" in result.stdout and "temperature" in result.stdout
-    assert "calibration (validation): log loss" in result.stdout
+    assert "fitted on" in result.stdout and "calibration (calibration split): log loss" in result.stdout
     assert json.loads((out / "metrics.json").read_text())["calibration"]["method"] == "temperature"
     result = runner.invoke(app, ["train", str(cache), "--head", "knn", "--calibrate", "isotonic"])
     assert result.exit_code == 2 and "Expected --calibrate among none, temperature" in result.stderr

@@ -126,7 +126,17 @@ def _exclude(path: Optional[Path]):
 
 
 CALIBRATE = typer.Option(
-    "none", "--calibrate", help="none, or temperature: fit one temperature on the validation split (any head)."
+    "none",
+    "--calibrate",
+    help="none, or temperature: fit one temperature (any head) on a calibration split set aside from the "
+    "training pictures (see --calibration-fraction), which training, early stopping and the choice of C or k "
+    "never see; the head trains on the rest.",
+)
+CALIBRATION_FRACTION = typer.Option(
+    0.2,
+    "--calibration-fraction",
+    help="With --calibrate: the share of the training pictures set aside to fit the temperature on "
+    "(chosen by a hash of the seed and each path, recorded in run.json).",
 )
 
 
@@ -147,6 +157,7 @@ def train_cmd(
     no_plots: bool = NO_PLOTS,
     exclude_list: Optional[Path] = EXCLUDE_LIST,
     calibrate: str = CALIBRATE,
+    calibration_fraction: float = CALIBRATION_FRACTION,
     k: Optional[int] = typer.Option(None, "--k", help="Neighbours of knn (default: chosen on validation)."),
     c: Optional[float] = typer.Option(
         None, "--C", help="Inverse regularization of logreg and svm (default: chosen on validation)."
@@ -178,6 +189,7 @@ def train_cmd(
             stream=stream,
             exclude=_exclude(exclude_list),
             calibrate=calibrate,
+            calibration_fraction=calibration_fraction,
         )
     from headstart.heads.metrics import summary_line
 
@@ -189,12 +201,19 @@ def train_cmd(
     )
     _echo(f"  validation  {summary_line(result.metrics['val'])}")
     _echo(f"  test        {summary_line(result.metrics['test'])}")
-    cal = result.metrics.get("calibration", {}).get("val")
-    if cal:
+    calibration = result.metrics.get("calibration", {})
+    if calibration:
         _echo(
-            f"  calibration (validation): log loss {cal['log_loss_before']:.3f} -> {cal['log_loss_after']:.3f}, "
-            f"ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}"
+            f"  temperature {calibration['temperature']:.3g}, fitted on {calibration['rows']:,} training pictures "
+            "set aside (calibration split)"
         )
+    for split, shown in (("calib", "calibration split"), ("test", "test")):
+        cal = calibration.get(split)
+        if cal:
+            _echo(
+                f"  calibration ({shown}): log loss {cal['log_loss_before']:.3f} -> {cal['log_loss_after']:.3f}, "
+                f"ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}"
+            )
     _echo(f"Run written to {result.run_dir}  (next: headstart evaluate {result.run_dir})")
 
 

@@ -1,8 +1,11 @@
-"""Calibrating a fitted head's probabilities on the validation split: temperature scaling.
+"""Calibrating a fitted head's probabilities on rows it never saw: temperature scaling.
 
 One number ``T > 0`` divides the head's scores before the softmax (``softmax(z / T)``); it is
-chosen on the validation rows by minimising their log loss (a bounded 1-D search over
-``log T``), so the predicted class never changes, only how sure the head says it is. Any head
+chosen by minimising the log loss of the ``calib`` split (a bounded 1-D search over ``log T``),
+so the predicted class never changes, only how sure the head says it is. The ``calib`` rows are
+a share of the training split set aside before fitting (`headstart.heads.split.carve_calibration`):
+not the validation rows, which early stopping and the choice of ``C`` or ``k`` already used and
+on which a head looks better calibrated than it is. Any head
 takes it (its ``_logits_rows``); it is saved in ``head.json`` (``fitted.temperature_``) and used by
 ``predict_proba`` (so ``evaluate``, ``predict``) and by ``to_keras()`` (a ``Rescaling`` layer).
 """
@@ -60,22 +63,22 @@ def fit_temperature(logits: np.ndarray, y_idx: np.ndarray) -> float:
     return t if plain(t) < plain(1.0) else 1.0
 
 
-def calibrate(head, validation, method: str = "temperature") -> dict[str, Any]:
-    """Fit ``head.temperature_`` on a validation `RowSource`; returns what was fitted.
+def calibrate(head, rows, method: str = "temperature") -> dict[str, Any]:
+    """Fit ``head.temperature_`` on a `RowSource` of rows the head has not used; returns what was fitted.
 
-    Raises `HeadError` without validation rows (there is nothing to calibrate on).
+    Raises `HeadError` without rows (there is nothing to calibrate on).
     """
     if method != "temperature":
         raise HeadError(f"Expected --calibrate among {', '.join(CALIBRATIONS)}. Received: {method!r}.")
-    if validation is None or not len(validation.labels):
+    if rows is None or not len(rows.labels):
         raise HeadError(
-            "Expected validation pictures to calibrate on. Received: an empty validation split; "
-            "give it a share with --split (e.g. 0.7,0.15,0.15) or leave out --calibrate."
+            "Expected pictures to calibrate on. Received: an empty calibration split; "
+            "raise --calibration-fraction or leave out --calibrate."
         )
     head.temperature_ = None
-    logits = head.logits_source(validation)
-    y_idx = encode(validation.labels, head.classes_, "validation")
+    logits = head.logits_source(rows)
+    y_idx = encode(rows.labels, head.classes_, "calibration")
     t = fit_temperature(logits, y_idx)
     head.temperature_ = t
-    log.info("%s head: temperature %.3f fitted on %d validation rows", head.name, t, len(y_idx))
+    log.info("%s head: temperature %.3f fitted on %d calibration rows", head.name, t, len(y_idx))
     return {"method": method, "temperature": t}

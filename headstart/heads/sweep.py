@@ -64,7 +64,7 @@ from headstart.heads.rundir import (
     versions,
     write_json,
 )
-from headstart.heads.split import SplitSpec
+from headstart.heads.split import DEFAULT_CALIBRATION_FRACTION, SplitSpec
 from headstart.heads.training import Data, TrainResult, _fit_one, _memory_budget, predict_split, prepare
 from headstart.locking import exclusive_lock, lock_path_for
 
@@ -425,6 +425,7 @@ def sweep(
     split: SplitSpec = SplitSpec(),
     params: Mapping[str, Any] | None = None,
     calibrate: str | None = None,
+    calibration_fraction: float = DEFAULT_CALIBRATION_FRACTION,
     halving: bool = False,
     eta: int = 3,
     jobs: int | None = None,
@@ -481,7 +482,8 @@ def sweep(
     check_out(out, SWEEP_KIND)
 
     with open_cache(cache_path) as cache:
-        data = prepare(cache, split, stream)
+        # With --calibrate, every trial trains without the calib rows, as the best run does.
+        data = prepare(cache, split, stream, calibration=calibration_fraction if calibrate else None)
         if not len(data.indices["val"]):
             raise SweepError(
                 "Expected validation pictures to score the trials on. Received: an empty validation split; "
@@ -499,6 +501,7 @@ def sweep(
                 "rows": data.cache_info["rows"],
                 "split": split.to_dict(),
                 "calibrate": calibrate,
+                **({"calibration_fraction": calibration_fraction} if calibrate else {}),
             }
         )
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,15 @@ from headstart.heads.rundir import (
     write_json,
 )
 from headstart.heads.sources import ArraySource, CacheSource, check_finite
-from headstart.heads.split import SPLITS, SplitSpec, assign, check_trainable, split_counts
+from headstart.heads.split import (
+    DEFAULT_CALIBRATION_FRACTION,
+    SPLITS,
+    SplitSpec,
+    assign,
+    carve_calibration,
+    check_trainable,
+    split_counts,
+)
 from headstart.heads.views import per_picture
 
 log = logging.getLogger(__name__)
@@ -116,14 +124,15 @@ def _memory_budget() -> int:
     return int(psutil.virtual_memory().available // 4)
 
 
-def _load_splits(cache, codes: np.ndarray) -> list[np.ndarray]:
-    """The features of each split in memory, at the cache's dtype, in one pass over the file."""
-    arrays = [np.empty((int((codes == k).sum()), cache.dim), dtype=cache.dtype) for k in range(len(SPLITS))]
-    filled = [0] * len(SPLITS)
+def _load_splits(cache, codes: np.ndarray, n_splits: int = len(SPLITS)) -> list[np.ndarray]:
+    """The features of each split (code 0 to ``n_splits - 1``) in memory, at the cache's dtype,
+    in one pass over the file."""
+    arrays = [np.empty((int((codes == k).sum()), cache.dim), dtype=cache.dtype) for k in range(n_splits)]
+    filled = [0] * n_splits
     for start, block in cache.iter_chunks(dtype=cache.dtype):
         check_finite(block, cache, first_row=start)
         c = codes[start : start + len(block)]
-        for k in range(len(SPLITS)):
+        for k in range(n_splits):
             sel = block[c == k]
             arrays[k][filled[k] : filled[k] + len(sel)] = sel
             filled[k] += len(sel)
@@ -144,14 +153,17 @@ class Data:
     cache_info: dict[str, Any]
     paths: dict[str, list[str]] | None = None  # per split, when the cache has views to average
     excluded: dict[str, Any] | None = None  # what --exclude-list left out (recorded in run.json)
+    calibration: dict[str, Any] | None = None  # how the calibration split was carved (recorded in run.json)
 
     def labels(self, name: str) -> np.ndarray:
         return self.sources[name].labels
 
 
-def prepare(cache, spec: SplitSpec, stream: bool | None, exclude=None) -> Data:
+def prepare(cache, spec: SplitSpec, stream: bool | None, exclude=None, calibration: float | None = None) -> Data:
     """Split an open cache and make a row source per split (in memory, or streamed by size).
-    ``exclude``: an `ExcludeList` whose pictures are in no split."""
+    ``exclude``: an `ExcludeList` whose pictures are in no split. ``calibration``: the share of
+    the training rows set aside as a fourth split, ``calib`` (`carve_calibration`), that no head
+    trains, stops early or chooses on: the rows a temperature is fitted on."""
     n = len(cache)
     if n == 0:
         raise RunError(f"Expected a cache with extracted pictures. Received: {cache.path} (0 rows); run extract first.")
@@ -164,9 +176,29 @@ def prepare(cache, spec: SplitSpec, stream: bool | None, exclude=None) -> Data:
         codes[left_out] = -1  # in no split
         excluded = exclude.record([p for p, out in zip(cache.paths, left_out) if out])
         log.info("left out %d pictures listed in %s", int(left_out.sum()), exclude.file)
-    indices = {name: np.flatnonzero(codes == k) for k, name in enumerate(SPLITS)}
+    names = SPLITS
+    carved = None
+    if calibration:
+        codes = carve_calibration(cache.paths, codes, calibration, spec.seed)
+        names = (*SPLITS, "calib")
+    indices = {name: np.flatnonzero(codes == k) for k, name in enumerate(names)}
     counts = split_counts(cache.labels, indices, cache.class_names)
     check_trainable(counts, cache.counts())
+    if calibration:
+        if not len(indices["calib"]):
+            raise SplitError(
+                f"Expected training pictures to set aside for calibration. Received: none of the "
+                f"{len(indices['train'])} training pictures fell in the {calibration:g} share; raise "
+                "--calibration-fraction or the training share of --split, or leave out --calibrate."
+            )
+        carved = {
+            "fitted_on": "calib: a share of the training rows that training, early stopping and "
+            "the choice of C or k never see",
+            "fraction_of_train": float(calibration),
+            "seed": spec.seed,
+            "chosen_by": "sha256('calibration', seed, relative path) below the fraction",
+            "rows": int(len(indices["calib"])),
+        }
     if sum(1 for v in counts["train"].values() if v) < 2:
         raise SplitError(
             f"Expected pictures of at least two classes. Received: {cache.path} with training pictures of "
@@ -183,8 +215,8 @@ def prepare(cache, spec: SplitSpec, stream: bool | None, exclude=None) -> Data:
             blocks = [val.read_block(b) for b in range(len(val.blocks))]
             sources["val"] = ArraySource(np.concatenate(blocks), val.labels)
     else:
-        arrays = _load_splits(cache, codes)
-        sources = {name: ArraySource(arrays[k], cache.labels[indices[name]]) for k, name in enumerate(SPLITS)}
+        arrays = _load_splits(cache, codes, len(names))
+        sources = {name: ArraySource(arrays[k], cache.labels[indices[name]]) for k, name in enumerate(names)}
     return Data(
         paths=None if cache.views is None else {k: [cache.paths[i] for i in v] for k, v in indices.items()},
         cache_path=cache.path.resolve(),
@@ -206,6 +238,7 @@ def prepare(cache, spec: SplitSpec, stream: bool | None, exclude=None) -> Data:
             "complete": cache.complete,
         },
         excluded=excluded,
+        calibration=carved,
     )
 
 
@@ -227,6 +260,16 @@ def predict_split(head, source, n_classes: int) -> np.ndarray:
 
 
 IN_MEMORY_HEADS = ("logreg", "svm", "knn")
+CALIBRATION_SPLITS = ("calib", "val", "test")
+"""Splits whose ECE and log loss are reported before and after calibration."""
+
+
+def _split_metrics(head, data: Data, split: str, n_classes: int) -> dict[str, Any]:
+    """Metrics of the head on one split (one score per picture when the cache has views)."""
+    proba, y = predict_split(head, data.sources[split], n_classes), data.labels(split)
+    if data.paths is not None:  # one score per picture: its views averaged
+        proba, y, _ = per_picture(proba, y, data.paths[split])
+    return M.split_metrics(y, proba, data.class_names)
 
 
 def _fit_one(
@@ -241,8 +284,9 @@ def _fit_one(
 ) -> TrainResult:
     """Fit one head and write its run into ``folder`` (which becomes ``final`` once swapped in).
 
-    ``calibrate="temperature"`` fits a temperature on the validation split after fitting;
-    ``metrics.json`` then holds ECE and log loss before and after. ``extra`` goes into run.json.
+    ``calibrate="temperature"`` fits a temperature on the ``calib`` split (training rows set
+    aside by `prepare`) after fitting; ``metrics.json`` then holds ECE and log loss before and
+    after on the calib, validation and test splits. ``extra`` goes into run.json.
     """
     head = make_head(name, **params)
     if data.streamed and name in IN_MEMORY_HEADS:
@@ -263,26 +307,25 @@ def _fit_one(
     if calibrate:
         from headstart.heads.calibration import calibrate as fit_calibration
 
-        for split in ("val", "test"):
-            proba = predict_split(head, data.sources[split], n_classes)
-            before[split] = M.split_metrics(data.labels(split), proba, data.class_names)
-        calibration = fit_calibration(head, data.sources["val"] if n_val else None, calibrate)
+        if data.calibration is None:
+            raise RunError("Expected a calibration split to calibrate on. Received: none was set aside.")
+        before = {split: _split_metrics(head, data, split, n_classes) for split in CALIBRATION_SPLITS}
+        calibration = fit_calibration(head, data.sources["calib"], calibrate)
+        calibration.update(data.calibration)
     fit_seconds = time.perf_counter() - t0
     metrics = {}
     for split in ("val", "test"):
-        proba, y = predict_split(head, data.sources[split], n_classes), data.labels(split)
-        if data.paths is not None:  # one score per picture: its views averaged
-            proba, y, _ = per_picture(proba, y, data.paths[split])
-        metrics[split] = M.split_metrics(y, proba, data.class_names)
+        metrics[split] = _split_metrics(head, data, split, n_classes)
         log.info("%s %s: %s", name, split, M.summary_line(metrics[split]))
     if calibrate:
-        for split in ("val", "test"):
+        after = {**metrics, "calib": _split_metrics(head, data, "calib", n_classes)}
+        for split in CALIBRATION_SPLITS:
             if before[split].get("n"):
                 calibration[split] = {
                     "log_loss_before": before[split]["log_loss"],
-                    "log_loss_after": metrics[split]["log_loss"],
+                    "log_loss_after": after[split]["log_loss"],
                     "ece_before": before[split]["ece"],
-                    "ece_after": metrics[split]["ece"],
+                    "ece_after": after[split]["ece"],
                     "calibration_bins_before": before[split]["calibration_bins"],
                 }
         metrics["calibration"] = calibration
@@ -297,6 +340,7 @@ def _fit_one(
         "streamed": data.streamed,
         "fit_seconds": round(fit_seconds, 3),
         "calibrate": calibrate,
+        **({"calibration": data.calibration} if calibrate else {}),
         **dict(extra or {}),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
@@ -349,6 +393,7 @@ def train(
     stream: bool | None = None,
     exclude=None,
     calibrate: str | None = None,
+    calibration_fraction: float = DEFAULT_CALIBRATION_FRACTION,
 ) -> TrainResult:
     """Fit one head on the training split of a cache and write a run folder to ``out``.
 
@@ -356,6 +401,8 @@ def train(
     (False) reading batches from the file instead of memory; None decides by size. ``exclude``: an
     `headstart.exclude_list.ExcludeList` of pictures to leave out of every split. ``out`` must
     be new, empty or an earlier run (replaced whole, in one step, when the new one is complete).
+    ``calibrate="temperature"`` sets ``calibration_fraction`` of the training rows aside (the
+    head trains on the rest) and fits the temperature on them.
     """
     from headstart.heads.calibration import check_calibration
 
@@ -364,7 +411,7 @@ def train(
     calibrate = check_calibration(calibrate)
     check_out(out, RUN_KIND)  # fail early; checked again under the lock
     with open_cache(cache_path) as cache:
-        data = prepare(cache, split, stream, exclude)
+        data = prepare(cache, split, stream, exclude, calibration_fraction if calibrate else None)
         with result_writer(out, RUN_KIND) as tmp:
             return _fit_one(data, head, dict(params or {}), tmp, out, plots, calibrate)
 
