@@ -374,6 +374,14 @@ def _build_hub(config: ExtractionConfig):
     return model
 
 
+def _check_resampler(resampler: str) -> str:
+    from headstart.extractor.config import RESAMPLERS
+
+    if resampler not in RESAMPLERS:
+        raise BackboneError(f"Expected --resampler among {', '.join(RESAMPLERS)}. Received: {resampler!r}.")
+    return resampler
+
+
 def make_hub_config(
     backbone: str,
     layer: str | None,
@@ -386,6 +394,7 @@ def make_hub_config(
     dtype: str,
     seed: int,
     views: str = "none",
+    resampler: str = "float32",
 ) -> ExtractionConfig:
     """`make_config` for ``hub:PRESET`` (see `headstart.extractor.hub`)."""
     from pathlib import Path
@@ -439,6 +448,7 @@ def make_hub_config(
         dtype=dtype,
         backend=keras.backend.backend(),
         views=views,
+        resampler=_check_resampler(resampler),
         weights_path=folder,
     )
 
@@ -498,11 +508,12 @@ def make_config(
     alpha: float | None = None,
     input_size: int | None = None,
     resize: str = "squash",
-    jpeg_draft: bool = True,
+    jpeg_draft: bool = False,
     precision: str = "auto",
     dtype: str = "float16",
     seed: int = 0,
     views: str = "none",
+    resampler: str = "float32",
 ) -> ExtractionConfig:
     """Check the user's options and resolve defaults into an `ExtractionConfig`."""
     import keras
@@ -523,6 +534,7 @@ def make_config(
             dtype=dtype,
             seed=seed,
             views=views,
+            resampler=resampler,
         )
 
     from headstart.extractor.config import (
@@ -581,6 +593,7 @@ def make_config(
         dtype=dtype,
         backend=keras.backend.backend(),
         views=views,
+        resampler=_check_resampler(resampler),
         weights_path=path,
     )
 
