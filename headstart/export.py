@@ -354,8 +354,8 @@ def export(
     model = classifier_model(features, head.to_keras(), int(head.n_features_in_), head.classes_, len(class_names))
     diff = cache_difference(model, config)
     note = resize_note(config, diff)
-    if note:
-        log.warning("%s", note)
+    if note:  # the CLI prints it; a Python caller has it in the result
+        log.info("%s", note)
     extra = {
         "run": {"head": info["head"], "path": str(Path(run_dir).resolve())},
         "resize": "portable" if fmt in PORTABLE_FORMATS else "antialias",
