@@ -162,6 +162,21 @@ def test_export_of_a_cache_resized_on_8_bit_pixels_says_so_with_the_measured_dif
     measured = read_metadata(tmp_path / "m.keras")["cache_difference"]["max_abs_probability"]
     assert measured > 1e-3 and f"by up to {measured:.3g}" in result.stderr
 
+    # predict computes the old cache's own pixels: its features are the cache's rows
+    from headstart.cache import open_cache
+    from headstart.extractor.config import config_of
+    from headstart.extractor.runner import embed_files
+
+    with open_cache(tmp_path / "cache.h5") as cache:
+        config, rows, paths = config_of(cache), cache.read(), [images / p for p in cache.paths]
+    assert config.resampler == "pillow-uint8"
+    np.testing.assert_allclose(embed_files(paths, config).features, rows, rtol=1e-3, atol=1e-3)
+    # resuming it takes its options; today's defaults are refused naming the setting that differs
+    again = ["extract", str(images), "--out", str(tmp_path / "cache.h5"), "-q", *old[:-2]]
+    result = runner.invoke(app, again)
+    assert result.exit_code == 2 and "resampler" in result.stderr and "jpeg_draft" in result.stderr
+    assert runner.invoke(app, [*again, "--resampler", "pillow-uint8", "--draft"]).exit_code == 0
+
 
 @pytest.mark.parametrize("head", ["logreg", pytest.param("mlp", marks=pytest.mark.slow)])
 def test_crop_export(tmp_path, head):
