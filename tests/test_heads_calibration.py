@@ -198,3 +198,55 @@ def test_a_well_calibrated_logreg_keeps_a_temperature_near_one(tmp_path):
     cal = result.metrics["calibration"]
     assert 0.8 < cal["temperature"] < 1.25
     assert cal["test"]["log_loss_after"] == pytest.approx(cal["test"]["log_loss_before"], rel=0.05)
+
+
+def test_crossfit_scores_each_training_row_with_a_head_that_never_saw_it():
+    from headstart.heads.calibration import crossfit_logits
+
+    X, y = blobs(n=300)
+    fitted, scored = [], []
+
+    def make():
+        head = make_head("logreg", C=1.0)
+        fit, logits = head.fit_source, head.logits_source
+
+        def spy_fit(train, validation=None):
+            fitted.append({tuple(r) for r in train.gather(np.arange(len(train)))})
+            return fit(train, validation)
+
+        def spy_logits(source):
+            scored.append({tuple(r) for r in source.gather(np.arange(len(source)))})
+            return logits(source)
+
+        head.fit_source, head.logits_source = spy_fit, spy_logits
+        return head
+
+    folds = np.random.default_rng(0).integers(0, 5, 300)
+    logits, y_idx = crossfit_logits(make, ArraySource(X, y), ArraySource(X[:50], y[:50]), folds)
+    assert logits.shape == (300, 3) and np.array_equal(y_idx, y) and len(fitted) == len(scored) == 5
+    for rows_fitted, rows_scored in zip(fitted, scored):
+        assert not rows_fitted & rows_scored
+    assert set().union(*scored) == {tuple(r) for r in X}  # every training row scored once
+    assert 0.5 < fit_temperature(logits, y_idx) < 2
+
+
+def test_crossfit_calibrates_a_head_trained_on_every_training_row(tmp_path):
+    """knn's vote shares are far from calibrated: cross-fitting finds it, with no row set aside."""
+    features, write_cache = _fixtures()
+    X, y = features(sep=0.25)
+    cache = write_cache(tmp_path / "c.h5", X, y)
+    result = training.train(
+        cache, "knn", tmp_path / "run", plots=False, calibrate="temperature", calibration_rows="crossfit"
+    )
+    cal = result.metrics["calibration"]
+    assert cal["folds"] == 5 and cal["rows"] == result.counts["train"] and "calib" not in result.counts
+    assert abs(np.log(cal["temperature"])) > 0.2 and cal["test"]["log_loss_after"] < cal["test"]["log_loss_before"]
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["calibration"]["folds"] == 5 and run["calibration"]["rows"] == result.counts["train"]
+    plain = training.train(cache, "knn", tmp_path / "plain", plots=False)
+    assert result.counts["train"] == plain.counts["train"]  # nothing set aside
+    from headstart.heads.evaluation import evaluate
+
+    assert evaluate(tmp_path / "run").metrics["log_loss"] == pytest.approx(cal["test"]["log_loss_after"])
+    with pytest.raises(HeadError, match="Expected --calibration-rows among split, crossfit"):
+        training.train(cache, "knn", tmp_path / "x", calibrate="temperature", calibration_rows="folds")

@@ -59,11 +59,16 @@ def sweep_cmd(
     calibrate: str = typer.Option(
         "none",
         "--calibrate",
-        help="none, or temperature: calibrate the best run on a calibration split set aside from the training "
-        "pictures (every trial trains without it).",
+        help="none, or temperature: calibrate the best run on rows no training or choice saw (see "
+        "--calibration-rows; with split, every trial trains without the rows set aside).",
     ),
     calibration_fraction: float = typer.Option(
         0.2, "--calibration-fraction", help="With --calibrate: the share of the training pictures set aside."
+    ),
+    calibration_rows: str = typer.Option(
+        "split",
+        "--calibration-rows",
+        help="With --calibrate: split (a share set aside) or crossfit (out-of-fold scores of every training picture).",
     ),
     halving: bool = typer.Option(
         False, "--halving", help="Successive halving (softmax, mlp): few epochs for all, more for the best third."
@@ -124,6 +129,7 @@ def sweep_cmd(
             params=fixed,
             calibrate=calibrate,
             calibration_fraction=calibration_fraction,
+            calibration_rows=calibration_rows,
             halving=halving,
             jobs=jobs,
             plots=not no_plots,

@@ -116,6 +116,19 @@ def carve_calibration(paths: Sequence[str], codes: np.ndarray, fraction: float, 
     return out
 
 
+CALIBRATION_FOLD_SALT = "calibration-fold\0"
+CALIBRATION_FOLDS = 5
+CALIBRATION_ROWS = ("split", "crossfit")
+"""Where a temperature is fitted: ``split``, a share of the training rows set aside
+(`carve_calibration`); ``crossfit``, out-of-fold scores of the training rows (`calibration_folds`)."""
+
+
+def calibration_folds(paths: Sequence[str], folds: int, seed: int) -> np.ndarray:
+    """Fold (0 to ``folds - 1``) of each path, a pure function of ``(seed, relative path)``: the
+    views of one picture share a fold."""
+    return np.minimum((unit_hash(paths, seed, CALIBRATION_FOLD_SALT) * folds).astype(np.int64), folds - 1)
+
+
 def split_indices(paths: Sequence[str], spec: SplitSpec = SplitSpec()) -> dict[str, np.ndarray]:
     """Row indices of each split, ascending: ``{"train": ..., "val": ..., "test": ...}``."""
     codes = assign(paths, spec)

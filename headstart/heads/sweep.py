@@ -65,7 +65,15 @@ from headstart.heads.rundir import (
     write_json,
 )
 from headstart.heads.split import DEFAULT_CALIBRATION_FRACTION, SplitSpec
-from headstart.heads.training import Data, TrainResult, _fit_one, _memory_budget, predict_split, prepare
+from headstart.heads.training import (
+    Data,
+    TrainResult,
+    _fit_one,
+    _memory_budget,
+    calibration_rows_args,
+    predict_split,
+    prepare,
+)
 from headstart.locking import exclusive_lock, lock_path_for
 
 log = logging.getLogger(__name__)
@@ -426,6 +434,7 @@ def sweep(
     params: Mapping[str, Any] | None = None,
     calibrate: str | None = None,
     calibration_fraction: float = DEFAULT_CALIBRATION_FRACTION,
+    calibration_rows: str = "split",
     halving: bool = False,
     eta: int = 3,
     jobs: int | None = None,
@@ -483,7 +492,8 @@ def sweep(
 
     with open_cache(cache_path) as cache:
         # With --calibrate, every trial trains without the calib rows, as the best run does.
-        data = prepare(cache, split, stream, calibration=calibration_fraction if calibrate else None)
+        calibration, crossfit = calibration_rows_args(calibrate, calibration_rows, calibration_fraction)
+        data = prepare(cache, split, stream, calibration=calibration, crossfit=crossfit)
         if not len(data.indices["val"]):
             raise SweepError(
                 "Expected validation pictures to score the trials on. Received: an empty validation split; "
@@ -501,7 +511,8 @@ def sweep(
                 "rows": data.cache_info["rows"],
                 "split": split.to_dict(),
                 "calibrate": calibrate,
-                **({"calibration_fraction": calibration_fraction} if calibrate else {}),
+                **({"calibration_fraction": calibration_fraction} if calibrate and not crossfit else {}),
+                **({"calibration_rows": "crossfit"} if crossfit else {}),
             }
         )
         out.parent.mkdir(parents=True, exist_ok=True)

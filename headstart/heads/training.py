@@ -44,10 +44,13 @@ from headstart.heads.rundir import (
 )
 from headstart.heads.sources import ArraySource, CacheSource, check_finite
 from headstart.heads.split import (
+    CALIBRATION_FOLDS,
+    CALIBRATION_ROWS,
     DEFAULT_CALIBRATION_FRACTION,
     SPLITS,
     SplitSpec,
     assign,
+    calibration_folds,
     carve_calibration,
     check_trainable,
     split_counts,
@@ -153,17 +156,21 @@ class Data:
     cache_info: dict[str, Any]
     paths: dict[str, list[str]] | None = None  # per split, when the cache has views to average
     excluded: dict[str, Any] | None = None  # what --exclude-list left out (recorded in run.json)
-    calibration: dict[str, Any] | None = None  # how the calibration split was carved (recorded in run.json)
+    calibration: dict[str, Any] | None = None  # which rows calibrate, and how chosen (recorded in run.json)
+    folds: np.ndarray | None = None  # with cross-fitting: the calibration fold of each training row
 
     def labels(self, name: str) -> np.ndarray:
         return self.sources[name].labels
 
 
-def prepare(cache, spec: SplitSpec, stream: bool | None, exclude=None, calibration: float | None = None) -> Data:
+def prepare(
+    cache, spec: SplitSpec, stream: bool | None, exclude=None, calibration: float | None = None, crossfit: bool = False
+) -> Data:
     """Split an open cache and make a row source per split (in memory, or streamed by size).
     ``exclude``: an `ExcludeList` whose pictures are in no split. ``calibration``: the share of
     the training rows set aside as a fourth split, ``calib`` (`carve_calibration`), that no head
-    trains, stops early or chooses on: the rows a temperature is fitted on."""
+    trains, stops early or chooses on: the rows a temperature is fitted on. ``crossfit``: instead,
+    every training row gets a calibration fold (`calibration_folds`)."""
     n = len(cache)
     if n == 0:
         raise RunError(f"Expected a cache with extracted pictures. Received: {cache.path} (0 rows); run extract first.")
@@ -177,8 +184,19 @@ def prepare(cache, spec: SplitSpec, stream: bool | None, exclude=None, calibrati
         excluded = exclude.record([p for p, out in zip(cache.paths, left_out) if out])
         log.info("left out %d pictures listed in %s", int(left_out.sum()), exclude.file)
     names = SPLITS
-    carved = None
-    if calibration:
+    carved = folds = None
+    if crossfit:
+        train_paths = [cache.paths[i] for i in np.flatnonzero(codes == SPLITS.index("train"))]
+        folds = calibration_folds(train_paths, CALIBRATION_FOLDS, spec.seed)
+        carved = {
+            "fitted_on": "crossfit: every training row, scored by a head fitted on the other folds "
+            "(its early stopping and choice of C or k on the validation split, as the saved head's)",
+            "folds": CALIBRATION_FOLDS,
+            "seed": spec.seed,
+            "chosen_by": "sha256('calibration-fold', seed, relative path) times the folds",
+            "rows": len(train_paths),
+        }
+    elif calibration:
         codes = carve_calibration(cache.paths, codes, calibration, spec.seed)
         names = (*SPLITS, "calib")
     indices = {name: np.flatnonzero(codes == k) for k, name in enumerate(names)}
@@ -239,7 +257,18 @@ def prepare(cache, spec: SplitSpec, stream: bool | None, exclude=None, calibrati
         },
         excluded=excluded,
         calibration=carved,
+        folds=folds,
     )
+
+
+def calibration_rows_args(calibrate: str | None, rows: str, fraction: float) -> tuple[float | None, bool]:
+    """``prepare``'s ``(calibration, crossfit)`` for the options ``--calibrate``,
+    ``--calibration-rows`` and ``--calibration-fraction``."""
+    if rows not in CALIBRATION_ROWS:
+        raise HeadError(f"Expected --calibration-rows among {', '.join(CALIBRATION_ROWS)}. Received: {rows!r}.")
+    if not calibrate:
+        return None, False
+    return (None, True) if rows == "crossfit" else (fraction, False)
 
 
 def _write_history(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
@@ -309,8 +338,15 @@ def _fit_one(
 
         if data.calibration is None:
             raise RunError("Expected a calibration split to calibrate on. Received: none was set aside.")
-        before = {split: _split_metrics(head, data, split, n_classes) for split in CALIBRATION_SPLITS}
-        calibration = fit_calibration(head, data.sources["calib"], calibrate)
+        reported = [s for s in CALIBRATION_SPLITS if s in data.sources]
+        before = {split: _split_metrics(head, data, split, n_classes) for split in reported}
+        if data.folds is not None:
+            from headstart.heads.calibration import calibrate_logits, crossfit_logits
+
+            logits, y_idx = crossfit_logits(lambda: make_head(name, **params), data.sources["train"], val, data.folds)
+            calibration = calibrate_logits(head, logits, y_idx, calibrate)
+        else:
+            calibration = fit_calibration(head, data.sources["calib"], calibrate)
         calibration.update(data.calibration)
     fit_seconds = time.perf_counter() - t0
     metrics = {}
@@ -318,8 +354,8 @@ def _fit_one(
         metrics[split] = _split_metrics(head, data, split, n_classes)
         log.info("%s %s: %s", name, split, M.summary_line(metrics[split]))
     if calibrate:
-        after = {**metrics, "calib": _split_metrics(head, data, "calib", n_classes)}
-        for split in CALIBRATION_SPLITS:
+        after = {**metrics, **{s: _split_metrics(head, data, s, n_classes) for s in reported if s not in metrics}}
+        for split in reported:
             if before[split].get("n"):
                 calibration[split] = {
                     "log_loss_before": before[split]["log_loss"],
@@ -394,6 +430,7 @@ def train(
     exclude=None,
     calibrate: str | None = None,
     calibration_fraction: float = DEFAULT_CALIBRATION_FRACTION,
+    calibration_rows: str = "split",
 ) -> TrainResult:
     """Fit one head on the training split of a cache and write a run folder to ``out``.
 
@@ -402,7 +439,9 @@ def train(
     `headstart.exclude_list.ExcludeList` of pictures to leave out of every split. ``out`` must
     be new, empty or an earlier run (replaced whole, in one step, when the new one is complete).
     ``calibrate="temperature"`` sets ``calibration_fraction`` of the training rows aside (the
-    head trains on the rest) and fits the temperature on them.
+    head trains on the rest) and fits the temperature on them; with ``calibration_rows="crossfit"``
+    the head trains on all of them and the temperature is fitted on out-of-fold scores
+    (`CALIBRATION_FOLDS` more fits).
     """
     from headstart.heads.calibration import check_calibration
 
@@ -411,7 +450,9 @@ def train(
     calibrate = check_calibration(calibrate)
     check_out(out, RUN_KIND)  # fail early; checked again under the lock
     with open_cache(cache_path) as cache:
-        data = prepare(cache, split, stream, exclude, calibration_fraction if calibrate else None)
+        data = prepare(
+            cache, split, stream, exclude, *calibration_rows_args(calibrate, calibration_rows, calibration_fraction)
+        )
         with result_writer(out, RUN_KIND) as tmp:
             return _fit_one(data, head, dict(params or {}), tmp, out, plots, calibrate)
 
