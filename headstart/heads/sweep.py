@@ -493,7 +493,8 @@ def sweep(
     with open_cache(cache_path) as cache:
         # With --calibrate, every trial trains without the calib rows, as the best run does.
         calibration, crossfit = calibration_rows_args(calibrate, calibration_rows, calibration_fraction)
-        data = prepare(cache, split, stream, calibration=calibration, crossfit=crossfit)
+        rows = {"calibration": calibration, "crossfit": crossfit} if calibrate else {}
+        data = prepare(cache, split, stream, **rows)
         if not len(data.indices["val"]):
             raise SweepError(
                 "Expected validation pictures to score the trials on. Received: an empty validation split; "
