@@ -38,7 +38,7 @@ def main() -> None:
 
     from headstart.cache import open_cache
     from headstart.heads.evaluation import _test_rows, load_run
-    from headstart.predict import predict
+    from headstart.ship.predict import predict
 
     pictures = sorted(p for p in args.pictures.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     info, _ = load_run(args.run)

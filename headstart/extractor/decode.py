@@ -1,6 +1,6 @@
 """Image decoding: any picture file → an RGB array of the backbone's input size, or a reason.
 
-Two resamplers (the cache's fingerprint says which, `headstart.extractor.config.RESAMPLERS`):
+Two resamplers (the cache's fingerprint says which, `headstart.settings.config.RESAMPLERS`):
 
 - ``float32`` (new caches): the picture is decoded to 8-bit RGB, then resized bilinearly with
   antialiasing on float32 pixels, never rounded, and with Keras' centre-crop box for ``crop``.
@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from headstart.errors import DecodeError
-from headstart.extractor.config import RESAMPLERS, RESIZE_METHODS  # the registries live with the settings
+from headstart.settings.config import RESAMPLERS, RESIZE_METHODS  # the registries live with the settings
 
 # Truncated files are errors, not pictures with a grey bottom half.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
