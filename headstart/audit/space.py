@@ -50,6 +50,7 @@ class Space:
     coords: np.ndarray  # (N, r) float32
     mean_coords: np.ndarray  # (r,) the mean row in the same coordinates
     explained: float  # share of the sum of squares the components keep (1.0 when whole)
+    constant: bool = False  # every row is the same (nothing tells one picture from another)
 
     @property
     def unit(self) -> np.ndarray:
@@ -89,11 +90,16 @@ def reduce(cache: CacheReader, dims: int = DIMS, seed: int = 0, block_rows: int 
         if reduced:
             y[start : start + len(x)] = x @ test
     mean = total / max(n, 1)
+    constant = energy - n * float(mean @ mean) <= 1e-9 * max(energy, 1e-30)
+    if constant:
+        log.warning("every row of %s is the same: nothing to tell the pictures apart", cache.path)
     if not reduced:
         coords = np.empty((n, d), dtype=np.float32)
         for start, x in cache.iter_chunks(block_rows):
             coords[start : start + len(x)] = x
-        return _space(mean, None, coords, 1.0)
+        return _space(mean, None, coords, 1.0, constant)
+    if energy == 0:  # all rows zero: no direction at all; one zero coordinate keeps the shapes usable
+        return _space(mean, np.zeros((1, d), dtype=np.float32), np.zeros((n, 1), dtype=np.float32), 1.0, True)
 
     def times(b: np.ndarray) -> np.ndarray:  # X @ b, N x k
         out = np.empty((n, b.shape[1]), dtype=np.float32)
@@ -120,7 +126,7 @@ def reduce(cache: CacheReader, dims: int = DIMS, seed: int = 0, block_rows: int 
     components = ((u[:, :r].T @ b) / s[:, None]).astype(np.float32)
     explained = float((s[:r] ** 2).sum() / energy) if energy > 0 else 1.0
     log.info("reduced %d x %d to %d components (%.1f%% of the sum of squares)", n, d, r, 100 * explained)
-    return _space(mean, components, times(components.T), explained)
+    return _space(mean, components, times(components.T), explained, constant)
 
 
 def _eigh(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -144,9 +150,11 @@ def _orthonormal(y: np.ndarray) -> np.ndarray:
     return q.astype(np.float32)
 
 
-def _space(mean: np.ndarray, components: np.ndarray | None, coords: np.ndarray, explained: float) -> Space:
+def _space(
+    mean: np.ndarray, components: np.ndarray | None, coords: np.ndarray, explained: float, constant: bool = False
+) -> Space:
     mean_coords = (mean if components is None else components.astype(np.float64) @ mean).astype(np.float32)
-    return Space(mean, components, coords, mean_coords, explained)
+    return Space(mean, components, coords, mean_coords, explained, constant)
 
 
 @dataclass
@@ -156,19 +164,37 @@ class Neighbours:
     top_sim: np.ndarray  # (N, k) float32: the k highest raw cosine similarities of each row, highest first
     pairs: np.ndarray  # (P, 2) int64, i < j: centred cosine at least the cut
     pair_sim: np.ndarray  # (P,) float32, their centred cosine similarity in the search space
+    class_sim: np.ndarray | None = None  # (N, k) float32: the same, among the rows of the row's own class
+    nearest: np.ndarray | None = None  # (N,) float32: each row's highest centred similarity to another row
 
 
-def neighbours(space: Space, k: int, cut: float, per_row: int = 10, query_rows: int = QUERY_ROWS) -> Neighbours:
+def neighbours(
+    space: Space,
+    k: int,
+    cut: float,
+    per_row: int = 10,
+    query_rows: int = QUERY_ROWS,
+    labels: np.ndarray | None = None,
+) -> Neighbours:
     """One pass over every pair of rows, ``query_rows`` x N at a time (one matrix product a tile).
 
     Both similarities come from the same tile of raw dot products G of the reduced rows: raw cosine
     G / (|x| |y|), and centred cosine (G - x.m - y.m + m.m) / (|x - m| |y - m|), m the mean row. A
-    row keeps its ``k`` highest raw similarities (outlier scores) and at most ``per_row`` partners
-    whose centred similarity is at least ``cut`` (duplicate candidates). A row is not its own neighbour.
+    row keeps its ``k`` highest raw similarities (outlier scores), with ``labels`` also its ``k``
+    highest among the rows of its class, its highest centred similarity (the near-duplicate
+    threshold comes from their distribution) and at most ``per_row`` partners whose centred
+    similarity is at least ``cut`` (duplicate candidates). A row is not its own neighbour.
     """
     c = space.coords
     n = len(c)
     k = max(0, min(k, n - 1))
+    order = None
+    segments = [(0, n)]
+    if labels is not None:  # rows of a class next to each other: its columns are one slice of a tile
+        order = np.argsort(labels, kind="stable")
+        c = c[order]
+        edges = np.flatnonzero(np.diff(labels[order])) + 1
+        segments = list(zip([0, *edges.tolist()], [*edges.tolist(), n]))
     m = space.mean_coords.astype(np.float32)
     norm = np.linalg.norm(c, axis=1)
     inv = (1.0 / np.where(norm > 0, norm, 1.0)).astype(np.float32)
@@ -176,9 +202,11 @@ def neighbours(space: Space, k: int, cut: float, per_row: int = 10, query_rows: 
     cnorm = np.sqrt(np.clip(norm.astype(np.float64) ** 2 - 2 * dot_m + float(m @ m), 0, None))
     cinv = (1.0 / np.where(cnorm > 1e-12, cnorm, np.inf)).astype(np.float32)
     top = np.zeros((n, k), dtype=np.float32)
+    by_class = np.full((n, k), -np.inf, dtype=np.float32) if labels is not None else None
+    nearest = np.full(n, -np.inf, dtype=np.float32)
     pair_rows, pair_cols, pair_vals = [], [], []
-    for start in range(0, n, query_rows):
-        stop = min(n, start + query_rows)
+    tiles = [(start, min(hi, start + query_rows), lo, hi) for lo, hi in segments for start in range(lo, hi, query_rows)]
+    for start, stop, lo, hi in tiles:  # a tile never spans two classes
         b = np.arange(stop - start)
         g = c[start:stop] @ c.T  # (b, N) dot products
         centred = g - dot_m[start:stop, None]
@@ -192,11 +220,16 @@ def neighbours(space: Space, k: int, cut: float, per_row: int = 10, query_rows: 
         centred[b, b + start] = -np.inf
         if k:
             top[start:stop] = _top_k(g, k)
+            if by_class is not None:
+                kc = min(k, hi - lo)
+                by_class[start:stop, :kc] = _top_k(g[:, lo:hi], kc)
+        if n > 1:
+            nearest[start:stop] = centred.max(axis=1)
         rows, cols = np.nonzero(centred >= cut)
         if len(rows):
             vals = centred[rows, cols]
-            order = np.lexsort((-vals, rows))  # by row, most similar first
-            rows, cols, vals = rows[order], cols[order], vals[order]
+            first_by_row = np.lexsort((-vals, rows))  # by row, most similar first
+            rows, cols, vals = rows[first_by_row], cols[first_by_row], vals[first_by_row]
             first = np.searchsorted(rows, rows, side="left")
             keep = (np.arange(len(rows)) - first) < per_row
             pair_rows.append(rows[keep] + start)
@@ -204,12 +237,16 @@ def neighbours(space: Space, k: int, cut: float, per_row: int = 10, query_rows: 
             pair_vals.append(vals[keep])
     if pair_rows:
         rows, cols, vals = np.concatenate(pair_rows), np.concatenate(pair_cols), np.concatenate(pair_vals)
+        if order is not None:
+            rows, cols = order[rows], order[cols]
         pairs = np.stack([np.minimum(rows, cols), np.maximum(rows, cols)], axis=1).astype(np.int64)
         pairs, first = np.unique(pairs, axis=0, return_index=True)
         vals = vals[first]
     else:
         pairs, vals = np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
-    return Neighbours(top, pairs, vals.astype(np.float32))
+    if order is not None:  # back to the rows' own order
+        top[order], nearest[order], by_class[order] = top.copy(), nearest.copy(), by_class.copy()
+    return Neighbours(top, pairs, vals.astype(np.float32), by_class, nearest)
 
 
 def _top_k(g: np.ndarray, k: int, width: int = 64) -> np.ndarray:
