@@ -123,7 +123,9 @@ def extract(
     ),
     layer: Optional[str] = typer.Option(None, help=_layers_help()),
     weights: str = typer.Option(
-        "imagenet", help="imagenet (Keras downloads them once), none (random, seeded), or a local .h5 file."
+        "imagenet",
+        help="imagenet (Keras downloads them once), none (random, seeded), bundled (MobileNet 0.25's, shipped "
+        "with headstart: no download; with --backbone mobilenet --alpha 0.25), or a local .h5 file.",
     ),
     alpha: Optional[float] = typer.Option(None, help=_alpha_help()),
     input_size: Optional[int] = typer.Option(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -111,14 +112,16 @@ def setup_logging(verbose: int) -> None:
         logging.getLogger("h5py").setLevel(logging.WARNING)
     if verbose:  # -v: TensorFlow's start-up lines and library warnings as they come
         tf_quiet.uninstall()
+        if not sys.warnoptions:
+            warnings.simplefilter("default")
     else:
         tf_quiet.install()
-        # Warnings of the libraries below (Pillow's DecompressionBombWarning for a picture we then
-        # read fine, Keras' notes on input shapes) are not the user's business on a normal run.
-        warnings.filterwarnings("ignore", category=UserWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        for name in ("tensorflow", "absl", "keras"):
+        # headstart speaks through logging; the warnings of the libraries below (Pillow's
+        # DecompressionBombWarning for a picture it then reads fine, Keras' notes on input shapes)
+        # are not the user's business on a normal run. python -W or PYTHONWARNINGS still wins.
+        if not sys.warnoptions:
+            warnings.simplefilter("ignore")
+        for name in ("tensorflow", "absl"):
             logging.getLogger(name).setLevel(logging.ERROR)
 
 

@@ -327,7 +327,8 @@ def build_model(config: ExtractionConfig):
                 raise WeightsDownloadError(
                     f"Could not download the ImageNet weights of {spec.name} ({fname}): {str(err).splitlines()[0]}. "
                     f"Download {fname} where there is network (Keras keeps it in ~/.keras/models/) "
-                    f"and pass it with --weights PATH."
+                    f"and pass it with --weights PATH; or, offline, use the weights shipped with headstart: "
+                    f"--backbone mobilenet --alpha 0.25 --weights bundled."
                 ) from None
             raise BackboneError(
                 f"Could not build {spec.name} with weights {config.weights_path or weights}: "
@@ -563,6 +564,14 @@ def make_config(
         raise BackboneError(
             f"Expected --input-size {spec.input_size} for {spec.name} {layer} (its dense layers fix it). "
             f"Received: {size}."
+        )
+    if weights.lower() == "bundled" and (spec.name, alpha, size) != ("mobilenet", 0.25, 224):
+        raise BackboneError(
+            "Expected --backbone mobilenet --alpha 0.25 (input size 224) with --weights bundled: the weights "
+            f"shipped with headstart are MobileNet 0.25's. Received: --backbone {spec.name}"
+            + (f" --alpha {alpha}" if alpha is not None else "")
+            + (f" --input-size {size}" if size != 224 else "")
+            + "."
         )
     identity, path, seed_used = resolve_weights(weights, seed)
     return ExtractionConfig(
