@@ -206,7 +206,7 @@ def pets_steps(
     data, out, cache = Path(data), Path(out), Path(cache)
     folder = data / "PetImages"
     return [
-        Step(f"headstart download pets {data}", lambda: download.download_pets(data)),
+        Step(f"headstart download pets --out {data}", lambda: download.download_pets(data)),
         Step(
             f"headstart extract {folder} --out {cache}",
             lambda: runner.extract(folder, cache, backbones.make_config("vgg16", "fc2")),

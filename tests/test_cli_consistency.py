@@ -1,0 +1,94 @@
+"""One obvious CLI: commands grouped by stage, flags without metavars, help text as written, one spelling."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from headstart.cli import app
+from headstart.cli.main import PANELS
+
+runner = CliRunner()
+COMMANDS = sorted(typer.main.get_command(app).commands)
+
+
+def _help(*args) -> str:
+    result = runner.invoke(app, [*args, "--help"])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def _panels(text: str) -> dict[str, list[str]]:
+    """Panel title -> the command names listed in it, from `headstart --help`."""
+    panels, current = {}, None
+    for line in text.splitlines():
+        if m := re.match(r"╭─ (.+?) ─", line):
+            current = panels.setdefault(m.group(1), [])
+        elif current is not None and (m := re.match(r"│ (\w+)\s{2,}", line)):
+            current.append(m.group(1))
+    return panels
+
+
+def test_help_groups_every_command_by_stage():
+    panels = _panels(_help())
+    assert list(panels)[1:] == list(PANELS)  # Options first, then the stages in order
+    assert panels["Start here"] == ["demo"]
+    assert panels["Data: pictures to a feature cache"] == ["download", "extract", "info"]
+    assert set(panels["Looking at the data"]) == {"audit", "map", "report"}
+    assert set(panels["Shipping"]) == {"predict", "export", "backbones"}
+    assert panels["Scale-out"] == ["merge"]
+    listed = [name for title, names in panels.items() if title != "Options" for name in names]
+    assert sorted(listed) == COMMANDS  # every command once
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_flags_and_counts_show_no_type(command):
+    text = _help(*([command] if command else []))
+    assert "<bool>" not in text and "--help" in text
+    for line in text.splitlines():
+        if "--verbose" in line:
+            assert "<int>" not in line
+
+
+def test_help_keeps_square_brackets():
+    text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", _help("extract")).split())
+    assert "pip install 'headstart[ray]'" in text
+    assert "headstart[hub]" in text
+
+
+WRITERS = ("extract", "train", "compare", "sweep", "export", "audit", "map", "report", "merge", "baseline", "demo")
+
+
+@pytest.mark.parametrize("command", [*WRITERS, "download"])
+def test_every_command_that_writes_takes_out(command):
+    params = {p.name: p for p in typer.main.get_command(app).commands[command].params}
+    out = params["out"]
+    assert out.param_type_name == "option" and "--out" in out.opts and "-o" in out.opts
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [("extract", "--overwrite"), ("extract", "--prune"), ("export", "--overwrite"), ("merge", "--overwrite")],
+)
+def test_on_off_flags_are_one_word(command, flag):
+    params = typer.main.get_command(app).commands[command].params
+    (param,) = [p for p in params if flag in p.opts]
+    assert param.secondary_opts == []  # no --no-overwrite twin
+
+
+def test_bundled_weights_have_a_name():
+    from headstart import demo
+    from headstart.errors import BackboneError
+    from headstart.extractor.backbones import make_config
+    from headstart.extractor.config import file_sha256
+
+    config = make_config("mobilenet", alpha=0.25, weights="bundled", precision="float32")
+    assert config.weights == f"sha256:{file_sha256(demo.bundled_weights())}"
+    assert config.weights_path == str(demo.bundled_weights().resolve())
+    with pytest.raises(BackboneError, match="--backbone mobilenet --alpha 0.25"):
+        make_config("vgg16", weights="bundled")
+    result = runner.invoke(app, ["extract", ".", "--out", "x.h5", "--weights", "bundled", "--backbone", "resnet50"])
+    assert result.exit_code == 2 and "MobileNet 0.25" in result.output
