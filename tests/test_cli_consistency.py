@@ -92,3 +92,17 @@ def test_bundled_weights_have_a_name():
         make_config("vgg16", weights="bundled")
     result = runner.invoke(app, ["extract", ".", "--out", "x.h5", "--weights", "bundled", "--backbone", "resnet50"])
     assert result.exit_code == 2 and "MobileNet 0.25" in result.output
+
+
+def test_tables_to_a_pipe_do_not_fold_paths(tmp_path):
+    """CliRunner's stdout is not a terminal, like `headstart info X | less`: rich assumed 80 columns there."""
+    from conftest import make_images
+
+    folder = make_images(tmp_path / ("a-folder-with-a-rather-long-name-" * 3) / "pictures", per_class=2)
+    cache = tmp_path / "c.h5"
+    tiny = ["--backbone", "tiny", "--weights", "none", "--precision", "float32", "-q"]
+    assert runner.invoke(app, ["extract", str(folder), "--out", str(cache), *tiny]).exit_code == 0
+    result = runner.invoke(app, ["info", str(cache)])
+    assert result.exit_code == 0, result.output
+    assert len(str(folder.resolve())) > 100
+    assert any(line.split() == ["root", str(folder.resolve())] for line in result.stdout.splitlines()), result.stdout
