@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import typer
@@ -47,6 +48,10 @@ def _tidy(params):
     for param in params:
         if getattr(param, "is_flag", False) or getattr(param, "count", False):
             param.metavar = ""
+        elif getattr(param, "multiple", False) or param.nargs == -1:
+            # a repeatable option or a variadic argument: the type of one value, not <list[Path]>
+            one = re.sub(r"^<list\[(\w+)\]>$", lambda m: f"<{m.group(1).lower()}>", param.display_type(None) or "")
+            param.display_type_rich = lambda ctx, one=one, param=param: one + ("..." if param.nargs == -1 else "")
         if not getattr(param, "_help_escaped", False):
             param.help = _plain(param.help)
             param._help_escaped = True
@@ -94,6 +99,18 @@ app = typer.Typer(
 )
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (a test runner may swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(verbose: int) -> None:
     import warnings
 
@@ -106,7 +123,7 @@ def setup_logging(verbose: int) -> None:
         handler: logging.Handler = RichHandler(console=err_console, show_path=False)
         fmt = "%(message)s"
     else:  # a file or a pipe: one plain line per record, never folded
-        handler, fmt = logging.StreamHandler(), "%(levelname)s: %(message)s"
+        handler, fmt = _StderrHandler(), "%(levelname)s: %(message)s"
     logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
     if verbose < 2:
         logging.getLogger("h5py").setLevel(logging.WARNING)
