@@ -9,7 +9,7 @@ import typer
 from typer.testing import CliRunner
 
 from headstart.cli import app
-from headstart.cli.main import PANELS
+from headstart.cli.help import PANELS
 
 runner = CliRunner()
 COMMANDS = sorted(typer.main.get_command(app).commands)
@@ -57,6 +57,16 @@ def test_help_keeps_square_brackets():
     text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", _help("extract")).split())
     assert "pip install 'headstart[ray]'" in text
     assert "headstart[hub]" in text
+
+
+def test_commands_keep_their_own_text_for_other_readers():
+    """A documentation generator (mkdocs-click) reads the commands, not typer's rich rendering."""
+    group = typer.main.get_command(app)
+    ctx = group.make_context("headstart", ["extract", "--help"], resilient_parsing=True)
+    extract = group.get_command(ctx, "extract")
+    extract.get_help(extract.make_context("extract", ["--help"], resilient_parsing=True, parent=ctx))
+    (ray,) = [p for p in extract.params if p.name == "ray"]
+    assert "headstart[ray]" in ray.help and "\\[" not in ray.help
 
 
 WRITERS = ("extract", "train", "compare", "sweep", "export", "audit", "map", "report", "merge", "baseline", "demo")

@@ -3,83 +3,13 @@
 from __future__ import annotations
 
 import logging
-import re
 import sys
 
 import typer
-from typer.core import TyperCommand, TyperGroup
 
 from headstart.cli import audit, baseline, demo, export, extract, heads, merge, sweep
 from headstart.cli.console import err_console, say
-
-# The commands by stage, in the order `headstart --help` shows them. Every command has a panel.
-PANELS = {
-    "Start here": ["demo"],
-    "Data: pictures to a feature cache": ["download", "extract", "info"],
-    "Heads: train and compare on a cache": [
-        "train",
-        "compare",
-        "sweep",
-        "runs",
-        "evaluate",
-        "misclassified",
-        "baseline",
-    ],
-    "Looking at the data": ["audit", "map", "report"],
-    "Shipping": ["predict", "export", "backbones"],
-    "Scale-out": ["merge"],
-}
-PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
-
-
-def _plain(text):
-    """Help text as written: ``headstart[ray]`` is not rich markup (typer's help reads markup), and
-    a paragraph's line breaks are the docstring's, not the terminal's."""
-    if not text:
-        return text
-    from rich.markup import escape
-
-    return "\n\n".join(" ".join(p.split("\n")) for p in escape(text).split("\n\n"))
-
-
-def _tidy(params):
-    """A flag (``--json``) or a count (``-v``) takes no value: no ``<bool>``/``<int>`` after it.
-    Help texts are shown as written."""
-    for param in params:
-        if getattr(param, "is_flag", False) or getattr(param, "count", False):
-            param.metavar = ""
-        elif getattr(param, "multiple", False) or param.nargs == -1:
-            # a repeatable option or a variadic argument: the type of one value, not <list[Path]>
-            one = re.sub(r"^<list\[(\w+)\]>$", lambda m: f"<{m.group(1).lower()}>", param.display_type(None) or "")
-            param.display_type_rich = lambda ctx, one=one, param=param: one + ("..." if param.nargs == -1 else "")
-        if not getattr(param, "_help_escaped", False):
-            param.help = _plain(param.help)
-            param._help_escaped = True
-    return params
-
-
-class Command(TyperCommand):
-    """A command whose help shows flags without a metavar and brackets as written."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.help, self.short_help = _plain(self.help), _plain(self.short_help)
-
-    def get_params(self, ctx):
-        return _tidy(super().get_params(ctx))
-
-
-class Group(TyperGroup):
-    """The `headstart` group: commands by stage, flags without a metavar."""
-
-    def get_params(self, ctx):
-        return _tidy(super().get_params(ctx))
-
-    def list_commands(self, ctx):
-        """By stage, as `PANELS` lists them (typer prints panels in the order it first meets them)."""
-        order = [name for names in PANELS.values() for name in names]
-        return sorted(super().list_commands(ctx), key=lambda n: order.index(n) if n in order else len(order))
-
+from headstart.cli.help import PANEL_OF, Command, Group
 
 app = typer.Typer(
     name="headstart",
