@@ -83,7 +83,12 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def main(
     verbose: int = typer.Option(
-        0, "--verbose", "-v", count=True, help="More log output (-v info and library warnings, -vv debug)."
+        0,
+        "--verbose",
+        "-v",
+        count=True,
+        show_default=False,
+        help="More log output (-v info and library warnings, -vv debug).",
     ),
     version: bool = typer.Option(
         False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
