@@ -1,6 +1,6 @@
 """The extraction commands of the CLI (download, extract, info): parse options, call the library, print.
 
-`register(app)` adds them to a typer app, as every ``headstart/cli_*.py`` module does.
+`register(app)` adds them to a typer app, as every ``headstart/cli/<group>.py`` module does.
 """
 
 from __future__ import annotations
