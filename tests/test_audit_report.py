@@ -159,7 +159,7 @@ def test_report_opens_with_best_head_audit_headline_and_next_command(comparison,
     assert page.index('id="summary"') < page.index("Comparison</h2>") < page.index("Run: logreg")
     summary = _summary(page)
     test_acc = json.loads((comparison / "logreg" / "metrics.json").read_text())["test"]["accuracy"]
-    assert "Best head: " in summary and "logreg" in summary and f"{test_acc:.3f}" in summary
+    assert "Head: " in summary and "logreg" in summary and f"{test_acc:.3f}" in summary
     audit = json.loads((comparison / "audit.json").read_text())
     assert f"{len(audit['label_issues']):,} label issues" in summary
     assert "headstart compare" in summary and "--exclude-list" in summary and "suspects.txt" in summary

@@ -70,9 +70,9 @@ def summary_section(
     info, metrics = best["info"], best["metrics"]
     val, test = metrics.get("val", {}), metrics.get("test", {})
     head = info["head"]
-    chosen = f"best of {len(runs)} heads on validation accuracy" if len(runs) > 1 else "the run"
+    label, chosen = ("Best head", f" (best of {len(runs)} on validation accuracy)") if len(runs) > 1 else ("Head", "")
     items = [
-        f'<li><b>Best head: <a href="#run-{H.esc(head)}">{H.esc(head)}</a></b> ({H.esc(chosen)}): '
+        f'<li><b>{label}: <a href="#run-{H.esc(head)}">{H.esc(head)}</a></b>{H.esc(chosen)}: '
         f"test accuracy <b>{H.fmt(test.get('accuracy'))}</b>, log loss {H.fmt(test.get('log_loss'))}, "
         f"ECE {H.fmt(test.get('ece'))} on {H.esc(H.fmt(test.get('n')))} pictures "
         f"(validation accuracy {H.fmt(val.get('accuracy'))}).</li>"
