@@ -31,7 +31,7 @@ DEMO_JSON = "demo.json"
 
 def bundled_weights() -> Path:
     """The MobileNet 0.25 (224 px, no top) ImageNet weights shipped inside the package (``--weights bundled``)."""
-    from headstart.extractor.config import bundled_weights as shipped
+    from headstart.settings.config import bundled_weights as shipped
 
     try:
         return shipped()
@@ -135,7 +135,7 @@ def run_demo(
     """Generate pictures in ``out/pictures``, extract them with the bundled MobileNet 0.25 (ImageNet
     weights) and with random weights, and compare the heads on both caches (``out/runs-*``)."""
     from headstart.cache import open_cache
-    from headstart.extractor.backbones import make_config
+    from headstart.extractor.options import make_config
     from headstart.extractor.runner import extract
     from headstart.heads import training
 
@@ -200,7 +200,7 @@ def pets_steps(
 ) -> list[Step]:
     """Download Dogs vs Cats (786 MB), extract VGG16 fc2 with ImageNet weights, compare the heads."""
     from headstart import download
-    from headstart.extractor import backbones, runner
+    from headstart.extractor import options, runner
     from headstart.heads import training
 
     data, out, cache = Path(data), Path(out), Path(cache)
@@ -209,7 +209,7 @@ def pets_steps(
         Step(f"headstart download pets --out {data}", lambda: download.download_pets(data)),
         Step(
             f"headstart extract {folder} --out {cache}",
-            lambda: runner.extract(folder, cache, backbones.make_config("vgg16", "fc2")),
+            lambda: runner.extract(folder, cache, options.make_config("vgg16", "fc2")),
         ),
         Step(f"headstart compare {cache} --out {out}", lambda: training.compare(cache, out)),
     ]

@@ -37,7 +37,7 @@ def test_help_groups_every_command_by_stage():
     assert list(panels)[1:] == list(PANELS)  # Options first, then the stages in order
     assert panels["Start here"] == ["demo"]
     assert panels["Data: pictures to a feature cache"] == ["download", "extract", "info"]
-    assert set(panels["Looking at the data"]) == {"audit", "map", "report"}
+    assert set(panels["Looking at the data"]) == {"audit", "map", "similar", "report"}
     assert set(panels["Shipping"]) == {"predict", "export", "backbones"}
     assert panels["Scale-out"] == ["merge"]
     listed = [name for title, names in panels.items() if title != "Options" for name in names]
@@ -92,8 +92,8 @@ def test_on_off_flags_are_one_word(command, flag):
 def test_bundled_weights_have_a_name():
     from headstart import demo
     from headstart.errors import BackboneError
-    from headstart.extractor.backbones import make_config
-    from headstart.extractor.config import file_sha256
+    from headstart.extractor.options import make_config
+    from headstart.settings.config import file_sha256
 
     config = make_config("mobilenet", alpha=0.25, weights="bundled", precision="float32")
     assert config.weights == f"sha256:{file_sha256(demo.bundled_weights())}"

@@ -20,12 +20,29 @@ PANELS = {
         "evaluate",
         "misclassified",
         "baseline",
+        "curve",
     ],
-    "Looking at the data": ["audit", "map", "report"],
+    "Looking at the data": ["audit", "map", "similar", "report"],
     "Shipping": ["predict", "export", "backbones"],
     "Scale-out": ["merge"],
 }
 PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
+
+
+KEEP_BREAK = re.compile(r"^(?:Example|On a |One shard|- |\* | )")
+"""A docstring line that starts like this starts a line of the help too (an example, a list item)."""
+
+
+def _unwrap(paragraph: str) -> str:
+    """The lines of a docstring paragraph joined, so the terminal wraps them, but for `KEEP_BREAK` lines."""
+    lines = paragraph.split("\n")
+    out = [lines[0]]
+    for line in lines[1:]:
+        if KEEP_BREAK.match(line):
+            out.append(line)
+        else:
+            out[-1] += " " + line
+    return "\n".join(out)
 
 
 def _plain(text):
@@ -35,7 +52,7 @@ def _plain(text):
         return text
     from rich.markup import escape
 
-    return "\n\n".join(" ".join(p.split("\n")) for p in escape(text).split("\n\n"))
+    return "\n\n".join(_unwrap(p) for p in escape(text).split("\n\n"))
 
 
 @contextlib.contextmanager

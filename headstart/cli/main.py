@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from headstart.cli import audit, baseline, demo, export, extract, heads, merge, sweep
+from headstart.cli import audit, baseline, demo, explore, export, extract, heads, merge, sweep
 from headstart.cli.console import err_console, say
 from headstart.cli.help import PANEL_OF, Command, Group
 
@@ -98,7 +98,7 @@ def main(
 
 
 # Every command group lives in a headstart/cli/<group>.py module with a register(app) function: one style.
-for _group in (extract, heads, sweep, export, audit, merge, baseline, demo):
+for _group in (extract, heads, sweep, export, audit, explore, merge, baseline, demo):
     _group.register(app)
 for _info in app.registered_commands:
     _info.cls = Command
