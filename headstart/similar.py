@@ -217,6 +217,9 @@ def similar(
         raise SimilarError(f"Expected -k of 1 or more. Received: {k}.")
     if not queries:
         raise SimilarError("Expected at least one query: a picture of the cache or a picture file. Received: none.")
+    from headstart.settings.config import check_cache_settings
+
+    check_cache_settings(cache_path)
     with open_cache(cache_path, require_finite=True) as cache:
         allowed = _allowed_rows(cache, split, exclude_split, only_split)
         if index:

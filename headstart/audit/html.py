@@ -80,11 +80,12 @@ def data_uri(data: bytes, mime: str) -> str:
 
 def png_file_uri(path: Path) -> str | None:
     """A ``data:`` URI of a PNG file, or None if it is missing, too large or not a PNG."""
+    from headstart.errors import UnsafeFileError
+    from headstart.files import read_regular
+
     try:
-        if not path.is_file() or path.stat().st_size > MAX_EMBED_BYTES:
-            return None
-        data = path.read_bytes()
-    except OSError:
+        data = read_regular(path, MAX_EMBED_BYTES)  # no pipe, no device, no file past the cap
+    except (OSError, UnsafeFileError):
         return None
     return data_uri(data, "image/png") if data.startswith(PNG_MAGIC) else None
 
@@ -110,6 +111,20 @@ def table(
         body.append("<tr>" + "".join(cells) + "</tr>")
     ident = f' id="{esc(table_id)}"' if table_id else ""
     return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def cards(items: Sequence[dict[str, Any]], caption) -> str:
+    """A grid of thumbnails (``item["thumb"]``, a data: URI or None) with ``caption(item)`` (HTML) under each."""
+    out = []
+    for item in items:
+        img = f'<img alt="" src="{item["thumb"]}">' if item.get("thumb") else '<img alt="unreadable">'
+        out.append(f'<div class="card">{img}<div>{caption(item)}</div></div>')
+    return '<div class="grid">' + "".join(out) + "</div>"
+
+
+def folded(title: str, content: str) -> str:
+    """``content`` (HTML) behind a closed ``<details>`` whose summary is ``title`` (text)."""
+    return f"<details><summary>{esc(title)}</summary>{content}</details>"
 
 
 def fmt(value: Any, digits: int = 3) -> str:
