@@ -79,14 +79,13 @@ def test_every_command_that_writes_takes_out(command):
     assert out.param_type_name == "option" and "--out" in out.opts and "-o" in out.opts
 
 
-@pytest.mark.parametrize(
-    ("command", "flag"),
-    [("extract", "--overwrite"), ("extract", "--prune"), ("export", "--overwrite"), ("merge", "--overwrite")],
-)
-def test_on_off_flags_are_one_word(command, flag):
-    params = typer.main.get_command(app).commands[command].params
-    (param,) = [p for p in params if flag in p.opts]
-    assert param.secondary_opts == []  # no --no-overwrite twin
+@pytest.mark.parametrize("command", COMMANDS)
+def test_on_off_flags_are_one_word(command):
+    """--overwrite, --prune, --partial, never a --no-overwrite twin that restates the default;
+    --stream/--in-memory is the one real choice of three (unset: by size)."""
+    for param in typer.main.get_command(app).commands[command].params:
+        if param.secondary_opts:
+            assert (param.opts, param.secondary_opts) == (["--stream"], ["--in-memory"]), param.opts
 
 
 def test_bundled_weights_have_a_name():
