@@ -246,10 +246,15 @@ def test_train_knn_with_temperature_calibration(cache, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "Trained knn" in result.stdout and "temperature" in result.stdout
-    assert "calibration (validation): log loss" in result.stdout
+    assert "fitted on" in result.stdout and "calibration (calibration split): log loss" in result.stdout
     assert json.loads((out / "metrics.json").read_text())["calibration"]["method"] == "temperature"
     result = runner.invoke(app, ["train", str(cache), "--head", "knn", "--calibrate", "isotonic"])
     assert result.exit_code == 2 and "Expected --calibrate among none, temperature" in result.stderr
+    args = ["train", str(cache), "--head", "knn", "--calibrate", "temperature", "--no-plots"]
+    result = runner.invoke(app, [*args, "--calibration-rows", "crossfit", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 0 and "scored out of 5 folds (cross-fitting)" in result.stdout, result.output
+    result = runner.invoke(app, [*args, "--calibration-fraction", "1.5", "--out", str(tmp_path / "y")])
+    assert result.exit_code == 2 and "Expected --calibration-fraction between 0 and 1" in result.stderr
 
 
 def test_train_takes_k_and_c_only_for_the_heads_that_have_them(cache, tmp_path):

@@ -45,6 +45,10 @@ def export_cmd(
         else ""
     )
     say(f"Exported {run} as {fmt} to {result.path} in {result.seconds:.1f} s{checked}")
+    if result.cache_note:
+        say(f"Note: {result.cache_note}", err=True)
+    elif result.cache_difference is not None:
+        say(f"  agrees with headstart predict to {result.cache_difference:.1e} (largest probability difference)")
 
 
 def backbones_cmd(

@@ -169,7 +169,19 @@ def extract(
         None, help="At most N pictures per class, N at least 1 (the first N, sorted)."
     ),
     seed: int = typer.Option(0, help="Seed of --weights none."),
-    no_draft: bool = typer.Option(False, "--no-draft", help="Decode JPEGs at full size (slower, same as Keras)."),
+    draft: bool = typer.Option(
+        False,
+        "--draft/--no-draft",
+        help="--draft: decode large JPEGs at a reduced scale (faster; the exported model, which gets the whole "
+        "picture, then sees other pixels). Default --no-draft: full size, the same pixels everywhere.",
+    ),
+    resampler: str = typer.Option(
+        "float32",
+        "--resampler",
+        help="float32: resize on float pixels, as the exported model's Keras Resizing layer does (the same "
+        "pixels in extract, predict and export); pillow-uint8: Pillow on 8-bit pixels, rounded, as caches made "
+        "before headstart recorded it (to resume those).",
+    ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Start a new cache even if OUT exists with other settings."
     ),
@@ -234,7 +246,8 @@ def extract(
             alpha=alpha,
             input_size=input_size,
             resize=resize,
-            jpeg_draft=not no_draft,
+            jpeg_draft=draft,
+            resampler=resampler,
             precision=precision,
             dtype=dtype,
             seed=seed,

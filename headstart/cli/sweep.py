@@ -46,7 +46,20 @@ def sweep_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the heads and the random search."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Most epochs of every trial (softmax, mlp)."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Early-stopping patience of every trial."),
-    calibrate: str = typer.Option("none", "--calibrate", help="none, or temperature: calibrate the best run."),
+    calibrate: str = typer.Option(
+        "none",
+        "--calibrate",
+        help="none, or temperature: calibrate the best run on rows no training or choice saw (see "
+        "--calibration-rows; with split, every trial trains without the rows set aside).",
+    ),
+    calibration_fraction: float = typer.Option(
+        0.2, "--calibration-fraction", help="With --calibrate: the share of the training pictures set aside."
+    ),
+    calibration_rows: str = typer.Option(
+        "split",
+        "--calibration-rows",
+        help="With --calibrate: split (a share set aside) or crossfit (out-of-fold scores of every training picture).",
+    ),
     halving: bool = typer.Option(
         False, "--halving", help="Successive halving (softmax, mlp): few epochs for all, more for the best third."
     ),
@@ -103,6 +116,8 @@ def sweep_cmd(
             split=SplitSpec.parse(split, seed),
             params=fixed,
             calibrate=calibrate,
+            calibration_fraction=calibration_fraction,
+            calibration_rows=calibration_rows,
             halving=halving,
             jobs=jobs,
             plots=not no_plots,

@@ -15,6 +15,12 @@ from headstart.errors import BackboneError
 
 PRECISIONS = ("float32", "bfloat16", "float16")
 RESIZE_METHODS = ("squash", "crop")
+RESAMPLERS = ("float32", "pillow-uint8")
+"""How pictures are resized (`headstart.extractor.decode`): ``float32``, bilinear antialiased on
+float pixels as ``keras.layers.Resizing(antialias=True)`` computes it (the exported model
+reproduces it); ``pillow-uint8``, Pillow on 8-bit pixels, rounded (caches made before, whose
+fingerprint has no ``resampler``)."""
+LEGACY_RESAMPLER = "pillow-uint8"
 STORAGE_DTYPES = ("float16", "float32")
 POOLINGS = (None, "avg")
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -57,12 +63,13 @@ class ExtractionConfig:
     keras_version: str | None = None
     input_size: int = 224
     resize: str = "squash"
-    jpeg_draft: bool = True
+    jpeg_draft: bool = False
     preprocessing: str = "keras.applications.vgg16.preprocess_input"
     precision: str = "float32"
     dtype: str = "float16"
     backend: str = "tensorflow"
     views: str = "none"
+    resampler: str = "float32"
     weights_path: str | None = field(default=None, compare=False)
 
     def fingerprint(self) -> dict[str, Any]:
@@ -71,6 +78,8 @@ class ExtractionConfig:
         out.pop("weights_path")
         if out["views"] == "none":  # caches made before views existed keep their fingerprint
             out.pop("views")
+        if out["resampler"] == LEGACY_RESAMPLER:  # and so do caches made before the resampler was
+            out.pop("resampler")
         return out
 
     def fingerprint_json(self) -> str:
@@ -91,7 +100,7 @@ class ExtractionConfig:
         if problem:
             raise BackboneError(f"Expected a fingerprint of this headstart version. Received: {problem}.")
         check_settings(fingerprint)
-        return cls(**fingerprint, weights_path=weights_path)
+        return cls(**{"resampler": LEGACY_RESAMPLER, **fingerprint}, weights_path=weights_path)
 
 
 def config_of(cache) -> ExtractionConfig:
@@ -155,6 +164,7 @@ def check_settings(fp: dict[str, Any]) -> None:
     _one_of("dtype", fp["dtype"], STORAGE_DTYPES)
     _one_of("backend", fp["backend"], BACKENDS)
     _one_of("views", fp.get("views", "none"), VIEWS)
+    _one_of("resampler", fp.get("resampler", LEGACY_RESAMPLER), RESAMPLERS)
 
 
 def _check_hub(fp: dict[str, Any]) -> None:
@@ -184,6 +194,7 @@ def _check_hub(fp: dict[str, Any]) -> None:
     _one_of("precision", fp["precision"], PRECISIONS)
     _one_of("dtype", fp["dtype"], STORAGE_DTYPES)
     _one_of("backend", fp["backend"], BACKENDS)
+    _one_of("resampler", fp.get("resampler", LEGACY_RESAMPLER), RESAMPLERS)
 
 
 def bundled_weights() -> Path:
