@@ -72,6 +72,7 @@ def test_imagenet_download_failure_names_the_file_and_the_way_out(monkeypatch):
         build_model(config)
     text = str(err.value)
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in text and "--weights PATH" in text
+    assert "--backbone mobilenet --alpha 0.25 --weights bundled" in text  # what works offline
     assert config.fingerprint()["keras_version"] == keras.__version__
 
 

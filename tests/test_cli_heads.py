@@ -128,7 +128,14 @@ def test_misclassified_lists_pictures_and_draws_a_montage(run_dir, tmp_path):
     result = runner.invoke(app, ["misclassified", str(run_dir), "-n", "2", "--montage", str(tmp_path / "m.png")])
     assert result.exit_code == 0, result.output
     assert "test pictures misclassified" in result.stdout
-    assert "true " in result.stdout and "predicted " in result.stdout
+    lines = result.stdout.splitlines()
+    header = lines.index("path\ttrue\tpredicted\tp(predicted)\tloss")
+    rows = [line.split("\t") for line in lines[header + 1 :] if "\t" in line]
+    assert 1 <= len(rows) <= 2 and all(len(r) == 5 for r in rows)
+    losses = [float(r[4]) for r in rows]
+    assert losses == sorted(losses, reverse=True)  # "of highest loss": highest first, and shown
+    old_name = runner.invoke(app, ["misclassified", str(run_dir), "--number", "1"])  # hidden alias of --top
+    assert old_name.exit_code == 0 and len([ln for ln in old_name.stdout.splitlines() if ln.count("\t") == 4]) == 2
     assert (tmp_path / "m.png").exists()
     data = json.loads(runner.invoke(app, ["misclassified", str(run_dir), "--json"]).stdout)
     assert data["n_wrong"] == len(data["mistakes"]) or len(data["mistakes"]) == 20

@@ -21,6 +21,7 @@ def export_cmd(
     ),
     overwrite: bool = typer.Option(
         False,
+        "--overwrite",
         help="Replace an earlier export at OUT: a folder only while it holds just the files that export "
         "wrote (listed in its headstart.json); never other files.",
     ),

@@ -387,7 +387,8 @@ def predict_cmd(
 
 def misclassified_cmd(
     run: Path = typer.Argument(..., help="A run directory made by headstart train."),
-    n: int = typer.Option(20, "-n", "--number", help="How many pictures to list."),
+    n: int = typer.Option(20, "--top", "-n", help="How many pictures to list, highest loss first."),
+    number: Optional[int] = typer.Option(None, "--number", hidden=True, help="Old name of --top."),
     montage: Optional[Path] = typer.Option(
         None, "--montage", help="Draw them in a grid into this picture (.png, .jpg, .pdf, .svg, .webp by its suffix)."
     ),
@@ -395,10 +396,11 @@ def misclassified_cmd(
 ) -> None:
     """List the misclassified test pictures of highest loss: path, true class, predicted, probability.
 
-    Example: headstart misclassified runs/logreg -n 25 --montage mistakes.png
+    Example: headstart misclassified runs/logreg --top 25 --montage mistakes.png
     """
     from headstart.heads import evaluation
 
+    n = n if number is None else number
     with cli_errors():
         result = evaluation.misclassified(run, n, montage)
     if as_json:
@@ -416,10 +418,12 @@ def misclassified_cmd(
         return
     _echo(
         f"{result.n_wrong:,} of {result.n_test:,} test pictures misclassified; "
-        f"the {len(result.mistakes)} of highest loss:"
+        f"the {len(result.mistakes)} of highest loss (-log p(true class)), highest first:"
     )
-    for m in result.mistakes:
-        _echo(f"{m.file}\ttrue {m.true}\tpredicted {m.predicted}\t{m.probability:.3f}")
+    if result.mistakes:  # tab-separated, one header line: a script can read it as a TSV
+        _echo("path\ttrue\tpredicted\tp(predicted)\tloss")
+    for m in sorted(result.mistakes, key=lambda m: -m.loss):
+        _echo(f"{m.file}\t{m.true}\t{m.predicted}\t{m.probability:.3f}\t{m.loss:.3f}")
     if result.montage is not None:
         _echo(f"Montage written to {result.montage}")
 

@@ -20,16 +20,6 @@ def _fmt(value: Optional[float], digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def wide_console():
-    """The output console; when stdout is not a terminal, 200 columns wide instead of 80 (a table
-    piped to a file or another program is not folded)."""
-    if out_console.is_terminal:
-        return out_console
-    from rich.console import Console
-
-    return Console(highlight=False, width=200)
-
-
 def _shown(v: Any) -> str:
     if v is None:
         return "none"
@@ -152,7 +142,7 @@ def sweep_cmd(
             _fmt(row["val"]["ece"]),
             f"{row['seconds']:.1f}",
         )
-    wide_console().print(table)
+    out_console.print(table)
     if len(result.trials) > 25:
         say(f"  ... and {len(result.trials) - 25} more in {result.out / 'trials.csv'}")
     from headstart.heads.metrics import summary_line
@@ -221,7 +211,7 @@ def runs_cmd(
                 (row["date"] or "-")[5:16].replace("T", " "),
                 escape(" ".join(x for x in (row["group"], "" if row["kind"] == "run" else row["kind"]) if x)),
             )
-        wide_console().print(table)
+        out_console.print(table)
     for note in cat.notes:
         err_console.print(f"skipped {escape(note['path'])}: {escape(note['reason'])}", soft_wrap=True, highlight=False)
 

@@ -206,8 +206,10 @@ class EmbedActor:
     """Ray actor (one per model replica): builds the backbone once, then embeds decoded batches."""
 
     def __init__(self, config: ExtractionConfig, batch_size: int | str):
+        from headstart import tf_quiet
         from headstart.extractor.embed import Embedder
 
+        tf_quiet.install()  # a worker process: TensorFlow's start-up lines stay out of the driver's log
         _check_worker(config)
         self.embedder = Embedder(config, batch_size)
         log.info("actor %d on %s: model built, batch %d", os.getpid(), os.uname().nodename, self.embedder.batch_size)

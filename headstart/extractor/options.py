@@ -212,6 +212,14 @@ def make_config(
             f"Expected --input-size {spec.input_size} for {spec.name} {layer} (its dense layers fix it). "
             f"Received: {size}."
         )
+    if weights.lower() == "bundled" and (spec.name, alpha, size) != ("mobilenet", 0.25, 224):
+        raise BackboneError(
+            "Expected --backbone mobilenet --alpha 0.25 (input size 224) with --weights bundled: the weights "
+            f"shipped with headstart are MobileNet 0.25's. Received: --backbone {spec.name}"
+            + (f" --alpha {alpha}" if alpha is not None else "")
+            + (f" --input-size {size}" if size != 224 else "")
+            + "."
+        )
     identity, path, seed_used = resolve_weights(weights, seed)
     return ExtractionConfig(
         backbone=spec.name,

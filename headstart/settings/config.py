@@ -26,6 +26,9 @@ POOLINGS = (None, "avg")
 BACKENDS = ("tensorflow", "jax", "torch")
 RANDOM_WEIGHTS = "none"
 IMAGENET = "imagenet"
+BUNDLED = "bundled"
+"""``--weights bundled``: MobileNet 0.25's ImageNet weights (224 px, no top), shipped in headstart/data."""
+BUNDLED_FILE = "mobilenet_2_5_224_tf_no_top.h5"
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 4096
 _WEIGHTS_FILE = re.compile(r"sha256:[0-9a-f]{64}")
 _VERSION = re.compile(r"[0-9][0-9A-Za-z.+-]{0,39}")
@@ -194,16 +197,29 @@ def _check_hub(fp: dict[str, Any]) -> None:
     _one_of("resampler", fp.get("resampler", LEGACY_RESAMPLER), RESAMPLERS)
 
 
+def bundled_weights() -> Path:
+    """The file behind ``--weights bundled``: MobileNet 0.25's ImageNet weights, inside the package."""
+    from importlib import resources
+
+    path = Path(str(resources.files("headstart") / "data" / BUNDLED_FILE))
+    if not path.is_file():
+        raise BackboneError(
+            f"Expected the bundled weights {BUNDLED_FILE} in {path.parent}. Received: no such file; "
+            "reinstall headstart from its folder (pip install --force-reinstall -e .)."
+        )
+    return path
+
+
 def resolve_weights(weights: str, seed: int) -> tuple[str, str | None, int | None]:
-    """Turn the ``--weights`` option into (identity, local path, seed)."""
+    """Turn the ``--weights`` option into (identity, local path, seed); ``bundled`` is the shipped file."""
     if weights.lower() == IMAGENET:
         return IMAGENET, None, None
     if weights.lower() == RANDOM_WEIGHTS:
         return RANDOM_WEIGHTS, None, seed
-    path = Path(weights).expanduser()
+    path = bundled_weights() if weights.lower() == BUNDLED else Path(weights).expanduser()
     if not path.is_file():
         raise BackboneError(
-            f"Expected --weights imagenet, none, or a weights file (.h5 / .weights.h5). "
+            f"Expected --weights imagenet, none, bundled, or a weights file (.h5 / .weights.h5). "
             f"Received: {weights} (no such file)."
         )
     return f"sha256:{file_sha256(path)}", str(path.resolve()), None
