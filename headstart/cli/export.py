@@ -99,7 +99,9 @@ def backbones_cmd(
     else:
         say("fp32/s, bf16/s: not measured for this release (run bench/bench_backbones.py on a quiet machine).")
     say("weights MB: float32 parameters up to the feature layer (the download is about this size).")
-    say("Also: --backbone hub:PRESET, a DINOv2, CLIP or SigLIP preset of KerasHub (pip install 'headstart[hub]').")
+    say(
+        "Also: --backbone hub:PRESET, a DINOv2, CLIP or SigLIP preset of KerasHub (pip install -e '.[hub]' in the headstart clone)."
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -129,7 +129,7 @@ def extract(
     source: Path = typer.Argument(..., help="Folder with one sub-folder per class, e.g. PetImages/."),
     out: Path = typer.Option(..., "--out", "-o", help="The HDF5 cache to write (created, resumed or updated)."),
     backbone: str = typer.Option(
-        "vgg16", help=f"Backbone, one of: {', '.join(BACKBONES)}; or hub:PRESET (KerasHub, headstart[hub])."
+        "vgg16", help=f"Backbone, one of: {', '.join(BACKBONES)}; or hub:PRESET (KerasHub: the hub extra)."
     ),
     layer: Optional[str] = typer.Option(None, help=_layers_help()),
     weights: str = typer.Option(
@@ -203,7 +203,7 @@ def extract(
         "--ray",
         help="Run on a Ray cluster: auto (the one this machine joined), ray://HOST:10001, HOST:6379, "
         "or local (start one here). Decoding runs as Ray tasks, the model in --workers actors (one per GPU "
-        "by default). Needs pip install 'headstart[ray]'.",
+        "by default). Needs pip install -e '.[ray]' in the headstart clone.",
     ),
     shards: Optional[int] = typer.Option(
         None, "--shards", help="Split the folder into N shards by a hash of each picture's path (with --shard)."

@@ -50,7 +50,7 @@ def _import_ray():
     except ImportError as err:
         raise RayError(
             f"Expected Ray with Ray Data installed for --ray. Received: {err}. "
-            "Install it with: pip install 'headstart[ray]'."
+            "Install it with: pip install -e '.[ray]' in the headstart clone."
         ) from None
     return ray
 

@@ -48,7 +48,7 @@ PORTABLE_FORMATS = ("onnx", "litert")
 MODEL_FILES = {"onnx": "model.onnx", "litert": "model.tflite"}
 FORMAT_NEEDS = {
     "saved_model": "TensorFlow",
-    "onnx": "pip install 'headstart[onnx]': tf2onnx and onnx under TensorFlow, onnxscript under torch",
+    "onnx": "pip install -e '.[onnx]' in the headstart clone: tf2onnx and onnx under TensorFlow, onnxscript under torch",
     "litert": "TensorFlow's converter; ai-edge-litert to run the file",
 }
 
