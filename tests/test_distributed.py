@@ -119,7 +119,7 @@ def test_without_ray_installed_the_message_says_how_to_get_it(monkeypatch, image
     from headstart.extractor import distributed
 
     monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(RayError, match=r"pip install 'headstart\[ray\]'"):
+    with pytest.raises(RayError, match=r"pip install -e '\.\[ray\]'"):
         distributed.connect("local")
 
 
