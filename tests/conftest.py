@@ -10,7 +10,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(os.environ.get("HEADSTART_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
+"""../shared beside the checkout; HEADSTART_SHARED=/path names it from a git worktree elsewhere."""
 PETS = SHARED / "data" / "pets-sample"
 BAD_IMAGES = SHARED / "data" / "bad-images"
 MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
