@@ -85,7 +85,7 @@ def resolve_common(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 def model_config(args: argparse.Namespace, precision: str | None = None):
     """The headstart `ExtractionConfig` these options describe (imports Keras)."""
-    from headstart.extractor.backbones import make_config
+    from headstart.extractor.options import make_config
 
     return make_config(args.backbone, weights=args.weights, alpha=args.alpha, precision=precision or args.precision)
 

@@ -1,97 +1,185 @@
-"""Each registered backbone at its default layer and input size: pictures/s of the model alone
-(random weights: the same speed as ImageNet's), parameters and weights size, feature size.
+"""Every registered backbone, float32 and bfloat16: the model alone vs the headstart pipeline on the
+same pictures, in the same process, with where and when it was measured.
 
-    .venv/bin/python bench/bench_backbones.py                      # all, about 5 min on 2 busy cores
-    .venv/bin/python bench/bench_backbones.py --only resnet50,convnext_tiny
-    .venv/bin/python bench/bench_backbones.py --write-package-data # what `headstart backbones` shows
+    .venv/bin/python bench/bench_backbones.py                           # all, 15-25 min on 2 idle cores
+    .venv/bin/python bench/bench_backbones.py --only resnet50,convnext_tiny --precisions float32
+    .venv/bin/python bench/bench_backbones.py --write-package-data      # what `headstart backbones` shows
 
-Each backbone runs in its own process (no memory or compiled graphs carried from one to the next):
-one warm-up batch, then ``--batches`` timed batches of ``--batch-size`` random pictures, float32.
-``--write-package-data`` stores the figures in ``headstart/extractor/backbone_speeds.json`` with the
-machine they were measured on; `headstart backbones` reads that file and never measures at run time.
+Each (backbone, precision) runs in its own process, random weights (the same speed as ImageNet's):
+one warm-up batch, then the model alone over ``--n`` decoded pictures, then `extract()` handed the
+same built model over the same pictures as files (decode threads, cache writes): pipeline / model
+alone is the ratio. CPU seconds are counted beside wall seconds in each child.
+
+Figures taken on a busy machine are noise (VGG16 showed 0.6 pictures/s at a load average of 12, 6.4
+when idle). So ``--write-package-data`` refuses, in one line, when the 1-minute load average was
+above ``--max-load`` before or after any child, or when a child's CPU time in the model was well
+below wall time x the threads it could use (another process took the cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, cpu_cores, describe_load, device_info, finish, table  # noqa: E402
+from _common import REPO, cpu_cores, describe_load, device_info, finish, load_average, table, write_synthetic  # noqa: E402
 
-PACKAGE_DATA = REPO / "headstart" / "extractor" / "backbone_speeds.json"
+PACKAGE_DATA = REPO / "headstart" / "settings" / "backbone_speeds.json"
+HUB_PRESET = "hub:dinov2_small"  # one KerasHub preset, measured where keras-hub is installed
 
 CHILD = r"""
 import json, sys, time
 import numpy as np
-from headstart.extractor.backbones import build_model, make_config
-name, batch, batches = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-config = make_config(name, weights="none", precision="float32")
+from headstart.extractor.decode import load_image
+from headstart.extractor.embed import Embedder
+from headstart.extractor.options import has_accelerator, make_config
+from headstart.extractor.runner import extract
+from headstart.extractor.scan import scan_dataset
+name, precision, batch, data, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+config = make_config(name, weights="none", precision=precision)
 t0 = time.perf_counter()
-model = build_model(config)
+emb = Embedder(config, batch)
 build_s = time.perf_counter() - t0
-x = np.random.default_rng(0).uniform(0, 255, (batch, config.input_size, config.input_size, 3)).astype("float32")
-model.predict_on_batch(x)
-t0 = time.perf_counter()
-for _ in range(batches):
-    model.predict_on_batch(x)
-seconds = time.perf_counter() - t0
-params = int(model.count_params())
-print("RESULT " + json.dumps({"backbone": name, "layer": config.layer, "input_size": config.input_size,
-    "features": int(model.output_shape[-1]), "parameters": params, "weights_mb": params * 4 / 1e6,
-    "pictures_per_second": batch * batches / seconds, "build_s": build_s}))
+ds = scan_dataset(data)
+size = (config.input_size, config.input_size)
+pixels = [load_image(f"{data}/{rel}", size, config.resize, config.jpeg_draft) for rel, _ in ds.items]
+emb(pixels[:batch])  # warm-up: graph tracing and one-off allocations
+batches = [pixels[i:i + batch] for i in range(0, len(pixels), batch)]
+w0, c0 = time.perf_counter(), time.process_time()
+for b in batches:
+    emb(b)
+model_s, model_cpu_s = time.perf_counter() - w0, time.process_time() - c0
+w0 = time.perf_counter()
+res = extract(data, out, config, batch_size=batch, embedder=emb)
+pipe_s = time.perf_counter() - w0
+params = int(emb.model.count_params())
+print("RESULT " + json.dumps({"backbone": name, "precision": precision, "layer": config.layer,
+    "input_size": config.input_size, "features": int(emb.model.output_shape[-1]), "parameters": params,
+    "weights_mb": params * 4 / 1e6, "n": len(pixels), "extracted": res.extracted,
+    "pictures_per_second": len(pixels) / model_s, "pipeline_pictures_per_second": res.extracted / pipe_s,
+    "model_cpu_per_wall": model_cpu_s / model_s, "build_s": build_s, "on_accelerator": has_accelerator()}))
 """
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def busy_reason(loads: list[float], rows: list[dict], max_load: float, cores: int) -> str | None:
+    """Why these figures must not be written, or None when the machine was quiet throughout."""
+    if loads and max(loads) > max_load:
+        return f"the 1-minute load average reached {max(loads):.2f} (limit {max_load})"
+    for r in rows:  # on an idle CPU-only machine TensorFlow keeps most of the cores busy inside the model
+        if r.get("on_accelerator"):
+            continue
+        if r["model_cpu_per_wall"] < 0.5 * cores:
+            return (
+                f"{r['backbone']} {r['precision']} used {r['model_cpu_per_wall']:.2f} CPU-seconds per second "
+                f"on {cores} cores: other work took the cores"
+            )
+    return None
+
+
 def main() -> None:
-    from headstart.extractor.backbones import BACKBONES
+    from headstart.settings.backbones import BACKBONES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default=None, help="comma-separated backbone names (default: all but tiny)")
+    parser.add_argument("--only", default=None, help="comma-separated backbone names (default: all but tiny, + hub)")
+    parser.add_argument("--precisions", default="float32,bfloat16")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--batches", type=int, default=2, help="timed batches after one warm-up batch")
+    parser.add_argument("--n", type=int, default=32, help="pictures per measurement (synthetic 500x375 JPEGs)")
+    parser.add_argument("--max-load", type=float, default=1.2, help="refuse to write figures above this load")
     parser.add_argument("--write-package-data", action="store_true", help=f"write {PACKAGE_DATA.name}")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    names = args.only.split(",") if args.only else [n for n in BACKBONES if n != "tiny"]
+    names = args.only.split(",") if args.only else [n for n in BACKBONES if n != "tiny"] + [HUB_PRESET]
+    precisions = args.precisions.split(",")
     t_start = time.perf_counter()
     cores = cpu_cores()
     device = device_info()
     print(describe_load(cores))
+    loads = [load_average()[0]] if load_average() else []
     rows = []
-    for name in names:
-        proc = subprocess.run(
-            [sys.executable, "-c", CHILD, name, str(args.batch_size), str(args.batches)], capture_output=True, text=True
-        )
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if line is None:
-            print(f"{name}: failed\n{proc.stderr[-1500:]}")
-            continue
-        rows.append(json.loads(line[len("RESULT ") :]))
-        print(f"{name}: {rows[-1]['pictures_per_second']:.1f} pictures/s", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "pictures"
+        write_synthetic(data, args.n)
+        for name in names:
+            for precision in precisions:
+                cmd = [sys.executable, "-c", CHILD, name, precision, str(args.batch_size), str(data)]
+                cmd.append(str(Path(tmp) / f"{name.replace(':', '_')}-{precision}.h5"))
+                env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if load_average():
+                    loads.append(load_average()[0])
+                line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+                if line is None:
+                    last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                    print(f"{name} {precision}: failed: {last[:300]}", flush=True)
+                    continue
+                row = json.loads(line[len("RESULT ") :])
+                row["ratio"] = row["pipeline_pictures_per_second"] / row["pictures_per_second"]
+                rows.append(row)
+                print(
+                    f"{name} {precision}: model {row['pictures_per_second']:.1f}, pipeline "
+                    f"{row['pipeline_pictures_per_second']:.1f} pictures/s (ratio {row['ratio']:.2f})",
+                    flush=True,
+                )
     print(
         table(
-            ["backbone", "layer", "input", "features", "weights MB", "pictures/s"],
+            ["backbone", "precision", "features", "weights MB", "model pict/s", "pipeline pict/s", "ratio"],
             [
-                [r["backbone"], r["layer"], r["input_size"], r["features"], r["weights_mb"], r["pictures_per_second"]]
+                [
+                    r["backbone"],
+                    r["precision"],
+                    r["features"],
+                    r["weights_mb"],
+                    r["pictures_per_second"],
+                    r["pipeline_pictures_per_second"],
+                    r["ratio"],
+                ]
                 for r in rows
             ],
+            digits=2,
         )
     )
-    result = {"device": device, "batch_size": args.batch_size, "batches": args.batches, "backbones": rows}
+    measured_on = {
+        "cpu": cpu_model(),
+        "cores": cores,
+        "batch_size": args.batch_size,
+        "pictures": args.n,
+        "keras": device.get("keras"),
+        "backend": device.get("backend"),
+        "date": datetime.date.today().isoformat(),
+        "max_load_average": max(loads) if loads else None,
+    }
+    result = {"device": device, "measured_on": measured_on, "backbones": rows}
     if args.write_package_data:
-        old = json.loads(PACKAGE_DATA.read_text()) if PACKAGE_DATA.exists() else {"backbones": {}}
-        old["backbones"].update({r["backbone"]: r for r in rows})
-        old["measured_on"] = (
-            f"{device.get('cpu') or device['machine']}, {cores} CPU cores, "
-            f"Keras {device['keras']} / {device['backend']}, batch {args.batch_size}, float32"
-        )
-        old["command"] = "python bench/bench_backbones.py --write-package-data"
-        PACKAGE_DATA.write_text(json.dumps(old, indent=2, sort_keys=True) + "\n")
+        reason = busy_reason(loads, rows, args.max_load, cores)
+        if reason:
+            print(f"Not writing {PACKAGE_DATA.name}: {reason}; run again on a quiet machine.")
+            finish(result, t_start, cores, args.json)
+            sys.exit(3)
+        data = {"backbones": {}, "measured_on": measured_on}
+        for r in rows:
+            entry = data["backbones"].setdefault(r["backbone"], {k: r[k] for k in ("features", "weights_mb", "layer")})
+            entry[r["precision"]] = {k: r[k] for k in ("pictures_per_second", "pipeline_pictures_per_second", "ratio")}
+        data["command"] = "python bench/bench_backbones.py --write-package-data"
+        PACKAGE_DATA.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         print(f"wrote {PACKAGE_DATA}")
     finish(result, t_start, cores, args.json)
 

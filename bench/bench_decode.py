@@ -95,10 +95,10 @@ def main(argv=None) -> None:
 
     from PIL import Image
 
-    from headstart.extractor.backbones import get_backbone
-    from headstart.extractor.config import ExtractionConfig
     from headstart.extractor.decode import load_image
-    from headstart.extractor.runner import decode_stream
+    from headstart.extractor.embed import decode_stream
+    from headstart.settings.backbones import get_backbone
+    from headstart.settings.config import ExtractionConfig
 
     t_start = time.perf_counter()
     info = device_info(with_tensorflow=False)

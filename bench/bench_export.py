@@ -5,7 +5,7 @@
 
 A run folder is made once from a cache of random feature rows with the backbone's fingerprint
 (random weights: the same size as ImageNet's). Then each format is exported in a fresh process
-(``headstart.export.export``, with its check of the written file), which reports its own peak
+(``headstart.ship.export.export``, with its check of the written file), which reports its own peak
 resident memory (ru_maxrss) and the time; the baseline is a process that only builds the model.
 """
 
@@ -27,13 +27,14 @@ import json, resource, sys, time
 t0 = time.perf_counter()
 run, out, fmt = sys.argv[1:4]
 if fmt == "build-only":
-    from headstart.export import classifier_model, pixel_model
-    from headstart.predict import load_run, run_config
+    from headstart.ship.model import classifier_model, pixel_model
+    from headstart.heads.run_reader import load_run
+    from headstart.ship.runs import run_config
     info, head = load_run(run)
     model = classifier_model(pixel_model(run_config(info, run)), head.to_keras(), head.n_features_in_, head.classes_, 2)
     size = 0
 else:
-    from headstart.export import export
+    from headstart.ship.export import export
     result = export(run, out, fmt)
     from pathlib import Path
     p = Path(out)
@@ -47,7 +48,7 @@ def make_run(workdir: Path, backbone: str) -> Path:
     import numpy as np
 
     from headstart.cache import CacheHeader, CacheWriter
-    from headstart.extractor.backbones import make_config
+    from headstart.extractor.options import make_config
     from headstart.heads.training import train
 
     layer = "fc2" if backbone == "vgg16" else None

@@ -26,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
     from headstart.cache import open_cache
     from headstart.heads.evaluation import _test_rows, load_run
-    from headstart.predict import predict
+    from headstart.ship.predict import predict
 
     pictures = sorted(p for p in args.pictures.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     t0 = time.perf_counter()

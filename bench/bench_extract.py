@@ -110,7 +110,7 @@ def warm_embedder(config, batch_size: int):
     """Build headstart's `Embedder` and run one batch through it; returns (embedder, build s, warm s)."""
     import numpy as np
 
-    from headstart.extractor.runner import Embedder
+    from headstart.extractor.embed import Embedder
 
     with Stopwatch() as build:
         embedder = Embedder(config, batch_size)
@@ -122,7 +122,8 @@ def warm_embedder(config, batch_size: int):
 
 def part_a(args, config, data: Path, work: Path, info: dict) -> dict:
     from headstart.extractor.decode import load_image
-    from headstart.extractor.runner import default_workers, extract
+    from headstart.extractor.embed import default_workers
+    from headstart.extractor.runner import extract
 
     workers = args.workers or default_workers()
     paths = dataset_paths(data)
@@ -281,7 +282,8 @@ def child(args) -> None:
     """Run one way over ``--child-data`` and print its figures as one JSON line."""
     import numpy as np
 
-    from headstart.extractor.backbones import build_model, preprocess_function
+    from headstart.extractor.model import build_model
+    from headstart.settings.backbones import preprocess_function
 
     config = model_config(args)
     data = Path(args.child_data)

@@ -45,7 +45,7 @@ def main() -> None:
     t_start = time.perf_counter()
     cores = cpu_cores()
     print(describe_load(cores))
-    from headstart.extractor import decode, runner
+    from headstart.extractor import decode, embed, runner
 
     with tempfile.TemporaryDirectory() as tmp:
         pictures, where = source_pictures(args, Path(tmp))
@@ -61,9 +61,9 @@ def main() -> None:
                     fn(p, size)
                 best[name] = max(best[name], len(paths) / (time.perf_counter() - t0))
         config = model_config(args)
-        embedder = runner.Embedder(config, args.batch_size)
+        embedder = embed.Embedder(config, args.batch_size)
         embedder([decode.load_image(paths[0], size)])  # trace once
-        hashed = runner.load_image_hashed
+        hashed = embed.load_image_hashed
 
         def no_hash(path, size, resize, draft):  # what the worker did before schema 2
             return decode.load_image(path, size, resize, draft), None
@@ -71,7 +71,7 @@ def main() -> None:
         rates = {"extract, no hash (before)": 0.0, "extract, SHA-256 (now)": 0.0}
         for k in range(args.repeat):
             for name, fn in (("extract, no hash (before)", no_hash), ("extract, SHA-256 (now)", hashed)):
-                runner.load_image_hashed = fn
+                embed.load_image_hashed = fn
                 try:
                     res = runner.extract(
                         folder,
@@ -82,7 +82,7 @@ def main() -> None:
                         batch_size=args.batch_size,
                     )
                 finally:
-                    runner.load_image_hashed = hashed
+                    embed.load_image_hashed = hashed
                 rates[name] = max(rates[name], res.pictures_per_second)
     print(f"\nbest of {args.repeat}, pictures/s:")
     print(

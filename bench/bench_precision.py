@@ -62,7 +62,7 @@ def main(argv=None) -> None:
 
     import numpy as np
 
-    from headstart.extractor.runner import Embedder, decode_stream, default_workers
+    from headstart.extractor.embed import Embedder, decode_stream, default_workers
 
     t_start = time.perf_counter()
     info = device_info()

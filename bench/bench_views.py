@@ -47,7 +47,7 @@ def main() -> int:
         sys.exit(f"Expected the picture folder {args.data}. Received: no such folder; pass --data DIR.")
     import numpy as np
 
-    from headstart.extractor.backbones import make_config
+    from headstart.extractor.options import make_config
     from headstart.extractor.runner import extract
     from headstart.heads.split import SplitSpec
     from headstart.heads.training import compare

@@ -133,7 +133,7 @@ def _sync(out) -> None:
 def _decode_all(paths, config, workers: int):
     import numpy as np
 
-    from headstart.extractor.runner import decode_stream
+    from headstart.extractor.embed import decode_stream
 
     size = config.input_size
     pixels = np.empty((len(paths), size, size, 3), np.uint8)
@@ -149,8 +149,9 @@ def _decode_all(paths, config, workers: int):
 def measure_precision(args, paths, pixels, precision: str, work: Path) -> dict:
     import numpy as np
 
-    from headstart.extractor.backbones import make_config
-    from headstart.extractor.runner import Embedder, extract
+    from headstart.extractor.embed import Embedder
+    from headstart.extractor.options import make_config
+    from headstart.extractor.runner import extract
 
     config = make_config(
         args.backbone, weights="none", alpha=args.alpha, precision=precision, input_size=args.input_size
@@ -259,7 +260,7 @@ def verdict(row: dict, decode_pps: float) -> str:
 def measure(args) -> dict:
     import keras
 
-    from headstart.extractor.backbones import make_config
+    from headstart.extractor.options import make_config
     from headstart.extractor.scan import scan_dataset
 
     t_start = time.perf_counter()

@@ -16,7 +16,8 @@
 # Settings (environment): HS_CHECK_N (pictures, 8000), HS_CHECK_BACKBONE (vgg16 | mobilenet | tiny),
 # HS_CHECK_BACKENDS ("torch jax"), HS_CHECK_PRECISIONS (float16,float32), HS_CHECK_BATCH (auto),
 # HS_CHECK_WORKERS (16), HS_CHECK_JOBS (generation processes, the cores), HS_CHECK_SECONDS (450),
-# HS_CHECK_WORK (scratch folder, /tmp/headstart-device-check), HS_CHECK_PYTHON (python3).
+# HS_CHECK_WORK (scratch folder, /tmp/headstart-device-check), HS_CHECK_PYTHON (python3),
+# HS_CHECK_BACKBONES_SECONDS (150: the every-backbone table at the end; 0 skips it).
 # Writes device_check.log and device_check.json to $OUT when it is set, else to the scratch folder.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -87,4 +88,14 @@ done
 echo
 echo "== results"
 "$PY" bench/device_check.py table "${FILES[@]}" --json "$RESULTS/device_check.json"
+
+# Every backbone on the device, model alone vs pipeline (bench/bench_backbones.py), in what time is left.
+BACKBONES_S=${HS_CHECK_BACKBONES_SECONDS:-150}
+if [ "$BACKBONES_S" -gt 0 ]; then
+    echo
+    echo "== backbones table (KERAS_BACKEND=${BACKENDS%% *}, float16,float32, at most $BACKBONES_S s)"
+    KERAS_BACKEND=${BACKENDS%% *} timeout -k 10 "$BACKBONES_S" "$PY" bench/bench_backbones.py \
+        --precisions float16,float32 --n 64 --batch-size 32 --max-load 1000 --json "$RESULTS/backbones.json" \
+        | grep -v '^JSON ' || echo "   backbones table: cut at $BACKBONES_S s or failed (rows above are complete)"
+fi
 echo "whole check: $(( $(date +%s) - T0 )) s"

@@ -13,8 +13,8 @@ def open_cache(path):
 
 
 def make_config(*args, **kwargs):
-    """Check extraction options and resolve defaults; see `headstart.extractor.backbones.make_config`."""
-    from headstart.extractor.backbones import make_config as _make_config
+    """Check extraction options and resolve defaults; see `headstart.extractor.options.make_config`."""
+    from headstart.extractor.options import make_config as _make_config
 
     return _make_config(*args, **kwargs)
 

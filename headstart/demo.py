@@ -138,7 +138,7 @@ def run_demo(
     """Generate pictures in ``out/pictures``, extract them with the bundled MobileNet 0.25 (ImageNet
     weights) and with random weights, and compare the heads on both caches (``out/runs-*``)."""
     from headstart.cache import open_cache
-    from headstart.extractor.backbones import make_config
+    from headstart.extractor.options import make_config
     from headstart.extractor.runner import extract
     from headstart.heads import training
 
@@ -203,7 +203,7 @@ def pets_steps(
 ) -> list[Step]:
     """Download Dogs vs Cats (786 MB), extract VGG16 fc2 with ImageNet weights, compare the heads."""
     from headstart import download
-    from headstart.extractor import backbones, runner
+    from headstart.extractor import options, runner
     from headstart.heads import training
 
     data, out, cache = Path(data), Path(out), Path(cache)
@@ -212,7 +212,7 @@ def pets_steps(
         Step(f"headstart download pets {data}", lambda: download.download_pets(data)),
         Step(
             f"headstart extract {folder} --out {cache}",
-            lambda: runner.extract(folder, cache, backbones.make_config("vgg16", "fc2")),
+            lambda: runner.extract(folder, cache, options.make_config("vgg16", "fc2")),
         ),
         Step(f"headstart compare {cache} --out {out}", lambda: training.compare(cache, out)),
     ]

@@ -91,6 +91,10 @@ class BaselineError(HeadstartError):
     """The baseline cannot be trained with these options or on this folder."""
 
 
+class SimilarError(HeadstartError):
+    """A similarity query that cannot be answered as asked."""
+
+
 class DecodeError(Exception):
     """A picture that cannot be turned into pixels; ``str()`` is the reason recorded in the cache."""
 

@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from headstart.cache.paths import normalize_path
 from headstart.errors import ExcludeListError
-from headstart.heads.split import normalize_path
 
 MAX_BYTES = 64 << 20
 

@@ -61,7 +61,7 @@ def image_folder(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_config():
     """The tiny random backbone at 32 px: builds in a second, runs thousands of pictures/s."""
-    from headstart.extractor.backbones import make_config
+    from headstart.extractor.options import make_config
 
     return make_config("tiny", weights="none", precision="float32")
 

@@ -13,7 +13,7 @@ from conftest import MOBILENET_WEIGHTS, PETS, needs_shared, plant_problems
 @pytest.mark.skipif(not MOBILENET_WEIGHTS.is_file(), reason="no shared MobileNet weights")
 def test_audit_finds_the_planted_problems(tmp_path):
     from headstart.audit import audit
-    from headstart.extractor.backbones import make_config
+    from headstart.extractor.options import make_config
     from headstart.extractor.runner import extract
 
     planted = plant_problems(PETS, tmp_path / "pets")

@@ -6,9 +6,11 @@ import pytest
 from conftest import MOBILENET_WEIGHTS, needs_shared
 
 from headstart.errors import BackboneError, WeightsDownloadError
-from headstart.extractor.backbones import build_model, get_backbone, make_config
-from headstart.extractor.config import ExtractionConfig
-from headstart.extractor.runner import Embedder
+from headstart.extractor.embed import Embedder
+from headstart.extractor.model import build_model
+from headstart.extractor.options import make_config
+from headstart.settings.backbones import get_backbone
+from headstart.settings.config import ExtractionConfig
 
 
 @pytest.mark.parametrize("layer, dim", [("fc2", 4096), ("block5_pool", 512)])
@@ -119,15 +121,15 @@ def test_mobilenet_with_real_weights():
 
 
 def test_auto_precision_follows_the_measurements(monkeypatch):
-    from headstart.extractor import backbones
+    from headstart.extractor import options
 
-    monkeypatch.setattr(backbones, "has_accelerator", lambda: False)
-    monkeypatch.setattr(backbones, "cpu_has_bfloat16", lambda: True)
+    monkeypatch.setattr(options, "has_accelerator", lambda: False)
+    monkeypatch.setattr(options, "cpu_has_bfloat16", lambda: True)
     assert make_config("vgg16", weights="none").precision == "bfloat16"
     assert make_config("mobilenet", alpha=0.25, weights="none").precision == "float32"
-    monkeypatch.setattr(backbones, "cpu_has_bfloat16", lambda: False)
+    monkeypatch.setattr(options, "cpu_has_bfloat16", lambda: False)
     assert make_config("vgg16", weights="none").precision == "float32"
-    monkeypatch.setattr(backbones, "has_accelerator", lambda: True)
+    monkeypatch.setattr(options, "has_accelerator", lambda: True)
     assert make_config("vgg16", weights="none").precision == "float16"
     assert make_config("mobilenet", alpha=0.25, weights="none", precision="float32").precision == "float32"
 
@@ -188,7 +190,7 @@ def test_new_backbones_default_input_size_and_offline_message(monkeypatch, name,
 
 
 def test_preprocessing_registry_keeps_the_fingerprints_of_existing_caches():
-    from headstart.extractor.backbones import BACKBONES, PREPROCESSING
+    from headstart.settings.backbones import BACKBONES, PREPROCESSING
 
     assert set(PREPROCESSING) >= {
         "keras.applications.vgg16.preprocess_input",
@@ -210,7 +212,7 @@ def test_a_preprocessing_string_never_names_code(monkeypatch, name, tiny_config)
     import os
     import sys
 
-    from headstart.extractor.backbones import preprocess_function
+    from headstart.settings.backbones import preprocess_function
 
     called = []
     monkeypatch.setattr(os, "system", lambda *a: called.append(a))

@@ -131,7 +131,7 @@ def test_download_unknown_dataset_and_offline_archive(tmp_path):
 
 def test_ctrl_c_keeps_the_work_and_says_how_to_resume(image_folder, tmp_path, monkeypatch):
     from headstart import open_cache
-    from headstart.extractor.runner import Embedder
+    from headstart.extractor.embed import Embedder
 
     real_call, calls = Embedder.__call__, []
 
@@ -239,8 +239,8 @@ def test_verbose_shows_the_library_info_logs(image_folder, tmp_path):
 
 
 def test_help_lists_the_choices_of_the_registries():
-    from headstart.extractor.backbones import BACKBONES
-    from headstart.extractor.config import PRECISIONS, RESIZE_METHODS, STORAGE_DTYPES
+    from headstart.settings.backbones import BACKBONES
+    from headstart.settings.config import PRECISIONS, RESIZE_METHODS, STORAGE_DTYPES
 
     text = _text(invoke("extract", "--help").stdout)
     assert f"one of: {', '.join(BACKBONES)}" in text

@@ -182,8 +182,8 @@ def picture_run(tmp_path_factory):
     pytest.importorskip("headstart.extractor.runner")
     if not (SHARED / "pets-sample").is_dir():
         pytest.skip("../shared/data/pets-sample is not here")
-    from headstart.extractor.backbones import make_config
-    from headstart.extractor.runner import embed_files
+    from headstart.extractor.embed import embed_files
+    from headstart.extractor.options import make_config
 
     config = make_config("tiny", weights="none", input_size=32)
     root = SHARED / "pets-sample"

@@ -54,13 +54,13 @@ def test_pets_dry_run_prints_the_three_commands(tmp_path):
 
 def test_pets_runs_download_extract_compare_in_order(tmp_path, monkeypatch):
     from headstart import download
-    from headstart.extractor import backbones
+    from headstart.extractor import options
     from headstart.extractor import runner as extract_runner
     from headstart.heads import training
 
     calls = []
     monkeypatch.setattr(download, "download_pets", lambda dest: calls.append(("download", dest)))
-    monkeypatch.setattr(backbones, "make_config", lambda name, layer: calls.append(("config", name, layer)))
+    monkeypatch.setattr(options, "make_config", lambda name, layer: calls.append(("config", name, layer)))
     monkeypatch.setattr(extract_runner, "extract", lambda src, out, config: calls.append(("extract", src, out)))
     monkeypatch.setattr(training, "compare", lambda cache, out: calls.append(("compare", cache, out)))
     result = runner.invoke(app, ["demo", "--pets", "--data", str(tmp_path), "--out", str(tmp_path / "runs")])

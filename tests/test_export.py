@@ -42,8 +42,8 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
 def test_every_registered_preprocessing_has_layers_that_compute_the_same():
     import keras
 
-    from headstart.export import preprocessing_layers
-    from headstart.extractor.backbones import PREPROCESSING
+    from headstart.settings.backbones import PREPROCESSING
+    from headstart.ship.model import preprocessing_layers
 
     x = np.random.default_rng(0).uniform(0, 255, (2, 5, 7, 3)).astype(np.float32)
     for name, function in PREPROCESSING.items():
@@ -54,8 +54,8 @@ def test_every_registered_preprocessing_has_layers_that_compute_the_same():
 
 
 def test_pixel_model_at_the_input_size_gives_the_cached_features(tiny_config):
-    from headstart.export import pixel_model
-    from headstart.extractor.runner import Embedder
+    from headstart.extractor.embed import Embedder
+    from headstart.ship.model import pixel_model
 
     pixels = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
     expected = Embedder(tiny_config, batch_size=3)(list(pixels))
@@ -111,7 +111,7 @@ def test_crop_export(tmp_path, head):
     run = _train(tmp_path, images, ["--backbone", "tiny", "--weights", "none", "--resize", "crop"], head=head)
     out = tmp_path / "m.keras"
     assert runner.invoke(app, ["export", str(run), "--out", str(out)]).exit_code == 0
-    from headstart.export import load_exported
+    from headstart.ship.exported import load_exported
 
     model, names = load_exported(out)
     assert names == ["cat", "dog"] and model.get_layer("headstart_features").get_layer("resize_crop")
@@ -120,7 +120,7 @@ def test_crop_export(tmp_path, head):
 
 
 def test_head_to_keras_matches_predict_proba(tiny_run):
-    from headstart.heads.evaluation import load_run
+    from headstart.heads.run_reader import load_run
 
     info, head = load_run(tiny_run[0])
     x = np.random.default_rng(0).normal(0, 1, (5, head.n_features_in_)).astype(np.float32)
@@ -196,7 +196,7 @@ def test_exported_mobilenet_agrees_with_predict_on_real_photos(tmp_path):
     least 99 % of the 300 photos, and held-out accuracy within one point of the run's."""
     from headstart.cache import open_cache
     from headstart.heads.evaluation import _test_rows, load_run
-    from headstart.predict import predict
+    from headstart.ship.predict import predict
 
     run = _train(tmp_path, PETS, ["--backbone", "mobilenet", "--alpha", "0.25", "--weights", str(MOBILENET_WEIGHTS)])
     out = tmp_path / "pets.keras"
@@ -222,7 +222,7 @@ def test_exported_mobilenet_agrees_with_predict_on_real_photos(tmp_path):
 
 
 def test_backbones_lists_the_registry_with_measured_figures():
-    from headstart.extractor.backbones import BACKBONES
+    from headstart.settings.backbones import BACKBONES
 
     result = runner.invoke(app, ["backbones"])
     assert result.exit_code == 0, result.output
@@ -231,5 +231,53 @@ def test_backbones_lists_the_registry_with_measured_figures():
     assert "hub:PRESET" in result.stdout
     data = json.loads(runner.invoke(app, ["backbones", "--json"]).stdout)
     rows = {r["name"]: r for r in data["backbones"]}
-    assert rows["convnext_tiny"]["features"] == 768 and rows["convnext_tiny"]["preprocessing"] == "in_model"
-    assert rows["vgg16"]["pictures_per_second"] > 0 and data["measured_on"]
+    assert rows["convnext_tiny"]["preprocessing"] == "in_model" and rows["vgg16"]["input_size"] == 224
+    assert set(data) == {"backbones", "measured_on"}
+
+
+def test_backbones_shows_figures_only_with_the_machine_and_date_they_were_measured_on(monkeypatch):
+    from headstart.settings import backbones
+
+    old = {"backbones": {"vgg16": {"pictures_per_second": 0.6}}, "measured_on": "Xeon, 2 CPU cores"}
+    monkeypatch.setattr(backbones, "_speeds_text", lambda: json.dumps(old))
+    result = runner.invoke(app, ["backbones"])
+    assert "not measured for this release" in result.stdout and "0.6" not in result.stdout
+    new = {
+        "backbones": {
+            "vgg16": {
+                "features": 4096,
+                "weights_mb": 537.0,
+                "float32": {"pictures_per_second": 6.4, "pipeline_pictures_per_second": 6.3, "ratio": 0.98},
+                "bfloat16": {"pictures_per_second": 13.1, "pipeline_pictures_per_second": 12.9, "ratio": 0.98},
+            }
+        },
+        "measured_on": {
+            "cpu": "Xeon",
+            "cores": 2,
+            "batch_size": 8,
+            "keras": "3.15.1",
+            "backend": "tensorflow",
+            "date": "2026-12-05",
+            "max_load_average": 0.4,
+        },
+    }
+    monkeypatch.setattr(backbones, "_speeds_text", lambda: json.dumps(new))
+    result = runner.invoke(app, ["backbones"])
+    vgg = next(line for line in result.stdout.splitlines() if line.startswith("vgg16 "))
+    assert vgg.split()[-2:] == ["6.4", "13.1"]
+    assert "measured on Xeon, 2 cores, batch 8, Keras 3.15.1 / tensorflow, on 2026-12-05" in result.stdout
+    assert "load average at most 0.40" in result.stdout
+
+
+def test_bench_backbones_refuses_figures_from_a_busy_machine():
+    import importlib.util
+
+    bench_file = Path(__file__).resolve().parents[1] / "bench" / "bench_backbones.py"
+    spec = importlib.util.spec_from_file_location("bench_backbones", bench_file)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    quiet = [{"backbone": "vgg16", "precision": "float32", "model_cpu_per_wall": 1.9}]
+    assert bench.busy_reason([0.3, 0.8], quiet, 1.2, 2) is None
+    assert "load average reached 12.00" in bench.busy_reason([0.3, 12.0], quiet, 1.2, 2)
+    starved = [{"backbone": "vgg16", "precision": "float32", "model_cpu_per_wall": 0.4}]
+    assert "other work took the cores" in bench.busy_reason([0.3], starved, 1.2, 2)

@@ -14,8 +14,9 @@ from conftest import make_images
 from headstart.cache import open_cache
 from headstart.errors import CacheMismatchError
 from headstart.extractor import runner
-from headstart.extractor.backbones import make_config
-from headstart.extractor.runner import auto_batch_size, embed_files, extract
+from headstart.extractor.embed import auto_batch_size, embed_files
+from headstart.extractor.options import make_config
+from headstart.extractor.runner import extract
 
 
 def rows_by_path(cache_path):
@@ -190,7 +191,9 @@ def test_batch_size_auto_steps_down_from_out_of_memory(tiny_config, monkeypatch)
                 raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
             return x
 
-    monkeypatch.setattr(runner, "_on_accelerator", lambda: True)
+    from headstart.extractor import embed
+
+    monkeypatch.setattr(embed, "_on_accelerator", lambda: True)
     assert auto_batch_size(FakeModel(), tiny_config) == 32
     monkeypatch.setattr(FakeModel, "predict_on_batch", lambda self, x: x)
     assert auto_batch_size(FakeModel(), tiny_config) == 256
@@ -209,11 +212,11 @@ def test_a_file_name_that_is_not_utf8_is_recorded_not_fatal(image_folder, tiny_c
 
 def test_one_model_for_several_folders(tmp_path, tiny_config, monkeypatch):
     from headstart.errors import HeadstartError
-    from headstart.extractor import backbones
-    from headstart.extractor.runner import Embedder
+    from headstart.extractor import model
+    from headstart.extractor.embed import Embedder
 
     embedder = Embedder(tiny_config, 4)
-    monkeypatch.setattr(backbones, "build_model", lambda config: pytest.fail("built a second model"))
+    monkeypatch.setattr(model, "build_model", lambda config: pytest.fail("built a second model"))
     a = make_images(tmp_path / "a", per_class=2)
     b = make_images(tmp_path / "b", per_class=3, seed=1)
     assert extract(a, tmp_path / "a.h5", embedder=embedder).extracted == 4

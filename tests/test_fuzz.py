@@ -149,6 +149,8 @@ COMMAND_NAMES = (
     "audit",
     "map",
     "merge",
+    "curve",
+    "similar",
 )  # the keys of COMMANDS, below
 WRONG_DTYPE = {
     "features": np.zeros((24, 32), np.int32),
@@ -357,6 +359,8 @@ COMMANDS: dict[str, Callable[[Env], list]] = {
     "audit": lambda e: ["audit", e.cache, "--out", e.out / "audit"],
     "map": lambda e: ["map", e.cache, "--out", e.out / "map.png"],
     "merge": lambda e: ["merge", e.out / "merged.h5", e.cache],
+    "curve": lambda e: ["curve", e.cache, "--out", e.out / "curve", "--draws", "1"],
+    "similar": lambda e: ["similar", e.cache, "cat/cat.0.jpg", "--montage", e.out / "near.png"],
 }
 """Every command that reads a cache; a command added later joins with one line (and in COMMAND_NAMES)."""
 assert tuple(COMMANDS) == COMMAND_NAMES

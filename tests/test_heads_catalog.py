@@ -28,7 +28,9 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("catalog")
     X, y = features(sep=0.25)
     a = write_cache(base / "a.h5", X, y)
-    b = write_cache(base / "b.h5", *features(seed=5, sep=0.25), fp={**FP, "layer": "other"})
+    b = write_cache(
+        base / "b.h5", *features(seed=5, sep=0.25), fp={**FP, "layer": "pool"}
+    )  # another cache: another layer of the tiny backbone
     top = base / "runs"
     training.train(a, "logreg", top / "logreg", plots=False)
     training.train(a, "knn", top / "knn-cal", plots=False, calibrate="temperature")

@@ -18,7 +18,8 @@ from heads_fixtures import features, write_cache
 
 from headstart.errors import RunBusyError, RunError
 from headstart.heads import evaluation, training
-from headstart.heads.rundir import RUN_KIND, is_comparison, is_run, manifest, read_run, result_writer
+from headstart.heads.run_reader import read_run
+from headstart.heads.rundir import RUN_KIND, is_comparison, is_run, manifest, result_writer
 from headstart.locking import exclusive_lock, lock_path_for
 
 
@@ -233,7 +234,7 @@ def test_a_changed_file_is_named(run, tmp_path):
 
 
 def test_versions_of_another_major_are_warned_about(run, tmp_path, caplog):
-    from headstart.heads.rundir import warn_versions
+    from headstart.heads.run_reader import warn_versions
 
     info = json.loads((run / "run.json").read_text())
     info["versions"] = {**info["versions"], "keras": "2.15.0", "scikit-learn": "0.24.2"}

@@ -12,7 +12,9 @@ import pytest
 
 from headstart.errors import HeadError, RunBusyError, RunError
 from headstart.heads import sweep as S
-from headstart.heads.rundir import JOURNAL, read_run
+from headstart.heads import sweep_space as space
+from headstart.heads.run_reader import read_run
+from headstart.heads.rundir import JOURNAL
 
 sys.path.insert(0, str(Path(__file__).parent))
 from heads_fixtures import features, write_cache  # noqa: E402
@@ -196,16 +198,16 @@ def test_a_second_sweep_on_the_same_folder_is_refused(cache, tmp_path):
 
 
 def test_parsing_values_to_each_options_type():
-    assert S.parse_grid("mlp", ["hidden_units=128,256", "dropout=0.2,0.5", "learning_rate=1e-3"]) == {
+    assert space.parse_grid("mlp", ["hidden_units=128,256", "dropout=0.2,0.5", "learning_rate=1e-3"]) == {
         "hidden_units": [128, 256],
         "dropout": [0.2, 0.5],
         "learning_rate": [0.001],
     }
-    assert S.parse_grid("logreg", ["class_weight=none,balanced", "C=1"]) == {
+    assert space.parse_grid("logreg", ["class_weight=none,balanced", "C=1"]) == {
         "class_weight": [None, "balanced"],
         "C": [1.0],
     }
-    assert S.parse_ranges("mlp", ["learning_rate=1e-4:1e-2:log"]) == {"learning_rate": (1e-4, 1e-2, True)}
+    assert space.parse_ranges("mlp", ["learning_rate=1e-4:1e-2:log"]) == {"learning_rate": (1e-4, 1e-2, True)}
     for args, message in [
         (["hidden_units=1.5"], "hidden_units values as integers. Received: '1.5'"),
         (["units=3"], "takes no option 'units'. It takes: batch_size"),
@@ -215,13 +217,13 @@ def test_parsing_values_to_each_options_type():
     ]:
         head = "logreg" if args[0].startswith(("Cs", "class")) else "mlp"
         with pytest.raises(HeadError, match=message):
-            S.parse_grid(head, args)
+            space.parse_grid(head, args)
     with pytest.raises(HeadError, match="LOW < HIGH"):
-        S.parse_ranges("mlp", ["dropout=0.5:0.1"])
+        space.parse_ranges("mlp", ["dropout=0.5:0.1"])
 
 
 def test_random_settings_are_distinct_and_in_range():
-    settings = S.random_settings(
+    settings = space.random_settings(
         "mlp",
         {"dropout": [0.1, 0.3]},
         {"hidden_units": (32, 512, True), "learning_rate": (1e-4, 1e-2, True)},
@@ -232,7 +234,7 @@ def test_random_settings_are_distinct_and_in_range():
     for s in settings:
         assert isinstance(s["hidden_units"], int) and 32 <= s["hidden_units"] <= 512
         assert 1e-4 <= s["learning_rate"] <= 1e-2 and s["dropout"] in (0.1, 0.3)
-    assert S.random_settings("knn", {}, {}, 5, seed=0) == S.random_settings("knn", {}, {}, 5, seed=0)
+    assert space.random_settings("knn", {}, {}, 5, seed=0) == space.random_settings("knn", {}, {}, 5, seed=0)
 
 
 def test_random_search_end_to_end(cache, tmp_path):

@@ -70,9 +70,10 @@ def dinov2_folder(tmp_path_factory) -> Path:
 
 
 def test_dinov2_gives_the_class_token_and_a_fingerprint_with_the_folder_digest(dinov2_folder):
-    from headstart.extractor.backbones import build_model, make_config
-    from headstart.extractor.config import ExtractionConfig
-    from headstart.extractor.runner import Embedder
+    from headstart.extractor.embed import Embedder
+    from headstart.extractor.model import build_model
+    from headstart.extractor.options import make_config
+    from headstart.settings.config import ExtractionConfig
 
     config = make_config("hub:dinov2_small", weights=str(dinov2_folder), precision="float32")
     assert (config.layer, config.pooling, config.input_size, config.preprocessing) == (
@@ -142,9 +143,9 @@ def test_extract_resume_train_export_predict_with_a_hub_backbone(dinov2_folder, 
     ],
 )
 def test_clip_and_siglip_give_the_image_embedding(tmp_path, make, family, layer, dim):
-    from headstart.extractor import hub
-    from headstart.extractor.backbones import make_config
-    from headstart.extractor.runner import Embedder
+    from headstart.extractor.embed import Embedder
+    from headstart.extractor.options import make_config
+    from headstart.settings import hub
 
     backbone = make()
     backbone.save_to_preset(str(tmp_path / family))
@@ -163,7 +164,7 @@ def test_clip_and_siglip_give_the_image_embedding(tmp_path, make, family, layer,
 def test_a_preset_name_offline_is_one_line_naming_the_way_out(monkeypatch):
     from keras_hub.src.utils import preset_utils
 
-    from headstart.extractor.backbones import make_config
+    from headstart.extractor.options import make_config
 
     def offline(*args, **kwargs):
         raise ConnectionError("Max retries exceeded (NameResolutionError: api.kaggle.com)")
@@ -186,14 +187,14 @@ def test_a_preset_name_offline_is_one_line_naming_the_way_out(monkeypatch):
     ],
 )
 def test_bad_hub_options_are_clear_errors(backbone, weights, message):
-    from headstart.extractor.backbones import make_config
+    from headstart.extractor.options import make_config
 
     with pytest.raises(BackboneError, match=message):
         make_config(backbone, weights=weights)
 
 
 def test_a_folder_of_another_family_is_refused(tmp_path, dinov2_folder):
-    from headstart.extractor.backbones import make_config
+    from headstart.extractor.options import make_config
 
     with pytest.raises(BackboneError, match="Expected a CLIPBackbone preset"):
         make_config("hub:clip_vit_base_patch16", weights=str(dinov2_folder))
@@ -209,8 +210,8 @@ def test_a_folder_of_another_family_is_refused(tmp_path, dinov2_folder):
     ],
 )
 def test_hub_fingerprints_from_files_are_checked(dinov2_folder, change, message):
-    from headstart.extractor.backbones import make_config
-    from headstart.extractor.config import ExtractionConfig
+    from headstart.extractor.options import make_config
+    from headstart.settings.config import ExtractionConfig
 
     fp = make_config("hub:dinov2_small", weights=str(dinov2_folder), precision="float32").fingerprint()
     with pytest.raises(BackboneError, match=message):

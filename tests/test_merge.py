@@ -13,7 +13,7 @@ from headstart.cache import open_cache
 from headstart.cache.merge import merge
 from headstart.cli import app
 from headstart.errors import CacheError, MergeError
-from headstart.extractor.backbones import make_config
+from headstart.extractor.options import make_config
 from headstart.extractor.runner import extract
 
 runner = CliRunner()
@@ -101,6 +101,29 @@ def test_a_merged_cache_trains_and_is_extended_by_a_later_extract(shards, image_
         p.unlink()
     extended, before = rows(out)[0], rows(whole)[0]
     assert len(extended) == 13 and all(np.array_equal(extended[p][1], before[p][1]) for p in before)
+
+
+def test_a_writer_refuses_a_merged_cache_until_its_caller_makes_it_self_contained(shards, tmp_path):
+    """The writer does not reach up into merge: whoever appends (extract) calls make_self_contained."""
+    from headstart.cache import CacheHeader, CacheLock, CacheWriter
+    from headstart.cache.merge import make_self_contained
+
+    whole, parts = shards
+    out = tmp_path / "merged.h5"
+    merge(out, parts)
+    with open_cache(out) as c:
+        header = CacheHeader(
+            dim=c.dim, dtype=str(c.dtype), fingerprint=c.fingerprint, class_names=tuple(c.class_names), root=c.root
+        )
+    with pytest.raises(CacheError, match="make_self_contained"):
+        with CacheWriter(out, header):
+            pass
+    with CacheLock(out):
+        make_self_contained(out)
+    with h5py.File(out, "r") as f:
+        assert not f["features"].is_virtual
+    with CacheWriter(out, header) as w:
+        assert w.rows == len(rows(whole)[0])
 
 
 @pytest.mark.parametrize("change", ["deleted", "moved", "re-extracted"])

@@ -1,15 +1,15 @@
-"""Tests of headstart.predict: new pictures through the run's backbone and head."""
+"""Tests of headstart.ship.predict: new pictures through the run's backbone and head."""
 
 from pathlib import Path
 
 import pytest
 from heads_fixtures import FP, SHARED, cache, features, logreg_run, write_cache  # noqa: F401 - fixtures
 
-from headstart import predict as prediction
 from headstart.cache import CacheHeader, CacheWriter
 from headstart.errors import CacheMismatchError, RunError
 from headstart.heads import training
 from headstart.heads.split import SplitSpec
+from headstart.ship import predict as prediction
 
 # -- predict (needs the extractor and ../shared) -----------------------------------------------
 
@@ -25,14 +25,14 @@ def picture_run(tmp_path_factory):
     pytest.importorskip("headstart.extractor.runner")
     if not (SHARED / "pets-sample").is_dir():
         pytest.skip("../shared/data/pets-sample is not here")
-    from headstart.extractor.runner import embed_files
+    from headstart.extractor.embed import embed_files
 
     try:
-        from headstart.extractor.backbones import make_config
+        from headstart.extractor.options import make_config
 
         config = make_config("tiny", weights="none", input_size=32)
     except ImportError:
-        from headstart.extractor.config import ExtractionConfig
+        from headstart.settings.config import ExtractionConfig
 
         config = ExtractionConfig(backbone="tiny", layer="embed", weights="none", seed=0, input_size=32)
     root = SHARED / "pets-sample"
@@ -91,7 +91,16 @@ def test_predict_an_empty_folder_or_no_paths(picture_run, tmp_path):
 def test_predict_checks_the_weights_file_against_the_fingerprint(tmp_path):
     pytest.importorskip("headstart.extractor.runner")
     X, y = features(120)
-    cache = write_cache(tmp_path / "w.h5", X, y, fp={**FP, "backbone": "mobilenet", "weights": "sha256:" + "0" * 64})
+    mobilenet = {
+        "backbone": "mobilenet",
+        "layer": "conv_pw_13_relu",
+        "pooling": "avg",
+        "alpha": 0.25,
+        "weights": "sha256:" + "0" * 64,
+        "seed": None,
+        "input_size": 224,
+    }
+    cache = write_cache(tmp_path / "w.h5", X, y, fp={**FP, **mobilenet})
     run = training.train(cache, "logreg", tmp_path / "run", plots=False)
     other = tmp_path / "other.h5"
     other.write_bytes(b"not the weights")
@@ -108,8 +117,8 @@ def test_real_pictures_with_imagenet_weights_end_to_end(tmp_path):
     weights = SHARED.parent / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
     if not weights.is_file() or not (SHARED / "pets-sample").is_dir():
         pytest.skip("../shared weights or pictures are not here")
-    from headstart.extractor.backbones import make_config
-    from headstart.extractor.runner import embed_files
+    from headstart.extractor.embed import embed_files
+    from headstart.extractor.options import make_config
 
     root = SHARED / "pets-sample"
     files = sorted(root.glob("Cat/*.jpg")) + sorted(root.glob("Dog/*.jpg"))

@@ -5,9 +5,9 @@ import pytest
 from conftest import make_images
 
 from headstart.cache import open_cache
+from headstart.cache.shards import Shard, shard_of
 from headstart.errors import CacheMismatchError, ShardError
 from headstart.extractor.runner import extract
-from headstart.extractor.shards import Shard, shard_of
 
 
 def test_every_picture_is_in_exactly_one_shard_and_keeps_it_when_pictures_are_added():

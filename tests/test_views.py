@@ -16,7 +16,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def flip_config():
-    from headstart.extractor.backbones import make_config
+    from headstart.extractor.options import make_config
 
     return make_config("tiny", weights="none", precision="float32", dtype="float32", views="flip")
 
@@ -24,7 +24,8 @@ def flip_config():
 def test_each_picture_gets_its_mirror(image_folder, flip_config, tmp_path):
     from headstart import open_cache
     from headstart.extractor.decode import load_image
-    from headstart.extractor.runner import Embedder, extract
+    from headstart.extractor.embed import Embedder
+    from headstart.extractor.runner import extract
 
     res = extract(image_folder, tmp_path / "c.h5", flip_config)
     assert res.extracted == 12
@@ -143,9 +144,9 @@ def test_heads_train_on_views_and_score_pictures(tmp_path, flip_config):
 def test_predict_averages_the_mirror(tmp_path, flip_config):
     from conftest import make_images
 
-    from headstart.extractor.runner import embed_files
+    from headstart.extractor.embed import embed_files
     from headstart.heads.training import train
-    from headstart.predict import predict
+    from headstart.ship.predict import predict
 
     folder = make_images(tmp_path / "pics", per_class=10)
     from headstart.extractor.runner import extract
@@ -155,7 +156,7 @@ def test_predict_averages_the_mirror(tmp_path, flip_config):
     f = folder / "cat" / "cat.1.jpg"
     res = embed_files([f], flip_config)
     assert res.features.shape == res.flipped.shape == (1, 32)
-    from headstart.heads.evaluation import load_run
+    from headstart.heads.run_reader import load_run
 
     _, head = load_run(tmp_path / "run")
     expected = (head.predict_proba(res.features) + head.predict_proba(res.flipped)) / 2

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from headstart.cache import open_cache
-from headstart.cache.store import CacheReader
+from headstart.cache.reader import CacheReader
 from headstart.errors import CacheError, HeadstartError
+from headstart.settings.config import config_of
 
 _DAMAGE = (TypeError, ValueError, KeyError, IndexError, RuntimeError, AttributeError, OSError)
 
@@ -61,6 +62,7 @@ def open_checked(path: str | os.PathLike) -> Iterator[CacheReader]:
         raise _damaged(path, err) from None
     try:
         try:
+            config_of(cache)  # every setting from this version's registries, as info and predict check
             check_reader(cache)
         except HeadstartError:
             raise

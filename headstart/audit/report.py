@@ -79,10 +79,10 @@ def _number(value: Any) -> bool:
 def _load_run(run_dir: Path) -> dict[str, Any]:
     """run.json and metrics.json of a run folder, checked for the fields the report shows.
 
-    The folder is first checked as every head command checks it (`headstart.heads.rundir.read_run`:
+    The folder is first checked as every head command checks it (`headstart.heads.run_reader.read_run`:
     run.json field by field, every file against its SHA-256 in run.json, the head loadable).
     """
-    from headstart.heads.rundir import read_run
+    from headstart.heads.run_reader import read_run
 
     read_run(run_dir)
     info = _read_json(run_dir / "run.json", "run.json")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from headstart.cache.store import CacheReader
+from headstart.cache.reader import CacheReader
 from headstart.errors import AuditError
 
 log = logging.getLogger(__name__)

@@ -1,15 +1,9 @@
 """The HDF5 feature cache: writing extracted rows safely and reading them back."""
 
 from headstart.cache.fingerprint import canonical_json, describe_diff, diff_settings, fingerprint_digest
-from headstart.cache.store import (
-    SCHEMA_VERSION,
-    CacheHeader,
-    CacheLock,
-    CacheReader,
-    CacheWriter,
-    open_cache,
-    rewrite,
-)
+from headstart.cache.hdf5 import SCHEMA_VERSION, rewrite
+from headstart.cache.reader import CacheReader, open_cache
+from headstart.cache.writer import CacheHeader, CacheLock, CacheWriter
 
 __all__ = [
     "SCHEMA_VERSION",

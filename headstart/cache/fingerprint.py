@@ -47,7 +47,7 @@ FINGERPRINT_TYPES: dict[str, tuple[type, ...]] = {
     "backend": (str,),
 }
 """Every key of a cache fingerprint and the JSON types its value may have (the fields of
-`headstart.extractor.config.ExtractionConfig`; a test keeps the two in step). Values are checked
+`headstart.settings.config.ExtractionConfig`; a test keeps the two in step). Values are checked
 against the extractor's registries by ``ExtractionConfig.from_fingerprint``."""
 
 

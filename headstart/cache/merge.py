@@ -1,7 +1,8 @@
 """Merge: one feature cache from the caches of the shards of one folder, checked before anything is written.
 
-What lives here: `merge` (the checks and the writing) and `check_sources`, which a reader calls on
-a merged cache to make sure the shards it reads from are still the ones it was made from.
+What lives here: `merge` (the checks and the writing) and `make_self_contained`, which the caller
+of a `CacheWriter` (`headstart.extractor.runner.extract`) runs before appending to a merged cache.
+`headstart.cache.virtual.check_sources` is what every reader runs on a merged cache.
 
 Two kinds of result:
 
@@ -31,22 +32,23 @@ import h5py
 import numpy as np
 
 from headstart.cache.fingerprint import describe_diff, diff_settings, fingerprint_digest
-from headstart.cache.store import (
+from headstart.cache.hdf5 import (
     ROW_DATASETS,
-    CacheLock,
-    CacheReader,
     _check_schema,
     _fsync_dir,
     _open_any,
     _write_empty,
     chunk_rows_for,
-    open_cache,
+    rewrite,
 )
-from headstart.errors import CacheError, MergeError
+from headstart.cache.reader import CacheReader, open_cache
+from headstart.cache.shards import Shard
+from headstart.cache.virtual import SOURCES_ATTR, check_sources
+from headstart.cache.writer import CacheLock
+from headstart.errors import CacheError, MergeError, ShardError
 
 log = logging.getLogger(__name__)
 
-SOURCES_ATTR = "merged_from"
 OPTIONAL_ROWS: dict[str, np.dtype] = {name: np.dtype(dt) for name, dt in ROW_DATASETS.items()}
 """Optional per-row datasets of cache schema 2, carried by a merge when present."""
 COPY_ROWS = 1 << 16  # rows of labels / paths / optional datasets copied at a time
@@ -90,9 +92,6 @@ def _open_inputs(paths: Sequence[Path]) -> list[CacheReader]:
 
 def _check_fit(readers: Sequence[CacheReader], root: str | None, partial: bool) -> None:
     """Refuse caches that do not make one cache: settings, classes, completeness, shards, rows."""
-    from headstart.errors import ShardError
-    from headstart.extractor.shards import Shard
-
     first = readers[0]
     for r in readers:
         if fingerprint_digest(r.fingerprint) != r.fingerprint_digest:
@@ -360,52 +359,14 @@ def _write(
     )
 
 
-def check_sources(f: h5py.File, path: Path) -> None:
-    """Refuse a merged cache whose shards moved, vanished or changed since the merge (one line)."""
-    again = "Put the shards back beside it, or merge them again (--copy makes one self-contained file)."
-    try:
-        sources = json.loads(f.attrs[SOURCES_ATTR])
-        records = {s["file"]: s for s in sources}
-        if not all(isinstance(s["file"], str) and type(s["rows"]) is int for s in sources):
-            raise TypeError("file and rows")
-    except (KeyError, ValueError, TypeError, AttributeError) as err:
-        raise CacheError(
-            f"Expected a merged cache with its list of shards ({SOURCES_ATTR}). Received: {path} ({err!s})."
-        ) from None
-    digest = f.attrs.get("fingerprint_digest", "")
-    mapped = 0
-    for vds in f["features"].virtual_sources():
-        record = records.get(vds.file_name)
-        if record is None or vds.dset_name != "features":
-            raise CacheError(
-                f"Expected features read from the recorded shards of {path}. Received: {vds.file_name}:{vds.dset_name}."
-            )
-        shard = path.parent / vds.file_name
-        if not shard.is_file():
-            raise CacheError(
-                f"Expected the shard {vds.file_name} beside {path} (a merged cache reads its features from "
-                f"its shards). Received: no such file. {again}"
-            )
-        try:
-            with _open_any(shard) as s:
-                _check_schema(s, shard)
-                rows = int(s["progress"][0])
-                same = (
-                    rows == record["rows"]
-                    and s.attrs.get("created") == record.get("created")
-                    and s.attrs.get("fingerprint_digest") == digest
-                    and s["features"].shape[0] >= rows
-                    and (rows == 0 or s["paths"].asstr()[rows - 1] == record.get("last_path"))
-                )
-        except (CacheError, OSError, KeyError, ValueError) as err:
-            raise CacheError(f"Cannot read the shard {shard} of the merged cache {path}: {err}. {again}") from None
-        if not same:
-            raise CacheError(
-                f"Expected the shard {shard} as it was merged into {path} ({record['rows']} rows, created "
-                f"{record.get('created')}). Received: a different file ({rows} rows). {again}"
-            )
-        mapped += record["rows"]
-    if mapped != int(f["progress"][0]):
-        raise CacheError(
-            f"Expected {int(f['progress'][0])} rows of features in {path}. Received: {mapped} in its shards."
-        )
+def make_self_contained(path: Path) -> None:
+    """Turn a merged cache (features read from its shards) into an ordinary file before appending:
+    a virtual dataset cannot grow. Copies the rows; the caller holds the writer lock
+    (`headstart.cache.CacheLock`) and calls this before opening a `CacheWriter` on the file."""
+    with _open_any(path) as f:
+        virtual = "features" in f and isinstance(f["features"], h5py.Dataset) and f["features"].is_virtual
+        if virtual:
+            check_sources(f, path)
+    if virtual:
+        log.warning("%s reads its features from its shards; copying them into it before extending it", path)
+        rewrite(path, path)

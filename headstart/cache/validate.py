@@ -2,7 +2,7 @@
 
 What lives here: the rules a cache file must follow (`DATASETS`, `ATTRIBUTES`) and `validate`,
 which checks an open HDF5 file against them and returns what it read, so that the reader trusts
-the file afterwards. What does not: opening files, locks, writing (see `headstart.cache.store`).
+the file afterwards. What does not: opening files, locks, writing (see `headstart.cache.hdf5`, `headstart.cache.writer`).
 A file that breaks a rule is a `CacheError` with one line naming the file and the rule.
 """
 

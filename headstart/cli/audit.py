@@ -49,9 +49,6 @@ def audit_cmd(
     from headstart.heads.split import SplitSpec
 
     with cli_errors():
-        from headstart.extractor.config import check_cache_settings
-
-        check_cache_settings(cache)
         result = audit(
             cache,
             out,
@@ -127,9 +124,6 @@ def map_cmd(
     from headstart.audit.projection import make_map
 
     with cli_errors():
-        from headstart.extractor.config import check_cache_settings
-
-        check_cache_settings(cache)
         findings = load_audit(audit) if audit is not None else None
         result = make_map(cache, out, audit=findings, method=method, max_points=max_points, root=root, seed=seed)
     say(

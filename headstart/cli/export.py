@@ -1,4 +1,4 @@
-"""The export and backbones commands of the CLI: parse, call `headstart.export` or the registry, print."""
+"""The export and backbones commands of the CLI: parse, call `headstart.ship.export` or the registry, print."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def export_cmd(
 
     Example: headstart export runs/pets/logreg --out pets-classifier.keras
     """
-    from headstart.export import export
+    from headstart.ship.export import export
 
     with cli_errors():
         result = export(run, out, fmt, weights=weights, overwrite=overwrite, verify=not no_verify)
@@ -52,7 +52,7 @@ def backbones_cmd(
     """
     import json
 
-    from headstart.extractor.backbones import describe_backbones
+    from headstart.settings.backbones import describe_backbones
 
     rows, machine = describe_backbones()
     if as_json:
@@ -65,7 +65,7 @@ def backbones_cmd(
         "keras.applications.mobilenet.preprocess_input": "-1..1",
         "in_model": "in model",
     }
-    headers = ("name", "layer (others)", "features", "input", "preprocessing", "weights MB", "pictures/s")
+    headers = ("name", "layer (others)", "features", "input", "preprocessing", "weights MB", "fp32/s", "bf16/s")
     cells = [headers]
     for r in rows:
         others = [name for name in r["layers"] if name != r["default_layer"]]
@@ -79,13 +79,16 @@ def backbones_cmd(
                 short.get(r["preprocessing"], r["preprocessing"]),
                 fmt(r["weights_mb"], ".0f"),
                 fmt(r["pictures_per_second"], ".1f"),
+                fmt(r["pictures_per_second_bfloat16"], ".1f"),
             )
         )
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for row in cells:  # plain columns: a pipe or a narrow terminal never truncates a name
         say("  ".join(c.ljust(w) if i in (0, 1, 4) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
     if machine:
-        say(f"pictures/s: the model alone, random weights, measured on {machine}.")
+        say(f"fp32/s, bf16/s: pictures per second of the model alone, measured on {machine}.")
+    else:
+        say("fp32/s, bf16/s: not measured for this release (run bench/bench_backbones.py on a quiet machine).")
     say("weights MB: float32 parameters up to the feature layer (the download is about this size).")
     say("Also: --backbone hub:PRESET, a DINOv2, CLIP or SigLIP preset of KerasHub (pip install 'headstart[hub]').")
 

@@ -13,8 +13,8 @@ import typer
 
 from headstart.cli.console import cli_errors, err_console, fail, out_console, say
 from headstart.errors import HeadstartError
-from headstart.extractor.backbones import BACKBONES
-from headstart.extractor.config import MAX_INPUT_SIZE, MIN_INPUT_SIZE, PRECISIONS, RESIZE_METHODS, STORAGE_DTYPES
+from headstart.settings.backbones import BACKBONES
+from headstart.settings.config import MAX_INPUT_SIZE, MIN_INPUT_SIZE, PRECISIONS, RESIZE_METHODS, STORAGE_DTYPES
 
 
 def download(
@@ -203,7 +203,7 @@ def extract(
     One shard of 16 (any scheduler): headstart extract /mnt/pictures --out part-3.h5 --shards 16 --shard 3
     """
     from headstart.exclude_list import read_exclude_list
-    from headstart.extractor.backbones import make_config
+    from headstart.extractor.options import make_config
     from headstart.extractor.runner import extract as run_extract
 
     interrupted = f"Interrupted. What was extracted is kept in {out}; run the same command to resume."
@@ -279,7 +279,7 @@ def info(
     Example: headstart info pets-vgg16-fc2.h5 --json
     """
     from headstart.cache import open_cache
-    from headstart.extractor.config import config_of
+    from headstart.settings.config import config_of
 
     with cli_errors():
         if root is not None and not root.is_dir():
@@ -340,7 +340,7 @@ def info(
 
 def _shard_record(text: str, cache: Path) -> Optional[dict]:
     """The shard a cache holds, checked, as a dict; None for a whole-folder cache."""
-    from headstart.extractor.shards import Shard
+    from headstart.cache.shards import Shard
 
     part = Shard.from_json(text, str(cache))
     return json.loads(part.to_json()) if part else None

@@ -1,7 +1,7 @@
 """The head commands of the CLI (train, compare, evaluate, predict, misclassified): parse, call, print.
 
 `register(app)` adds them to a typer app. Each command calls one function of `headstart.heads`
-(or `headstart.predict`), imported inside the command so that ``headstart --help`` stays fast, and
+(or `headstart.ship.predict`), imported inside the command so that ``headstart --help`` stays fast, and
 turns a `HeadstartError` into one line on stderr and its exit code (2). ``predict`` exits 1
 when some pictures could not be read.
 """
@@ -164,9 +164,6 @@ def train_cmd(
         params = _params(epochs, batch_size, learning_rate, hidden_units, dropout, patience, class_weight)
         params.update({key: v for key, v in (("k", k), ("C", c)) if v is not None})
         _check_applies(params, [head])
-        from headstart.extractor.config import check_cache_settings
-
-        check_cache_settings(cache)
         params["random_state"] = seed
         result = training.train(
             cache,
@@ -234,9 +231,6 @@ def compare_cmd(
         params = _params(epochs, batch_size, learning_rate, hidden_units, dropout, patience, class_weight)
         names = [h.strip() for h in heads.split(",") if h.strip()]
         _check_applies(params, names)
-        from headstart.extractor.config import check_cache_settings
-
-        check_cache_settings(cache)
         params["random_state"] = seed
         result = training.compare(
             cache,
@@ -339,7 +333,7 @@ def predict_cmd(
 
     Example: headstart predict runs/logreg my-cat.jpg more-pictures/ --top-k 2
     """
-    from headstart import predict
+    from headstart.ship import predict
 
     with cli_errors():
         result = predict.predict(run, paths, top_k=top_k, batch_size=batch_size, weights=weights)

@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from headstart.cli import audit, baseline, demo, export, extract, heads, merge, sweep
+from headstart.cli import audit, baseline, demo, explore, export, extract, heads, merge, sweep
 from headstart.cli.console import err_console, say
 
 app = typer.Typer(
@@ -56,7 +56,7 @@ def main(
 
 
 # Every command group lives in a headstart/cli/<group>.py module with a register(app) function: one style.
-for _group in (extract, heads, sweep, export, audit, merge, baseline, demo):
+for _group in (extract, heads, sweep, export, audit, explore, merge, baseline, demo):
     _group.register(app)
 
 

@@ -35,7 +35,7 @@ def merge_cmd(
     from headstart.cache.merge import merge
 
     with cli_errors(f"Interrupted. Nothing was written to {out}; run the same command again."):
-        from headstart.extractor.config import check_cache_settings
+        from headstart.settings.config import check_cache_settings
 
         check_cache_settings(*shards)
         res = merge(out, shards, copy=copy, overwrite=overwrite, partial=partial, root=root)

@@ -80,14 +80,12 @@ def sweep_cmd(
     Example: headstart sweep pets.h5 --head mlp --grid hidden_units=128,256,512 --grid dropout=0.2,0.5
     """
     from headstart.heads import sweep as S
+    from headstart.heads import sweep_space as space
     from headstart.heads.split import SplitSpec
 
     with cli_errors("Interrupted. Finished trials are kept; run the same command to go on."):
-        from headstart.extractor.config import check_cache_settings
-
-        check_cache_settings(cache)
-        g = S.parse_grid(head, grid)
-        r = S.parse_ranges(head, ranges)
+        g = space.parse_grid(head, grid)
+        r = space.parse_ranges(head, ranges)
         fixed: dict[str, Any] = {"random_state": seed}
         if epochs is not None:
             fixed["epochs"] = epochs

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from headstart.errors import DecodeError
-from headstart.extractor.config import RESIZE_METHODS  # the registry lives with the settings
+from headstart.settings.config import RESIZE_METHODS  # the registry lives with the settings
 
 # Truncated files are errors, not pictures with a grey bottom half.
 ImageFile.LOAD_TRUNCATED_IMAGES = False

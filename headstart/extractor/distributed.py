@@ -2,7 +2,7 @@
 
 What lives here: connecting to Ray, the actor that runs the backbone, and `embed_stream`, which
 yields finished batches in the same ``(indices, features, failed, sha256)`` form as the local
-`headstart.extractor.runner.embed_stream`. What does not: deciding what to extract, and writing
+`headstart.extractor.embed.embed_stream`. What does not: deciding what to extract, and writing
 the cache. The runner does both, in the one process that owns the HDF5 file, exactly as for a
 local run: the cache, resume, skipped files and the fingerprint do not know Ray exists.
 
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from headstart.errors import HeadstartError, RayError
-from headstart.extractor.config import ExtractionConfig
+from headstart.settings.config import ExtractionConfig
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def _check_worker(config: ExtractionConfig) -> None:
     """Refuse to compute features that would not match the fingerprint on this node."""
     import keras
 
-    from headstart.extractor.config import file_sha256
+    from headstart.settings.config import file_sha256
 
     backend = keras.backend.backend()
     if backend != config.backend:
@@ -167,7 +167,7 @@ def feature_dim(config: ExtractionConfig) -> int:
     """
     import gc
 
-    from headstart.extractor.backbones import build_model
+    from headstart.extractor.model import build_model
 
     model = build_model(config)
     dim = int(model.output_shape[-1])
@@ -204,7 +204,7 @@ class EmbedActor:
     """Ray actor (one per model replica): builds the backbone once, then embeds decoded batches."""
 
     def __init__(self, config: ExtractionConfig, batch_size: int | str):
-        from headstart.extractor.runner import Embedder
+        from headstart.extractor.embed import Embedder
 
         _check_worker(config)
         self.embedder = Embedder(config, batch_size)

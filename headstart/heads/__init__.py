@@ -6,7 +6,7 @@ scaling), ``registry`` (heads by name; a head on disk),
 ``rundir`` (the run folder: written locked and atomically, read back validated), ``training``
 (``train``, ``compare``), ``evaluation`` (``evaluate``, ``misclassified``), ``split``, ``metrics``,
 ``plots``, ``sweep`` (searches of a head's options), ``catalog`` (every run below a folder).
-Predicting new pictures needs the extractor and lives in `headstart.predict`.
+Predicting new pictures needs the extractor and lives in `headstart.ship.predict`.
 
 Importing this package loads scikit-learn and h5py, not TensorFlow, Keras or matplotlib; those
 load when a Keras head is fitted or exported, or a plot is drawn. Names load on first use.
@@ -21,7 +21,7 @@ _WHERE = {
     "MisclassifiedResult": "headstart.heads.evaluation",
     "Mistake": "headstart.heads.evaluation",
     "evaluate": "headstart.heads.evaluation",
-    "load_run": "headstart.heads.evaluation",
+    "load_run": "headstart.heads.run_reader",
     "misclassified": "headstart.heads.evaluation",
     "MLPHead": "headstart.heads.keras_heads",
     "SoftmaxHead": "headstart.heads.keras_heads",

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart.errors import RunError
+from headstart.heads.run_reader import validate_run_json
 from headstart.heads.rundir import (
     COMPARISON_JSON,
     COMPARISON_KIND,
@@ -27,7 +28,6 @@ from headstart.heads.rundir import (
     SWEEP_JSON,
     SWEEP_KIND,
     journal_header,
-    validate_run_json,
 )
 
 MAX_JSON_BYTES = 64 << 20

@@ -14,7 +14,7 @@ import numpy as np
 from headstart.cache import describe_diff, diff_settings, open_cache
 from headstart.errors import CacheMismatchError, RunError
 from headstart.heads import metrics as M
-from headstart.heads.rundir import read_run, warn_versions
+from headstart.heads.run_reader import load_run
 from headstart.heads.sources import CacheSource
 from headstart.heads.split import SPLITS, assign
 from headstart.heads.training import predict_split
@@ -54,13 +54,6 @@ class MisclassifiedResult:
     n_test: int
     n_wrong: int
     montage: Path | None
-
-
-def load_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], Any]:
-    """``(run.json, the fitted head)`` of a run folder, both checked; warns on other library versions."""
-    info, head = read_run(run_dir)
-    warn_versions(info, Path(run_dir))
-    return info, head
 
 
 def check_fingerprint(info: Mapping[str, Any], cache) -> None:

@@ -213,3 +213,30 @@ def plot_sweep_param(rows: Sequence[Mapping[str, Any]], name: str, path: Path, h
     ax.legend(loc="best")
     ax.set_title(f"{head + ': ' if head else ''}validation accuracy by {name}")
     return _save(fig, path)
+
+
+def plot_learning_curve(
+    rows: Sequence[Mapping[str, Any]], caches: Sequence[Mapping[str, Any]], path: Path, head: str = ""
+) -> Path:
+    """Test accuracy and log loss against labelled pictures per class, one line per cache (mean, with
+    the spread of the draws shaded); the whole training split is drawn at its mean per class."""
+    fig = _figure(10, 4)
+    ax_acc, ax_loss = fig.subplots(1, 2)
+    for info in caches:
+        mine = [r for r in rows if r["cache"] == info["path"]]
+        n_classes = max(1, len(info.get("train_counts") or {}))
+        x = np.array([r["n_train"] / n_classes if r["per_class"] == "all" else r["per_class"] for r in mine], float)
+        label = f"{info.get('backbone')} {info.get('layer')}" if len(caches) > 1 else Path(info["path"]).name
+        for ax, key in ((ax_acc, "accuracy"), (ax_loss, "log_loss")):
+            mean = np.array([r[f"{key}_mean"] for r in mine])
+            std = np.array([r[f"{key}_std"] for r in mine])
+            ax.plot(x, mean, marker="o", label=label)
+            ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+    for ax, name in ((ax_acc, "test accuracy"), (ax_loss, "test log loss")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("labelled training pictures per class")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    ax_acc.legend(fontsize=8)
+    fig.suptitle(f"{head}: learning curve (mean and spread of the draws; last point: the whole training split)")
+    return _save(fig, path)

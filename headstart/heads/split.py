@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from headstart.cache.paths import normalize_path
 from headstart.errors import SplitError
 
 SPLITS = ("train", "val", "test")
@@ -68,14 +69,6 @@ class SplitSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SplitSpec:
         return cls(tuple(data["fractions"]), int(data["seed"]))
-
-
-def normalize_path(path: str) -> str:
-    """The same relative path on every OS: forward slashes, no leading ``./``."""
-    p = path.replace("\\", "/")
-    while p.startswith("./"):
-        p = p[2:]
-    return p
 
 
 def unit_hash(paths: Sequence[str], seed: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Hyperparameter sweeps of one head on one cache: trials scored on validation, the best kept as a run.
 
-A sweep loads the cache once (`headstart.heads.training.prepare`), fits one head per setting
+A sweep loads the cache once (`headstart.heads.prepare.prepare`), fits one head per setting
 (a grid, or ``trials`` settings drawn at random from values and ranges) on the training split,
 and scores each on the validation split only. The test split is read once, at the end, by the
 best trial, refitted and written as a normal run folder (``OUT/best``). Successive halving
@@ -23,34 +23,23 @@ unfinished sweep (a journal alone) or the previous finished sweep with a longer 
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import contextlib
 import csv
 import datetime as _dt
-import hashlib
-import inspect
-import itertools
 import json
 import logging
 import math
-import multiprocessing
 import os
 import shutil
-import signal
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from headstart.cache import open_cache
 from headstart.errors import HeadError, RunError, SweepError
-from headstart.heads import metrics as M
-from headstart.heads.base import fitted_info
-from headstart.heads.registry import head_class, head_params, head_params_json, make_head
+from headstart.heads.prepare import prepare
+from headstart.heads.registry import head_class, make_head
 from headstart.heads.rundir import (
     BEST,
     JOURNAL,
@@ -65,329 +54,26 @@ from headstart.heads.rundir import (
     write_json,
 )
 from headstart.heads.split import SplitSpec
-from headstart.heads.training import Data, TrainResult, _fit_one, _memory_budget, predict_split, prepare
+from headstart.heads.sweep_space import _defaults, grid_settings, random_settings
+from headstart.heads.training import TrainResult, _fit_one
+from headstart.heads.trials import (
+    KERAS_HEADS,
+    TRIAL_KIND,
+    Trial,
+    _append,
+    _digest,
+    _run_trials,
+    plan_jobs,
+    read_journal,
+)
 from headstart.locking import exclusive_lock, lock_path_for
+from headstart.settings.config import check_cache_settings
 
 log = logging.getLogger(__name__)
 
 SWEEP_FORMAT = 1
-TRIAL_KIND = "headstart-trial"
 TRIALS_CSV = "trials.csv"
-KERAS_HEADS = ("softmax", "mlp")
-KERAS_TRIAL_BYTES = 700 << 20  # TensorFlow and a small model in a worker process
 MAX_TRIALS = 10_000
-
-# What a random search draws from when the user gives no values or ranges (lo, hi, log).
-DEFAULT_SPACE: dict[str, dict[str, tuple[float, float, bool]]] = {
-    "softmax": {"learning_rate": (1e-4, 1e-2, True)},
-    "mlp": {"hidden_units": (64, 1024, True), "dropout": (0.0, 0.7, False), "learning_rate": (1e-4, 1e-2, True)},
-    "logreg": {"C": (1e-4, 10.0, True)},
-    "svm": {"C": (1e-5, 1.0, True)},
-    "knn": {"k": (1, 50, True)},
-}
-# Options whose default (None, "auto") does not say their type.
-_TYPES = {"C": float, "k": int, "batch_size": int, "class_weight": "class_weight"}
-
-
-# -- parsing the search ------------------------------------------------------------------------
-
-
-def _defaults(head: str) -> dict[str, Any]:
-    sig = inspect.signature(head_class(head).__init__)
-    return {n: p.default for n, p in sig.parameters.items() if n != "self"}
-
-
-def param_type(head: str, name: str):
-    """The type a sweep parses values of option ``name`` to: int, float, bool, or "class_weight"."""
-    defaults = _defaults(head)
-    if name not in defaults:
-        raise HeadError(f"Head {head!r} takes no option {name!r}. It takes: {', '.join(head_params(head))}.")
-    if name in _TYPES:
-        return _TYPES[name]
-    d = defaults[name]
-    if isinstance(d, bool):
-        return bool
-    if isinstance(d, int) or name == "random_state":
-        return int
-    if isinstance(d, float):
-        return float
-    raise HeadError(f"Expected an option with one number per trial. Received: {name!r}, which a sweep cannot vary.")
-
-
-def parse_value(head: str, name: str, text: str) -> Any:
-    kind = param_type(head, name)
-    text = text.strip()
-    try:
-        if kind == "class_weight":
-            if text not in ("none", "balanced"):
-                raise ValueError
-            return None if text == "none" else "balanced"
-        if kind is bool:
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise ValueError
-            return text.lower() in ("true", "1")
-        if kind is int:
-            value = float(text)
-            if not value.is_integer():
-                raise ValueError
-            return int(value)
-        value = float(text)
-        if not math.isfinite(value):
-            raise ValueError
-        return value
-    except ValueError:
-        what = {int: "integers", float: "numbers", bool: "true or false", "class_weight": "none or balanced"}[kind]
-        raise HeadError(f"Expected {name} values as {what}. Received: {text!r}.") from None
-
-
-def _name_and_rest(item: str, option: str) -> tuple[str, str]:
-    name, sep, rest = item.partition("=")
-    if not sep or not name.strip() or not rest.strip():
-        raise HeadError(f"Expected {option} NAME=... (e.g. {option} learning_rate=1e-3,3e-4). Received: {item!r}.")
-    return name.strip(), rest
-
-
-def parse_grid(head: str, items: Sequence[str]) -> dict[str, list[Any]]:
-    """``["hidden_units=128,256", "dropout=0.2"]`` → ``{"hidden_units": [128, 256], "dropout": [0.2]}``."""
-    grid: dict[str, list[Any]] = {}
-    for item in items:
-        name, rest = _name_and_rest(item, "--grid")
-        if name in grid:
-            raise HeadError(f"Expected each option once in --grid. Received: {name} twice.")
-        values = [parse_value(head, name, v) for v in rest.split(",") if v.strip()]
-        grid[name] = list(dict.fromkeys(values))
-    return grid
-
-
-def parse_ranges(head: str, items: Sequence[str]) -> dict[str, tuple[float, float, bool]]:
-    """``["learning_rate=1e-4:1e-2:log"]`` → ``{"learning_rate": (1e-4, 1e-2, True)}``."""
-    ranges = {}
-    for item in items:
-        name, rest = _name_and_rest(item, "--range")
-        parts = rest.split(":")
-        log_scale = len(parts) == 3 and parts[2].strip() == "log"
-        if len(parts) not in (2, 3) or (len(parts) == 3 and not log_scale):
-            raise HeadError(f"Expected --range NAME=LOW:HIGH or NAME=LOW:HIGH:log. Received: {item!r}.")
-        kind = param_type(head, name)
-        if kind not in (int, float):
-            raise HeadError(f"Expected a numeric option for --range. Received: {name!r}; use --grid for it.")
-        lo, hi = (parse_value(head, name, p) for p in parts[:2])
-        if not lo < hi or (log_scale and lo <= 0):
-            raise HeadError(
-                f"Expected LOW < HIGH{' and LOW > 0 (log)' if log_scale else ''} in --range. Received: {item!r}."
-            )
-        ranges[name] = (lo, hi, log_scale)
-    return ranges
-
-
-def grid_settings(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
-    names = list(grid)
-    return [dict(zip(names, combo)) for combo in itertools.product(*(grid[n] for n in names))]
-
-
-def random_settings(
-    head: str, grid: Mapping[str, Sequence[Any]], ranges: Mapping[str, tuple[float, float, bool]], n: int, seed: int
-) -> list[dict[str, Any]]:
-    """``n`` distinct settings: a value of each ``grid`` list, a draw from each range (log-uniform
-    where marked; integer options rounded). With neither, the head's `DEFAULT_SPACE`."""
-    if not grid and not ranges:
-        ranges = DEFAULT_SPACE[head]
-    rng = np.random.default_rng(seed)
-    out, seen = [], set()
-    for _ in range(50 * n):
-        s = {name: values[int(rng.integers(len(values)))] for name, values in grid.items()}
-        for name, (lo, hi, log_scale) in ranges.items():
-            v = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) if log_scale else float(rng.uniform(lo, hi))
-            s[name] = int(round(v)) if param_type(head, name) is int else float(f"{v:.4g}")
-        key = json.dumps(s, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            out.append(s)
-        if len(out) == n:
-            break
-    return out
-
-
-# -- trials --------------------------------------------------------------------------------------
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
-
-
-@dataclass
-class Trial:
-    """One setting to fit (``params`` are the trial's own; ``fixed`` ones are shared)."""
-
-    params: dict[str, Any]
-    rung: int = 0
-    record: dict[str, Any] | None = None  # filled when done (or read from the journal)
-
-    def key(self, context: str, head: str, fixed: Mapping[str, Any]) -> str:
-        """Same key, same trial: the context and every option the head gets, defaults included (so
-        ``random_state=0`` given or left to its default is the same trial)."""
-        options = head_params_json(make_head(head, **{**fixed, **self.params}))
-        return _digest({"context": context, "params": options})
-
-
-def score_trial(data: Data, head_name: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Fit one setting on the training split and score it on the validation split only."""
-    head = make_head(head_name, **params)
-    val = data.sources["val"]
-    t0 = time.perf_counter()
-    # A trial stopped by its epoch budget is expected in a sweep (halving): no warning per trial.
-    quiet = logging.getLogger("headstart.heads.keras_heads")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        head.fit_source(data.sources["train"], val)
-    except ValueError as err:
-        raise RunError(f"Training the {head_name} head failed: {err}") from err
-    finally:
-        quiet.setLevel(level)
-    seconds = time.perf_counter() - t0
-    proba = predict_split(head, val, len(data.class_names))
-    m = M.split_metrics(val.labels, proba, data.class_names)
-    return {
-        "val": {"accuracy": m["accuracy"], "log_loss": m["log_loss"], "ece": m["ece"], "n": m["n"]},
-        "fitted": fitted_info(head),
-        "seconds": round(seconds, 3),
-    }
-
-
-_WORKER_DATA: Data | None = None  # set before the worker processes fork; never pickled
-
-
-def _score_in_worker(head_name: str, params: dict[str, Any]) -> dict[str, Any]:
-    logging.getLogger().setLevel(logging.WARNING)
-    return score_trial(_WORKER_DATA, head_name, params)
-
-
-def plan_jobs(data: Data, head_name: str, n_trials: int, jobs: int | None) -> tuple[int, str]:
-    """How many trials at once, and how: ``(1, "serial")``, or ``(n, "process")`` (forked workers that
-    share the loaded features; each needs about one training split's working copy, or TensorFlow)."""
-    if n_trials <= 1 or jobs == 1:
-        return 1, "serial"
-    if data.streamed or not hasattr(os, "fork") or "tensorflow" in sys.modules:
-        return 1, "serial"  # an open HDF5 file, or TensorFlow's threads, must not cross a fork
-    cores = os.cpu_count() or 1
-    n_train = len(data.indices["train"])
-    per_trial = KERAS_TRIAL_BYTES if head_name in KERAS_HEADS else 3 * n_train * data.cache_info["dim"] * 4
-    by_memory = max(1, int(_memory_budget() // max(per_trial, 1)))
-    n = min(jobs or cores, cores if jobs is None else jobs, n_trials, by_memory)
-    return (n, "process") if n > 1 else (1, "serial")
-
-
-def _run_trials(
-    data: Data,
-    head_name: str,
-    todo: list[tuple[Trial, dict[str, Any]]],
-    jobs: int,
-    executor: str,
-    done: Callable[[Trial, dict[str, Any]], None],
-) -> None:
-    """Fit every ``(trial, params)`` and call ``done(trial, result)`` in this process as each ends."""
-    if executor == "serial" or jobs <= 1:
-        for trial, params in todo:
-            done(trial, score_trial(data, head_name, params))
-        return
-    global _WORKER_DATA
-    _WORKER_DATA = data
-    if executor == "thread":
-        pool = cf.ThreadPoolExecutor(jobs)
-    else:
-        pool = cf.ProcessPoolExecutor(
-            jobs, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init, initargs=(os.getpid(),)
-        )
-    try:
-        futures = {pool.submit(_score_in_worker, head_name, params): trial for trial, params in todo}
-        for fut in cf.as_completed(futures):
-            done(futures[fut], fut.result())
-    except BaseException:
-        # Ctrl-C or an error: trials already journaled stay; running ones are stopped, not awaited.
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):
-            with contextlib.suppress(Exception):
-                proc.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    else:
-        pool.shutdown(wait=True)
-    finally:
-        _WORKER_DATA = None
-
-
-def _worker_init(parent: int) -> None:
-    """In a worker process: Ctrl-C reaches the whole process group, and the parent alone handles it;
-    a worker dies with its parent (Linux), so a killed sweep leaves no worker holding the folder's lock."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before prctl
-        os._exit(1)
-
-
-# -- the journal -----------------------------------------------------------------------------------
-
-
-def _finite_numbers(d: Any, keys: Sequence[str]) -> bool:
-    return isinstance(d, dict) and all(
-        isinstance(d.get(k), (int, float)) and not isinstance(d.get(k), bool) and math.isfinite(d[k]) for k in keys
-    )
-
-
-def read_journal(path: Path, head_name: str) -> dict[str, dict[str, Any]]:
-    """Finished trials by key. Lines that are torn (a kill mid-write) or not trials of this head are
-    skipped; every value kept is checked (option names from the head, finite numbers)."""
-    out: dict[str, dict[str, Any]] = {}
-    allowed = set(head_params(head_name))
-    try:
-        lines = path.read_bytes().split(b"\n")
-    except OSError as err:
-        raise SweepError(f"Cannot read {path}: {err.strerror or err}.") from None
-    skipped = 0
-    for raw in lines[1:]:
-        if not raw.strip():
-            continue
-        try:
-            rec = json.loads(raw.decode("utf-8"))
-        except (ValueError, RecursionError):
-            skipped += 1
-            continue
-        ok = (
-            isinstance(rec, dict)
-            and rec.get("kind") == TRIAL_KIND
-            and rec.get("head") == head_name
-            and isinstance(rec.get("key"), str)
-            and isinstance(rec.get("params"), dict)
-            and set(rec["params"]) <= allowed
-            and all(v is None or isinstance(v, (int, float, str)) for v in rec["params"].values())
-            and _finite_numbers(rec.get("val"), ("accuracy", "log_loss", "ece"))
-            and isinstance(rec.get("seconds"), (int, float))
-        )
-        if ok:
-            out[rec["key"]] = rec
-        else:
-            skipped += 1
-    if skipped:
-        log.warning("%s: skipped %d line(s) that are not finished trials (a sweep killed mid-write)", path, skipped)
-    return out
-
-
-def _append(path: Path, record: Mapping[str, Any]) -> None:
-    """Append one line and make it durable; a torn last line (a kill mid-write) is ended first."""
-    line = json.dumps(record, allow_nan=False, separators=(",", ":")).encode() + b"\n"
-    with open(path, "ab+") as fh:
-        fh.seek(0, os.SEEK_END)
-        if fh.tell():
-            fh.seek(-1, os.SEEK_END)
-            if fh.read(1) != b"\n":
-                line = b"\n" + line
-        fh.write(line)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 # -- the sweep ---------------------------------------------------------------------------------------
@@ -444,6 +130,7 @@ def sweep(
     ``rank_by`` orders the trials: validation ``accuracy`` (ties broken by log loss) or ``log_loss``
     (finer on a small validation split). ``on_trial(record, done, total)`` is called as each trial ends.
     """
+    check_cache_settings(cache_path)  # refuse settings this version does not know, before any work
     from headstart.heads.calibration import check_calibration
 
     t_start = time.perf_counter()

@@ -37,7 +37,7 @@ class Family:
     name: str
     class_name: str  # KerasHub class (and the registered name its config.json must hold)
     layer: str
-    preprocessing: str  # a key of `headstart.extractor.backbones.PREPROCESSING`
+    preprocessing: str  # a key of `headstart.settings.backbones.PREPROCESSING`
 
 
 FAMILIES: dict[str, Family] = {

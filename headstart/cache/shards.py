@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from headstart.cache.paths import normalize_path
 from headstart.errors import ShardError
-from headstart.heads.split import normalize_path  # the same relative path on every OS as the split uses
 
 METHOD = "sha256('shard' NUL relative path) -> floor(u * count)"
 

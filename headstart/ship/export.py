@@ -1,4 +1,4 @@
-"""Export: one Keras model from RGB pixels to class probabilities, and the formats it converts to.
+"""Export: a run's model (`headstart.ship.model`) written in one of the formats, verified against the model in memory.
 
 The model is built only from Keras' own layers, so ``keras.saving.load_model(PATH)`` (safe mode)
 reads it in a Python without headstart: ``pixels`` (a batch of RGB 0-255, any height and width,
@@ -12,7 +12,6 @@ archive that Keras ignores) and in ``labels.txt`` beside every format.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ import shutil
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,11 @@ from typing import Any
 import numpy as np
 
 from headstart.errors import ExportError
-from headstart.extractor.config import ExtractionConfig
+from headstart.heads.run_reader import load_run
+from headstart.settings.config import ExtractionConfig
+from headstart.ship.exported import LABELS, METADATA, load_exported, read_metadata
+from headstart.ship.model import INPUT_NAME, OUTPUT_NAME, classifier_model, pixel_model
+from headstart.ship.runs import run_config
 
 log = logging.getLogger(__name__)
 
@@ -44,160 +47,6 @@ FORMAT_NEEDS = {
     "onnx": "pip install 'headstart[onnx]': tf2onnx and onnx under TensorFlow, onnxscript under torch",
     "litert": "TensorFlow's converter; ai-edge-litert to run the file",
 }
-METADATA = "headstart.json"
-LABELS = "labels.txt"
-INPUT_NAME = "pixels"
-OUTPUT_NAME = "probabilities"
-
-# caffe mode (`keras.applications.imagenet_utils`, mode="caffe"): RGB -> BGR, ImageNet mean subtracted.
-_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-
-
-def _caffe_layers() -> list:
-    """RGB→BGR and the mean subtracted as one fixed ``Dense`` on the channel axis (exact: a
-    permutation matrix times the pixels, plus a bias)."""
-    import keras
-
-    dense = keras.layers.Dense(3, name="caffe_bgr_minus_mean", trainable=False)
-    dense.build((None, None, None, 3))
-    kernel = np.zeros((3, 3), np.float32)
-    kernel[2, 0] = kernel[1, 1] = kernel[0, 2] = 1.0  # out B <- in B (index 2), G <- G, R <- R
-    dense.set_weights([kernel, -np.asarray(_CAFFE_MEAN_BGR, np.float32)])
-    return [dense]
-
-
-def _tf_mode_layers() -> list:
-    """tf mode (MobileNet): pixels / 127.5 - 1."""
-    import keras
-
-    return [keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_minus1_1")]
-
-
-def _normalise_layers(name: str) -> Callable[[], list]:
-    """(pixels / 255 - mean) / std as one fixed diagonal ``Dense`` on the channel axis."""
-
-    def make() -> list:
-        import keras
-
-        from headstart.extractor.hub import NORMALISATION
-
-        mean, std = (np.asarray(v, np.float64) for v in NORMALISATION[name])
-        dense = keras.layers.Dense(3, name=f"normalise_{name}", trainable=False)
-        dense.build((None, None, None, 3))
-        dense.set_weights([np.diag(1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)])
-        return [dense]
-
-    return make
-
-
-def _in_model() -> list:
-    """The backbone rescales its input itself (EfficientNetV2, ConvNeXt, MobileNetV3)."""
-    return []
-
-
-PREPROCESSING_LAYERS: dict[str, Callable[[], list]] = {
-    "keras.applications.vgg16.preprocess_input": _caffe_layers,
-    "keras.applications.resnet50.preprocess_input": _caffe_layers,
-    "keras.applications.mobilenet.preprocess_input": _tf_mode_layers,
-    "in_model": _in_model,
-    "imagenet_mean_std": _normalise_layers("imagenet_mean_std"),
-    "clip_mean_std": _normalise_layers("clip_mean_std"),
-    "scale_minus1_1": _normalise_layers("scale_minus1_1"),
-}
-"""The preprocessing of each backbone (by the name the fingerprint records) as Keras layers."""
-
-
-def preprocessing_layers(name: str) -> list:
-    try:
-        make = PREPROCESSING_LAYERS[name]
-    except KeyError:
-        raise ExportError(
-            f"Expected a preprocessing among {', '.join(PREPROCESSING_LAYERS)}. Received: {name!r}."
-        ) from None
-    return make()
-
-
-SUPERSAMPLE = 4
-"""``portable`` resize: bilinear to 4x the input size, then 4x4 averages (antialiasing from ops
-that ONNX and LiteRT have; their converters lack TensorFlow's antialiased ``ScaleAndTranslate``)."""
-
-
-def resize_layers(config: ExtractionConfig, portable: bool = False) -> list:
-    """The resize the cache was made with, as Keras layers.
-
-    Pillow's BILINEAR (what `headstart.extractor.decode` uses) filters with a triangle as wide as
-    the scale when it shrinks; ``Resizing(antialias=True)`` does the same. ``portable`` gets close
-    with plain bilinear resizing and average pooling (see `SUPERSAMPLE`)."""
-    import keras
-
-    size, crop = config.input_size, config.resize == "crop"
-    if not portable:
-        return [
-            keras.layers.Resizing(
-                size,
-                size,
-                interpolation="bilinear",
-                antialias=True,
-                crop_to_aspect_ratio=crop,
-                name=f"resize_{config.resize}",
-            )
-        ]
-    k = SUPERSAMPLE
-    return [
-        keras.layers.Resizing(
-            size * k, size * k, interpolation="bilinear", crop_to_aspect_ratio=crop, name=f"resize_{config.resize}_x{k}"
-        ),
-        keras.layers.AveragePooling2D(k, name=f"average_{k}x{k}"),
-    ]
-
-
-def pixel_model(config: ExtractionConfig, portable: bool = False):
-    """A Keras model from RGB pixels 0-255 of any size to the feature rows the cache holds.
-
-    The backbone is built in float32 whatever precision the cache was extracted in (a portable
-    file; bfloat16 features were measured at cosine 0.9996 to float32 for VGG16). ``portable``:
-    see `resize_layers`."""
-    import keras
-
-    from headstart.extractor.backbones import build_model
-
-    backbone = build_model(dataclasses.replace(config, precision="float32"))
-    pixels = keras.Input((None, None, 3), dtype="float32", name=INPUT_NAME)
-    x = pixels
-    for layer in resize_layers(config, portable) + preprocessing_layers(config.preprocessing):
-        x = layer(x)
-    x = backbone(x)
-    model = keras.Model(pixels, x, name="headstart_features")
-    model.trainable = False
-    return model
-
-
-def classifier_model(features, head, n_features: int, classes: Sequence[int], n_classes: int):
-    """``features`` (pixels → feature rows) followed by ``head`` (feature rows → probabilities
-    over ``classes``, indices into the run's class names), widened to all ``n_classes``."""
-    import keras
-
-    pixels = features.inputs[0]
-    x = features(pixels)
-    if x.shape[-1] != n_features:
-        raise ExportError(
-            f"Expected the backbone to give {n_features} features, as the run's cache. Received: {x.shape[-1]}."
-        )
-    proba = head(x)
-    classes = [int(c) for c in classes]
-    if classes != list(range(n_classes)):
-        # A head fitted on some of the classes: put its columns where the run's classes are.
-        widen = keras.layers.Dense(n_classes, use_bias=False, trainable=False, name="all_classes")
-        widen.build((None, len(classes)))
-        kernel = np.zeros((len(classes), n_classes), np.float32)
-        kernel[np.arange(len(classes)), classes] = 1.0
-        widen.set_weights([kernel])
-        proba = widen(proba)
-    proba = keras.layers.Activation("linear", dtype="float32", name=OUTPUT_NAME)(proba)
-    model = keras.Model(pixels, proba, name="headstart_classifier")
-    model.trainable = False
-    return model
-
 
 # -- writing -----------------------------------------------------------------------------------
 
@@ -336,8 +185,6 @@ def export(
     ``weights`` is the backbone's weights file when the run's cache was extracted with one and it
     has moved (its SHA-256 must match). ``verify`` runs the written file (onnxruntime, LiteRT, a
     reloaded Keras model) on a random picture and checks it agrees with the model in memory."""
-    from headstart.predict import load_run, run_config
-
     if fmt not in FORMATS:
         raise ExportError(f"Expected --format among {', '.join(FORMATS)}. Received: {fmt!r}.")
     _check_out(Path(out), fmt, overwrite)
@@ -407,62 +254,10 @@ def _run_file(path: Path, fmt: str, x: np.ndarray) -> np.ndarray:
     return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 
 
-# -- reading back ------------------------------------------------------------------------------
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``headstart.json`` inside an exported ``.keras`` file (or SavedModel folder), checked."""
-    path = Path(path)
-    try:
-        if path.is_dir():
-            text = (path / METADATA).read_text(encoding="utf-8")
-        else:
-            with zipfile.ZipFile(path) as zf:
-                with zf.open(METADATA) as fh:
-                    text = fh.read(1 << 20).decode("utf-8")
-        meta = json.loads(text)
-        names = meta["class_names"]
-        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
-            raise ValueError("class_names is not a list of strings")
-    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile, UnicodeDecodeError) as err:
-        raise ExportError(
-            f"Expected a model written by headstart export. Received: {path} ({type(err).__name__}: {err})."
-        ) from None
-    return meta
-
-
-def load_exported(path: str | os.PathLike):
-    """``(keras model, class names)`` of a ``.keras`` file written by `export` (safe mode)."""
-    import keras
-
-    meta = read_metadata(path)
-    if str(meta.get("extraction", {}).get("backbone", "")).startswith("hub:"):
-        try:
-            import keras_hub  # noqa: F401 - registers the KerasHub layers the file names
-        except ImportError as err:
-            raise ExportError(
-                f"Expected KerasHub to load a hub backbone's model (pip install keras-hub). Received: {err}."
-            ) from None
-    try:
-        model = keras.saving.load_model(path, safe_mode=True, compile=False)
-    except Exception as err:  # Keras raises ValueError, TypeError, OSError... for a broken file
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ExportError(f"Expected a loadable .keras model. Received: {path} ({first}).") from None
-    if model.output_shape[-1] != len(meta["class_names"]):
-        raise ExportError(
-            f"Expected {len(meta['class_names'])} outputs, one per class name. Received: {model.output_shape}."
-        )
-    return model, list(meta["class_names"])
-
-
 __all__ = [
     "FORMATS",
     "ExportResult",
-    "classifier_model",
     "export",
     "verify_export",
-    "load_exported",
-    "pixel_model",
-    "read_metadata",
     "write_model",
 ]

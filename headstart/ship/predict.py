@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from headstart.errors import CacheMismatchError, HeadstartError, RunError
+from headstart.errors import HeadstartError, RunError
 from headstart.heads import metrics as M
-from headstart.heads.evaluation import load_run
+from headstart.heads.run_reader import load_run
+from headstart.ship.exported import is_exported, load_exported
+from headstart.ship.runs import run_config
 
 log = logging.getLogger(__name__)
 
@@ -83,66 +85,6 @@ def _gather_files(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, str | 
     return out
 
 
-def _weights_path(info: Mapping[str, Any], weights: str | os.PathLike | None) -> str | None:
-    """The weights file for the run's backbone, checked against the fingerprint's SHA-256.
-
-    Without ``weights``, the file the cache was extracted from, where it still is."""
-    if weights is None:
-        recorded = info["cache"].get("weights_path")
-        if not recorded:
-            return None
-        if not Path(recorded).exists():
-            raise RunError(
-                f"Expected the weights file the cache was extracted with at {recorded}. "
-                "Received: no such file; pass it with --weights PATH."
-            )
-        weights = recorded
-    path = Path(weights).expanduser()
-    if path.is_dir():  # a KerasHub preset folder
-        from headstart.extractor.hub import folder_digest
-
-        got = folder_digest(path)
-        expected = str(info["cache"]["fingerprint"].get("weights", ""))
-        if got != expected:
-            raise CacheMismatchError(
-                f"Expected the preset folder the run's cache was extracted with ({expected[:23]}...). "
-                f"Received: {path} ({got[:23]}...)."
-            )
-        return str(path.resolve())
-    if not path.is_file():
-        raise RunError(f"Expected --weights to be a weights file. Received: {path} (no such file).")
-    expected = str(info["cache"]["fingerprint"].get("weights", ""))
-    if not expected.startswith("sha256:"):
-        raise RunError(f"The run's backbone uses weights {expected!r}, not a file; leave out --weights.")
-    from headstart.extractor.config import file_sha256
-
-    got = f"sha256:{file_sha256(path)}"
-    if got != expected:
-        raise CacheMismatchError(
-            f"Expected the weights file the run's cache was extracted with ({expected[:23]}...). "
-            f"Received: {path} ({got[:23]}...)."
-        )
-    return str(path.resolve())
-
-
-def run_config(info: Mapping[str, Any], run_dir: str | os.PathLike, weights: str | os.PathLike | None = None):
-    """The `ExtractionConfig` of a run's cache, with the weights file checked (see `_weights_path`)."""
-    from headstart.extractor.config import ExtractionConfig
-
-    weights_path = _weights_path(info, weights)
-    try:
-        return ExtractionConfig.from_fingerprint(info["cache"]["fingerprint"], weights_path=weights_path)
-    except HeadstartError as err:
-        raise RunError(
-            f"Expected extraction settings that headstart knows in {Path(run_dir) / 'run.json'}. Received: {err}"
-        ) from None
-
-
-def is_exported(path: str | os.PathLike) -> bool:
-    """Whether ``path`` names a ``.keras`` file (a model written by ``headstart export``), not a run folder."""
-    return Path(path).suffix == ".keras" and not Path(path).is_dir()
-
-
 def predict_exported(
     model_path: str | os.PathLike, paths: Sequence[str | os.PathLike], top_k: int = 1, batch_size: int = 32
 ) -> PredictResult:
@@ -150,7 +92,6 @@ def predict_exported(
     whole (no resize, no JPEG draft) and the model does the rest, as it would in an app.
 
     Pictures of one size go through the model together, up to ``batch_size`` at a time."""
-    from headstart.export import load_exported
     from headstart.extractor.decode import DecodeError, load_pixels
 
     if top_k < 1:
@@ -221,7 +162,7 @@ def predict(
             raise RunError(f"Expected no --weights with an exported model (it holds them). Received: {weights}.")
         return predict_exported(run_dir, paths, top_k=top_k, batch_size=batch_size)
     info, head = load_run(run_dir)
-    from headstart.extractor.runner import embed_files
+    from headstart.extractor.embed import embed_files
 
     config = run_config(info, run_dir, weights)
     items = _gather_files(paths)

@@ -110,8 +110,8 @@ def _one_of(name: str, value: Any, allowed) -> None:
 
 def check_settings(fp: dict[str, Any]) -> None:
     """Check the values of a fingerprint whose keys and types are right against the registries."""
-    from headstart.extractor import hub
-    from headstart.extractor.backbones import BACKBONES, PREPROCESSING
+    from headstart.settings import hub
+    from headstart.settings.backbones import BACKBONES, PREPROCESSING
 
     if hub.is_hub(fp["backbone"]):
         _check_hub(fp)
@@ -157,8 +157,7 @@ def check_settings(fp: dict[str, Any]) -> None:
 def _check_hub(fp: dict[str, Any]) -> None:
     """`check_settings` for a KerasHub backbone: names from the hub families, a Kaggle handle with its
     version, none, or the SHA-256 of a preset folder (no KerasHub needed to check)."""
-    from headstart.extractor import hub
-    from headstart.extractor.decode import RESIZE_METHODS
+    from headstart.settings import hub
 
     hub.check_name(fp["backbone"], fp["layer"], fp["preprocessing"])
     _one_of("pooling", fp["pooling"], (None,))
@@ -202,10 +201,11 @@ def resolve_weights(weights: str, seed: int) -> tuple[str, str | None, int | Non
 def check_cache_settings(*paths) -> None:
     """Open each cache and check its settings against this version's registries (`config_of`).
 
-    For the commands that read features but build no model (train, compare, sweep, audit, map,
-    merge): a cache whose fingerprint names a backbone, preprocessing or layer that headstart
-    does not know is refused as `info` and `predict` refuse it, before any work. A missing file
-    is left to the command, which says so in its own words."""
+    For what reads features but builds no model (`train`, `compare`, `sweep`; `audit` and `map`
+    check through `headstart.audit.reading.open_checked`; the CLI's `merge`): a cache whose
+    fingerprint names a backbone, preprocessing or layer that headstart does not know is refused
+    as `info` and `predict` refuse it, before any work. A missing file is left to the caller,
+    which says so in its own words."""
     from pathlib import Path
 
     from headstart.cache import open_cache

@@ -1,0 +1,349 @@
+"""Writing a cache: crash-safe appends of extracted rows under one writer lock.
+
+
+Crash safety. The writer opens the file in HDF5's single-writer/multiple-reader (SWMR) mode,
+which orders metadata writes so that the file on disk is always a valid HDF5 file, even after a
+``kill -9``. A batch is written, flushed, and only then counted in ``/progress``; rows past the
+committed count are ignored by readers and dropped on recovery. A file left behind by a dead
+writer carries HDF5's "open for write" mark and can only be opened for reading in SWMR mode; the
+next writer copies its committed rows into a fresh file and atomically replaces it. New files are
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from headstart.cache.fingerprint import canonical_json, fingerprint_digest, fingerprint_problem
+from headstart.cache.hdf5 import (
+    _COMPLETE,
+    LOCKING,
+    ROW_DATASETS,
+    _check_schema,
+    _fsync_dir,
+    _is_open_for_write_error,
+    _latest_fapl,
+    _write_empty,
+    chunk_rows_for,
+    rewrite,
+)
+from headstart.errors import CacheBusyError, CacheError, CacheMismatchError
+from headstart.locking import FileLock
+
+log = logging.getLogger(__name__)
+
+
+def _describe_shard(text: str) -> str:
+    try:
+        data = json.loads(text)
+        return f"shard {int(data['index'])} of {int(data['count'])}"
+    except (ValueError, TypeError, KeyError):
+        return f"shard {text!r}" if text else "the whole folder"
+
+
+def _check_shard(cached: str, now: str, path: Path) -> None:
+    """A shard's cache resumes only as the same shard, a whole-folder cache only as a whole."""
+    if cached != now:
+        raise CacheMismatchError(
+            f"Expected the same part of the folder as {path} holds ({_describe_shard(cached)}). "
+            f"Received: {_describe_shard(now)}. Use the cache's --shards/--shard options, or another --out."
+        )
+
+
+@dataclass(frozen=True)
+class CacheHeader:
+    """What a new cache needs to know before the first row arrives."""
+
+    dim: int
+    dtype: str
+    fingerprint: dict[str, Any]
+    class_names: tuple[str, ...]
+    root: str
+    weights_path: str | None = None  # where the weights file was; its hash is in the fingerprint
+    row_datasets: tuple[str, ...] = ("sha256",)  # optional per-row datasets (see ROW_DATASETS)
+    shard: str = ""  # JSON of `headstart.cache.shards.Shard` for a shard's cache, "" for a whole folder
+
+    @property
+    def fingerprint_json(self) -> str:
+        return canonical_json(self.fingerprint)
+
+    @property
+    def fingerprint_digest(self) -> str:
+        return fingerprint_digest(self.fingerprint)
+
+
+class CacheLock:
+    """One writer at a time per cache: an exclusive ``flock`` on a ``.lock`` file beside it.
+
+    ``acquire`` fails at once with `CacheBusyError` when another process (or another open in
+    this one) holds it. Checks that must see the cache as the writer will (its settings, its
+    classes) are made after ``acquire``; see `headstart.extractor.runner.extract`.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._lock = FileLock(
+            self.path.with_name(self.path.name + ".lock"),
+            CacheBusyError(
+                f"Another headstart process is writing {self.path}. "
+                "Wait for it to finish, or stop it and run the command again to resume."
+            ),
+        )
+
+    def __enter__(self) -> CacheLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    @property
+    def held(self) -> bool:
+        return self._lock.held
+
+    def acquire(self) -> CacheLock:
+        try:
+            self._lock.acquire()
+        except OSError as err:
+            raise CacheError(f"Cannot write next to {self.path}: {err.strerror or err}.") from None
+        return self
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+class CacheWriter:
+    """Appends extracted rows to a cache; one process at a time (a ``.lock`` file beside it).
+
+    Use as a context manager. ``append`` stages a batch, ``commit`` makes it durable. A writer
+    killed between commits loses at most the uncommitted batch; nothing committed is lost.
+    """
+
+    def __init__(self, path: Path, header: CacheHeader, *, overwrite: bool = False, lock: CacheLock | None = None):
+        """``lock``: the cache's `CacheLock`, already acquired by the caller (to check settings
+        under it); the writer then owns it and releases it when closed. By default the writer
+        acquires it itself."""
+        self.path = Path(path)
+        self.header = header
+        self._overwrite = overwrite
+        self._lock = lock
+        self._f: h5py.File | None = None
+        self._rows = self._failed = 0
+        self._staged_rows = self._staged_failed = 0
+
+    # -- opening -----------------------------------------------------------------------------
+    def __enter__(self) -> CacheWriter:
+        if self._lock is None:
+            self._lock = CacheLock(self.path).acquire()
+        try:
+            if self._overwrite or not self.path.exists():
+                self._create()
+            self._open_for_append()
+        except BaseException:
+            self._release_lock()
+            raise
+        return self
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _create(self) -> None:
+        h = self.header
+        problem = fingerprint_problem(h.fingerprint)
+        if problem:  # a cache we could not read back is never written
+            raise CacheError(f"Expected the settings of a headstart extraction. Received: {problem}.")
+        tmp = self.path.with_name(self.path.name + ".new.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        f = _write_empty(
+            tmp,
+            dim=h.dim,
+            dtype=h.dtype,
+            fingerprint_json=h.fingerprint_json,
+            fingerprint_digest=h.fingerprint_digest,
+            class_names=h.class_names,
+            root=h.root,
+            chunk_rows=chunk_rows_for(h.dim, np.dtype(h.dtype)),
+            weights_path=h.weights_path,
+            row_datasets=h.row_datasets,
+            shard=h.shard,
+        )
+        f.close()
+        os.replace(tmp, self.path)
+        _fsync_dir(self.path.parent)
+        log.info("created cache %s", self.path)
+
+    def _open_swmr_write(self) -> h5py.File:
+        flags = h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE
+        fid = h5py.h5f.open(os.fsencode(self.path), flags, fapl=_latest_fapl())
+        return h5py.File(fid)
+
+    def _open_for_append(self) -> None:
+        try:
+            f = self._open_swmr_write()
+        except OSError as err:
+            if not _is_open_for_write_error(err):
+                raise CacheError(f"Expected an HDF5 feature cache. Received: {self.path} ({err}).") from err
+            # We hold the lock, so no live writer has it: a previous run died. Keep what it committed.
+            log.warning("%s was left open by an interrupted run; recovering its committed rows", self.path)
+            kept = rewrite(self.path, self.path)
+            log.info("recovered %d rows", kept)
+            f = self._open_swmr_write()
+        try:
+            _check_schema(f, self.path)
+            if f["features"].is_virtual:
+                raise CacheError(
+                    f"Expected an ordinary cache to append to. Received: {self.path} (a merged cache that reads "
+                    "its features from its shards); call headstart.cache.merge.make_self_contained first."
+                )
+            fixed = [
+                name
+                for name in ("features", "labels", "paths", "failed_paths", "failed_reasons")
+                if f[name].maxshape[0] is not None
+            ]
+            if fixed:
+                raise CacheError(
+                    f"Expected a feature cache that can grow. Received: {self.path} (/{fixed[0]} has a fixed "
+                    "size). Extract into another --out, or start again with --overwrite."
+                )
+            if f["features"].shape[1] != self.header.dim or f["features"].dtype != np.dtype(self.header.dtype):
+                raise CacheError(
+                    f"Expected features of {self.header.dim} x {self.header.dtype} in {self.path}. "
+                    f"Received: {f['features'].shape[1]} x {f['features'].dtype}."
+                )
+            _check_shard(str(f.attrs.get("shard", "")), self.header.shard, self.path)
+            self._rows, self._failed = (int(v) for v in f["progress"][:2])
+            self._staged_rows, self._staged_failed = self._rows, self._failed
+            # Drop anything staged after the last commit by a writer that died.
+            for name in ("features", "labels", "paths", *(n for n in ROW_DATASETS if n in f)):
+                if f[name].shape[0] != self._rows:
+                    f[name].resize(self._rows, axis=0)
+            for name in ("failed_paths", "failed_reasons"):
+                if f[name].shape[0] != self._failed:
+                    f[name].resize(self._failed, axis=0)
+            f["progress"][_COMPLETE] = 0
+            f.flush()
+        except BaseException:
+            f.close()
+            raise
+        self._f = f
+
+    # -- what is already there ---------------------------------------------------------------
+    @property
+    def rows(self) -> int:
+        return self._rows
+
+    def done_paths(self) -> set[str]:
+        """Relative paths already in the cache, extracted or recorded as failed."""
+        f = self._f
+        done = set(f["paths"].asstr()[: self._rows])
+        done.update(f["failed_paths"].asstr()[: self._failed])
+        return done
+
+    def class_names(self) -> list[str]:
+        return self._f["class_names"].asstr()[:].tolist()
+
+    def paths(self) -> list[str]:
+        """Relative paths of the committed rows, in row order."""
+        return self._f["paths"].asstr()[: self._rows].tolist()
+
+    def set_root(self, root: str) -> str | None:
+        """Record that the pictures now lie under ``root``; returns the old root if it changed."""
+        old = self._f.attrs["root"]
+        if old == root:
+            return None
+        self.commit()
+        self._f.close()
+        self._f = None
+        with h5py.File(self.path, "r+", locking=LOCKING) as f:  # SWMR writers cannot rewrite attributes
+            f.attrs["root"] = root
+        self._open_for_append()
+        log.info("the pictures of %s moved from %s to %s", self.path, old, root)
+        return old
+
+    def keep_rows(self, keep: np.ndarray) -> int:
+        """Drop the committed rows where ``keep`` is false (rewrites the file under our lock)."""
+        self.commit()
+        self._f.close()
+        self._f = None
+        kept = rewrite(self.path, self.path, keep=np.asarray(keep, dtype=bool))
+        self._open_for_append()
+        return kept
+
+    # -- writing -----------------------------------------------------------------------------
+    def append(self, features: np.ndarray, labels: Sequence[int], paths: Sequence[str], **columns) -> None:
+        """Stage one batch of rows; call ``commit`` to make it durable. ``columns``: a value per row
+        for each optional dataset this cache has (e.g. ``view=``), and no other; ``sha256=`` (hex digests
+        of the picture files) may be left out or given where the cache has no column (stored as "" = unknown,
+        or not stored)."""
+        n = len(paths)
+        if n == 0:
+            return
+        if features.shape != (n, self.header.dim) or len(labels) != n:
+            raise ValueError(f"batch shapes disagree: features {features.shape}, {len(labels)} labels, {n} paths")
+        f = self._f
+        have = {name for name in ROW_DATASETS if name in f}
+        digests = columns.pop("sha256", None)
+        if "sha256" in have:  # unknown digests are stored as ""; a resumed version-1 cache has no column
+            columns["sha256"] = [(d or "").encode("ascii") for d in digests] if digests is not None else [b""] * n
+        if set(columns) != have or any(len(v) != n for v in columns.values()):
+            raise ValueError(f"expected a value per row for {sorted(have)}, got {sorted(columns)}")
+        start = self._staged_rows
+        for name, data in (
+            ("features", features.astype(f["features"].dtype, copy=False)),
+            ("labels", np.asarray(labels, dtype="int32")),
+            ("paths", np.array(list(paths), dtype=object)),
+            *((name, np.asarray(columns[name], dtype=ROW_DATASETS[name])) for name in sorted(have)),
+        ):
+            f[name].resize(start + n, axis=0)
+            f[name][start:] = data
+        self._staged_rows = start + n  # only once all the datasets hold the batch
+
+    def add_failed(self, items: Sequence[tuple[str, str]]) -> None:
+        """Stage skipped pictures as (relative path, reason)."""
+        if not items:
+            return
+        f = self._f
+        start = self._staged_failed
+        for name, col in (("failed_paths", 0), ("failed_reasons", 1)):
+            f[name].resize(start + len(items), axis=0)
+            f[name][start:] = np.array([it[col] for it in items], dtype=object)
+        self._staged_failed = start + len(items)
+
+    def commit(self) -> None:
+        """Flush staged rows to disk, then count them as committed."""
+        f = self._f
+        # A whole-file flush, not per dataset: it also writes the global heap that holds the
+        # variable-length path strings, which SWMR does not order for us.
+        f.flush()
+        f["progress"][:_COMPLETE] = [self._staged_rows, self._staged_failed]
+        f.flush()
+        self._rows, self._failed = self._staged_rows, self._staged_failed
+
+    def close(self, complete: bool = False) -> None:
+        """Commit what is staged and close; ``complete`` marks that every picture was seen."""
+        try:
+            if self._f is not None:
+                try:
+                    self.commit()
+                    if complete:
+                        self._f["progress"][_COMPLETE] = 1
+                        self._f.flush()
+                finally:
+                    self._f.close()
+                    self._f = None
+        finally:
+            self._release_lock()
