@@ -297,3 +297,40 @@ def test_optional_per_row_datasets_of_schema_2_are_carried(shards, tmp_path, cop
         got = {p: (d, int(v)) for p, d, v in zip(f["paths"].asstr()[:], f["sha256"][:], f["view"][:])}
         assert f["sha256"].dtype == np.dtype("S64") and f["view"].dtype == np.dtype("int8")
     assert got == expected
+
+
+def test_a_merged_cache_whose_shard_reads_yet_another_file_is_refused(shards, tmp_path):
+    """A merged cache's /features is the one virtual dataset allowed; its shards' own features may not be."""
+    whole, parts = shards
+    out = tmp_path / "merged.h5"
+    merge(out, parts)
+    other = tmp_path / "other.h5"
+    with h5py.File(parts[1], "r+") as f:
+        shape, dtype = f["features"].shape, f["features"].dtype
+        with h5py.File(other, "w") as o:
+            o["features"] = np.ones(shape, dtype=dtype)
+        layout = h5py.VirtualLayout(shape=shape, dtype=dtype)
+        layout[:] = h5py.VirtualSource(str(other), "features", shape=shape)
+        del f["features"]
+        f.create_virtual_dataset("features", layout)
+    with pytest.raises(CacheError, match="its features are themselves virtual"):
+        open_cache(out)
+    assert_clean_error(invoke("info", out), "its features are themselves virtual")
+
+
+def test_extract_into_a_cache_with_a_fixed_size_per_row_dataset_is_one_line(shards, tmp_path):
+    """A /sha256 written without chunks cannot grow: one line naming it, not h5py's TypeError."""
+    from headstart.cache import CacheHeader, CacheWriter
+
+    cache = shards[1][0]
+    with h5py.File(cache, "r+") as f:
+        digests = f["sha256"][:]
+        del f["sha256"]
+        f["sha256"] = digests  # contiguous, fixed size
+    with open_cache(cache) as c:
+        header = CacheHeader(
+            dim=c.dim, dtype=str(c.dtype), fingerprint=c.fingerprint, class_names=tuple(c.class_names), root=c.root
+        )
+    with pytest.raises(CacheError, match="/sha256 has a fixed size"):
+        with CacheWriter(cache, header):
+            pass

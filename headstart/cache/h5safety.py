@@ -10,6 +10,8 @@ the first of these it finds. A merged cache is the one permitted virtual dataset
 
 from __future__ import annotations
 
+import os
+
 import h5py
 
 
@@ -43,3 +45,15 @@ def _link_problem(f: h5py.Group, name: str, link, allow_virtual: frozenset[str])
         if obj.is_virtual and name not in allow_virtual:
             return f"/{name} is a virtual dataset (it reads other files)"
     return None
+
+
+def file_problem(path: str | os.PathLike) -> str | None:
+    """`problem` for a whole HDF5 file on disk (a weights file: nothing in it may be virtual); None
+    when it holds no such thing or is not HDF5 at all (its reader then says what it is)."""
+    if not h5py.is_hdf5(path):
+        return None
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return problem(f)
+    except OSError as err:
+        return f"it cannot be read ({' '.join(str(err).split())})"
