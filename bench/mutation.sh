@@ -19,17 +19,19 @@ rm -rf "$WORK"
 mkdir -p "$WORK"
 git archive HEAD | tar -x -C "$WORK"
 cd "$WORK"
+# The package goes under src/: mutmut puts mutants/src first on sys.path, where an editable install
+# of headstart (a meta path finder) cannot shadow it.
+mkdir src && mv headstart src/
 {
     echo "[tool.mutmut]"
-    echo "source_paths = [\"headstart\"]"
-    echo "only_mutate = [\"$MODULE\"]"
+    echo "source_paths = [\"src\"]"
+    echo "only_mutate = [\"src/$MODULE\"]"
     echo "also_copy = [\"tests\", \"bench\"]"
     printf 'pytest_add_cli_args_test_selection = ['
     for t in "$@"; do printf '"%s", ' "$t"; done
     [ -n "${MUTATION_K:-}" ] && printf '"-k", "%s", ' "$MUTATION_K"
     echo '"-x", "-q", "-p", "no:cacheprovider"]'
 } >>pyproject.toml
-export PYTHONPATH="$WORK/mutants${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -m mutmut run --max-children "${MUTATION_JOBS:-2}" || true
 "$PY" -m mutmut results --all true >"$WORK/results.txt" 2>&1 || true
 grep -c ": killed" "$WORK/results.txt" | sed 's/^/killed: /'
