@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=4096)
     parser.add_argument("--head", default="logreg")
     parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=2, help="points fitted at once (worker processes)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     from headstart.heads.curve import learning_curve
@@ -38,7 +39,7 @@ def main() -> None:
         cache = Path(tmp) / "c.h5"
         write_features(cache, args.rows, args.dim)
         t0 = time.perf_counter()
-        result = learning_curve([cache], args.head, Path(tmp) / "curve", draws=args.draws)
+        result = learning_curve([cache], args.head, Path(tmp) / "curve", draws=args.draws, jobs=args.jobs)
         seconds = time.perf_counter() - t0
     print(
         table(

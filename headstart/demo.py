@@ -118,6 +118,13 @@ class DemoResult:
     feature_scale: dict[str, float] = field(default_factory=dict)  # mean |feature| of each cache
 
 
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write beside, then rename: ``demo.json`` is whole or absent."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise DemoError(f"Expected --out to be a folder. Received: {out} (a file).")
@@ -147,6 +154,8 @@ def run_demo(
     _check_out(out)
     weights = bundled_weights()
     out.mkdir(parents=True, exist_ok=True)
+    if not (out / DEMO_JSON).is_file():  # mark the folder ours first: an interrupted demo can be run again
+        _write_json(out / DEMO_JSON, {"complete": False})
     pictures = out / "pictures"
     if not pictures.is_dir():
         make_pictures(pictures.with_name("pictures.tmp"), per_class=per_class, seed=seed)
@@ -167,20 +176,17 @@ def run_demo(
         tables[name] = result.rows
         plots.append(result.out / "comparison.png")
     seconds = time.perf_counter() - t0
-    (out / DEMO_JSON).write_text(
-        json.dumps(
-            {
-                "pictures": n,
-                "classes": list(SHAPES),
-                "weights": {"imagenet": str(weights), "random": "none"},
-                "tables": tables,
-                "feature_scale": scale,
-                "seconds": round(seconds, 1),
-            },
-            indent=2,
-            default=str,
-        )
-        + "\n"
+    _write_json(
+        out / DEMO_JSON,
+        {
+            "complete": True,
+            "pictures": n,
+            "classes": list(SHAPES),
+            "weights": {"imagenet": str(weights), "random": "none"},
+            "tables": tables,
+            "feature_scale": scale,
+            "seconds": round(seconds, 1),
+        },
     )
     return DemoResult(out=out, pictures=n, tables=tables, seconds=seconds, plots=plots, feature_scale=scale)
 

@@ -7,19 +7,24 @@ CLI usage::
 Only the standard library is used (urllib, zipfile). The zip is streamed to
 ``DEST/.downloads/<name>.part``, resumed with an HTTP ``Range`` request when a ``.part`` is
 already there, and renamed to ``DEST/.downloads/<name>`` once the bytes received match the
-declared length. Only members under ``PetImages/`` are unpacked, into a temporary folder in
-DEST that is then renamed to ``DEST/PetImages``: that folder is either complete or absent.
+declared length; its size and SHA-256 are recorded beside it (``<name>.sha256``) and checked
+before it is used again, so a damaged archive is fetched again instead of failing the same way on
+every run (one without a record, from an older headstart, has every member's CRC tested). Only
+members under ``PetImages/`` are unpacked, into a temporary folder in DEST that is then renamed to
+``DEST/PetImages`` by `headstart.archive` (which refuses zip bombs and zip slips). A downloaded archive
+that turns out damaged is removed, so the next run fetches it again; a zip given with
+``--archive`` is never removed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.client
+import json
 import logging
 import os
 import posixpath
 import re
-import shutil
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -28,7 +33,8 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from headstart.errors import DownloadError
+from headstart.archive import TOP, check_zip, unpack
+from headstart.errors import ArchiveDamagedError, DownloadError
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +45,11 @@ PETS_URL = (
 # server sends no length; completeness is checked against the server's Content-Length.
 PETS_SIZE = 824_887_076
 
-TOP = "PetImages"
-CLASSES = ("Cat", "Dog")
 CHUNK_SIZE = 1 << 20  # 1 MiB per read
 DOWNLOADS = ".downloads"
 BY_HAND = "Check the network, or download the zip by hand and pass --archive PATH."
+
+RECORD = ".sha256"  # beside a finished download: {"size": ..., "sha256": ...}
 
 Progress = Callable[[int, int | None], None]
 
@@ -95,16 +101,17 @@ def download_pets(
                 f"Expected the Dogs vs Cats zip at {archive}. Received: no such file. "
                 "Check the path given to --archive."
             )
-        _check_zip(archive, remedy="Download it again, or pass another --archive PATH.")
+        check_zip(archive, remedy="Download it again, or pass another --archive PATH.")
+        unpack(archive, dest, remedy="Download it again, or pass another --archive PATH.")
     else:
         archive = _fetch(url, dest / DOWNLOADS, progress, timeout)
+        remedy = "It was removed; run again to download it afresh."
         try:
-            _check_zip(archive, remedy="It was removed; run again to download it afresh.")
-        except DownloadError:
-            archive.unlink(missing_ok=True)
+            check_zip(archive, remedy=remedy)
+            unpack(archive, dest, remedy=remedy)
+        except ArchiveDamagedError:
+            _discard(archive)  # ours, and useless: the next run fetches it again
             raise
-
-    _unpack(archive, dest)
     log.info("Unpacked %s into %s", archive, target)
     return target
 
@@ -140,8 +147,12 @@ def _fetch(url: str, downloads: Path, progress: Progress | None, timeout: float)
     _make_dir(downloads)
     final = downloads / _archive_name(url)
     if final.is_file():
-        log.info("Using the archive already downloaded at %s", final)
-        return final
+        problem = _verify(final)
+        if problem is None:
+            log.info("Using the archive already downloaded at %s", final)
+            return final
+        log.warning("The archive at %s is damaged (%s); downloading it again", final, problem)
+        _discard(final)
     part = final.with_name(final.name + ".part")
 
     try:
@@ -155,8 +166,52 @@ def _fetch(url: str, downloads: Path, progress: Progress | None, timeout: float)
         raise DownloadError(f"Could not download {url}: {_reason(exc)}.{kept} {BY_HAND}") from exc
 
     os.replace(part, final)
+    _record(final)
     log.info("Downloaded %s to %s", url, final)
     return final
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _record(archive: Path) -> None:
+    """Write the size and SHA-256 of a finished download beside it (written beside, then renamed)."""
+    record = archive.with_name(archive.name + RECORD)
+    tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"size": archive.stat().st_size, "sha256": _sha256(archive)}) + "\n")
+    os.replace(tmp, record)
+
+
+def _verify(archive: Path) -> str | None:
+    """None if ``archive`` is as it was downloaded, else what is wrong with it.
+
+    With its record: the same size and SHA-256. Without one (an older headstart): every member
+    read and its CRC checked, and the record written if all are sound."""
+    record = archive.with_name(archive.name + RECORD)
+    try:
+        if record.is_file():
+            want = json.loads(record.read_text())
+            if not isinstance(want, dict) or archive.stat().st_size != want.get("size"):
+                return "its size differs from the download's"
+            return None if _sha256(archive) == want.get("sha256") else "its SHA-256 differs from the download's"
+        with zipfile.ZipFile(archive) as zf:
+            bad = zf.testzip()
+        if bad is not None:
+            return f"member {bad!r} fails its CRC"
+    except (OSError, ValueError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        return str(exc) or type(exc).__name__
+    _record(archive)
+    return None
+
+
+def _discard(archive: Path) -> None:
+    archive.unlink(missing_ok=True)
+    archive.with_name(archive.name + RECORD).unlink(missing_ok=True)
 
 
 def _stream(url: str, part: Path, progress: Progress | None, timeout: float, resume: bool) -> bool:
@@ -239,79 +294,3 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     return str(exc) or type(exc).__name__
-
-
-def _check_zip(archive: Path, remedy: str) -> None:
-    """Open the central directory and look for PetImages/Cat/ and PetImages/Dog/ members."""
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            names = zf.namelist()
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DownloadError(
-            f"Expected the Dogs vs Cats zip at {archive}. Received: not a readable zip ({exc}). {remedy}"
-        ) from exc
-    missing = [c for c in CLASSES if not any(n.startswith(f"{TOP}/{c}/") for n in names)]
-    if missing:
-        wanted = ", ".join(f"{TOP}/{c}/" for c in missing)
-        raise DownloadError(
-            f"Expected {wanted} inside {archive}. Received: a zip of {len(names)} entries without them. {remedy}"
-        )
-
-
-def _member_parts(name: str) -> list[str] | None:
-    """The path under PetImages/ as parts, or None when ``name`` is outside it.
-
-    Raises DownloadError for absolute paths and ``..`` (zip-slip).
-    """
-    parts = name.replace("\\", "/").split("/")
-    if parts[0] != TOP:
-        return None
-    rest = [p for p in parts[1:] if p not in ("", ".")]
-    if ".." in rest or any(":" in p for p in rest):
-        raise DownloadError(
-            f"Expected archive members inside {TOP}/. Received: {name!r}, which points "
-            "outside it. The archive is not the Dogs vs Cats zip; do not use it."
-        )
-    return rest
-
-
-def _unpack(archive: Path, dest: Path) -> None:
-    """Unpack PetImages/ through a temporary folder, then rename it to ``dest/PetImages``."""
-    target = dest / TOP
-    for stale in dest.glob(f".{TOP}.tmp-*"):  # left by an unpack that was killed
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{TOP}.tmp-", dir=dest))
-    root = tmp.resolve()
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
-                rest = _member_parts(info.filename)
-                if not rest:
-                    continue
-                path = tmp.joinpath(*rest)
-                if not path.resolve().is_relative_to(root):
-                    raise DownloadError(
-                        f"Expected archive members inside {TOP}/. Received: "
-                        f"{info.filename!r}. The archive is not the Dogs vs Cats zip."
-                    )
-                if info.is_dir():
-                    path.mkdir(parents=True, exist_ok=True)
-                    continue
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(path, "wb") as out:
-                    shutil.copyfileobj(src, out, CHUNK_SIZE)
-        if target.is_dir() and not any(target.iterdir()):
-            target.rmdir()
-        os.replace(tmp, target)
-    except DownloadError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise DownloadError(
-            f"Expected to unpack {TOP}/ from {archive} into {dest}. Received: {exc}. "
-            "Check the free disk space, or download the zip again."
-        ) from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

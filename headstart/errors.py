@@ -101,3 +101,11 @@ class DecodeError(Exception):
 
 class Invalid(Exception):
     """One rule a cache breaks; ``str()`` says which, in a few words."""
+
+
+class UnsafeFileError(HeadstartError):
+    """A path named as a file to read is not a regular file (a pipe, a device, a folder) or is too large."""
+
+
+class ArchiveDamagedError(DownloadError):
+    """A zip's bytes are damaged (a CRC, a truncated member) or unsafe to unpack (a zip bomb)."""

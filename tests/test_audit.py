@@ -260,3 +260,15 @@ def test_cli_defaults_match_the_library():
     assert defaults["threshold"] == duplicates.THRESHOLD
     assert defaults["folds"] == labels.FOLDS
     assert defaults["outliers"] == run.TOP_OUTLIERS
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0])
+@pytest.mark.parametrize("dim", [16, 512])  # kept whole, and reduced by the randomized SVD
+def test_constant_features_give_a_note_not_a_crash(tmp_path, value, dim):
+    y = np.repeat(np.arange(3), 20)
+    paths = [f"c{k}/{i}.jpg" for i, k in enumerate(y)]
+    cache = write_cache(tmp_path / "c.h5", np.full((len(y), dim), value), y, paths, ("c0", "c1", "c2"))
+    res = runner.invoke(app, ["audit", str(cache), "--out", str(tmp_path / "a"), "--no-montages"])
+    assert res.exit_code == 0, res.output
+    assert "every picture has the same features" in res.output
+    assert (tmp_path / "a" / "audit.json").is_file()

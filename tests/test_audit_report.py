@@ -143,3 +143,69 @@ def test_map_html_loads_offline_in_chromium(tmp_path):
     assert res.exit_code == 0, res.output
     dom = chromium("--dump-dom", out.as_uri())
     assert 'data-ready="1"' in dom.stdout and [ln for ln in dom.stderr.splitlines() if ":CONSOLE" in ln] == []
+
+
+def _red_jpeg(path):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(path)
+
+
+def test_report_takes_thumbnails_only_from_the_cache_root(tmp_path):
+    """A forged audit.json root, or a picture in the root that links outside it, embeds nothing."""
+    import json
+
+    from headstart.audit import audit
+    from headstart.heads.training import compare
+
+    x, y, paths, sha, _ = planted_features()
+    root = tmp_path / "data"
+    root.mkdir()
+    secret = tmp_path / "private"
+    cache = write_cache(tmp_path / "c.h5", x, y, paths, CLASSES, sha256=sha, root=str(root))
+    compare(cache, tmp_path / "cmp", heads=["logreg"])
+    audit(cache, tmp_path / "cmp", montages=False)
+    doc = json.loads((tmp_path / "cmp" / "audit.json").read_text())
+    assert doc["label_issues"]
+    for item in doc["label_issues"]:  # the same relative paths, outside the cache's root
+        _red_jpeg(secret / item["path"])
+    first = doc["label_issues"][0]["path"]
+    (root / first).parent.mkdir(parents=True, exist_ok=True)
+    (root / first).symlink_to(secret / first)  # inside the root, a link out of it
+    doc["root"] = str(secret)
+    (tmp_path / "cmp" / "audit.json").write_text(json.dumps(doc))
+
+    out = tmp_path / "r.html"
+    res = runner.invoke(app, ["report", str(tmp_path / "cmp"), "--out", str(out), "--mistakes", "0"])
+    assert res.exit_code == 0, res.output
+    assert "data:image/jpeg" not in out.read_text()
+    assert "not the root" in res.output  # the user is told why the thumbnails are missing
+
+    doc["root"] = str(root)  # the cache's own root: pictures really inside it are shown
+    (tmp_path / "cmp" / "audit.json").write_text(json.dumps(doc))
+    _red_jpeg(root / doc["label_issues"][1]["path"])
+    res = runner.invoke(app, ["report", str(tmp_path / "cmp"), "--out", str(out), "--mistakes", "0"])
+    assert res.exit_code == 0, res.output
+    assert out.read_text().count("data:image/jpeg") == 1
+
+
+def test_report_mistakes_do_not_follow_links_out_of_the_cache_root(tmp_path):
+    from headstart.heads.evaluation import misclassified
+    from headstart.heads.training import compare
+
+    x, y, paths, sha, _ = planted_features()
+    y[::7] = (y[::7] + 1) % 3
+    root = tmp_path / "data"
+    cache = write_cache(tmp_path / "c.h5", x, y, paths, CLASSES, sha256=sha, root=str(root))
+    compare(cache, tmp_path / "cmp", heads=["logreg"])
+    wrong = misclassified(tmp_path / "cmp" / "logreg", 50).mistakes
+    assert len(wrong) >= 2
+    _red_jpeg(tmp_path / "private.jpg")
+    (root / wrong[0].path).parent.mkdir(parents=True, exist_ok=True)
+    (root / wrong[0].path).symlink_to(tmp_path / "private.jpg")
+    _red_jpeg(root / wrong[1].path)
+    out = tmp_path / "r.html"
+    res = runner.invoke(app, ["report", str(tmp_path / "cmp"), "--out", str(out), "--mistakes", "50"])
+    assert res.exit_code == 0, res.output
+    assert out.read_text().count("data:image/jpeg") == 1  # the real one, not the link

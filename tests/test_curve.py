@@ -97,3 +97,28 @@ def test_cli_prints_a_table_and_writes_the_plot(cache, tmp_path):
     assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
     bad = runner.invoke(app, ["curve", str(cache), "--out", str(out), "--epochs", "3"])
     assert bad.exit_code == 2 and "--epochs does not apply to the logreg head" in bad.stderr
+
+
+def test_worker_processes_give_the_same_curve(cache, tmp_path):
+    """In a fresh process (no TensorFlow loaded), --jobs 2 forks workers; the curve is the same."""
+    import subprocess
+    import sys
+
+    serial = learning_curve([cache], "logreg", tmp_path / "a", draws=2, largest=4, plots=False)
+    code = (
+        "import concurrent.futures as cf, sys\n"
+        "from pathlib import Path\n"
+        "from headstart.heads.curve import learning_curve\n"
+        "pools = []\n"
+        "init = cf.ProcessPoolExecutor.__init__\n"
+        "def spy(self, *a, **k):\n"
+        "    pools.append(a)\n"
+        "    init(self, *a, **k)\n"
+        "cf.ProcessPoolExecutor.__init__ = spy\n"
+        "learning_curve([Path(sys.argv[1])], 'logreg', Path(sys.argv[2]), draws=2, largest=4, plots=False, jobs=2)\n"
+        "assert 'tensorflow' not in sys.modules and pools == [(2,)], pools\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(cache), str(tmp_path / "b")], check=True, timeout=300)
+    parallel = json.loads((tmp_path / "b" / "curve.json").read_text())["summary"]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "cache"} for r in rows]  # noqa: E731
+    assert strip(parallel) == strip(serial.rows)

@@ -100,3 +100,29 @@ def test_demo_end_to_end_imagenet_beats_random(tmp_path):
     # Run again into the same folder: the earlier demo is replaced, not refused.
     again = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--per-class", "15"])
     assert again.exit_code == 0, again.output
+
+
+def test_an_interrupted_demo_is_resumed_by_the_same_command(tmp_path, monkeypatch):
+    from headstart.errors import DemoError
+    from headstart.extractor import runner as extract_runner
+
+    out = tmp_path / "demo"
+    draw = demo.make_pictures
+
+    def interrupted(root, *args, **kwargs):
+        draw(root, per_class=2, size=32)  # some pictures written, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "make_pictures", interrupted)
+    first = runner.invoke(app, ["demo", "--out", str(out), "--per-class", "10"])
+    assert first.exit_code != 0 and "Run the same command" in first.output
+    assert any(out.iterdir())
+
+    def reached(*args, **kwargs):
+        raise DemoError("reached extraction")
+
+    monkeypatch.setattr(demo, "make_pictures", draw)
+    monkeypatch.setattr(extract_runner, "extract", reached)
+    again = runner.invoke(app, ["demo", "--out", str(out), "--per-class", "10"])
+    assert "reached extraction" in again.output, again.output  # not refused as someone else's folder
+    assert len(list((out / "pictures").rglob("*.jpg"))) == 10 * len(demo.SHAPES)

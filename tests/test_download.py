@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from headstart import archive as archive_module
 from headstart import download
 from headstart.download import download_pets
 from headstart.errors import DownloadError
@@ -342,3 +343,114 @@ def test_part_already_complete_gets_416_and_starts_over(tmp_path, serve, pets_zi
     assert srv.ranges == [f"bytes={len(pets_zip)}-", None]
     assert (tmp_path / ".downloads" / NAME).read_bytes() == pets_zip
     _assert_unpacked(tmp_path, got)
+
+
+def _damage_member_data(archive: Path) -> None:
+    """Flip a byte inside the first PetImages member's data: the zip still opens, its CRC fails."""
+    data = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as zf:
+        info = zf.getinfo("PetImages/Cat/1.jpg")
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + 20] ^= 0xFF
+    archive.write_bytes(bytes(data))
+
+
+def test_a_damaged_archive_in_downloads_is_fetched_again(tmp_path, serve, pets_zip):
+    url, srv = serve(pets_zip)
+    got = download_pets(tmp_path, url=url)
+    shutil.rmtree(got)
+    _damage_member_data(tmp_path / ".downloads" / NAME)  # a bad disk, an interrupted copy
+
+    got = download_pets(tmp_path, url=url)
+
+    _assert_unpacked(tmp_path, got)
+    assert srv.ranges == [None, None]  # fetched again, whole
+    assert (tmp_path / ".downloads" / NAME).read_bytes() == pets_zip
+
+
+def test_a_damaged_archive_without_a_checksum_is_tested_and_fetched_again(tmp_path, serve, pets_zip):
+    url, srv = serve(pets_zip)
+    old = tmp_path / ".downloads" / NAME  # as an earlier headstart left it: no recorded checksum
+    old.parent.mkdir()
+    old.write_bytes(pets_zip)
+    _damage_member_data(old)
+
+    got = download_pets(tmp_path, url=url)
+
+    _assert_unpacked(tmp_path, got)
+    assert srv.ranges == [None]
+
+
+def test_a_download_damaged_on_the_server_is_removed_so_the_next_run_fetches_it(tmp_path, serve, pets_zip):
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(pets_zip)
+    _damage_member_data(bad)
+    url, _ = serve(bad.read_bytes())
+    dest = tmp_path / "dest"
+    with pytest.raises(DownloadError, match="run again"):
+        download_pets(dest, url=url)
+    assert not (dest / "PetImages").exists() and _no_temp(dest)
+    assert not list((dest / ".downloads").iterdir())
+    url, _ = serve(pets_zip)
+    _assert_unpacked(dest, download_pets(dest, url=url))
+
+
+def _deflated(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_a_zip_bomb_is_refused_before_unpacking(tmp_path):
+    archive = tmp_path / "bomb.zip"
+    archive.write_bytes(_deflated({**PETS, "PetImages/Dog/bomb.jpg": bytes(64 << 20)}))
+    assert archive.stat().st_size < 1 << 20
+    dest = tmp_path / "dest"
+    with pytest.raises(DownloadError, match="compress"):
+        download_pets(dest, archive=archive)
+    assert not (dest / "PetImages").exists() and _no_temp(dest)
+    assert sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) == 0
+
+
+def test_a_bomb_of_many_small_members_is_refused(tmp_path):
+    small = {f"PetImages/Cat/{i}.jpg": bytes(60 << 10) for i in range(200)}  # each under the per-member slack
+    archive = tmp_path / "bomb.zip"
+    archive.write_bytes(_deflated({**PETS, **small}))
+    with pytest.raises(DownloadError, match="in all"):
+        download_pets(tmp_path / "dest", archive=archive)
+    assert not (tmp_path / "dest" / "PetImages").exists()
+
+
+def test_member_size_total_size_and_member_count_are_capped(tmp_path, monkeypatch):
+    archive = tmp_path / "pets.zip"
+    archive.write_bytes(_zip({**PETS, "PetImages/Dog/big.jpg": bytes(3 << 20)}))  # stored: ratio 1
+    for name, value, needle in (
+        ("MAX_MEMBER_BYTES", 2 << 20, "larger than"),
+        ("MAX_TOTAL_BYTES", 2 << 20, "in all"),
+        ("MAX_MEMBERS", 3, "members"),
+    ):
+        with monkeypatch.context() as m:
+            m.setattr(archive_module, name, value)
+            with pytest.raises(DownloadError, match=needle):
+                download_pets(tmp_path / "dest", archive=archive)
+        assert not (tmp_path / "dest" / "PetImages").exists()
+    assert download_pets(tmp_path / "dest", archive=archive).is_dir()  # within the real limits
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_unpacked_folders_follow_the_umask(tmp_path, pets_zip, umask):
+    import os
+    import stat
+
+    archive = tmp_path / "pets.zip"
+    archive.write_bytes(pets_zip)
+    old = os.umask(umask)
+    try:
+        got = download_pets(tmp_path / "dest", archive=archive)
+    finally:
+        os.umask(old)
+    for folder in (got, got / "Cat", got / "Dog"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask, folder
+    assert stat.S_IMODE((got / "Cat" / "1.jpg").stat().st_mode) == 0o666 & ~umask

@@ -374,3 +374,37 @@ def test_cache_holds_the_sha256_of_each_picture_file(image_folder, tiny_config, 
     extract(image_folder, out, tiny_config)
     with open_cache(out) as c:
         assert c.sha256 == [hashlib.sha256((image_folder / p).read_bytes()).hexdigest() for p in c.paths]
+
+
+@pytest.fixture
+def alarm():
+    """Turn a hang into a failure: a blocked open() is interrupted and raises after ``seconds``."""
+
+    def on_alarm(signum, frame):
+        raise TimeoutError("hung")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    yield lambda seconds: signal.alarm(seconds)
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_a_pipe_or_a_device_named_like_a_picture_is_recorded_not_read(image_folder, tiny_config, tmp_path, alarm):
+    os.mkfifo(image_folder / "cat" / "x.jpg")  # opening it for reading waits for a writer forever
+    (image_folder / "dog" / "zero.jpg").symlink_to("/dev/zero")  # reading it never ends
+    alarm(60)
+    res = extract(image_folder, tmp_path / "c.h5", tiny_config, batch_size=4)
+    alarm(0)
+    assert (res.extracted, res.skipped) == (12, 2)
+    reasons = dict(res.failed)
+    assert "named pipe" in reasons["cat/x.jpg"] and "device" in reasons["dog/zero.jpg"]
+
+
+def test_each_picture_read_is_capped(image_folder, tiny_config, tmp_path, monkeypatch):
+    from headstart import files
+
+    monkeypatch.setattr(files, "MAX_PICTURE_BYTES", 1 << 20)
+    with open(image_folder / "cat" / "huge.jpg", "wb") as fh:  # sparse: no disk used
+        fh.truncate(3 << 20)
+    res = extract(image_folder, tmp_path / "c.h5", tiny_config, batch_size=4)
+    assert dict(res.failed)["cat/huge.jpg"] == "cannot read: larger than 1 MiB"

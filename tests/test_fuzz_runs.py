@@ -138,6 +138,25 @@ def _npz_edit(name, edit):
     return apply
 
 
+def _npz_declaring(name, shape):
+    """Every member of ``name`` replaced by an .npy header declaring ``shape`` over a few bytes: numpy
+    would allocate the declared size before reading (a 4 PiB MemoryError)."""
+
+    def apply(folder):
+        import io
+        import zipfile
+
+        with np.load(folder / name) as z:
+            members = list(z.files)
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        with zipfile.ZipFile(folder / name, "w") as zf:
+            for member in members:
+                zf.writestr(f"{member}.npy", buf.getvalue() + bytes(64))
+
+    return apply
+
+
 def _pickle_in(name, marker):
     def apply(folder):
         (folder / name).write_bytes(pickle.dumps(_Payload(marker)))
@@ -227,6 +246,8 @@ def forgeries(marker: Path):
         ("head.npz: object array (pickle)", _npz("head.npz", coef=np.array([_Payload(marker)], dtype=object))),
         ("head.npz: other names", _npz("head.npz", w=np.zeros((3, 16)), b=np.zeros(3))),
         ("head.npz: no arrays", _npz("head.npz")),
+        ("head.npz: declares a 4 PiB array", _npz_declaring("head.npz", (1 << 25, 1 << 25))),
+        ("standardization.npz: declares a 4 PiB array", _npz_declaring("standardization.npz", (1 << 50,))),
         ("standardization.npz: zero scale", _npz("standardization.npz", mean=np.zeros(16), scale=np.zeros(16))),
         ("standardization.npz: NaN mean", _npz("standardization.npz", mean=np.full(16, np.nan), scale=np.ones(16))),
         ("standardization.npz: wrong shape", _npz("standardization.npz", mean=np.zeros(3), scale=np.ones(3))),
@@ -390,3 +411,124 @@ def test_every_command_refuses_every_broken_run_in_one_line(kind, run_name, good
         assert not marker.exists(), f"{name}: code ran"
     assert not failures, f"{len(failures)} of {tried} failed:\n" + "\n".join(failures)
     assert tried >= 100
+
+
+# -- pictures that are not files, and an audit.json that points elsewhere (issue 21) ----------------
+
+
+def test_predict_records_pipes_devices_and_folders_named_like_pictures(tmp_path, monkeypatch):
+    """A pipe would block the open forever, a link to /dev/zero never ends: each is one error line,
+    the real picture is still predicted, exit code 1. (The exported model is a stub: the files are
+    what is fuzzed here.)"""
+    import signal
+
+    from PIL import Image
+
+    from headstart.ship import predict as ship_predict
+
+    class Model:
+        def predict_on_batch(self, x):
+            return np.tile([0.25, 0.75], (len(x), 1)).astype(np.float32)
+
+    def hung(signum, frame):
+        raise TimeoutError("predict hung on a picture that is not a file")
+
+    monkeypatch.setattr(ship_predict, "load_exported", lambda path: (Model(), ["cat", "dog"]))
+    (tmp_path / "m.keras").write_bytes(b"stub")
+    Image.new("RGB", (20, 30), (9, 99, 199)).save(tmp_path / "real.jpg")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    (tmp_path / "dir.jpg").mkdir()
+    names = ("real.jpg", "pipe.jpg", "zero.jpg", "loop.jpg")
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(120)
+    try:
+        result = runner.invoke(app, ["predict", str(tmp_path / "m.keras"), *(str(tmp_path / n) for n in names)])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert "real.jpg" in result.stdout and "dog" in result.stdout
+    err = result.stderr
+    assert "named pipe" in err and "device" in err and len(err.strip().splitlines()) == 4  # 3 pictures, 1 summary
+
+
+def _red(path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(path)
+
+
+def test_report_embeds_no_picture_an_audit_json_points_at(good, tmp_path):
+    """Forged audit.json roots and paths (another folder, /, absolute, .., a link out): the report
+    is written or refused in one line, and never embeds a picture from outside the cache's root."""
+    cache, runs = good
+    run = tmp_path / "run"
+    shutil.copytree(runs["logreg"], run)
+    secret = tmp_path / "secret" / "x.jpg"
+    _red(secret)
+    root = tmp_path / "root"  # the cache's own root is /data/pets (heads_fixtures): nothing there
+    (root / "c").mkdir(parents=True)
+    (root / "c" / "link.jpg").symlink_to(secret)
+    forged = [
+        (str(secret.parent), "x.jpg"),
+        ("/", str(secret).lstrip("/")),
+        (str(root), str(secret)),
+        (str(root), "../secret/x.jpg"),
+        (str(root), "c/link.jpg"),
+        (str(root), "c/../../secret/x.jpg"),
+        ("/data/pets", "../../" + str(secret).lstrip("/")),
+        ("/data/pets/../../" + str(secret.parent).lstrip("/"), "x.jpg"),
+        (None, "x.jpg"),
+        (7, "x.jpg"),
+        (str(secret.parent) + "\0", "x.jpg"),
+    ]
+    for claimed, path in forged:
+        issue = {"path": path, "label": "cat", "suggested": "dog", "score": 0.9}
+        audit = {"root": claimed, "cache": str(cache), "label_issues": [issue], "duplicates": [], "outliers": []}
+        (tmp_path / "audit.json").write_text(json.dumps(audit))
+        out = tmp_path / "r.html"
+        out.unlink(missing_ok=True)
+        result = runner.invoke(
+            app, ["report", str(run), "--audit", str(tmp_path / "audit.json"), "--out", str(out), "--mistakes", "0"]
+        )
+        assert "Traceback" not in result.output, (claimed, path, result.output)
+        assert result.exit_code in (0, 2), (claimed, path, result.output)
+        if result.exit_code == 0:
+            assert "data:image/jpeg" not in out.read_text(), (claimed, path)
+
+
+def test_report_refuses_an_audit_json_that_is_a_pipe_or_a_device(good, tmp_path):
+    import signal
+
+    cache, runs = good
+
+    def hung(signum, frame):
+        raise TimeoutError("report hung reading audit.json")
+
+    os.mkfifo(tmp_path / "pipe.json")
+    (tmp_path / "zero.json").symlink_to("/dev/zero")
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        for name in ("pipe.json", "zero.json"):
+            out = tmp_path / "r.html"
+            args = [
+                "report",
+                str(runs["logreg"]),
+                "--audit",
+                str(tmp_path / name),
+                "--out",
+                str(out),
+                "--mistakes",
+                "0",
+            ]
+            result = runner.invoke(app, args)
+            assert result.exit_code == 2 and "not a regular file" in result.stderr, result.output
+            assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

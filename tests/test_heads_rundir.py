@@ -242,3 +242,77 @@ def test_versions_of_another_major_are_warned_about(run, tmp_path, caplog):
         said = warn_versions(info, run)
     assert len(said) == 2 and "keras 2.15.0" in said[0]
     assert "keras 2.15.0" in caplog.text
+
+
+def _npy_header_only(shape, descr="<f4") -> bytes:
+    """An .npy member that declares ``shape`` but holds only a few bytes of data."""
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue() + b"\0" * 64
+
+
+def _forge_npz(folder: Path, name: str, members: dict[str, bytes]) -> None:
+    """Write ``folder/name`` as a zip of raw members and seal it into run.json as headstart would."""
+    import zipfile
+
+    with zipfile.ZipFile(folder / name, "w") as zf:
+        for member, data in members.items():
+            zf.writestr(member, data)
+    _reseal(folder, name)
+
+
+def _reseal(folder: Path, *names: str) -> None:
+    """Record the files' new SHA-256 in run.json, as a forger would."""
+    from headstart.heads.rundir import file_sha256
+
+    info = json.loads((folder / "run.json").read_text())
+    for name in names:
+        info["files"][name] = file_sha256(folder / name)
+    (folder / "run.json").write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize("name", ["head.npz", "standardization.npz"])
+def test_a_huge_declared_shape_in_an_npz_is_refused_before_allocating(run, tmp_path, name):
+    import io
+    import resource
+
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    mine = _copy(run, tmp_path / "run")
+    with np.load(mine / name) as z:
+        members = {}
+        for key in z.files:
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, z[key])
+            members[f"{key}.npy"] = buf.getvalue()
+    first = sorted(members)[0]
+    members[first] = _npy_header_only((1 << 25, 1 << 25))  # 4 PiB of float32
+    _forge_npz(mine, name, members)
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (16 << 30, hard))  # a 1 PiB calloc fails at once either way
+    try:
+        res = CliRunner().invoke(app, ["evaluate", str(mine)])
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    assert res.exit_code == 2, res.output
+    assert "shape" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_a_head_json_that_declares_more_rows_than_head_npz_holds_is_refused(cache, tmp_path):
+    mine = training.train(cache, "knn", tmp_path / "run", plots=False).run_dir
+    head = json.loads((mine / "head.json").read_text())
+    n = 1 << 36
+    head["fitted"]["n_rows_"] = n
+    (mine / "head.json").write_text(json.dumps(head))
+    with np.load(mine / "head.npz") as z:
+        dim = z["rows"].shape[1]
+        rows_dtype = z["rows"].dtype.str
+    members = {"rows.npy": _npy_header_only((n, dim), rows_dtype), "labels.npy": _npy_header_only((n,))}
+    _forge_npz(mine, "head.npz", members)
+    _reseal(mine, "head.json")
+    with pytest.raises(RunError, match="to hold the"):
+        read_run(mine)

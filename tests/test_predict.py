@@ -141,3 +141,48 @@ def test_real_pictures_with_imagenet_weights_end_to_end(tmp_path):
     assert min(accuracy.values()) > 0.75, accuracy  # random weights give 0.5; ~47 test pictures
     pred = prediction.predict(tmp_path / "cmp" / "logreg", [files[0], files[-1]], weights=weights)
     assert [p.label for p in pred.predictions] == ["Cat", "Dog"]
+
+
+# -- memory of predict with an exported model (issue 21, finding 12) ------------------------------
+
+
+def test_predict_with_an_exported_model_holds_a_bounded_number_of_pixels(tmp_path, monkeypatch):
+    """8 large photos of one size, then 40 of different sizes: the decoded pixels held at any moment,
+    and each batch given to the model, stay within a budget instead of growing with the pictures."""
+    import numpy as np
+
+    from headstart.extractor import decode
+    from headstart.ship import predict as ship_predict
+
+    big = (3000, 4000)
+    sizes = [big] * 8 + [(1000 + i, 800) for i in range(40)]
+    files = []
+    for i in range(len(sizes)):
+        files.append(tmp_path / f"{i}.jpg")
+        files[-1].write_bytes(b"decoded by the stub below")
+    live = {"pixels": 0, "peak": 0}
+
+    def load_pixels(path):
+        h, w = sizes[int(Path(path).stem)]
+        live["pixels"] += h * w
+        live["peak"] = max(live["peak"], live["pixels"])
+        return np.zeros((h, w, 3), np.uint8)
+
+    class Model:
+        batches: list[tuple[int, ...]] = []
+
+        def predict_on_batch(self, x):
+            self.batches.append(x.shape)
+            live["pixels"] -= x.shape[0] * x.shape[1] * x.shape[2]
+            return np.tile([0.25, 0.75], (len(x), 1)).astype(np.float32)
+
+    model = Model()
+    monkeypatch.setattr(ship_predict, "load_exported", lambda path: (model, ["a", "b"]))
+    monkeypatch.setattr(decode, "load_pixels", load_pixels)
+    res = prediction.predict_exported(tmp_path / "m.keras", files, batch_size=32)
+    assert [p.ok for p in res.predictions] == [True] * len(sizes)
+    assert [p.label for p in res.predictions] == ["b"] * len(sizes)
+    one = big[0] * big[1]
+    assert live["peak"] <= 2 * one  # flat: not 8 large photos at once, not every size kept to the end
+    assert all(n == 1 or n * h * w <= 2 * one for n, h, w, _ in model.batches)
+    assert sum(n for n, *_ in model.batches) == len(sizes)

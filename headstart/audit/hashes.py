@@ -16,6 +16,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
+from headstart.errors import UnsafeFileError
+from headstart.files import open_regular
+
 READ_BYTES = 1 << 20
 
 
@@ -35,10 +38,10 @@ def file_sha256(path: Path) -> str | None:
     """Hex SHA-256 of a file's bytes, or None if it cannot be read."""
     h = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:  # checked again on the descriptor: no pipe swapped in since
             while chunk := fh.read(READ_BYTES):
                 h.update(chunk)
-    except OSError:
+    except (OSError, UnsafeFileError):
         return None
     return h.hexdigest()
 

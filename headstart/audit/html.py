@@ -54,11 +54,12 @@ def data_uri(data: bytes, mime: str) -> str:
 
 def png_file_uri(path: Path) -> str | None:
     """A ``data:`` URI of a PNG file, or None if it is missing, too large or not a PNG."""
+    from headstart.errors import UnsafeFileError
+    from headstart.files import read_regular
+
     try:
-        if not path.is_file() or path.stat().st_size > MAX_EMBED_BYTES:
-            return None
-        data = path.read_bytes()
-    except OSError:
+        data = read_regular(path, MAX_EMBED_BYTES)  # no pipe, no device, no file past the cap
+    except (OSError, UnsafeFileError):
         return None
     return data_uri(data, "image/png") if data.startswith(PNG_MAGIC) else None
 

@@ -1,7 +1,9 @@
 """Pictures for people: thumbnails (JPEG bytes or arrays) and captioned montages of findings.
 
 Every picture file is data: one that is missing, unreadable, or a decompression bomb gives a
-grey placeholder, never an exception.
+grey placeholder, never an exception. Only regular files inside the given root are read (no
+``..``, no link out of it, no pipe or device; `headstart.files`), so a forged root or path
+cannot put another picture of the machine into a report.
 """
 
 from __future__ import annotations
@@ -13,25 +15,36 @@ from pathlib import Path
 
 import numpy as np
 
-from headstart.audit.hashes import safe_file
+from headstart.errors import UnsafeFileError
+from headstart.files import inside, read_regular
 
 log = logging.getLogger(__name__)
 
 
 def thumbnail(root: Path, rel: str, size: int = 96) -> np.ndarray | None:
-    """An RGB array at most ``size`` pixels a side of ``root / rel``, or None if unreadable."""
+    """An RGB array at most ``size`` pixels a side of ``root / rel``, or None if unreadable or
+    not a regular file inside ``root``."""
     from PIL import Image, ImageOps
 
-    path = safe_file(Path(root), rel)
+    path = inside(root, rel)
     if path is None:
+        log.info("thumbnail: %s is not a file inside %s", rel, root)
         return None
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(read_regular(path))) as im:
             im.draft("RGB", (size, size))
             im = ImageOps.exif_transpose(im).convert("RGB")
             im.thumbnail((size, size))
             return np.asarray(im)
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError, Image.DecompressionBombError) as err:
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        EOFError,
+        MemoryError,
+        Image.DecompressionBombError,
+        UnsafeFileError,
+    ) as err:
         log.info("thumbnail: cannot read %s (%s)", path, err)
         return None
 

@@ -5,7 +5,9 @@ diagram, per-class metrics, the most confident mistakes as thumbnails, and the a
 when an audit.json is given or lies in the folder. Nothing is loaded from the network: the plots
 and thumbnails are embedded as ``data:`` URIs, the style and the one small script inline, and a
 Content-Security-Policy forbids any other source. Every string read from the run's files is
-escaped (`headstart.audit.html`); the files are data, checked as they are read.
+escaped (`headstart.audit.html`); the files are data, checked as they are read. Thumbnails come
+only from inside the root of a cache the report's runs (or the audit) were made from, never from
+a folder that a run.json or an audit.json merely names.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from headstart.audit import html as H
-from headstart.errors import AuditError, HeadstartError
+from headstart.errors import AuditError, HeadstartError, UnsafeFileError
+from headstart.files import read_regular
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +63,8 @@ class ReportResult:
 
 def _read_json(path: Path, what: str) -> Any:
     try:
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise ValueError(f"larger than {MAX_JSON_BYTES >> 20} MiB")
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        return json.loads(read_regular(path, MAX_JSON_BYTES).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, UnsafeFileError) as err:
         raise AuditError(f"Expected a readable {what}. Received: {path} ({err}).") from None
 
 
@@ -133,6 +134,33 @@ def _comparison_rows(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any]
     return data["rows"], data
 
 
+def _cache_root(path: Any) -> Path | None:
+    """The resolved root recorded in the cache at ``path``, or None if it is not a readable cache."""
+    from headstart.audit.reading import open_checked
+
+    if not isinstance(path, str) or not path:
+        return None
+    try:
+        with open_checked(path) as cache:
+            return Path(os.path.realpath(cache.root)) if cache.root else None
+    except (HeadstartError, OSError, ValueError):
+        return None
+
+
+def _audit_root(audit: dict[str, Any], runs: list[dict[str, Any]], notes: list[str]) -> Path | None:
+    """Where the audit's thumbnails may come from: its ``root`` if that is the root of its own cache
+    or of a run's cache (resolved); else None and a note. The root in audit.json is only a claim."""
+    claimed = audit.get("root")
+    if not isinstance(claimed, str) or not claimed or "\0" in claimed:
+        return None
+    roots = [_cache_root(audit.get("cache"))] + [_cache_root(r["info"].get("cache", {}).get("path")) for r in runs]
+    real = Path(os.path.realpath(claimed))
+    if real in roots:
+        return real
+    notes.append(f"audit thumbnails not shown: its root {claimed} is not the root of its cache or of a run's cache")
+    return None
+
+
 def _mistakes(run_dir: Path, n: int, notes: list[str]) -> list[dict[str, Any]]:
     """The run's most confident test mistakes with JPEG thumbnails; a note instead if unavailable."""
     from headstart.audit.pictures import thumbnail_jpeg
@@ -145,7 +173,7 @@ def _mistakes(run_dir: Path, n: int, notes: list[str]) -> list[dict[str, Any]]:
         return []
     out = []
     for m in result.mistakes:
-        jpeg = thumbnail_jpeg(m.file.parent, m.file.name, 150)
+        jpeg = thumbnail_jpeg(result.root, m.path, 150) if result.root is not None else None
         out.append(
             {
                 "path": m.path,
@@ -249,6 +277,7 @@ def _run_section(run: dict[str, Any], mistakes: list[dict[str, Any]]) -> str:
 
 
 def _audit_section(audit: dict[str, Any], root: Path | None) -> str:
+    """The audit's findings; label issues drawn from pictures inside ``root`` (None: no thumbnails)."""
     from headstart.audit.pictures import thumbnail_jpeg
 
     leaks = [g for g in audit["duplicates"] if g.get("leakage")]
@@ -269,10 +298,9 @@ def _audit_section(audit: dict[str, Any], root: Path | None) -> str:
         parts.append(f'<p class="note">{H.esc(note)}</p>')
     issues = audit["label_issues"][:20]
     if issues:
-        base = Path(audit["root"]) if isinstance(audit.get("root"), str) else (root or Path("."))
         cards = []
         for i in issues:
-            jpeg = thumbnail_jpeg(base, i["path"], 150)
+            jpeg = thumbnail_jpeg(root, i["path"], 150) if root is not None else None
             cards.append({**i, "thumb": H.data_uri(jpeg, "image/jpeg") if jpeg else None})
         parts.append(
             "<h3>Label issues (most suspicious first)</h3>"
@@ -381,7 +409,7 @@ def make_report(
         n_mistakes += len(shown)
         body.append(_run_section(run, shown))
     if audit_data is not None:
-        body.append(_audit_section(audit_data, None))
+        body.append(_audit_section(audit_data, _audit_root(audit_data, runs, notes)))
     if notes:
         body.append("<h2>Notes</h2>" + "".join(f'<p class="note warn">{H.esc(n)}</p>' for n in notes))
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")

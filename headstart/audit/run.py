@@ -27,7 +27,8 @@ from headstart.audit import outliers as O
 from headstart.audit import space as S
 from headstart.audit.hashes import content_hashes
 from headstart.audit.reading import open_checked
-from headstart.errors import AuditError
+from headstart.errors import AuditError, UnsafeFileError
+from headstart.files import read_regular
 from headstart.heads.split import SPLITS, SplitSpec, assign
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ AUDIT_FORMAT = 1
 NEIGHBOURS = 10
 TOP_OUTLIERS = 20
 MONTAGE_ITEMS = 20
+MAX_AUDIT_BYTES = 256 << 20  # an audit.json of 1,000,000 findings is ~200 MB
 
 
 @dataclass
@@ -134,6 +136,11 @@ def audit(
         hashes, notes = content_hashes(paths, cache.sha256, base)
         lap("hashes")
         space = S.reduce(cache, dims=dims, seed=seed)
+        if space.constant:
+            notes.append(
+                "every picture has the same features: the backbone gives one answer whatever the picture "
+                "(check its weights and layer); duplicates, label issues and outliers cannot be told apart"
+            )
         lap("reduce")
         # Centred cosine tells copies from look-alikes; raw cosine tells a picture unlike any
         # other (centring pulls such a row towards the crowd). Both come from one pass.
@@ -249,8 +256,8 @@ def load_audit(path: str | os.PathLike) -> dict[str, Any]:
     if path.is_dir():
         path = path / AUDIT_JSON
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        data = json.loads(read_regular(path, MAX_AUDIT_BYTES).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, UnsafeFileError) as err:
         raise AuditError(f"Expected an audit.json written by headstart audit. Received: {path} ({err}).") from None
     try:
         if not isinstance(data, dict):

@@ -50,6 +50,7 @@ class Space:
     coords: np.ndarray  # (N, r) float32
     mean_coords: np.ndarray  # (r,) the mean row in the same coordinates
     explained: float  # share of the sum of squares the components keep (1.0 when whole)
+    constant: bool = False  # every row is the same (nothing tells one picture from another)
 
     @property
     def unit(self) -> np.ndarray:
@@ -89,11 +90,16 @@ def reduce(cache: CacheReader, dims: int = DIMS, seed: int = 0, block_rows: int 
         if reduced:
             y[start : start + len(x)] = x @ test
     mean = total / max(n, 1)
+    constant = energy - n * float(mean @ mean) <= 1e-9 * max(energy, 1e-30)
+    if constant:
+        log.warning("every row of %s is the same: nothing to tell the pictures apart", cache.path)
     if not reduced:
         coords = np.empty((n, d), dtype=np.float32)
         for start, x in cache.iter_chunks(block_rows):
             coords[start : start + len(x)] = x
-        return _space(mean, None, coords, 1.0)
+        return _space(mean, None, coords, 1.0, constant)
+    if energy == 0:  # all rows zero: no direction at all; one zero coordinate keeps the shapes usable
+        return _space(mean, np.zeros((1, d), dtype=np.float32), np.zeros((n, 1), dtype=np.float32), 1.0, True)
 
     def times(b: np.ndarray) -> np.ndarray:  # X @ b, N x k
         out = np.empty((n, b.shape[1]), dtype=np.float32)
@@ -120,7 +126,7 @@ def reduce(cache: CacheReader, dims: int = DIMS, seed: int = 0, block_rows: int 
     components = ((u[:, :r].T @ b) / s[:, None]).astype(np.float32)
     explained = float((s[:r] ** 2).sum() / energy) if energy > 0 else 1.0
     log.info("reduced %d x %d to %d components (%.1f%% of the sum of squares)", n, d, r, 100 * explained)
-    return _space(mean, components, times(components.T), explained)
+    return _space(mean, components, times(components.T), explained, constant)
 
 
 def _eigh(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -144,9 +150,11 @@ def _orthonormal(y: np.ndarray) -> np.ndarray:
     return q.astype(np.float32)
 
 
-def _space(mean: np.ndarray, components: np.ndarray | None, coords: np.ndarray, explained: float) -> Space:
+def _space(
+    mean: np.ndarray, components: np.ndarray | None, coords: np.ndarray, explained: float, constant: bool = False
+) -> Space:
     mean_coords = (mean if components is None else components.astype(np.float64) @ mean).astype(np.float32)
-    return Space(mean, components, coords, mean_coords, explained)
+    return Space(mean, components, coords, mean_coords, explained, constant)
 
 
 @dataclass

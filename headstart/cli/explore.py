@@ -95,6 +95,9 @@ def curve_cmd(
     hidden_units: Optional[int] = heads_cli.HIDDEN,
     c: Optional[float] = typer.Option(None, "--C", help="Inverse regularization of logreg and svm (default: chosen)."),
     k: Optional[int] = typer.Option(None, "--k", help="Neighbours of knn (default: chosen on validation)."),
+    jobs: int = typer.Option(
+        1, "--jobs", help="Points fitted at once in worker processes (logreg, svm and knn; Keras heads fit one by one)."
+    ),
     no_plots: bool = heads_cli.NO_PLOTS,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
@@ -121,6 +124,7 @@ def curve_cmd(
             draws=draws,
             largest=largest,
             plots=not no_plots,
+            jobs=jobs,
         )
     if as_json:
         typer.echo(json.dumps({"out": str(result.out), "caches": result.caches, "summary": result.rows}, indent=2))

@@ -10,7 +10,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from headstart.errors import DecodeError
+from headstart import files
+from headstart.errors import DecodeError, UnsafeFileError
 from headstart.settings.config import RESIZE_METHODS  # the registry lives with the settings
 
 # Truncated files are errors, not pictures with a grey bottom half.
@@ -31,6 +32,20 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def read_picture(path: str | Path) -> bytes:
+    """The bytes of a picture file; `DecodeError` for an empty file, a pipe, a device, a folder, or
+    a file over `headstart.files.MAX_PICTURE_BYTES` (nothing is opened that could block or never end)."""
+    try:
+        data = files.read_regular(path, files.MAX_PICTURE_BYTES)
+    except UnsafeFileError as err:
+        raise DecodeError(f"cannot read: {err}") from None
+    except (OSError, MemoryError) as err:
+        raise DecodeError(f"cannot read: {getattr(err, 'strerror', None) or err}") from None
+    if not data:
+        raise DecodeError("empty file")
+    return data
+
+
 def load_pixels(path: str | Path) -> np.ndarray:
     """Decode ``path`` whole, without resizing: an ``(height, width, 3)`` uint8 array, what an app
     gives a model exported by ``headstart export``. Same checks and reasons as `load_image`."""
@@ -47,12 +62,13 @@ def load_image(
     ``crop`` resizes the short side and cuts the centre. ``draft`` lets Pillow's JPEG decoder
     skip detail it would throw away (DCT scaling) when the picture is at least twice the size.
     ``size=None`` keeps the picture's own size (no draft, no resize).
-    Raises `DecodeError` with a short reason for anything that is not a readable picture.
+    Raises `DecodeError` with a short reason for anything that is not a readable picture. A path
+    is read by `read_picture`: a regular file only, at most `headstart.files.MAX_PICTURE_BYTES`.
     """
     height, width = size or (0, 0)
+    if isinstance(path, (str, Path)):
+        path = io.BytesIO(read_picture(path))
     try:
-        if isinstance(path, (str, Path)) and Path(path).stat().st_size == 0:
-            raise DecodeError("empty file")
         # Pillow refuses pictures over 2 x Image.MAX_IMAGE_PIXELS (~179 MP) as decompression bombs.
         with Image.open(path) as img:
             if draft and size and img.format == "JPEG":
@@ -91,11 +107,6 @@ def load_image_hashed(
     The file is read into memory once (Pillow reads it whole anyway), hashed, and decoded from
     those bytes. Raises `DecodeError` as `load_image` does.
     """
-    try:
-        data = Path(path).read_bytes()
-    except (OSError, MemoryError) as err:
-        raise DecodeError(f"cannot read: {getattr(err, 'strerror', None) or err}") from None
-    if not data:
-        raise DecodeError("empty file")
+    data = read_picture(path)
     digest = hashlib.sha256(data).hexdigest()
     return load_image(io.BytesIO(data), size, resize, draft), digest

@@ -171,6 +171,7 @@ def curve_points(
     params: Mapping[str, Any],
     draws: int,
     largest: int | None = None,
+    jobs: int = 1,
     on_point: Callable[[dict[str, Any], int, int], None] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Every point of one cache's curve (taken from ``journal`` where already finished), and the
@@ -192,19 +193,20 @@ def curve_points(
         }
         finished = read_journal(journal)
         plan = [(s, d) for s in sizes for d in (range(1) if s == ALL else range(draws))]
-        points, reused = [], 0
-        for i, (size, draw) in enumerate(plan):
-            key = _digest({**context, "per_class": size, "draw": draw})
-            rec = finished.get(key)
-            if rec is None:
-                result = fit_point(data, head, params, size, draw, split.seed)
-                rec = {"key": key, "cache": str(data.cache_path), "per_class": size, "draw": draw, **result}
-                append(journal, rec)
-            else:
-                reused += 1
-            points.append(rec)
+        keys = [_digest({**context, "per_class": size, "draw": draw}) for size, draw in plan]
+        by_key = {k: finished[k] for k in keys if k in finished}
+        reused = len(by_key)
+        todo = [(k, size, draw) for k, (size, draw) in zip(keys, plan) if k not in by_key]
+
+        def done(key: str, size: int | str, draw: int, result: Mapping[str, Any]) -> None:
+            rec = {"key": key, "cache": str(data.cache_path), "per_class": size, "draw": draw, **result}
+            append(journal, rec)  # in this process only: one writer of the journal
+            by_key[key] = rec
             if on_point:
-                on_point(rec, i + 1, len(plan))
+                on_point(rec, len(by_key), len(plan))
+
+        _fit_all(data, head, params, todo, split.seed, jobs, done)
+        points = [by_key[k] for k in keys]
         info = {
             "path": str(data.cache_path),
             "fingerprint_digest": data.cache_info["fingerprint_digest"],
@@ -215,6 +217,47 @@ def curve_points(
             "from_journal": reused,
         }
         return info, points
+
+
+_WORKER: tuple | None = None  # (data, head, params, seed), set before the workers fork; never pickled
+
+
+def _fit_in_worker(size: int | str, draw: int) -> dict[str, Any]:
+    data, head, params, seed = _WORKER
+    return fit_point(data, head, params, size, draw, seed)
+
+
+def _fit_all(data, head: str, params, todo, seed: int, jobs: int, done) -> None:
+    """Fit every ``(key, size, draw)`` and call ``done`` in this process as each ends: in forked worker
+    processes that share the loaded features when ``jobs > 1`` allows it, else one after another.
+    TensorFlow's threads must not cross a fork, so the Keras heads (and any process that has
+    loaded TensorFlow) fit serially."""
+    import sys
+
+    forkable = hasattr(os, "fork") and "tensorflow" not in sys.modules and not data.streamed
+    if jobs <= 1 or len(todo) <= 1 or not forkable:
+        for key, size, draw in todo:
+            done(key, size, draw, fit_point(data, head, params, size, draw, seed))
+        return
+    import concurrent.futures as cf
+    import multiprocessing
+
+    global _WORKER
+    _WORKER = (data, head, dict(params), seed)
+    pool = cf.ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context("fork"))
+    try:
+        futures = {pool.submit(_fit_in_worker, size, draw): (key, size, draw) for key, size, draw in todo}
+        for fut in cf.as_completed(futures):
+            done(*futures[fut], fut.result())
+    except BaseException:
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.terminate()  # Ctrl-C or an error: finished points are journaled, the rest stop now
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    else:
+        pool.shutdown(wait=True)
+    finally:
+        _WORKER = None
 
 
 def summarise(points: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -301,6 +344,7 @@ def learning_curve(
     draws: int = 5,
     largest: int | None = None,
     plots: bool = True,
+    jobs: int = 1,
     on_point: Callable[[dict[str, Any], int, int], None] | None = None,
 ) -> CurveResult:
     """Learning curves of ``head`` on each cache into ``out`` (``curve.json``, ``curve.png`` and the
@@ -315,6 +359,8 @@ def learning_curve(
         raise HeadError(f"Expected --largest of 1 or more pictures a class. Received: {largest!r}.")
     if not caches:
         raise HeadError("Expected at least one cache. Received: none.")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise HeadError(f"Expected --jobs of 1 or more. Received: {jobs!r}.")
     params = dict(params or {})
     params.setdefault("random_state", split.seed)
     make_head(head, **params)  # bad options fail before any cache is read
@@ -336,7 +382,15 @@ def learning_curve(
         infos, rows, all_points = [], [], []
         for cache_path in caches:
             info, points = curve_points(
-                cache_path, head, journal, split=split, params=params, draws=draws, largest=largest, on_point=on_point
+                cache_path,
+                head,
+                journal,
+                split=split,
+                params=params,
+                draws=draws,
+                largest=largest,
+                jobs=jobs,
+                on_point=on_point,
             )
             infos.append(info)
             all_points += points

@@ -54,6 +54,7 @@ class MisclassifiedResult:
     n_test: int
     n_wrong: int
     montage: Path | None
+    root: Path | None = None  # the cache's root: the pictures' paths are relative to it
 
 
 def check_fingerprint(info: Mapping[str, Any], cache) -> None:
@@ -184,4 +185,4 @@ def misclassified(
         from headstart.heads import plots
 
         drawn = plots.plot_montage([m.to_dict() for m in mistakes], montage)
-    return MisclassifiedResult(mistakes, n_test=len(rows), n_wrong=len(wrong), montage=drawn)
+    return MisclassifiedResult(mistakes, n_test=len(rows), n_wrong=len(wrong), montage=drawn, root=root)

@@ -6,6 +6,7 @@ so no global backend is switched and nothing needs a display.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from headstart.errors import HeadstartError
+from headstart.errors import HeadstartError, UnsafeFileError
+from headstart.files import read_regular
 
 log = logging.getLogger(__name__)
 
@@ -172,11 +174,11 @@ def plot_montage(items: Sequence[Mapping[str, Any]], path: Path, columns: int = 
         ax.axis("off")
     for ax, item in zip(axes, items):
         try:
-            with Image.open(item["file"]) as im:
+            with Image.open(io.BytesIO(read_regular(item["file"]))) as im:
                 im = ImageOps.exif_transpose(im).convert("RGB")
                 im.thumbnail((thumb, thumb))
                 ax.imshow(np.asarray(im))
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
+        except (OSError, ValueError, Image.DecompressionBombError, UnsafeFileError) as err:
             log.warning("montage: cannot read %s (%s)", item["file"], err)
             ax.text(0.5, 0.5, "unreadable", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(f"{item['true']} → {item['predicted']} ({item['probability']:.2f})", fontsize=8)

@@ -7,6 +7,8 @@ per-feature mean and scale of the training rows and is saved as arrays (`.npz`, 
 
 from __future__ import annotations
 
+import os
+import zipfile
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -208,8 +210,49 @@ class Standardizer:
         return cls(arrays["mean"], arrays["scale"])
 
 
+MAX_DEFLATE_RATIO = 64
+"""A compressed member may unpack to at most this many times its size (headstart stores them plain)."""
+
+
+def _check_members(path: Path, zf: zipfile.ZipFile, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Each array's ``.npy`` header read alone, before numpy allocates what it declares: the shape
+    and type that ``head.json`` expects, and exactly as many bytes as the member really holds."""
+    size = os.path.getsize(path)
+    for name, want in shapes.items():
+        info = zf.getinfo(f"{name}.npy")
+        with zf.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                raise ValueError(f"{name}: .npy format {version} is not read")
+            header = fh.tell()
+        if dtype.kind != "f" or tuple(shape) != tuple(want):
+            raise RunError(
+                f"Expected {name} in {path} as floats of shape {want}. Received: {dtype} of shape {tuple(shape)}."
+            )
+        declared = header + int(np.prod(want, dtype=object)) * dtype.itemsize
+        stored = info.compress_size if info.compress_type == zipfile.ZIP_STORED else None
+        if (
+            info.file_size != declared
+            or info.compress_size > size
+            or (stored is not None and stored != info.file_size)
+            or (stored is None and info.file_size > MAX_DEFLATE_RATIO * info.compress_size + (64 << 10))
+        ):
+            raise RunError(
+                f"Expected {name} in {path} to hold the {declared:,} bytes its shape {want} needs. "
+                f"Received: a member of {info.file_size:,} bytes ({info.compress_size:,} stored); "
+                "the file was not written by headstart, or head.json does not belong with it."
+            )
+
+
 def load_arrays(path: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-    """Named float arrays of an ``.npz`` file, checked: no pickle, exactly these names and shapes, finite."""
+    """Named float arrays of an ``.npz`` file, checked: no pickle, exactly these names and shapes, finite.
+
+    Every shape, type and size is checked from the members' headers before an array is read, so a
+    file that declares a huge array is refused without allocating it."""
     try:
         with np.load(path, allow_pickle=False) as z:
             names = set(z.files)
@@ -218,12 +261,13 @@ def load_arrays(path: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.
                     f"Expected the arrays {', '.join(sorted(shapes))} in {path}. "
                     f"Received: {', '.join(sorted(names)) or 'none'}."
                 )
+            _check_members(path, z.zip, shapes)
             out = {name: z[name] for name in shapes}
     except RunError:
         raise
     except FileNotFoundError:
         raise RunError(f"Expected {path}. Received: no such file.") from None
-    except (OSError, ValueError, EOFError, KeyError) as err:  # not a zip, truncated, an object array
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:  # not a zip, truncated, objects
         raise RunError(f"Expected a readable array file {path}. Received: a damaged file ({err}).") from None
     for name, want in shapes.items():
         arr = out[name]

@@ -79,10 +79,15 @@ def _gather_files(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, str | 
             out.append((p, "no pictures in this folder"))
         for f in found:
             f = Path(f)
-            if f.resolve() not in seen:
-                seen.add(f.resolve())
+            if _key(f) not in seen:
+                seen.add(_key(f))
                 out.append((f, None))
     return out
+
+
+MAX_BATCH_PIXELS = 16 << 20
+"""Decoded pixels held at once by `predict_exported` (a batch and the pictures waiting for one):
+about 200 MB as float32, whatever the number of pictures. A larger picture goes alone."""
 
 
 def predict_exported(
@@ -91,7 +96,9 @@ def predict_exported(
     """Classify pictures with a model written by ``headstart export``: each picture is decoded
     whole (no resize, no JPEG draft) and the model does the rest, as it would in an app.
 
-    Pictures of one size go through the model together, up to ``batch_size`` at a time."""
+    Pictures of one size go through the model together, up to ``batch_size`` at a time and
+    `MAX_BATCH_PIXELS` pixels in all: memory stays flat whatever the number and size of the
+    pictures (12 MP phone photos go one at a time)."""
     from headstart.extractor.decode import DecodeError, load_pixels
 
     if top_k < 1:
@@ -99,14 +106,24 @@ def predict_exported(
     model, class_names = load_exported(model_path)
     items = _gather_files(paths)
     reasons: dict[Path, str] = {_key(f): r for f, r in items if r is not None}
-    by_size: dict[tuple[int, int], list[tuple[Path, np.ndarray]]] = {}
+    waiting: dict[tuple[int, int], list[tuple[Path, np.ndarray]]] = {}
+    held = 0  # pixels decoded and not yet through the model
     top: dict[Path, list[tuple[str, float]]] = {}
     k = min(top_k, len(class_names))
 
-    def run(group: list[tuple[Path, np.ndarray]]) -> None:
-        proba = np.asarray(model.predict_on_batch(np.stack([a for _, a in group]).astype(np.float32)))
+    def flush(size: tuple[int, int]) -> None:
+        nonlocal held
+        group = waiting.pop(size)
+        files = [f for f, _ in group]
+        batch = np.empty((len(group), *group[0][1].shape), dtype=np.float32)
+        for i, (_, a) in enumerate(group):
+            batch[i] = a
+        held -= sum(a.shape[0] * a.shape[1] for _, a in group)
+        group.clear()  # the decoded pictures go now; only the float batch stays until predicted
+        proba = np.asarray(model.predict_on_batch(batch))
+        del batch
         order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
-        for (f, _), row, idx in zip(group, proba, order):
+        for f, row, idx in zip(files, proba, order):
             top[_key(f)] = [(class_names[i], float(row[i])) for i in idx]
 
     for f, reason in items:
@@ -117,12 +134,16 @@ def predict_exported(
         except DecodeError as err:
             reasons[_key(f)] = str(err)
             continue
-        group = by_size.setdefault(pixels.shape[:2], [])
-        group.append((f, pixels))
-        if len(group) >= batch_size:
-            run(by_size.pop(pixels.shape[:2]))
-    for group in by_size.values():
-        run(group)
+        size, n = pixels.shape[:2], pixels.shape[0] * pixels.shape[1]
+        while waiting and held + n > MAX_BATCH_PIXELS:  # the budget is spent: the largest groups go first
+            flush(max(waiting, key=lambda s: len(waiting[s]) * s[0] * s[1]))
+        waiting.setdefault(size, []).append((f, pixels))
+        held += n
+        del pixels
+        if len(waiting[size]) >= batch_size or n >= MAX_BATCH_PIXELS:
+            flush(size)
+    while waiting:
+        flush(next(iter(waiting)))
     return PredictResult(
         [
             Prediction(f, top[_key(f)])
@@ -134,7 +155,11 @@ def predict_exported(
 
 
 def _key(path) -> Path:
-    return Path(path).resolve()
+    """One key per file however it is named; a path that cannot be resolved (a link loop) keys as itself."""
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symbolic link loop, before Python 3.13
+        return Path(os.path.abspath(path))
 
 
 def predict(
