@@ -462,3 +462,26 @@ def test_short_sha256_column_is_a_cache_error(tmp_path):
         f["sha256"].resize(3, axis=0)
     with pytest.raises(CacheError, match="sha256"):
         open_cache(path)
+
+
+@pytest.mark.parametrize(
+    "rel, problem",
+    [
+        ("cat/a.jpg", None),
+        ("..cat/a.jpg", None),  # a name that starts with two dots is still inside
+        ("cat/..a.jpg", None),
+        ("", "an empty path"),
+        ("/etc/passwd", "'/etc/passwd' (not a path inside the root)"),
+        ("..", "'..' (not a path inside the root)"),
+        ("../x.jpg", "'../x.jpg' (not a path inside the root)"),
+        ("../../etc/passwd", "'../../etc/passwd' (not a path inside the root)"),
+        ("cat/../../x.jpg", "'cat/../../x.jpg' (not a path inside the root)"),
+        ("./cat/a.jpg", "'./cat/a.jpg' (not a path inside the root)"),
+        ("cat//a.jpg", "'cat//a.jpg' (not a path inside the root)"),
+    ],
+)
+def test_a_cached_path_must_be_a_normal_path_inside_the_root(rel, problem):
+    """The rule every row's path meets on open (closes mutants of validate._check_path that survived)."""
+    from headstart.cache.validate import _check_path
+
+    assert _check_path(rel) == problem
