@@ -485,3 +485,20 @@ def test_a_cached_path_must_be_a_normal_path_inside_the_root(rel, problem):
     from headstart.cache.validate import _check_path
 
     assert _check_path(rel) == problem
+
+
+def test_an_unreadable_string_outside_swmr_is_an_error_not_a_shorter_list():
+    """Only a SWMR reader beside a live writer may read a prefix of /paths; a damaged file (HDF5's
+    "EOA" read errors come from truncated files too) raises (a mutant reading `or` survived)."""
+    from types import SimpleNamespace
+
+    from headstart.cache.validate import _visible_text
+
+    class Broken:
+        file = SimpleNamespace(swmr_mode=False, filename="c.h5")
+
+        def asstr(self):
+            raise OSError("Can't read data (addr overflow, addr = 9, size = 4, eoa = 8): EOA")
+
+    with pytest.raises(OSError, match="EOA"):
+        _visible_text(Broken(), 3, "/paths")
