@@ -109,3 +109,7 @@ class UnsafeFileError(HeadstartError):
 
 class ArchiveDamagedError(DownloadError):
     """A zip's bytes are damaged (a CRC, a truncated member) or unsafe to unpack (a zip bomb)."""
+
+
+class DiskFullError(HeadstartError):
+    """The disk filled (or would fill) while writing; what was committed before is kept."""

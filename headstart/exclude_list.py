@@ -1,14 +1,21 @@
 """`--exclude-list FILE`: pictures to leave out (one path a line, as `headstart audit` writes suspects.txt).
 
 The file is data: UTF-8 text, one picture path relative to the dataset root a line (as the cache
-stores it); blank lines and lines starting with ``#`` are skipped; backslashes and a leading
-``./`` are normalized as the split does. Anything else (binary, not UTF-8, a NUL, an absolute
-path, a ``..`` part, a huge file) is one `ExcludeListError`.
+stores it). Lines end at ``\n`` (a ``\r`` before it is dropped); blank lines and lines starting
+with ``#`` are skipped; surrounding spaces are dropped; backslashes and a leading ``./`` are
+normalized as the split does. A line starting with ``"`` is a JSON string, read exactly: that is
+how `format_exclude_list` writes a path that a plain line would not give back (one starting with
+``#``, ``"`` or a space, or holding a newline, a backslash or another control character), so
+every path a cache can hold round-trips. (A line starting with ``"`` that is not a JSON string
+is read as a plain line, as lists written before the quoting are.) Anything else (binary, not
+UTF-8, a NUL, an absolute path, a ``..`` part, a huge file) is one `ExcludeListError`.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -46,11 +53,13 @@ def read_exclude_list(path: str | os.PathLike) -> ExcludeList:
     except OSError as err:
         raise ExcludeListError(f"Cannot read --exclude-list {path}: {err.strerror or err}.") from None
     paths = set()
-    for number, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.removesuffix("\r").strip()
         if not line or line.startswith("#"):
             continue
-        rel = normalize_path(line)
+        rel = _quoted(line)
+        if rel is None:
+            rel = normalize_path(line)
         pure = PurePosixPath(rel)
         if "\0" in rel or pure.is_absolute() or ".." in pure.parts:
             raise ExcludeListError(
@@ -59,3 +68,32 @@ def read_exclude_list(path: str | os.PathLike) -> ExcludeList:
             )
         paths.add(rel)
     return ExcludeList(str(path), frozenset(paths))
+
+
+def _quoted(line: str) -> str | None:
+    """The path of a line written as a JSON string, or None for a plain line."""
+    if not line.startswith('"'):
+        return None
+    try:
+        value = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _plain(path: str) -> bool:
+    """Whether ``path`` written as a plain line is read back as itself."""
+    return (
+        path[:1] not in ("#", '"', "")
+        and path == path.strip()
+        and normalize_path(path) == path
+        and not any(ord(c) < 32 or ord(c) == 127 for c in path)
+    )
+
+
+def format_exclude_list(paths: Iterable[str], header: str = "") -> str:
+    """The text of an exclude list of ``paths`` that `read_exclude_list` reads back exactly: a plain
+    line where that round-trips, else a JSON string (ASCII). ``header``: comment lines to put first."""
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    lines += [p if _plain(p) else json.dumps(p) for p in paths]
+    return "".join(line + "\n" for line in lines)

@@ -65,6 +65,55 @@ class FileLock:
             self._fh = None
 
 
+def lock_file_itself(path: Path, busy: Exception, held=None):
+    """An exclusive ``flock`` on the file at ``path`` itself (not on a lock file beside it): it follows
+    the file through renames and links, where a lock file named after the path cannot. Returns the
+    open handle that holds it (close it to release), or None when there is no file (or no flock).
+    ``held``: a handle this process already locks; kept when it is still the file at ``path`` (a
+    second lock of the same file from this process would refuse itself)."""
+    if fcntl is None:
+        return held
+    try:
+        fh = open(path, "r+b")  # for writing: NFS emulates flock with locks that need it
+    except PermissionError:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return held
+    if held is not None and os.fstat(held.fileno()).st_ino == os.fstat(fh.fileno()).st_ino:
+        fh.close()
+        return held
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise busy from None
+    except OSError:  # a file system without locks (ENOLCK): the lock file beside it still guards
+        fh.close()
+        return held
+    if held is not None:
+        held.close()
+    return fh
+
+
+def file_locked(path: Path) -> bool:
+    """Whether a process holds `lock_file_itself` on the file at ``path`` right now."""
+    if fcntl is None:  # pragma: no cover
+        return False
+    try:
+        fh = open(path, "rb")
+    except OSError:
+        return False
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
+
+
 @contextlib.contextmanager
 def exclusive_lock(lock_path: Path, busy: Exception) -> Iterator[None]:
     """Hold a `FileLock` on ``lock_path`` for the block, or raise ``busy`` at once."""

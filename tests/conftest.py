@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SHARED = Path(os.environ.get("HEADSTART_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
-"""../shared beside the checkout; HEADSTART_SHARED=/path names it from a git worktree elsewhere."""
+"""../shared beside the checkout; HEADSTART_SHARED points elsewhere (a worktree one level deeper)."""
 PETS = SHARED / "data" / "pets-sample"
 BAD_IMAGES = SHARED / "data" / "bad-images"
 MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
@@ -152,7 +152,9 @@ def planted_features(seed: int = 0, dim: int = 64, per_class: int = 40):
     """Three clustered classes with planted problems; returns (features, labels, paths, sha256, planted).
 
     Planted: rows 0-1 an exact duplicate (same digest), rows 2-3 a near duplicate, row 4 a flipped
-    label (a class-0 row labelled 1), row 5 an outlier (far from every cluster).
+    label (a class-0 row labelled 1), row 5 an outlier (far from every cluster), rows 6-9 a group
+    of outliers in class 0 (around one point far from every cluster, each other's nearest
+    neighbours: a score from 1 or 5 nearest neighbours ranks them below the top 6).
     """
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, 1, (3, dim))  # same-class rows at cosine ~0.5: far from duplicates
@@ -162,8 +164,126 @@ def planted_features(seed: int = 0, dim: int = 64, per_class: int = 40):
     x[3] = x[2] + rng.normal(0, 0.05, dim)
     labels[4] = 1  # row 4 is a class-0 row
     x[5] = rng.normal(0, 1, dim) * 15
+    group = np.random.default_rng((seed, 7)).normal(0, 1, (5, dim))
+    x[6:10] = group[0] * 3 + group[1:] * 2
     paths = [f"c{k}/{i}.jpg" for i, k in enumerate(labels)]
     sha = [f"{i:064x}" for i in range(len(labels))]
     sha[1] = sha[0]
-    planted = {"exact": (paths[0], paths[1]), "near": (paths[2], paths[3]), "flipped": paths[4], "outlier": paths[5]}
+    planted = {
+        "exact": (paths[0], paths[1]),
+        "near": (paths[2], paths[3]),
+        "flipped": paths[4],
+        "outlier": paths[5],
+        "group": paths[6:10],
+    }
     return x, labels, paths, sha, planted
+
+
+def off_topic_picture(kind: str, rng: np.random.Generator, size: int = 224):
+    """One generated picture that is not a pet, of the ``kind`` "screenshot" (a window of text),
+    "logo" (a shape on a flat field), "noise", "gradient" or "stripes", or a demo shape
+    (`headstart.demo.draw_picture`: "circle", "square", ...). Pictures of one kind share their
+    layout and differ in colours, text and placement, like the logos or screenshots a scraped
+    folder holds several times."""
+    from PIL import Image, ImageDraw
+
+    yy, xx = np.mgrid[0:size, 0:size]
+    if kind == "noise":
+        return Image.fromarray(rng.integers(0, 256, (size, size, 3)).astype("uint8"))
+    if kind == "gradient":
+        return Image.fromarray(
+            np.stack([xx * 255 // size, yy * 255 // size, np.full_like(xx, 128)], -1).astype("uint8")
+        )
+    if kind == "stripes":
+        return Image.fromarray(np.stack([((xx // 16) % 2) * 255] * 3, axis=-1).astype("uint8"))
+    if kind == "screenshot":
+        im = Image.new("RGB", (size, size), "white")
+        draw = ImageDraw.Draw(im)
+        draw.rectangle((0, 0, size, 24), fill=tuple(int(v) for v in rng.integers(40, 120, 3)))
+        for line in range(9):
+            words = "".join(chr(int(c)) for c in rng.integers(65, 91, int(rng.integers(12, 30))))
+            draw.text((8, 32 + 20 * line), words, fill="black")
+        return im
+    if kind == "logo":
+        im = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(180, 256, 3)))
+        draw = ImageDraw.Draw(im)
+        r = size * rng.uniform(0.25, 0.35)
+        cx, cy = size / 2 + rng.uniform(-20, 20), size / 2 + rng.uniform(-20, 20)
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=tuple(int(v) for v in rng.integers(0, 120, 3)))
+        draw.text((cx - 20, cy - 5), "ACME", fill="white")
+        return im
+    from headstart.demo import draw_picture
+
+    return draw_picture(kind, rng, size)
+
+
+def plant_off_topic(
+    src: Path,
+    dst: Path,
+    kinds=("screenshot", "logo"),
+    singles=("noise", "gradient", "stripes"),
+    per_group: int = 3,
+    seed: int = 0,
+) -> dict[str, list]:
+    """Copy the photo folder ``src`` to ``dst`` with off-topic pictures added; returns them.
+
+    A group of ``per_group`` pictures of each of ``kinds``, and 3 singletons of ``singles``
+    (`off_topic_picture`), spread over the class folders in turn, as relative paths:
+    ``{"groups": [[...], [...]], "singletons": [...]}``. A group's pictures are each other's
+    nearest neighbours: a score that looks only at a picture's few nearest neighbours finds them
+    typical.
+    """
+    import shutil
+
+    shutil.copytree(src, dst, symlinks=False)
+    classes = sorted(p.name for p in dst.iterdir() if p.is_dir())
+    planted: dict[str, list] = {"groups": [], "singletons": []}
+    k = 0
+    for g, kind in enumerate(kinds):
+        group = []
+        for i in range(per_group):
+            name = f"{classes[k % len(classes)]}/off-topic-{kind}-{i}.jpg"
+            k += 1
+            off_topic_picture(kind, np.random.default_rng((seed, g, i))).save(dst / name, quality=90)
+            group.append(name)
+        planted["groups"].append(group)
+    for i, kind in enumerate(singles):
+        name = f"{classes[k % len(classes)]}/off-topic-{kind}.jpg"
+        k += 1
+        off_topic_picture(kind, np.random.default_rng((seed, 99, i))).save(dst / name, quality=90)
+        planted["singletons"].append(name)
+    return planted
+
+
+def plant_copies(src: Path, dst: Path, per_kind: int = 10, seed: int = 0) -> dict[str, list]:
+    """Copy the photo folder ``src`` to ``dst`` with altered copies of some photos added.
+
+    Per kind, ``per_kind`` photos (each used once) get a copy beside them: "reencoded" (JPEG quality
+    50), "resized" (to 50 %, quality 90), "cropped" (5 % off each side, quality 90). Returns
+    ``{kind: [(copy, original), ...]}`` as relative paths.
+    """
+    import shutil
+
+    from PIL import Image
+
+    shutil.copytree(src, dst, symlinks=False)
+    classes = sorted(p.name for p in dst.iterdir() if p.is_dir())
+    rng = np.random.default_rng(seed)
+    files = {c: list(rng.permutation(sorted(p.name for p in (dst / c).iterdir()))) for c in classes}
+    planted: dict[str, list] = {"reencoded": [], "resized": [], "cropped": []}
+    k = 0
+    for kind in planted:
+        for _ in range(per_kind):
+            c = classes[k % len(classes)]
+            k += 1
+            name = files[c].pop()
+            with Image.open(dst / c / name) as im:
+                im = im.convert("RGB")
+                w, h = im.size
+                if kind == "resized":
+                    im = im.resize((max(1, w // 2), max(1, h // 2)), Image.BICUBIC)
+                elif kind == "cropped":
+                    im = im.crop((round(0.05 * w), round(0.05 * h), round(0.95 * w), round(0.95 * h)))
+                im.save(dst / c / f"{kind}-copy-{name}", quality=50 if kind == "reencoded" else 90)
+            planted[kind].append((f"{c}/{kind}-copy-{name}", f"{c}/{name}"))
+    return planted

@@ -108,6 +108,47 @@ def test_second_writer_is_refused(tmp_path):
                 pass
 
 
+def test_a_live_cache_is_never_recovered_through_a_link_or_after_a_rename(tmp_path):
+    """issue 21, finding 6: a second writer through link.h5 -> cache.h5 did not see the lock, "recovered"
+    the open file and left link.h5 a separate file; locks are on the resolved file and on the file itself."""
+    path, link, moved = tmp_path / "cache.h5", tmp_path / "link.h5", tmp_path / "moved.h5"
+    with CacheWriter(path, header()) as w:
+        w.append(np.ones((4, 8), np.float32), [0] * 4, [f"c0/{i}.jpg" for i in range(4)])
+        w.commit()
+        link.symlink_to(path.name)
+        with pytest.raises(CacheBusyError, match="Another headstart process"):
+            with CacheWriter(link, header()):
+                pass
+        path.rename(moved)  # the live cache under another name: its lock file stays named cache.h5.lock
+        with pytest.raises(CacheBusyError, match="Another headstart process"):
+            with CacheWriter(moved, header()):
+                pass
+        moved.rename(path)
+        w.append(np.ones((4, 8), np.float32), [1] * 4, [f"c1/{i}.jpg" for i in range(4)])
+    assert link.is_symlink() and len(open_cache(link)) == 8
+    with CacheWriter(link, header()) as w:  # once free, a writer through the link writes the target
+        w.append(np.ones((4, 8), np.float32), [1] * 4, [f"c1/more-{i}.jpg" for i in range(4)])
+    assert link.is_symlink() and len(open_cache(path)) == 12
+
+
+def test_extract_through_a_link_to_a_live_cache_is_refused_and_the_link_stays(tmp_path):
+    from conftest import make_images
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    images = make_images(tmp_path / "images", per_class=2)
+    path, link = tmp_path / "cache.h5", tmp_path / "link.h5"
+    link.symlink_to(path.name)
+    with CacheWriter(path, header()) as w:
+        w.append(np.ones((4, 8), np.float32), [0] * 4, [f"c0/{i}.jpg" for i in range(4)])
+        w.commit()
+        args = ["extract", str(images), "--out", str(link), "--backbone", "tiny", "--weights", "none", "-q"]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and "Another headstart process is writing" in result.stderr, result.output
+    assert link.is_symlink() and len(open_cache(path)) == 4
+
+
 CRASH = textwrap.dedent(
     """
     import os, signal, sys

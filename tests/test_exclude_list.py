@@ -100,3 +100,65 @@ def test_extract_skips_listed_pictures_and_prune_drops_them(image_folder, tiny_c
     extract(image_folder, out, tiny_config, exclude_paths={"dog/dog.1.jpg"}, prune=True)
     with open_cache(out) as c:
         assert "dog/dog.1.jpg" not in c.paths and "cat/cat.0.jpg" in c.paths and len(c) == 11
+
+
+# -- every path a cache can hold round-trips (issue 21, finding 8) --------------------------------
+
+ODD_PATHS = [
+    "#1/a.jpg",  # a class folder whose name starts with #
+    "c0/new\nline.jpg",
+    "c0/carriage\rreturn.jpg",
+    " c0/leading space.jpg",
+    "c0/trailing space.jpg ",
+    '"quoted"/a.jpg',
+    "c0/back\\slash.jpg",
+    "c0/line\u2028separator.jpg",
+    "c0/next\x85line.jpg",
+    "c0/tab\t.jpg",
+    "c0/plain.jpg",
+    "c0/ünïcødé 猫.jpg",
+]
+
+
+def test_the_list_audit_writes_reads_back_every_path_a_cache_can_hold(tmp_path):
+    from headstart.audit.run import AuditResult, write
+
+    outliers = [{"path": p, "label": "c0", "score": 1.0} for p in ODD_PATHS]
+    result = AuditResult(tmp_path / "c.h5", str(tmp_path), 20, ["c0"], [], [], outliers, [], {}, {})
+    write(result, tmp_path / "audit", montages=False)
+    assert read_exclude_list(tmp_path / "audit" / "suspects.txt").paths == set(ODD_PATHS)
+
+
+def test_a_path_with_a_newline_or_a_hash_is_left_out_of_training(tmp_path):
+    x, y, paths, sha, _ = planted_features()
+    paths = list(paths)
+    paths[0], paths[1] = "#c0/first.jpg", "c1/two\nlines.jpg"
+    cache = write_cache(tmp_path / "odd.h5", x, y, paths, CLASSES, sha256=sha)
+    from headstart.audit.run import AuditResult, write
+
+    outliers = [{"path": p, "label": "c0", "score": 1.0} for p in paths[:2]]
+    write(AuditResult(cache, "", len(paths), list(CLASSES), [], [], outliers, [], {}, {}), tmp_path / "a", False)
+    listed = tmp_path / "a" / "suspects.txt"
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(cache),
+            "--head",
+            "logreg",
+            "--out",
+            str(tmp_path / "run"),
+            "--exclude-list",
+            str(listed),
+            "--no-plots",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    excluded = json.loads((tmp_path / "run" / "run.json").read_text())["excluded"]
+    assert excluded["paths"] == sorted(paths[:2]) and excluded["not_in_cache"] == 0
+
+
+def test_old_lists_still_read_and_a_stray_quote_is_a_plain_line(tmp_path):
+    f = tmp_path / "old.txt"
+    f.write_text('c0/1.jpg\r\n"c0/2.jpg\n"c0\\u00e9.jpg"\n')
+    assert read_exclude_list(f).paths == {"c0/1.jpg", '"c0/2.jpg', "c0\u00e9.jpg"}

@@ -311,3 +311,40 @@ def test_predict_refuses_a_keras_file_whose_weights_read_another_file(tiny_run, 
     result = runner.invoke(app, ["predict", str(bad), str(sorted(tiny_run[1].rglob("*.jpg"))[0])])
     assert result.exit_code == 2, result.output
     assert f"model.weights.h5: /{names[-1]} keeps its bytes in another file ('{secret}')" in result.stderr
+
+
+# -- --overwrite of a folder format: only what the export wrote (issue 21, finding 1) ------------
+
+
+def _fake_saved_model(model, target, fmt):
+    """What Keras' SavedModel export writes, without the converter's minutes: a few files and folders."""
+    (target / "variables").mkdir(parents=True)
+    (target / "saved_model.pb").write_bytes(b"graph")
+    (target / "variables" / "variables.index").write_bytes(b"index")
+
+
+def test_overwrite_of_a_folder_export_never_deletes_the_users_files(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setattr("headstart.ship.export._keras_export", _fake_saved_model)
+    out = tmp_path / "app-model"
+    args = ["export", str(tiny_run[0]), "--out", str(out), "--format", "saved_model", "--no-verify"]
+    assert runner.invoke(app, args).exit_code == 0
+    again = runner.invoke(app, [*args, "--overwrite"])  # an untouched export is replaced
+    assert again.exit_code == 0, again.output
+
+    (out / "app.py").write_text("print('mine')\n")  # the user's own files beside the export
+    (out / "data").mkdir()
+    (out / "data" / "notes.txt").write_text("mine")
+    result = runner.invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 2 and "Nothing was deleted" in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert (out / "app.py").read_text() == "print('mine')\n" and (out / "data" / "notes.txt").read_text() == "mine"
+
+    (out / "app.py").unlink()
+    (out / "data" / "notes.txt").unlink()
+    (out / "data").rmdir()
+    (out / "labels.txt").write_text("edited\n")  # a file of the export, changed since: also the user's now
+    result = runner.invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 2 and (out / "labels.txt").read_text() == "edited\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app-model"]  # no staging folder left behind
+    listed = json.loads((out / "headstart.json").read_text())["files"]  # the manifest: every file but itself
+    assert set(listed) == {"saved_model.pb", "variables/variables.index", "labels.txt"}

@@ -166,6 +166,7 @@ COMMAND_NAMES = (
     "merge",
     "curve",
     "similar",
+    "merge --copy",
 )  # the keys of COMMANDS, below
 WRONG_DTYPE = {
     "features": np.zeros((24, 32), np.int32),
@@ -390,6 +391,7 @@ COMMANDS: dict[str, Callable[[Env], list]] = {
     "merge": lambda e: ["merge", e.out / "merged.h5", e.cache],
     "curve": lambda e: ["curve", e.cache, "--out", e.out / "curve", "--draws", "1"],
     "similar": lambda e: ["similar", e.cache, "cat/cat.0.jpg", "--montage", e.out / "near.png"],
+    "merge --copy": lambda e: ["merge", e.out / "copied.h5", e.cache, "--copy"],
 }
 """Every command that reads a cache; a command added later joins with one line (and in COMMAND_NAMES)."""
 assert tuple(COMMANDS) == COMMAND_NAMES

@@ -327,12 +327,13 @@ COMMANDS = {
     "predict": lambda run, cache, tmp: ["predict", str(run), str(tmp / "pic.jpg")],
     "report": lambda run, cache, tmp: ["report", str(run), "--out", str(tmp / "out" / "r.html"), "--mistakes", "0"],
     "export": lambda run, cache, tmp: ["export", str(run), "--out", str(tmp / "out" / "m.keras")],
+    "export a folder": lambda run, cache, tmp: ["export", str(run), "--out", str(tmp / "out" / "m"), "-f", "onnx"],
     "runs": lambda run, cache, tmp: ["runs", str(run.parent)],
 }
 """Every command that reads a run folder; a command added later joins with one line."""
 LISTS = {"runs"}
 """Commands that list many folders: a broken one is a note in the listing (exit 0), never a traceback."""
-SLOW_ON_GOOD = {"export"}
+SLOW_ON_GOOD = {"export", "export a folder"}
 """Commands that build a whole model once a run passes its checks: tried only on runs that must fail."""
 
 

@@ -383,3 +383,25 @@ def test_workers_die_with_a_killed_sweep(cache, tmp_path):
     assert not alive
     again = S.sweep(cache, "svm", out, grid={"C": [1e-4, 3e-4]}, jobs=1, plots=False)  # the lock is free
     assert again.skipped >= 1
+
+
+def test_a_journal_of_another_cache_with_the_same_settings_is_not_reused(tmp_path, caplog):
+    """issue 21, finding 2: same extraction settings, same row count, other pictures: other trials."""
+    Xa, y = features(n=300, sep=3.0)  # a.h5 separates perfectly
+    Xb = np.random.default_rng(5).normal(5, 1, Xa.shape).astype(np.float32)  # b.h5: noise
+    a = write_cache(tmp_path / "a.h5", Xa, y)
+    b = write_cache(tmp_path / "b.h5", Xb, y)
+    grid = {"k": [1, 3, 5]}
+    fresh = S.sweep(b, "knn", tmp_path / "fresh", grid=grid, jobs=1, plots=False)
+    out = tmp_path / "sw"
+    S.sweep(a, "knn", out, grid=grid, jobs=1, plots=False)
+    with caplog.at_level("WARNING"):
+        again = S.sweep(b, "knn", out, grid=grid, jobs=1, plots=False)
+    assert again.skipped == 0
+    score = {r["params"]["k"]: r["val"]["accuracy"] for r in again.trials}
+    assert score == {r["params"]["k"]: r["val"]["accuracy"] for r in fresh.trials}
+    assert any("trials of another cache" in r.message and "discarded" in r.message for r in caplog.records)
+    header = json.loads((out / JOURNAL).read_bytes().splitlines()[0])
+    assert header["cache"] == str(b.resolve()) and header["rows"] == 300
+    assert len((out / JOURNAL).read_bytes().splitlines()) == 1 + 3  # a's trials are gone
+    assert S.sweep(b, "knn", out, grid=grid, jobs=1, plots=False).skipped == 3  # b's own are reused

@@ -95,16 +95,9 @@ def project(x: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndar
 
 
 def _flags_from_audit(audit: dict[str, Any]) -> dict[str, list[str]]:
-    flags: dict[str, list[str]] = {}
-    for item in audit["label_issues"]:
-        flags.setdefault(item["path"], []).append(f"label issue: {item['label']} → {item['suggested']}")
-    for group in audit["duplicates"]:
-        kind = "exact duplicate" if group["exact"] else "near duplicate"
-        for p in group["paths"]:
-            flags.setdefault(p, []).append(kind + (" (leakage)" if group.get("leakage") else ""))
-    for item in audit["outliers"]:
-        flags.setdefault(item["path"], []).append("outlier")
-    return flags
+    from headstart.audit.findings import flags_by_path  # the one way audit, map and report count findings
+
+    return flags_by_path(audit)
 
 
 def make_map(

@@ -79,3 +79,46 @@ def read_rows(cache: CacheReader, rows: np.ndarray) -> np.ndarray:
         return cache.take(rows)
     except _DAMAGE as err:
         raise _damaged(cache.path, err) from None
+
+
+class PictureRows:
+    """A cache extracted with ``--views flip`` seen one row a picture: the mean of its two views.
+
+    The audit looks for problems with pictures, not views: a picture and its mirror are not
+    duplicates of each other, and a copy mirrored is still a copy. Offers what the audit reads of a
+    `CacheReader` (rows, paths, labels, digests, `take`, `iter_chunks`); a picture whose mirror
+    row is missing keeps its own row.
+    """
+
+    def __init__(self, cache: CacheReader):
+        views = np.asarray(cache.views)
+        paths = cache.paths
+        first = np.flatnonzero(views == 0)
+        mirror = {p: i for i, (p, v) in enumerate(zip(paths, views)) if v == 1}
+        self.cache = cache
+        self.first = first
+        self.second = np.array([mirror.get(paths[i], i) for i in first], dtype=np.int64)
+        self.paths = [paths[i] for i in first]
+        self.labels = np.asarray(cache.labels)[first]
+        self.sha256 = [cache.sha256[i] for i in first] if cache.sha256 is not None else None
+        self.path, self.dim, self.class_names = cache.path, cache.dim, cache.class_names
+        self.root, self.schema_version = cache.root, cache.schema_version
+        self.views = None
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def take(self, indices, dtype=np.float32) -> np.ndarray:
+        idx = np.asarray(indices, dtype=np.int64)
+        return ((self.cache.take(self.first[idx]) + self.cache.take(self.second[idx])) / 2).astype(dtype, copy=False)
+
+    def iter_chunks(self, rows: int | None = None, dtype=np.float32):
+        rows = rows or self.cache.block_rows
+        for start in range(0, len(self), rows):
+            yield start, self.take(np.arange(start, min(start + rows, len(self))), dtype=dtype)
+
+
+def by_picture(cache: CacheReader):
+    """``cache`` itself, or a `PictureRows` of it when it holds mirrored views."""
+    views = getattr(cache, "views", None)
+    return PictureRows(cache) if views is not None and (np.asarray(views) != 0).any() else cache

@@ -278,19 +278,23 @@ def _run_section(run: dict[str, Any], mistakes: list[dict[str, Any]]) -> str:
 
 def _audit_section(audit: dict[str, Any], root: Path | None) -> str:
     """The audit's findings; label issues drawn from pictures inside ``root`` (None: no thumbnails)."""
+    from headstart.audit.findings import count_findings
     from headstart.audit.pictures import thumbnail_jpeg
 
-    leaks = [g for g in audit["duplicates"] if g.get("leakage")]
+    counts = count_findings(audit)  # the counts `audit` and `map` print
     parts = [
         '<h2 id="audit">Audit</h2>',
         H.table(
             ["finding", "count"],
             [
-                ["label issues", len(audit["label_issues"])],
-                ["duplicate groups", len(audit["duplicates"])],
-                ["exact duplicate groups", sum(bool(g.get("exact")) for g in audit["duplicates"])],
-                ["groups across splits (leakage)", len(leaks)],
-                ["outliers listed", len(audit["outliers"])],
+                ["label issues", counts["label_issues"]],
+                ["duplicate groups", counts["duplicate_groups"]],
+                ["exact duplicate groups", counts["exact_groups"]],
+                ["groups across splits (leakage)", counts["leaking_groups"]],
+                ["outliers listed", counts["outliers"]],
+                ["outlier groups", counts["outlier_groups"]],
+                ["pictures flagged", counts["flagged"]],
+                ["paths in suspects.txt", counts["suspects"]],
             ],
         ),
     ]
@@ -303,12 +307,14 @@ def _audit_section(audit: dict[str, Any], root: Path | None) -> str:
             jpeg = thumbnail_jpeg(root, i["path"], 150) if root is not None else None
             cards.append({**i, "thumb": H.data_uri(jpeg, "image/jpeg") if jpeg else None})
         parts.append(
-            "<h3>Label issues (most suspicious first)</h3>"
+            "<h3>Label issues (most suspicious first; quality: cleanlab's label-quality score, "
+            "low = likely wrong; margin: p(suggested) − p(given))</h3>"
             + _cards(
                 cards,
                 lambda i: (
-                    f"{H.esc(i['label'])} → {H.esc(i['suggested'])} ({i['score']:.2f})"
-                    f'<br><span class="note">{H.esc(i["path"])}</span>'
+                    f"{H.esc(i['label'])} → {H.esc(i['suggested'])} quality {i['score']:.2f}"
+                    + (f", margin {i['margin']:.2f}" if isinstance(i.get("margin"), (int, float)) else "")
+                    + f'<br><span class="note">{H.esc(i["path"])}</span>'
                 ),
             )
         )
@@ -331,6 +337,19 @@ def _audit_section(audit: dict[str, Any], root: Path | None) -> str:
             + H.table(
                 ["path", "label", "score"],
                 [[o["path"], o["label"], o["score"]] for o in audit["outliers"][:20]],
+                classes=["path"],
+                sortable=True,
+            )
+        )
+    if audit.get("outlier_groups"):
+        parts.append(
+            "<h3>Outlier groups (tight inside, far from their class)</h3>"
+            + H.table(
+                ["pictures", "labels", "score", "similarity"],
+                [
+                    [" | ".join(g["paths"]), ", ".join(g.get("labels", [])), g["score"], g["similarity"]]
+                    for g in audit["outlier_groups"][:20]
+                ],
                 classes=["path"],
                 sortable=True,
             )

@@ -164,19 +164,37 @@ class Neighbours:
     top_sim: np.ndarray  # (N, k) float32: the k highest raw cosine similarities of each row, highest first
     pairs: np.ndarray  # (P, 2) int64, i < j: centred cosine at least the cut
     pair_sim: np.ndarray  # (P,) float32, their centred cosine similarity in the search space
+    class_sim: np.ndarray | None = None  # (N, k) float32: the same, among the rows of the row's own class
+    nearest: np.ndarray | None = None  # (N,) float32: each row's highest centred similarity to another row
 
 
-def neighbours(space: Space, k: int, cut: float, per_row: int = 10, query_rows: int = QUERY_ROWS) -> Neighbours:
+def neighbours(
+    space: Space,
+    k: int,
+    cut: float,
+    per_row: int = 10,
+    query_rows: int = QUERY_ROWS,
+    labels: np.ndarray | None = None,
+) -> Neighbours:
     """One pass over every pair of rows, ``query_rows`` x N at a time (one matrix product a tile).
 
     Both similarities come from the same tile of raw dot products G of the reduced rows: raw cosine
     G / (|x| |y|), and centred cosine (G - x.m - y.m + m.m) / (|x - m| |y - m|), m the mean row. A
-    row keeps its ``k`` highest raw similarities (outlier scores) and at most ``per_row`` partners
-    whose centred similarity is at least ``cut`` (duplicate candidates). A row is not its own neighbour.
+    row keeps its ``k`` highest raw similarities (outlier scores), with ``labels`` also its ``k``
+    highest among the rows of its class, its highest centred similarity (the near-duplicate
+    threshold comes from their distribution) and at most ``per_row`` partners whose centred
+    similarity is at least ``cut`` (duplicate candidates). A row is not its own neighbour.
     """
     c = space.coords
     n = len(c)
     k = max(0, min(k, n - 1))
+    order = None
+    segments = [(0, n)]
+    if labels is not None:  # rows of a class next to each other: its columns are one slice of a tile
+        order = np.argsort(labels, kind="stable")
+        c = c[order]
+        edges = np.flatnonzero(np.diff(labels[order])) + 1
+        segments = list(zip([0, *edges.tolist()], [*edges.tolist(), n]))
     m = space.mean_coords.astype(np.float32)
     norm = np.linalg.norm(c, axis=1)
     inv = (1.0 / np.where(norm > 0, norm, 1.0)).astype(np.float32)
@@ -184,9 +202,11 @@ def neighbours(space: Space, k: int, cut: float, per_row: int = 10, query_rows: 
     cnorm = np.sqrt(np.clip(norm.astype(np.float64) ** 2 - 2 * dot_m + float(m @ m), 0, None))
     cinv = (1.0 / np.where(cnorm > 1e-12, cnorm, np.inf)).astype(np.float32)
     top = np.zeros((n, k), dtype=np.float32)
+    by_class = np.full((n, k), -np.inf, dtype=np.float32) if labels is not None else None
+    nearest = np.full(n, -np.inf, dtype=np.float32)
     pair_rows, pair_cols, pair_vals = [], [], []
-    for start in range(0, n, query_rows):
-        stop = min(n, start + query_rows)
+    tiles = [(start, min(hi, start + query_rows), lo, hi) for lo, hi in segments for start in range(lo, hi, query_rows)]
+    for start, stop, lo, hi in tiles:  # a tile never spans two classes
         b = np.arange(stop - start)
         g = c[start:stop] @ c.T  # (b, N) dot products
         centred = g - dot_m[start:stop, None]
@@ -200,11 +220,16 @@ def neighbours(space: Space, k: int, cut: float, per_row: int = 10, query_rows: 
         centred[b, b + start] = -np.inf
         if k:
             top[start:stop] = _top_k(g, k)
+            if by_class is not None:
+                kc = min(k, hi - lo)
+                by_class[start:stop, :kc] = _top_k(g[:, lo:hi], kc)
+        if n > 1:
+            nearest[start:stop] = centred.max(axis=1)
         rows, cols = np.nonzero(centred >= cut)
         if len(rows):
             vals = centred[rows, cols]
-            order = np.lexsort((-vals, rows))  # by row, most similar first
-            rows, cols, vals = rows[order], cols[order], vals[order]
+            first_by_row = np.lexsort((-vals, rows))  # by row, most similar first
+            rows, cols, vals = rows[first_by_row], cols[first_by_row], vals[first_by_row]
             first = np.searchsorted(rows, rows, side="left")
             keep = (np.arange(len(rows)) - first) < per_row
             pair_rows.append(rows[keep] + start)
@@ -212,12 +237,16 @@ def neighbours(space: Space, k: int, cut: float, per_row: int = 10, query_rows: 
             pair_vals.append(vals[keep])
     if pair_rows:
         rows, cols, vals = np.concatenate(pair_rows), np.concatenate(pair_cols), np.concatenate(pair_vals)
+        if order is not None:
+            rows, cols = order[rows], order[cols]
         pairs = np.stack([np.minimum(rows, cols), np.maximum(rows, cols)], axis=1).astype(np.int64)
         pairs, first = np.unique(pairs, axis=0, return_index=True)
         vals = vals[first]
     else:
         pairs, vals = np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
-    return Neighbours(top, pairs, vals.astype(np.float32))
+    if order is not None:  # back to the rows' own order
+        top[order], nearest[order], by_class[order] = top.copy(), nearest.copy(), by_class.copy()
+    return Neighbours(top, pairs, vals.astype(np.float32), by_class, nearest)
 
 
 def _top_k(g: np.ndarray, k: int, width: int = 64) -> np.ndarray:

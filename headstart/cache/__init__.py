@@ -2,8 +2,9 @@
 
 from headstart.cache.fingerprint import canonical_json, describe_diff, diff_settings, fingerprint_digest
 from headstart.cache.hdf5 import SCHEMA_VERSION, rewrite
+from headstart.cache.lock import CacheLock
 from headstart.cache.reader import CacheReader, open_cache
-from headstart.cache.writer import CacheHeader, CacheLock, CacheWriter
+from headstart.cache.writer import CacheHeader, CacheWriter
 
 __all__ = [
     "SCHEMA_VERSION",

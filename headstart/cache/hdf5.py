@@ -19,6 +19,7 @@ Layout (schema version 2; version 1 lacks the optional datasets and still opens)
 Validation. Opening a cache, to read or to append, checks every dataset and attribute once
 (`headstart.cache.validate`): ranks, dtypes, lengths, ``progress`` within them, labels within
 the class list, unique class names, the fingerprint's keys and types, and its digest. A broken
+file is one `CacheError` line naming the file and the rule; after that, readers trust the file.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from headstart import disk
 from headstart.cache import validate as _validate
-from headstart.errors import CacheError
+from headstart.errors import CacheError, DiskFullError
+from headstart.locking import file_locked
 
 try:  # POSIX advisory locks; Windows runs without the cross-process guard.
     import fcntl
@@ -123,6 +126,9 @@ def _write_empty(
     try:
         f = h5py.File(path, "w", libver="latest", locking=LOCKING)
     except OSError as err:
+        if disk.is_disk_full(err):
+            path.unlink(missing_ok=True)
+            raise disk.disk_full(path, "creating the cache", "Nothing was written: free some space.") from None
         raise CacheError(f"Cannot create the cache {path}: {err}.") from None
     try:
         _create_datasets(f, dim, dtype, chunk_rows, class_names)
@@ -203,8 +209,11 @@ def _writer_alive(path: Path) -> bool:
     """Whether a process holds the writer lock of ``path`` (see `CacheLock`) right now."""
     if fcntl is None:  # pragma: no cover
         return False
+    real = Path(os.path.realpath(path))
+    if file_locked(real):
+        return True
     try:
-        fh = open(path.with_name(path.name + ".lock"), "rb")
+        fh = open(real.with_name(real.name + ".lock"), "rb")
     except OSError:
         return False
     with fh:
@@ -242,6 +251,9 @@ def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
     with _open_any(src) as f:
         _check_schema(f, src)
         n_rows, n_failed = (int(v) for v in f["progress"][:2])
+        kept_text = f"{src} is unchanged: free some space and run the same command again."
+        need = int(n_rows * (f["features"].shape[1] * f["features"].dtype.itemsize + 128)) + (2 << 20)
+        disk.check_free(dst.parent, need, f"rewriting the {n_rows:,} committed rows of {src}", kept_text)
         complete = int(f["progress"][_COMPLETE])
         feats = f["features"]
         if keep is None:
@@ -266,6 +278,7 @@ def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
             shard=str(f.attrs.get("shard", "")),
         )
         try:
+            disk.make_room(out, need, dst.parent, f"rewriting the {n_rows:,} committed rows of {src}", kept_text)
             kept = 0
             step = rows * CHUNKS_PER_READ
             for start in range(0, n_rows, step):
@@ -289,8 +302,18 @@ def rewrite(src: Path, dst: Path, keep: np.ndarray | None = None) -> int:
                 if n_failed:
                     out[name][:] = f[name].asstr()[:n_failed]
             out["progress"][:] = [kept, n_failed, complete]
-        finally:
+        except BaseException as err:
+            if disk.is_disk_full(err):
+                disk.abandon_hdf5(out)
+                tmp.unlink(missing_ok=True)
+                if isinstance(err, DiskFullError):
+                    raise
+                raise disk.disk_full(dst, f"rewriting the committed rows of {src}", kept_text) from None
             out.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        out.close()
+        disk.release(tmp)
     os.replace(tmp, dst)
     _fsync_dir(dst.parent)
     return kept

@@ -16,7 +16,10 @@ Two kinds of result:
 - **copy** (``copy=True``): one self-contained ordinary cache.
 
 Either way the result is an ordinary cache for every command; it is written next to ``out``
-under a temporary name and moved into place with ``os.replace``.
+under a temporary name and moved into place with ``os.replace``. The bytes it needs are checked
+free, then reserved, before the first is written (`headstart.disk`): a full disk is one
+`DiskFullError` line, ``out`` untouched and no temporary file left (one that fills anyway is
+closed without another write and removed).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from headstart import disk
 from headstart.cache.fingerprint import describe_diff, diff_settings, fingerprint_digest
 from headstart.cache.hdf5 import (
     ROW_DATASETS,
@@ -41,11 +45,11 @@ from headstart.cache.hdf5 import (
     chunk_rows_for,
     rewrite,
 )
+from headstart.cache.lock import CacheLock
 from headstart.cache.reader import CacheReader, open_cache
 from headstart.cache.shards import Shard
 from headstart.cache.virtual import SOURCES_ATTR, check_sources
-from headstart.cache.writer import CacheLock
-from headstart.errors import CacheError, MergeError, ShardError
+from headstart.errors import CacheError, DiskFullError, MergeError, ShardError
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +287,12 @@ def _write(
     failed = [item for r in readers for item in r.failed]
     tmp = out.with_name(out.name + ".merge.tmp")
     tmp.unlink(missing_ok=True)  # ours: a merge that died before its rename
+    row_bytes = (first.dim * first.dtype.itemsize if copy else 0) + 4 + 64 + 1 + 48
+    need = total * row_bytes + sum(len(p) + len(why) + 64 for p, why in failed) + (2 << 20)
+    what = f"merging {total:,} rows{' (a copy of their features)' if copy else ''}"
+    kept = f"Nothing was written to {out}: free some space, or merge without --copy." if copy else ""
+    kept = kept or f"Nothing was written to {out}: free some space and run the same command again."
+    disk.check_free(out.parent, need, what, kept)
     f = _write_empty(
         tmp,
         dim=first.dim,
@@ -296,14 +306,18 @@ def _write(
         weights_path=first.weights_path,
     )
     done = 0
+    ds: dict[str, h5py.Dataset] = {}  # handles held to the end: see `headstart.disk.abandon_hdf5`
     try:
+        disk.make_room(f, need, out.parent, what, kept)
         for name in columns:
             f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=OPTIONAL_ROWS[name], chunks=(4096,))
+        ds.update((name, f[name]) for name in ("labels", "paths", "features", *columns))
         for name in ("labels", "paths", *columns):
-            f[name].resize(total, axis=0)
+            ds[name].resize(total, axis=0)
         if copy:
-            f["features"].resize(total, axis=0)
+            ds["features"].resize(total, axis=0)
         else:
+            del ds["features"]
             del f["features"]
             layout = h5py.VirtualLayout(shape=(total, first.dim), dtype=first.dtype)
             sources = []
@@ -312,13 +326,13 @@ def _write(
             n = len(r)
             for lo in range(0, n, COPY_ROWS):
                 hi = min(n, lo + COPY_ROWS)
-                f["labels"][start + lo : start + hi] = r.labels[lo:hi]
-                f["paths"][start + lo : start + hi] = np.array(r.paths[lo:hi], dtype=object)
+                ds["labels"][start + lo : start + hi] = r.labels[lo:hi]
+                ds["paths"][start + lo : start + hi] = np.array(r.paths[lo:hi], dtype=object)
                 for name in columns:
-                    f[name][start + lo : start + hi] = r._f[name][lo:hi] if name in r._f else 0
+                    ds[name][start + lo : start + hi] = r._f[name][lo:hi] if name in r._f else 0
             if copy:
                 for lo, block in r.iter_chunks(dtype=r.dtype):
-                    f["features"][start + lo : start + lo + len(block)] = block
+                    ds["features"][start + lo : start + lo + len(block)] = block
                     if progress:
                         progress(done + lo + len(block), total)
             elif n:
@@ -347,11 +361,20 @@ def _write(
             f["failed_reasons"][:] = np.array([why for _, why in failed], dtype=object)
         f["progress"][:] = [total, len(failed), 1]
         f.flush()
-    except BaseException:
-        f.close()
+    except BaseException as err:
+        full = disk.is_disk_full(err)
+        if full:  # HDF5 must not write again (a failed flush then a close crashed the process)
+            disk.abandon_hdf5(f)
+        else:
+            f.close()
+        ds.clear()
         tmp.unlink(missing_ok=True)
+        if full and not isinstance(err, DiskFullError):
+            raise disk.disk_full(out, what, kept) from None
         raise
     f.close()
+    ds.clear()
+    disk.release(tmp)
     os.replace(tmp, out)
     _fsync_dir(out.parent)
     return MergeResult(

@@ -7,6 +7,16 @@ which orders metadata writes so that the file on disk is always a valid HDF5 fil
 committed count are ignored by readers and dropped on recovery. A file left behind by a dead
 writer carries HDF5's "open for write" mark and can only be opened for reading in SWMR mode; the
 next writer copies its committed rows into a fresh file and atomically replaces it. New files are
+built under a temporary name and renamed into place, so a half-created cache never exists.
+
+A full disk. HDF5 cannot survive a failed write (its next flush or close fails, then the process
+may crash), so the writer makes sure a write cannot fail for space before it hands HDF5 a batch:
+the bytes the batch needs are reserved past the end of the file (`headstart.disk.reserve`), or,
+where the file system cannot reserve, checked free. Short of space, `DiskFullError` (one line,
+"No space left on device ...") comes before any byte of the batch is written, and the cache
+closes cleanly with every committed row. Should a write fail anyway (another process took the
+space between the check and the write), the file is closed without another write
+(`headstart.disk.abandon_hdf5`): it keeps its last commit, and the next writer recovers it.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +33,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from headstart import disk
 from headstart.cache.fingerprint import canonical_json, fingerprint_digest, fingerprint_problem
 from headstart.cache.hdf5 import (
     _COMPLETE,
@@ -36,8 +47,8 @@ from headstart.cache.hdf5 import (
     chunk_rows_for,
     rewrite,
 )
-from headstart.errors import CacheBusyError, CacheError, CacheMismatchError
-from headstart.locking import FileLock
+from headstart.cache.lock import CacheLock
+from headstart.errors import CacheError, CacheMismatchError, DiskFullError
 
 log = logging.getLogger(__name__)
 
@@ -81,45 +92,6 @@ class CacheHeader:
         return fingerprint_digest(self.fingerprint)
 
 
-class CacheLock:
-    """One writer at a time per cache: an exclusive ``flock`` on a ``.lock`` file beside it.
-
-    ``acquire`` fails at once with `CacheBusyError` when another process (or another open in
-    this one) holds it. Checks that must see the cache as the writer will (its settings, its
-    classes) are made after ``acquire``; see `headstart.extractor.runner.extract`.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self._lock = FileLock(
-            self.path.with_name(self.path.name + ".lock"),
-            CacheBusyError(
-                f"Another headstart process is writing {self.path}. "
-                "Wait for it to finish, or stop it and run the command again to resume."
-            ),
-        )
-
-    def __enter__(self) -> CacheLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-    @property
-    def held(self) -> bool:
-        return self._lock.held
-
-    def acquire(self) -> CacheLock:
-        try:
-            self._lock.acquire()
-        except OSError as err:
-            raise CacheError(f"Cannot write next to {self.path}: {err.strerror or err}.") from None
-        return self
-
-    def release(self) -> None:
-        self._lock.release()
-
-
 class CacheWriter:
     """Appends extracted rows to a cache; one process at a time (a ``.lock`` file beside it).
 
@@ -130,14 +102,17 @@ class CacheWriter:
     def __init__(self, path: Path, header: CacheHeader, *, overwrite: bool = False, lock: CacheLock | None = None):
         """``lock``: the cache's `CacheLock`, already acquired by the caller (to check settings
         under it); the writer then owns it and releases it when closed. By default the writer
-        acquires it itself."""
-        self.path = Path(path)
+        acquires it itself. A symbolic link is followed: the file it points to is written (and
+        replaced, when recovered), the link stays."""
+        self.path = Path(os.path.realpath(path))
         self.header = header
         self._overwrite = overwrite
         self._lock = lock
         self._f: h5py.File | None = None
         self._rows = self._failed = 0
         self._staged_rows = self._staged_failed = 0
+        self._reserved = False  # bytes reserved past the end of the file, given back on close
+        self._ds: dict[str, h5py.Dataset] = {}
 
     # -- opening -----------------------------------------------------------------------------
     def __enter__(self) -> CacheWriter:
@@ -168,6 +143,7 @@ class CacheWriter:
         tmp = self.path.with_name(self.path.name + ".new.tmp")
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        disk.check_free(self.path.parent, 1 << 20, "creating the cache", "Nothing was written: free some space.")
         f = _write_empty(
             tmp,
             dim=h.dim,
@@ -192,15 +168,18 @@ class CacheWriter:
         return h5py.File(fid)
 
     def _open_for_append(self) -> None:
+        self._lock.pin()  # the file now at the path (new, recovered or pruned) is ours alone
         try:
             f = self._open_swmr_write()
         except OSError as err:
             if not _is_open_for_write_error(err):
                 raise CacheError(f"Expected an HDF5 feature cache. Received: {self.path} ({err}).") from err
-            # We hold the lock, so no live writer has it: a previous run died. Keep what it committed.
+            # We hold the lock on the file itself, so no live writer has it under any name: a
+            # previous run died. Keep what it committed.
             log.warning("%s was left open by an interrupted run; recovering its committed rows", self.path)
             kept = rewrite(self.path, self.path)
             log.info("recovered %d rows", kept)
+            self._lock.pin()
             f = self._open_swmr_write()
         try:
             _check_schema(f, self.path)
@@ -240,6 +219,9 @@ class CacheWriter:
             f.close()
             raise
         self._f = f
+        # Handles held for the writer's life: a handle dropped after a failed write would be closed
+        # (and write again) before `_full_disk_guard` could keep HDF5 from writing.
+        self._ds = {name: f[name] for name in f if isinstance(f[name], h5py.Dataset)}
 
     # -- what is already there ---------------------------------------------------------------
     @property
@@ -295,6 +277,8 @@ class CacheWriter:
         if features.shape != (n, self.header.dim) or len(labels) != n:
             raise ValueError(f"batch shapes disagree: features {features.shape}, {len(labels)} labels, {n} paths")
         f = self._f
+        row_bytes = self.header.dim * f["features"].dtype.itemsize + 4 + 64 + 1 + 32  # + label, sha256, view, heap
+        self._make_room(n * row_bytes + sum(len(p.encode("utf-8", "replace")) for p in paths), f"{n:,} more rows")
         have = {name for name in ROW_DATASETS if name in f}
         digests = columns.pop("sha256", None)
         if "sha256" in have:  # unknown digests are stored as ""; a resumed version-1 cache has no column
@@ -302,36 +286,98 @@ class CacheWriter:
         if set(columns) != have or any(len(v) != n for v in columns.values()):
             raise ValueError(f"expected a value per row for {sorted(have)}, got {sorted(columns)}")
         start = self._staged_rows
-        for name, data in (
-            ("features", features.astype(f["features"].dtype, copy=False)),
-            ("labels", np.asarray(labels, dtype="int32")),
-            ("paths", np.array(list(paths), dtype=object)),
-            *((name, np.asarray(columns[name], dtype=ROW_DATASETS[name])) for name in sorted(have)),
-        ):
-            f[name].resize(start + n, axis=0)
-            f[name][start:] = data
+        with self._full_disk_guard():
+            for name, data in (
+                ("features", features.astype(f["features"].dtype, copy=False)),
+                ("labels", np.asarray(labels, dtype="int32")),
+                ("paths", np.array(list(paths), dtype=object)),
+                *((name, np.asarray(columns[name], dtype=ROW_DATASETS[name])) for name in sorted(have)),
+            ):
+                self._ds[name].resize(start + n, axis=0)
+                self._ds[name][start:] = data
         self._staged_rows = start + n  # only once all the datasets hold the batch
 
     def add_failed(self, items: Sequence[tuple[str, str]]) -> None:
         """Stage skipped pictures as (relative path, reason)."""
         if not items:
             return
-        f = self._f
+        self._make_room(sum(64 + len(p.encode("utf-8", "replace")) + len(r) for p, r in items), "skipped pictures")
         start = self._staged_failed
-        for name, col in (("failed_paths", 0), ("failed_reasons", 1)):
-            f[name].resize(start + len(items), axis=0)
-            f[name][start:] = np.array([it[col] for it in items], dtype=object)
+        with self._full_disk_guard():
+            for name, col in (("failed_paths", 0), ("failed_reasons", 1)):
+                self._ds[name].resize(start + len(items), axis=0)
+                self._ds[name][start:] = np.array([it[col] for it in items], dtype=object)
         self._staged_failed = start + len(items)
 
     def commit(self) -> None:
         """Flush staged rows to disk, then count them as committed."""
+        self._make_room(0, "a commit")
+        self._flush_commit()
+
+    def _flush_commit(self) -> None:
         f = self._f
-        # A whole-file flush, not per dataset: it also writes the global heap that holds the
-        # variable-length path strings, which SWMR does not order for us.
-        f.flush()
-        f["progress"][:_COMPLETE] = [self._staged_rows, self._staged_failed]
-        f.flush()
+        with self._full_disk_guard():
+            # A whole-file flush, not per dataset: it also writes the global heap that holds the
+            # variable-length path strings, which SWMR does not order for us.
+            f.flush()
+            self._ds["progress"][:_COMPLETE] = [self._staged_rows, self._staged_failed]
+            f.flush()
         self._rows, self._failed = self._staged_rows, self._staged_failed
+
+    def _kept(self) -> str:
+        if not self._rows:
+            return f"No row was committed to {self.path} yet: free some space and run the same command."
+        return (
+            f"The {self._rows:,} rows committed before are kept in {self.path}: "
+            "free some space and run the same command to resume."
+        )
+
+    def _make_room(self, need: int, what: str) -> None:
+        """Make sure the next ``need`` bytes (one chunk of each dataset more, and HDF5's metadata) can
+        be written before HDF5 gets them: see "A full disk" in the module docstring."""
+        f = self._f
+        chunks = sum(
+            int(np.prod(f[name].chunks)) * (16 if f[name].dtype.kind == "O" else f[name].dtype.itemsize)
+            for name in ("features", "labels", "paths", "failed_paths", "failed_reasons", *ROW_DATASETS)
+            if name in f and f[name].chunks
+        )
+        try:
+            disk.make_room(f, need + chunks, self.path.parent, f"writing {what}", self._kept())
+        except DiskFullError:
+            self._stop()
+            raise
+        self._reserved = True
+
+    def _stop(self) -> None:
+        """Short of space: commit what is staged (its bytes were reserved when it was staged), close, and
+        release the lock; the caller raises `DiskFullError`."""
+        try:
+            self._flush_commit()
+        finally:
+            if self._f is not None:
+                with contextlib.suppress(Exception):
+                    with self._full_disk_guard():
+                        self._f.close()
+                self._f, self._ds = None, {}
+            if self._reserved:
+                disk.release(self.path)
+                self._reserved = False
+            self._release_lock()
+
+    @contextlib.contextmanager
+    def _full_disk_guard(self) -> Iterator[None]:
+        """A write that fails for space anyway: close the file without another write (its last commit
+        stays readable, the next writer recovers it) and say so in one line."""
+        try:
+            yield
+        except Exception as err:
+            if not disk.is_disk_full(err):
+                raise
+            disk.abandon_hdf5(self._f)
+            self._f = None
+            self._ds = {}
+            self._release_lock()
+            raise disk.disk_full(self.path, "writing the feature cache", self._kept()) from None
 
     def close(self, complete: bool = False) -> None:
         """Commit what is staged and close; ``complete`` marks that every picture was seen."""
@@ -340,10 +386,15 @@ class CacheWriter:
                 try:
                     self.commit()
                     if complete:
-                        self._f["progress"][_COMPLETE] = 1
-                        self._f.flush()
+                        with self._full_disk_guard():
+                            self._ds["progress"][_COMPLETE] = 1
+                            self._f.flush()
                 finally:
-                    self._f.close()
-                    self._f = None
+                    if self._f is not None:
+                        self._f.close()
+                        self._f, self._ds = None, {}
+                    if self._reserved:
+                        disk.release(self.path)
+                        self._reserved = False
         finally:
             self._release_lock()

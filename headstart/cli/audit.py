@@ -31,15 +31,26 @@ def _table(title: str, headers: list[str], rows: list[list[str]]):
 
 def audit_cmd(
     cache: Path = typer.Argument(..., help="A feature cache made by headstart extract."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for audit.json, suspects.txt and montages."),
+    out: Optional[Path] = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Folder for audit.json, suspects.txt and montages. A suspects.txt edited since an audit wrote it "
+        "(a reviewed list) is never replaced: the audit is refused, and nothing is written.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print audit.json on stdout instead of tables."),
-    threshold: float = typer.Option(0.75, "--threshold", help="Centred cosine similarity of near duplicates."),
+    threshold: Optional[float] = typer.Option(
+        None, "--threshold", help="Centred cosine similarity of near duplicates (default: derived from the cache)."
+    ),
     folds: int = typer.Option(5, "--folds", help="Folds of the out-of-sample logistic regression."),
     outliers: int = typer.Option(20, "--outliers", help="How many outliers to list."),
     root: Optional[Path] = typer.Option(None, "--root", help="Where the pictures are now (default: the cache's root)."),
     split: str = typer.Option("0.7,0.15,0.15", "--split", help="The split whose leakage to check (as train/compare)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split and of the folds."),
     no_montages: bool = typer.Option(False, "--no-montages", help="Skip the PNG montages."),
+    keep_weak: bool = typer.Option(
+        False, "--keep-weak", help="List label issues in suspects.txt even when they are weak evidence."
+    ),
 ) -> None:
     """Find duplicates, split leakage, label issues and outliers from the cached features.
 
@@ -59,24 +70,34 @@ def audit_cmd(
             split=SplitSpec.parse(split, seed),
             seed=seed,
             montages=not no_montages,
+            keep_weak=keep_weak,
         )
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=1))
         return
-    exact = sum(g["exact"] for g in result.duplicates)
+    from headstart.audit.findings import count_findings
+
+    counts = count_findings(result.to_json())
     say(
-        f"{cache}: {result.rows:,} pictures; {len(result.label_issues):,} label issues, "
-        f"{len(result.duplicates):,} duplicate groups ({exact:,} exact, {len(result.leakage):,} across splits), "
-        f"{len(result.outliers):,} outliers listed; {sum(result.seconds.values()):.1f} s"
+        f"{cache}: {result.rows:,} pictures; {counts['label_issues']:,} label issues, "
+        f"{counts['duplicate_groups']:,} duplicate groups ({counts['exact_groups']:,} exact, "
+        f"{counts['leaking_groups']:,} across splits; threshold {result.settings['threshold']:.3f}"
+        f"{', derived' if result.settings.get('threshold_derived') else ''}), {counts['outliers']:,} outliers listed, "
+        f"{counts['outlier_groups']:,} outlier groups; {counts['flagged']:,} pictures flagged; "
+        f"{sum(result.seconds.values()):.1f} s"
     )
     for note in result.notes:
         say(f"note: {note}")
     if result.label_issues:
         out_console.print(
             _table(
-                f"label issues (top {min(SHOWN, len(result.label_issues))} of {len(result.label_issues):,})",
-                ["path", "label", "suggested", "score"],
-                [[i["path"], i["label"], i["suggested"], f"{i['score']:.3f}"] for i in result.label_issues[:SHOWN]],
+                f"label issues (top {min(SHOWN, len(result.label_issues))} of {len(result.label_issues):,}; "
+                "quality: low = likely wrong; margin: p(suggested) - p(given))",
+                ["path", "label", "suggested", "quality", "margin"],
+                [
+                    [i["path"], i["label"], i["suggested"], f"{i['score']:.3f}", f"{i.get('margin', 0):.3f}"]
+                    for i in result.label_issues[:SHOWN]
+                ],
             )
         )
     if result.duplicates:
@@ -103,8 +124,19 @@ def audit_cmd(
                 [[o["path"], o["label"], f"{o['score']:.3f}"] for o in result.outliers[:SHOWN]],
             )
         )
+    if result.outlier_groups:
+        out_console.print(
+            _table(
+                f"outlier groups ({len(result.outlier_groups):,}: tight inside, far from their class)",
+                ["paths", "labels", "score", "similarity"],
+                [
+                    ["\n".join(g["paths"]), ", ".join(g["labels"]), f"{g['score']:.3f}", f"{g['similarity']:.3f}"]
+                    for g in result.outlier_groups[:SHOWN]
+                ],
+            )
+        )
     if result.out is not None:
-        say(f"audit.json, suspects.txt ({len(result.suspects()):,} paths) and montages are in {result.out}")
+        say(f"audit.json, suspects.txt ({counts['suspects']:,} paths) and montages are in {result.out}")
 
 
 def map_cmd(

@@ -19,7 +19,11 @@ def export_cmd(
     weights: Optional[Path] = typer.Option(
         None, "--weights", help="The backbone weights file, when the cache was extracted with one and it moved."
     ),
-    overwrite: bool = typer.Option(False, help="Replace an earlier export at OUT (never other files)."),
+    overwrite: bool = typer.Option(
+        False,
+        help="Replace an earlier export at OUT: a folder only while it holds just the files that export "
+        "wrote (listed in its headstart.json); never other files.",
+    ),
     no_verify: bool = typer.Option(False, "--no-verify", help="Do not run the written file once to check it."),
 ) -> None:
     """Export a run as one model from pixels to probabilities, for an app.

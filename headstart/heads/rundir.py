@@ -146,11 +146,28 @@ def journal_header(path: Path) -> dict | None:
     return data if isinstance(data, dict) and data.get("kind") == JOURNAL_KIND else None
 
 
-def is_sweep(folder: Path) -> bool:
-    """A sweep folder headstart wrote: a journal alone (an unfinished sweep), or a finished sweep
-    (sweep.json whose manifest matches, its journal, and its best run) that holds nothing else."""
-    if journal_header(folder / JOURNAL) is None:
+_JOURNAL_START = b'{"kind":"' + JOURNAL_KIND.encode() + b'"'
+
+
+def unstarted_journal(path: Path) -> bool:
+    """An empty journal, or one whose header line never ended and is the start of ours: what a sweep
+    of an older headstart left when the disk filled (or it was killed) as it started."""
+    if path.is_symlink() or not path.is_file():
         return False
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(4097)
+    except OSError:
+        return False
+    return len(data) <= 4096 and b"\n" not in data and _JOURNAL_START.startswith(data[: len(_JOURNAL_START)])
+
+
+def is_sweep(folder: Path) -> bool:
+    """A sweep folder headstart wrote: a journal alone (an unfinished sweep, or an unstarted one whose
+    journal is empty), or a finished sweep (sweep.json whose manifest matches, its journal, and its
+    best run) that holds nothing else."""
+    if journal_header(folder / JOURNAL) is None:
+        return unstarted_journal(folder / JOURNAL) and {p.name for p in folder.iterdir()} == {JOURNAL}
     data = _json_object(folder / SWEEP_JSON)
     if data is None:
         return not (folder / SWEEP_JSON).exists() and {p.name for p in folder.iterdir()} == {JOURNAL}

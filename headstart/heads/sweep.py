@@ -16,13 +16,20 @@ The sweep folder::
 Safety. One writer per folder (its lock is held for the whole sweep). Each finished trial is
 appended to the journal inside the locked folder, so a sweep killed at any moment keeps its
 finished trials, and the same command skips them (a trial is the same when its head, options,
-cache fingerprint, split and calibration are). The final files are built in a hidden sibling
+cache, split and calibration are). The cache is known by its settings' digest, its row count
+and a SHA-256 of its contents (features, labels, paths): two caches made with the same settings
+never share trials. The journal's first line names that cache; a journal of another cache is
+discarded (a warning says so) and a new one started. The header is written beside and renamed
+into place, so a full disk or a kill never leaves a journal without it (an empty one, left by
+older versions, is taken as an unstarted sweep); a full disk is one `DiskFullError` line, and the
+trials journaled before it are kept. The final files are built in a hidden sibling
 folder and swapped in whole (`headstart.heads.rundir.staged_result`); until then the folder is an
 unfinished sweep (a journal alone) or the previous finished sweep with a longer journal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import json
@@ -37,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart.cache import open_cache
+from headstart.disk import disk_full, is_disk_full
 from headstart.errors import HeadError, RunError, SweepError
 from headstart.heads.prepare import prepare
 from headstart.heads.registry import head_class, make_head
@@ -48,6 +56,7 @@ from headstart.heads.rundir import (
     SWEEP_KIND,
     busy_error,
     check_out,
+    journal_header,
     manifest,
     staged_result,
     versions,
@@ -57,14 +66,18 @@ from headstart.heads.split import SplitSpec
 from headstart.heads.sweep_space import _defaults, grid_settings, random_settings
 from headstart.heads.training import TrainResult, _fit_one
 from headstart.heads.trials import (
+    _KEPT,
+    IDENTITY,
     KERAS_HEADS,
     TRIAL_KIND,
     Trial,
     _append,
     _digest,
     _run_trials,
+    cache_identity,
     plan_jobs,
     read_journal,
+    start_journal,
 )
 from headstart.locking import exclusive_lock, lock_path_for
 from headstart.settings.config import check_cache_settings
@@ -179,11 +192,13 @@ def sweep(
                 f"The {head} head needs the training rows in memory, and {data.cache_path} is too "
                 "large for the memory available. Sweep softmax or mlp, which stream from the file."
             )
+        identity = cache_identity(cache)
         context = _digest(
             {
                 "head": head,
                 "fingerprint": data.cache_info["fingerprint_digest"],
                 "rows": data.cache_info["rows"],
+                "content": identity["content"],
                 "split": split.to_dict(),
                 "calibrate": calibrate,
             }
@@ -192,18 +207,20 @@ def sweep(
         with exclusive_lock(lock_path_for(out), busy_error(out)):
             check_out(out, SWEEP_KIND)
             journal = out / JOURNAL
-            if not out.exists() or not any(out.iterdir()):
+            header = {"kind": JOURNAL_KIND, "format": SWEEP_FORMAT, "head": head, "cache": data.cache_info["path"]}
+            header.update(identity)
+            earlier = journal_header(journal)
+            if earlier is None:  # a new or empty folder, or a journal whose header never reached the disk
                 out.mkdir(exist_ok=True)
-                _append(
-                    journal,
-                    {
-                        "kind": JOURNAL_KIND,
-                        "format": SWEEP_FORMAT,
-                        "head": head,
-                        "cache": data.cache_info["path"],
-                        "fingerprint_digest": data.cache_info["fingerprint_digest"],
-                    },
+                start_journal(journal, header)
+            elif any(earlier.get(k) != identity[k] for k in IDENTITY):
+                whose = (
+                    f"the trials of another cache ({earlier.get('cache')})"
+                    if "content" in earlier
+                    else "trials of a cache whose contents it did not record (an older headstart)"
                 )
+                log.warning("%s holds %s; they are discarded and a new journal started", journal, whose)
+                start_journal(journal, header)
             finished = read_journal(journal, head)
 
             all_trials: list[Trial] = []
@@ -254,7 +271,7 @@ def sweep(
             best = ranked[0]
             n_jobs, how = plan["jobs"], plan["how"]
 
-            with staged_result(out, SWEEP_KIND) as tmp:
+            with _results_disk_full(journal), staged_result(out, SWEEP_KIND) as tmp:
                 best_params = {**fixed, **best["params"]}
                 result = _fit_one(
                     data,
@@ -316,6 +333,17 @@ def sweep(
                     },
                 )
     return SweepResult(out, rows, result, counts["skipped"], time.perf_counter() - t_start, n_jobs, how)
+
+
+@contextlib.contextmanager
+def _results_disk_full(journal: Path):
+    """A full disk while the final files are written: one line; the journal keeps every trial."""
+    try:
+        yield
+    except OSError as err:
+        if is_disk_full(err):
+            raise disk_full(journal.parent, "writing the sweep's results", _KEPT) from None
+        raise
 
 
 def _halving(settings, fixed, head, eta, run_rung, rank_by: str = "accuracy") -> list[Trial]:

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from headstart.disk import disk_full, fsync_dir, is_disk_full
 from headstart.errors import RunError, SweepError
 from headstart.heads import metrics as M
 from headstart.heads.base import fitted_info
@@ -200,15 +203,60 @@ def read_journal(path: Path, head_name: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+_KEPT = "The trials journaled before are kept: free some space and run the same command to resume."
+
+
 def _append(path: Path, record: Mapping[str, Any]) -> None:
     """Append one line and make it durable; a torn last line (a kill mid-write) is ended first."""
     line = json.dumps(record, allow_nan=False, separators=(",", ":")).encode() + b"\n"
-    with open(path, "ab+") as fh:
-        fh.seek(0, os.SEEK_END)
-        if fh.tell():
-            fh.seek(-1, os.SEEK_END)
-            if fh.read(1) != b"\n":
-                line = b"\n" + line
-        fh.write(line)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(path, "ab+") as fh:
+            fh.seek(0, os.SEEK_END)
+            if fh.tell():
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    line = b"\n" + line
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as err:
+        if is_disk_full(err):
+            raise disk_full(path, "journaling a finished trial", _KEPT) from None
+        raise
+
+
+def start_journal(path: Path, header: Mapping[str, Any]) -> None:
+    """A journal holding ``header`` alone, written beside and renamed into place (never torn or empty)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(json.dumps(header, allow_nan=False, separators=(",", ":")).encode() + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as err:
+        if is_disk_full(err):
+            raise disk_full(
+                path, "starting the sweep journal", "Nothing was kept: free some space and run again."
+            ) from None
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+IDENTITY = ("fingerprint_digest", "rows", "content")
+"""What a journal's header must share with the cache for its trials to be reused."""
+
+
+def cache_identity(cache) -> dict[str, Any]:
+    """The cache a sweep's trials belong to: its settings' digest, rows, and a SHA-256 of its contents
+    (every feature row as stored, the labels, the paths, the views); one read of the file."""
+    h = hashlib.sha256()
+    h.update(json.dumps([cache.fingerprint_digest, len(cache), cache.class_names, cache.paths]).encode())
+    h.update(np.asarray(cache.labels, dtype="<i8").tobytes())
+    if cache.views is not None:
+        h.update(np.asarray(cache.views, dtype="i1").tobytes())
+    for _, block in cache.iter_chunks(dtype=cache.dtype):
+        h.update(np.ascontiguousarray(block).tobytes())
+    return {"fingerprint_digest": cache.fingerprint_digest, "rows": len(cache), "content": h.hexdigest()}

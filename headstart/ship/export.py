@@ -7,11 +7,14 @@ bilinear like Pillow's) → the backbone's preprocessing as layers → the froze
 cached layer and its pooling → the head (standardization included) → one probability per class.
 
 The class names travel inside the ``.keras`` file (``headstart.json``, an extra member of its zip
-archive that Keras ignores) and in ``labels.txt`` beside every format.
+archive that Keras ignores) and in ``labels.txt`` beside every format. A folder format's
+``headstart.json`` also lists every file of the export with its SHA-256: ``--overwrite`` replaces
+a folder only while it holds those files alone, unchanged, and deletes nothing else.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -85,10 +88,15 @@ def _check_out(out: Path, fmt: str, overwrite: bool) -> None:
     if not overwrite:
         raise ExportError(f"Expected --out to be a new path. Received: {out}, which exists; pass --overwrite.")
     if not _ours(out, fmt):
-        raise ExportError(
-            f"Expected --out to be a new path or a {fmt} export of headstart (--overwrite replaces only those). "
-            f"Received: {out}; choose another --out."
-        )
+        raise ExportError(_not_ours(out, fmt))
+
+
+def _not_ours(out: Path, fmt: str) -> str:
+    what = " (or files it did not write, or files that changed since)" if fmt != "keras" else ""
+    return (
+        f"Expected --out to be a new path or a {fmt} export of headstart{what} (--overwrite replaces only those). "
+        f"Received: {out}; choose another --out. Nothing was deleted."
+    )
 
 
 def write_model(
@@ -129,12 +137,16 @@ def write_model(
             if fmt != "saved_model":
                 staged.mkdir()
             _keras_export(model, target, fmt)
-            (staged / METADATA).write_text(text, encoding="utf-8")
             (staged / LABELS).write_text("".join(f"{n}\n" for n in metadata["class_names"]), encoding="utf-8")
+            # The manifest of what we wrote: --overwrite replaces the folder only while it holds these alone.
+            folder_meta = {**metadata, "files": _tree_manifest(staged)}
+            (staged / METADATA).write_text(json.dumps(folder_meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if verify:
             diff = verify_export(expected, probe, staged, fmt, out)
         if out.exists() and out.is_dir():
-            shutil.rmtree(out)  # an earlier export of ours (checked above)
+            if not _ours(out, fmt):  # checked at the start; someone may have added a file since
+                raise ExportError(_not_ours(out, fmt))
+            shutil.rmtree(out)  # an earlier export of ours, holding only the files it lists
         os.replace(staged, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -168,7 +180,44 @@ def _ours(path: Path, fmt: str) -> bool:
         except ExportError:
             return False
         return path.is_file()
-    return path.is_dir() and (path / METADATA).is_file() and (path / LABELS).is_file()
+    if not path.is_dir() or not (path / LABELS).is_file():
+        return False
+    try:
+        files = read_metadata(path).get("files")
+    except ExportError:
+        return False
+    if not isinstance(files, dict):  # an export older than the manifest: we cannot tell what is ours
+        return False
+    for folder, dirs, names in os.walk(path):
+        for name in dirs + names:
+            entry = Path(folder) / name
+            if entry.is_symlink():
+                return False
+        for name in names:
+            entry = Path(folder) / name
+            rel = entry.relative_to(path).as_posix()
+            if rel == METADATA:
+                continue
+            if not entry.is_file() or files.get(rel) != _sha256(entry):
+                return False
+    return True
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def _tree_manifest(folder: Path) -> dict[str, str]:
+    """``{path relative to folder: SHA-256}`` of every file under ``folder`` but ``headstart.json``."""
+    return {
+        p.relative_to(folder).as_posix(): _sha256(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink() and p.relative_to(folder).as_posix() != METADATA
+    }
 
 
 def export(
