@@ -319,7 +319,18 @@ def test_ctrl_c_keeps_finished_trials_stops_the_workers_and_says_so(cache, tmp_p
         "--out",
         str(out),
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A child inherits an ignored SIGINT through exec, and Python then installs no KeyboardInterrupt
+    # handler: in the full suite something before this test left SIGINT ignored in the pytest
+    # process, the sweep never saw the signal and ran all its trials (exit 0, seen three times).
+    # A terminal's Ctrl-C reaches a process whose SIGINT is at its default: start it that way.
+    inherited = signal.getsignal(signal.SIGINT)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -335,7 +346,9 @@ def test_ctrl_c_keeps_finished_trials_stops_the_workers_and_says_so(cache, tmp_p
         if proc.poll() is None:
             proc.kill()
     done = len((out / JOURNAL).read_bytes().splitlines()) - 1
-    assert proc.returncode == 130, f"exit {proc.returncode} after {done} of 400 trials: {stderr[-500:]}"
+    assert proc.returncode == 130, (
+        f"exit {proc.returncode} after {done} of 400 trials (SIGINT here: {inherited}): {stderr[-300:]}"
+    )
     assert "Finished trials are kept" in stderr and "Traceback" not in stderr
     psutil.wait_procs(workers, timeout=10)
     assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
