@@ -299,8 +299,7 @@ def test_ctrl_c_keeps_finished_trials_stops_the_workers_and_says_so(cache, tmp_p
     import psutil
 
     out = tmp_path / "sw"
-    # 400 trials (0.05-0.1 s each), interrupted after the first: with 12, then 48, the rest finished
-    # while a loaded machine kept this process from sending the signal, and the sweep exited 0.
+    # 400 trials (0.05-0.1 s each), interrupted after the first: far from done when the signal comes.
     values = [float(f"{c:.4g}") for c in np.logspace(-4, 2, 400)]
     grid = "C=" + ",".join(map(str, values))
     cmd = [
