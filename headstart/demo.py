@@ -15,31 +15,28 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from headstart.errors import DemoError
+from headstart.errors import DemoError, HeadstartError
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "mobilenet_2_5_224_tf_no_top.h5"
 WEIGHTS_SHA256 = "dbdb03ee2a22fd895301636cd328b234bb3a9952358f436d82f46b81e0d5b0bf"
 SHAPES = ("circle", "square", "star", "triangle")
 DEMO_JSON = "demo.json"
 
 
 def bundled_weights() -> Path:
-    """The MobileNet 0.25 (224 px, no top) ImageNet weights shipped inside the package."""
-    path = Path(str(resources.files("headstart") / "data" / WEIGHTS_FILE))
-    if not path.is_file():
-        raise DemoError(
-            f"Expected the bundled weights {WEIGHTS_FILE} in {path.parent}. Received: no such file; "
-            "reinstall headstart (pip install --force-reinstall headstart)."
-        )
-    return path
+    """The MobileNet 0.25 (224 px, no top) ImageNet weights shipped inside the package (``--weights bundled``)."""
+    from headstart.settings.config import bundled_weights as shipped
+
+    try:
+        return shipped()
+    except HeadstartError as err:
+        raise DemoError(str(err)) from None
 
 
 # -- pictures ----------------------------------------------------------------------------------
@@ -215,7 +212,7 @@ def pets_steps(
     data, out, cache = Path(data), Path(out), Path(cache)
     folder = data / "PetImages"
     return [
-        Step(f"headstart download pets {data}", lambda: download.download_pets(data)),
+        Step(f"headstart download pets --out {data}", lambda: download.download_pets(data)),
         Step(
             f"headstart extract {folder} --out {cache}",
             lambda: runner.extract(folder, cache, options.make_config("vgg16", "fc2")),

@@ -2,7 +2,7 @@
 
 CLI usage::
 
-    headstart download pets DEST [--url URL] [--archive ZIP]
+    headstart download pets --out DEST [--url URL] [--archive ZIP]
 
 Only the standard library is used (urllib, zipfile). The zip is streamed to
 ``DEST/.downloads/<name>.part``, resumed with an HTTP ``Range`` request when a ``.part`` is
@@ -65,7 +65,7 @@ def download_pets(
 ) -> Path:
     """Download the Dogs vs Cats zip (or use ``archive``) and unpack ``dest/PetImages``.
 
-    This is what ``headstart download pets DEST [--url URL] [--archive ZIP]`` runs.
+    This is what ``headstart download pets --out DEST [--url URL] [--archive ZIP]`` runs.
 
     Args:
         dest: folder to unpack into; created if missing.

@@ -52,6 +52,66 @@ def make_images(root: Path, per_class: int = 6, classes=("cat", "dog"), size=(40
     return root
 
 
+PICTURE_KINDS = ("smaller", "larger", "non-square", "exif-rotated", "grayscale", "rgba", "16-bit")
+"""Pictures whose decoding or resize can part ways between extraction, predict and export."""
+
+
+def make_picture_kinds(root: Path, input_size: int, sources=None, per_kind: int = 4, seed: int = 0):
+    """Write ``per_kind`` pictures of each of `PICTURE_KINDS` under ``root/KIND/``; returns
+    ``{kind: [paths]}``. ``sources``: RGB uint8 arrays to derive them from (real photos), else
+    coloured noise. smaller: under the input size (upscaled); larger: over 4x (downscaled, and
+    draft-decodable as JPEG); non-square: 3:1; exif-rotated: a JPEG stored sideways with
+    orientation 6; grayscale: mode L; rgba: PNG with varying alpha; 16-bit: PNG mode I;16."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    colours = [(200, 60, 60), (60, 60, 200)]
+
+    def picture(i: int, h: int, w: int) -> Image.Image:
+        if sources is not None:
+            return Image.fromarray(sources[i % len(sources)]).resize((w, h), Image.BICUBIC)
+        base = np.clip(rng.normal(0, 40, (h, w, 3)) + colours[i % 2], 0, 255).astype(np.uint8)
+        return Image.fromarray(base)
+
+    n = input_size
+    out = {}
+    for kind in PICTURE_KINDS:
+        folder = root / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        out[kind] = []
+        for i in range(per_kind):
+            if kind == "smaller":
+                img, name = picture(i, n * 3 // 7 + i, n * 3 // 7 + 2 * i), f"{i}.jpg"
+                img.save(folder / name, quality=92)
+            elif kind == "larger":
+                img, name = picture(i, n * 9 // 2 + i, n * 4 + 3 * i), f"{i}.jpg"
+                img.save(folder / name, quality=92)
+            elif kind == "non-square":
+                img, name = picture(i, n // 2 + i, n * 3 // 2 + i), f"{i}.png"
+                img.save(folder / name)
+            elif kind == "exif-rotated":
+                img, name = picture(i, n * 4 // 5, n * 6 // 5 + i), f"{i}.jpg"
+                exif = Image.Exif()
+                exif[0x0112] = 6  # rotated 90 degrees: the viewer turns it upright
+                img.save(folder / name, quality=92, exif=exif)
+            elif kind == "grayscale":
+                img, name = picture(i, n + 5 * i, n * 5 // 4).convert("L"), f"{i}.png"
+                img.save(folder / name)
+            elif kind == "rgba":
+                img = picture(i, n * 2 - i, n * 3 // 2).convert("RGBA")
+                alpha = np.linspace(40, 255, img.width * img.height).reshape(img.height, img.width)
+                img.putalpha(Image.fromarray(alpha.astype(np.uint8)))
+                name = f"{i}.png"
+                img.save(folder / name)
+            else:  # 16-bit
+                grey = np.asarray(picture(i, n * 3 // 2, n + i).convert("L"), dtype=np.uint16) * 257
+                grey = grey + rng.integers(0, 257, grey.shape).astype(np.uint16)
+                img, name = Image.fromarray(grey.astype("<u2")), f"{i}.png"
+                img.save(folder / name)
+            out[kind].append(folder / name)
+    return out
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     """12 small JPEGs in cat/ and dog/."""

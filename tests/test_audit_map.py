@@ -64,3 +64,30 @@ def test_map_broken_cache_is_one_line(tmp_path):
     bad.write_bytes(b"garbage" * 100)
     res = runner.invoke(app, ["map", str(bad), "--out", str(tmp_path / "m.png")])
     assert res.exit_code == 2 and res.output.startswith("Error:")
+
+
+def test_map_marks_are_not_a_class_colour(cache, tmp_path):
+    """Issue 16: the "flagged" ring was red, the colour of the fourth class."""
+    from matplotlib.colors import to_rgb
+
+    from headstart.audit import audit
+    from headstart.audit.projection import PALETTE
+
+    audit(cache, tmp_path / "a", montages=False)
+    out = tmp_path / "map.html"
+    res = runner.invoke(app, ["map", str(cache), "--out", str(out), "--audit", str(tmp_path / "a"), "--method", "pca"])
+    assert res.exit_code == 0, res.output
+    page = out.read_text()
+    data = json.loads(re.search(r'id="map-data">(.*?)</script>', page).group(1))
+    circles = {int(m.group(1)): m.group(0) for m in re.finditer(r'<circle data-i="(\d+)"[^>]*>', page)}
+    flagged = [circles[i] for i, p in enumerate(data["points"]) if p["flags"]]
+    wrong = [circles[i] for i, p in enumerate(data["points"]) if p["wrong"] and not p["flags"]]
+    assert flagged
+    strokes = {re.search(r'stroke="([^"]+)"', c).group(1) for c in flagged}
+    for stroke in strokes:
+        distance = min(sum((a - b) ** 2 for a, b in zip(to_rgb(stroke), to_rgb(c))) ** 0.5 for c in PALETTE)
+        assert distance > 0.4, (stroke, distance)  # far from all 16 class colours
+    if wrong:  # and told apart from the misclassified ring
+        assert {re.search(r'stroke="[^"]+"[^>]*', c).group(0) for c in wrong}.isdisjoint(
+            {re.search(r'stroke="[^"]+"[^>]*', c).group(0) for c in flagged}
+        )

@@ -145,6 +145,51 @@ def test_map_html_loads_offline_in_chromium(tmp_path):
     assert 'data-ready="1"' in dom.stdout and [ln for ln in dom.stderr.splitlines() if ":CONSOLE" in ln] == []
 
 
+def _summary(page: str) -> str:
+    return re.search(r'<section id="summary">(.*?)</section>', page, re.S).group(1)
+
+
+def test_report_opens_with_best_head_audit_headline_and_next_command(comparison, tmp_path):
+    """Issue 16: the page was ~14 screens with no summary; it opens with what a reader came for."""
+    import json
+
+    out = tmp_path / "report.html"
+    assert runner.invoke(app, ["report", str(comparison), "--out", str(out)]).exit_code == 0
+    page = out.read_text()
+    assert page.index('id="summary"') < page.index("Comparison</h2>") < page.index("Run: logreg")
+    summary = _summary(page)
+    test_acc = json.loads((comparison / "logreg" / "metrics.json").read_text())["test"]["accuracy"]
+    assert "Head: " in summary and "logreg" in summary and f"{test_acc:.3f}" in summary
+    audit = json.loads((comparison / "audit.json").read_text())
+    assert f"{len(audit['label_issues']):,} label issues" in summary
+    assert "headstart compare" in summary and "--exclude-list" in summary and "suspects.txt" in summary
+    # raw settings, per-class and confusion tables folded; the best run itself open
+    assert re.search(r"<details><summary>Settings \(head, cache, extraction, split\)</summary><table", page)
+    assert re.search(r"<details><summary>Per class \(test\)</summary>", page)
+    assert '<details class="run" id="run-logreg" open>' in page
+
+
+def test_report_without_audit_says_to_audit_and_folds_the_other_runs(tmp_path):
+    from headstart.heads.training import compare
+
+    x, y, paths, sha, _ = planted_features()
+    cache = write_cache(tmp_path / "c.h5", x, y, paths, CLASSES, sha256=sha)
+    res = compare(cache, tmp_path / "cmp", heads=["logreg", "knn"], plots=False)
+    out = tmp_path / "r.html"
+    assert runner.invoke(app, ["report", str(tmp_path / "cmp"), "--out", str(out), "--mistakes", "0"]).exit_code == 0
+    page = out.read_text()
+    import json
+
+    val = {r["head"]: json.loads((res.out / r["head"] / "metrics.json").read_text())["val"] for r in res.rows}
+    best = min(val, key=lambda h: (-val[h]["accuracy"], val[h]["log_loss"]))  # chosen on validation, never test
+    other = ({"logreg", "knn"} - {best}).pop()
+    assert f'<details class="run" id="run-{best}" open>' in page
+    assert f'<details class="run" id="run-{other}">' in page
+    summary = _summary(page)
+    assert f'Best head: <a href="#run-{best}">{best}</a>' in summary.replace("</b>", "")
+    assert "none included" in summary and "headstart audit" in summary
+
+
 def _red_jpeg(path):
     from PIL import Image
 

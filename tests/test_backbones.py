@@ -72,6 +72,7 @@ def test_imagenet_download_failure_names_the_file_and_the_way_out(monkeypatch):
         build_model(config)
     text = str(err.value)
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in text and "--weights PATH" in text
+    assert "--backbone mobilenet --alpha 0.25 --weights bundled" in text  # what works offline
     assert config.fingerprint()["keras_version"] == keras.__version__
 
 
@@ -273,6 +274,8 @@ def test_fingerprints_of_every_backbone_round_trip():
         ({"precision": "int8"}, "Expected precision among float32, bfloat16, float16"),
         ({"dtype": "float64"}, "Expected dtype among float16, float32"),
         ({"backend": "numpy"}, "Expected backend among tensorflow, jax, torch"),
+        ({"resampler": "lanczos"}, "Expected resampler among float32, pillow-uint8"),
+        ({"resampler": 1}, "resampler is 1 of type integer"),
     ],
 )
 def test_a_fingerprint_from_a_file_is_checked_field_by_field(tiny_config, change, message):
@@ -292,3 +295,14 @@ def test_a_fingerprint_from_a_file_is_checked_field_by_field(tiny_config, change
 def test_a_fingerprint_that_is_not_an_object_of_settings_is_refused(fingerprint, message):
     with pytest.raises(BackboneError, match=message):
         ExtractionConfig.from_fingerprint(fingerprint)
+
+
+def test_new_caches_record_the_float32_resampler_and_old_fingerprints_read_as_pillow_uint8(tiny_config):
+    """The resize is part of the fingerprint; a fingerprint written before it was (no
+    ``resampler`` key) means Pillow on 8-bit pixels, and keeps its digest."""
+    assert tiny_config.resampler == "float32" and tiny_config.jpeg_draft is False
+    assert tiny_config.fingerprint()["resampler"] == "float32"
+    old = {k: v for k, v in tiny_config.fingerprint().items() if k != "resampler"}
+    back = ExtractionConfig.from_fingerprint(old)
+    assert back.resampler == "pillow-uint8" and back.fingerprint() == old and back.digest() != tiny_config.digest()
+    assert ExtractionConfig.from_fingerprint(tiny_config.fingerprint()) == tiny_config

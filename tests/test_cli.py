@@ -124,9 +124,16 @@ def test_info_on_a_non_cache(tmp_path):
 
 
 def test_download_unknown_dataset_and_offline_archive(tmp_path):
-    assert_clean_error(invoke("download", "imagenet", tmp_path), "Expected a dataset name among: pets")
-    result = invoke("download", "pets", tmp_path, "--archive", tmp_path / "missing.zip", "-q")
+    assert_clean_error(invoke("download", "imagenet", "--out", tmp_path), "Expected a dataset name among: pets")
+    result = invoke("download", "pets", "--out", tmp_path, "--archive", tmp_path / "missing.zip", "-q")
     assert_clean_error(result, "--archive")
+
+
+def test_download_keeps_the_old_positional_folder_with_a_deprecation_note(tmp_path):
+    result = invoke("download", "pets", tmp_path / "d", "--url", "not a url")
+    assert "Deprecated" in result.stderr and "download pets --out" in " ".join(result.stderr.split())
+    assert "Expected --url to be an http:// or https:// address" in result.stderr  # DEST was taken as the folder
+    assert_clean_error(invoke("download", "pets", tmp_path / "a", "--out", tmp_path / "b"), "Expected the folder once")
 
 
 def test_ctrl_c_keeps_the_work_and_says_how_to_resume(image_folder, tmp_path, monkeypatch):
@@ -273,7 +280,7 @@ def test_numeric_options_are_checked_in_one_line(image_folder, tmp_path, option,
 
 def test_download_refuses_a_url_that_is_not_one(tmp_path):
     """Issue 7: download --url "not a url" was a traceback."""
-    result = invoke("download", "pets", tmp_path / "data", "--url", "not a url")
+    result = invoke("download", "pets", "--out", tmp_path / "data", "--url", "not a url")
     assert_clean_error(result, "Expected --url to be an http:// or https:// address. Received: 'not a url'.")
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "data").exists()

@@ -129,7 +129,14 @@ def test_misclassified_lists_pictures_and_draws_a_montage(run_dir, tmp_path):
     result = runner.invoke(app, ["misclassified", str(run_dir), "-n", "2", "--montage", str(tmp_path / "m.png")])
     assert result.exit_code == 0, result.output
     assert "test pictures misclassified" in result.stdout
-    assert "true " in result.stdout and "predicted " in result.stdout
+    lines = result.stdout.splitlines()
+    header = lines.index("path\ttrue\tpredicted\tp(predicted)\tloss")
+    rows = [line.split("\t") for line in lines[header + 1 :] if "\t" in line]
+    assert 1 <= len(rows) <= 2 and all(len(r) == 5 for r in rows)
+    losses = [float(r[4]) for r in rows]
+    assert losses == sorted(losses, reverse=True)  # "of highest loss": highest first, and shown
+    old_name = runner.invoke(app, ["misclassified", str(run_dir), "--number", "1"])  # hidden alias of --top
+    assert old_name.exit_code == 0 and len([ln for ln in old_name.stdout.splitlines() if ln.count("\t") == 4]) == 2
     assert (tmp_path / "m.png").exists()
     data = json.loads(runner.invoke(app, ["misclassified", str(run_dir), "--json"]).stdout)
     assert data["n_wrong"] == len(data["mistakes"]) or len(data["mistakes"]) == 20
@@ -240,10 +247,15 @@ def test_train_knn_with_temperature_calibration(cache, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "Trained knn" in result.stdout and "temperature" in result.stdout
-    assert "calibration (validation): log loss" in result.stdout
+    assert "fitted on" in result.stdout and "calibration (calibration split): log loss" in result.stdout
     assert json.loads((out / "metrics.json").read_text())["calibration"]["method"] == "temperature"
     result = runner.invoke(app, ["train", str(cache), "--head", "knn", "--calibrate", "isotonic"])
     assert result.exit_code == 2 and "Expected --calibrate among none, temperature" in result.stderr
+    args = ["train", str(cache), "--head", "knn", "--calibrate", "temperature", "--no-plots"]
+    result = runner.invoke(app, [*args, "--calibration-rows", "crossfit", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 0 and "scored out of 5 folds (cross-fitting)" in result.stdout, result.output
+    result = runner.invoke(app, [*args, "--calibration-fraction", "1.5", "--out", str(tmp_path / "y")])
+    assert result.exit_code == 2 and "Expected --calibration-fraction between 0 and 1" in result.stderr
 
 
 def test_train_takes_k_and_c_only_for_the_heads_that_have_them(cache, tmp_path):

@@ -79,3 +79,31 @@ def test_draft_mode_changes_little(tmp_path):
 def test_missing_file_is_a_decode_error(tmp_path):
     with pytest.raises(DecodeError):
         load_image(tmp_path / "nope.jpg", (8, 8))
+
+
+@pytest.mark.parametrize("resize", ["squash", "crop"])
+@pytest.mark.parametrize("shape", [(20, 20), (45, 61), (300, 140), (32, 32)])
+def test_the_float32_resampler_computes_what_keras_resizing_computes(shape, resize):
+    """Extraction and the exported model's ``Resizing(antialias=True)`` give the same pixels,
+    upscaling or downscaling, squashed or centre-cropped; Pillow on 8-bit pixels does not."""
+    import io
+
+    import keras
+    from PIL import Image
+
+    from headstart.extractor.decode import load_image
+
+    rng = np.random.default_rng(sum(shape))
+    pixels = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    layer = keras.layers.Resizing(
+        32, 32, interpolation="bilinear", antialias=True, crop_to_aspect_ratio=resize == "crop"
+    )
+    want = np.asarray(layer(pixels[None].astype(np.float32)))[0]
+    got = load_image(io.BytesIO(buf.getvalue()), (32, 32), resize, resampler="float32")
+    assert got.dtype == np.float32 and got.shape == (32, 32, 3)
+    assert np.abs(got - want).max() < 1e-2
+    if shape != (32, 32):
+        old = load_image(io.BytesIO(buf.getvalue()), (32, 32), resize, resampler="pillow-uint8")
+        assert np.abs(old - want).max() > 0.25

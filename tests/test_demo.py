@@ -102,6 +102,31 @@ def test_demo_end_to_end_imagenet_beats_random(tmp_path):
     assert again.exit_code == 0, again.output
 
 
+def test_demo_ends_with_the_commands_for_ones_own_pictures(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    row = {"head": "logreg", "val_accuracy": 0.9, "test_accuracy": 0.9, "test_log_loss": 0.3, "fit_seconds": 0.1}
+    fake = demo.DemoResult(
+        out=tmp_path,
+        pictures=8,
+        tables={"imagenet": [row], "random": [{**row, "test_accuracy": 0.25}]},
+        seconds=1.0,
+        feature_scale={"imagenet": 0.5, "random": 0.0},
+    )
+    monkeypatch.setattr(demo, "run_demo", lambda out, **kw: fake)
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    tail = result.stdout.strip().splitlines()[-5:]
+    assert tail[0].startswith("Next, on your own pictures")
+    assert (
+        tail[1].split()
+        == "headstart extract MY_PICTURES/ --out my.h5 --backbone mobilenet --alpha 0.25 --weights bundled".split()
+    )
+    assert tail[2].split() == "headstart compare my.h5 --out runs/my".split()
+    gitignore = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().split()
+    assert "/headstart-demo/" in gitignore or "headstart-demo/" in gitignore
+
+
 def test_an_interrupted_demo_is_resumed_by_the_same_command(tmp_path, monkeypatch):
     from headstart.errors import DemoError
     from headstart.extractor import runner as extract_runner

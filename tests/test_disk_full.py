@@ -281,7 +281,7 @@ def _merge_in_child(out, shards, *, no_room_check=False):
     code += "from headstart.cli import app\napp(sys.argv[1:], prog_name='headstart')\n"
     root = Path(__file__).resolve().parents[1]
     return subprocess.run(
-        [sys.executable, "-c", code, "merge", str(out), *map(str, shards), "--copy"],
+        [sys.executable, "-c", code, "merge", *map(str, shards), "--copy", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -1,7 +1,7 @@
 """extract --ray: the same rows as a local run, on a local Ray; a killed actor or driver loses nothing.
 
 Ray starts once for the module (2 CPUs); the tests skip where Ray is not installed
-(pip install 'headstart[ray]').
+(pip install -e '.[ray]' in the clone).
 """
 
 import logging

@@ -388,10 +388,10 @@ COMMANDS: dict[str, Callable[[Env], list]] = {
     "sweep": lambda e: ["sweep", e.cache, "--head", "logreg", "--grid", "C=0.1,1", "--out", e.out / "sweep"],
     "audit": lambda e: ["audit", e.cache, "--out", e.out / "audit"],
     "map": lambda e: ["map", e.cache, "--out", e.out / "map.png"],
-    "merge": lambda e: ["merge", e.out / "merged.h5", e.cache],
+    "merge": lambda e: ["merge", e.cache, "--out", e.out / "merged.h5"],
     "curve": lambda e: ["curve", e.cache, "--out", e.out / "curve", "--draws", "1"],
     "similar": lambda e: ["similar", e.cache, "cat/cat.0.jpg", "--montage", e.out / "near.png"],
-    "merge --copy": lambda e: ["merge", e.out / "copied.h5", e.cache, "--copy"],
+    "merge --copy": lambda e: ["merge", e.cache, "--copy", "--out", e.out / "copied.h5"],
 }
 """Every command that reads a cache; a command added later joins with one line (and in COMMAND_NAMES)."""
 assert tuple(COMMANDS) == COMMAND_NAMES

@@ -128,11 +128,17 @@ def test_extract_resume_train_export_predict_with_a_hub_backbone(dinov2_folder, 
     result = runner.invoke(app, ["export", str(tmp_path / "runs" / "logreg"), "--out", str(out)])
     assert result.exit_code == 0, result.output
     files = sorted(images.rglob("*.jpg"))
-    a = json.loads(
-        runner.invoke(app, ["predict", str(tmp_path / "runs" / "logreg"), *map(str, files), "--json"]).stdout
+    a, b = (
+        json.loads(runner.invoke(app, ["predict", str(m), *map(str, files), "--json", "--top-k", "2"]).stdout)
+        for m in (tmp_path / "runs" / "logreg", out)
     )
-    b = json.loads(runner.invoke(app, ["predict", str(out), *map(str, files), "--json"]).stdout)
-    assert np.mean([p["class"] == q["class"] for p, q in zip(a["predictions"], b["predictions"])]) >= 0.9
+    assert [p["class"] for p in a["predictions"]] == [q["class"] for q in b["predictions"]]
+    diffs = [
+        abs(s["probability"] - next(u["probability"] for u in q["top"] if u["class"] == s["class"]))
+        for p, q in zip(a["predictions"], b["predictions"])
+        for s in p["top"]
+    ]
+    assert len(diffs) == 2 * len(files) and max(diffs) <= 1e-3
 
 
 @pytest.mark.parametrize(

@@ -69,7 +69,7 @@ def assert_clean_error(result, *fragments):
 def test_merge_of_three_shards_equals_one_local_run(shards, tmp_path, copy):
     whole, parts = shards
     out = tmp_path / "merged.h5"
-    result = invoke("merge", out, *parts, *(["--copy"] if copy else []))
+    result = invoke("merge", *parts, *(["--copy"] if copy else []), "--out", out)
     assert result.exit_code == 0, result.output
     assert "Merged 3 caches: 12 rows, 1 skipped" in " ".join(result.output.split())
     assert_same(rows(out), rows(whole))
@@ -151,25 +151,28 @@ def test_mismatched_settings_duplicated_paths_and_missing_shards_are_refused(sha
     other = make_config("tiny", weights="none", precision="float32", resize="crop")
     extract(image_folder, tmp_path / "crop.h5", other, batch_size=4, shards=3, shard=0)
     assert_clean_error(
-        invoke("merge", out, tmp_path / "crop.h5", parts[1], parts[2]),
+        invoke("merge", tmp_path / "crop.h5", parts[1], parts[2], "--out", out),
         "Expected caches extracted with the same settings",
         "resize: 'crop'",
     )
-    assert_clean_error(invoke("merge", out, whole, parts[0]), "Expected shards of one folder only")
+    assert_clean_error(invoke("merge", whole, parts[0], "--out", out), "Expected shards of one folder only")
     shutil.copy(parts[0], tmp_path / "again.h5")
     assert_clean_error(
-        invoke("merge", out, parts[0], tmp_path / "again.h5", parts[1], parts[2]), "Expected each shard once"
+        invoke("merge", parts[0], tmp_path / "again.h5", parts[1], parts[2], "--out", out), "Expected each shard once"
     )
-    assert_clean_error(invoke("merge", out, parts[0], parts[0]), "Expected each cache once")
-    assert_clean_error(invoke("merge", out, parts[0], parts[1]), "Expected all 3 shards", "missing: 2", "--partial")
+    assert_clean_error(invoke("merge", parts[0], parts[0], "--out", out), "Expected each cache once")
+    assert_clean_error(
+        invoke("merge", parts[0], parts[1], "--out", out), "Expected all 3 shards", "missing: 2", "--partial"
+    )
     with pytest.raises(MergeError, match="Expected all 3 shards"):
         merge(out, parts[:2])
-    assert invoke("merge", out, parts[0], parts[1], "--partial").exit_code == 0
-    assert_clean_error(invoke("merge", out, parts[0], parts[1], parts[2]), "--overwrite")
+    assert invoke("merge", parts[0], parts[1], "--partial", "--out", out).exit_code == 0
+    assert_clean_error(invoke("merge", parts[0], parts[1], parts[2], "--out", out), "--overwrite")
     # two whole-folder caches of the same pictures: every path twice
     shutil.copy(whole, tmp_path / "whole2.h5")
     assert_clean_error(
-        invoke("merge", tmp_path / "w.h5", whole, tmp_path / "whole2.h5"), "Expected each picture in one cache only"
+        invoke("merge", whole, tmp_path / "whole2.h5", "--out", tmp_path / "w.h5"),
+        "Expected each picture in one cache only",
     )
     assert not (tmp_path / "w.h5").exists()
 
@@ -178,7 +181,7 @@ def test_a_tampered_fingerprint_digest_is_refused(shards, tmp_path):
     whole, parts = shards
     with h5py.File(parts[2], "r+") as f:
         f.attrs["fingerprint_digest"] = "0" * 64
-    assert_clean_error(invoke("merge", tmp_path / "m.h5", *parts), "does not match the fingerprint")
+    assert_clean_error(invoke("merge", *parts, "--out", tmp_path / "m.h5"), "does not match the fingerprint")
 
 
 HOSTILE = {
@@ -261,7 +264,7 @@ def test_broken_or_hostile_shards_are_one_line_and_nothing_is_written(shards, tm
             _plant(f, hostile, secret)
     for copy in ([], ["--copy"]):  # --copy reads every byte of the shards into the merged file
         out = tmp_path / "m.h5"
-        result = invoke("merge", out, parts[0], parts[1], bad, *copy)
+        result = invoke("merge", parts[0], parts[1], bad, *copy, "--out", out)
         assert_clean_error(result, "Error:", HOSTILE[hostile].format(bad=bad, secret=secret))
         assert not out.exists() and not list(tmp_path.glob("*.tmp"))
 
@@ -270,9 +273,9 @@ def test_out_that_is_not_a_cache_is_never_overwritten(shards, tmp_path):
     whole, parts = shards
     precious = tmp_path / "notes.h5"
     precious.write_text("my notes")
-    assert_clean_error(invoke("merge", precious, *parts, "--overwrite"), "not a headstart cache")
+    assert_clean_error(invoke("merge", *parts, "--overwrite", "--out", precious), "not a headstart cache")
     assert precious.read_text() == "my notes"
-    assert_clean_error(invoke("merge", parts[0], *parts), "Expected OUT to be a new file")
+    assert_clean_error(invoke("merge", *parts, "--out", parts[0]), "Expected OUT to be a new file")
 
 
 @pytest.mark.parametrize("copy", [False, True])
@@ -334,3 +337,18 @@ def test_extract_into_a_cache_with_a_fixed_size_per_row_dataset_is_one_line(shar
     with pytest.raises(CacheError, match="/sha256 has a fixed size"):
         with CacheWriter(cache, header):
             pass
+
+
+def test_the_old_positional_form_still_merges_with_a_deprecation_note(shards, tmp_path):
+    """`merge OUT SHARDS...` (before --out) works for one more release and says what to write instead."""
+    whole, parts = shards
+    result = runner.invoke(app, ["merge", str(tmp_path / "old.h5"), *map(str, parts)])
+    assert result.exit_code == 0, result.output
+    assert_same(rows(tmp_path / "old.h5"), rows(whole))
+    assert "Deprecated" in result.stderr and "--out" in result.stderr
+    assert "Deprecated" not in result.stdout
+
+
+def test_merge_without_out_and_one_cache_asks_for_out(shards):
+    _, parts = shards
+    assert_clean_error(invoke("merge", parts[0]), "Expected --out")

@@ -37,7 +37,7 @@ def test_each_picture_gets_its_mirror(image_folder, flip_config, tmp_path):
             assert sorted(cache.views[rows].tolist()) == [0, 1]
             assert len({int(cache.labels[i]) for i in rows}) == 1
         i = int(np.flatnonzero(cache.views == 1)[0])
-        pixels = load_image(image_folder / cache.paths[i], (32, 32))
+        pixels = load_image(image_folder / cache.paths[i], (32, 32), resampler=flip_config.resampler)
         expected = Embedder(flip_config, 1)([pixels[:, ::-1]])[0]
         np.testing.assert_allclose(cache.read(i, i + 1)[0], expected, rtol=1e-4, atol=1e-5)
         assert cache.fingerprint["views"] == "flip"

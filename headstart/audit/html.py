@@ -34,6 +34,32 @@ td.path { font-family: ui-monospace, monospace; font-size: 0.9em; text-align: le
 .plots img { max-width: 100%; border: 1px solid #d0d7de; margin: 4px 0; }
 .warn { color: #9a6700; }
 .leak { color: #cf222e; font-weight: bold; }
+#summary ul { padding-left: 1.2em; } #summary li { margin: 6px 0; }
+code { font-family: ui-monospace, monospace; background: #f6f8fa; padding: 2px 5px; }
+details > summary { cursor: pointer; color: #57606a; margin: 6px 0; }
+details.run > summary { color: inherit; } details.run > summary h2 { display: inline-block; }
+"""
+
+SORT_SCRIPT = """
+// Click a sortable column heading to sort its table; marks the page ready when done.
+document.querySelectorAll('table').forEach(function (table) {
+  table.querySelectorAll('th.sortable').forEach(function (th, col) {
+    th.title = 'sort';
+    th.addEventListener('click', function () {
+      const body = table.tBodies[0];
+      const rows = Array.from(body.rows);
+      const dir = th.getAttribute('data-dir') === 'asc' ? -1 : 1;
+      th.setAttribute('data-dir', dir === 1 ? 'asc' : 'desc');
+      rows.sort(function (a, b) {
+        const x = a.cells[col].textContent, y = b.cells[col].textContent;
+        const nx = parseFloat(x), ny = parseFloat(y);
+        return dir * (isNaN(nx) || isNaN(ny) ? x.localeCompare(y) : nx - ny);
+      });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+});
+document.body.setAttribute('data-ready', '1');
 """
 
 
@@ -85,6 +111,20 @@ def table(
         body.append("<tr>" + "".join(cells) + "</tr>")
     ident = f' id="{esc(table_id)}"' if table_id else ""
     return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def cards(items: Sequence[dict[str, Any]], caption) -> str:
+    """A grid of thumbnails (``item["thumb"]``, a data: URI or None) with ``caption(item)`` (HTML) under each."""
+    out = []
+    for item in items:
+        img = f'<img alt="" src="{item["thumb"]}">' if item.get("thumb") else '<img alt="unreadable">'
+        out.append(f'<div class="card">{img}<div>{caption(item)}</div></div>')
+    return '<div class="grid">' + "".join(out) + "</div>"
+
+
+def folded(title: str, content: str) -> str:
+    """``content`` (HTML) behind a closed ``<details>`` whose summary is ``title`` (text)."""
+    return f"<details><summary>{esc(title)}</summary>{content}</details>"
 
 
 def fmt(value: Any, digits: int = 3) -> str:

@@ -46,6 +46,9 @@ PALETTE = [
     "#c5b0d5",
     "#c49c94",
 ]
+# The marks are told apart from the classes by shape, not colour: every colour is some class's.
+MISCLASSIFIED_RING = ' stroke="#000000" stroke-width="1.5"'
+FLAGGED_RING = ' stroke="#000000" stroke-width="2.5" stroke-dasharray="3 2"'
 
 
 @dataclass
@@ -183,7 +186,13 @@ def _draw_png(path, xy, labels, class_names, wrong, flags, title) -> None:
     flagged = np.array([bool(f) for f in flags])
     if flagged.any():
         ax.scatter(
-            xy[flagged, 0], xy[flagged, 1], s=70, marker="x", color="red", linewidths=1.2, label="flagged by the audit"
+            xy[flagged, 0],
+            xy[flagged, 1],
+            s=70,
+            marker="x",
+            color="black",
+            linewidths=1.2,
+            label="flagged by the audit",
         )
     ax.set_xticks([])
     ax.set_yticks([])
@@ -226,11 +235,7 @@ def _write_html(path, xy, labels, class_names, wrong, flags, paths, base, title,
     order = np.argsort(wrong | np.array([bool(f) for f in flags]), kind="stable")  # marked ones drawn last
     for i in order:
         colour = PALETTE[int(labels[i]) % len(PALETTE)]
-        stroke = (
-            ' stroke="red" stroke-width="2.5"'
-            if flags[i]
-            else (' stroke="black" stroke-width="1.5"' if wrong[i] else "")
-        )
+        stroke = FLAGGED_RING if flags[i] else (MISCLASSIFIED_RING if wrong[i] else "")
         radius = 6 if flags[i] or wrong[i] else 4
         circles.append(
             f'<circle data-i="{int(i)}" cx="{pos[i, 0]:.1f}" cy="{size - pos[i, 1]:.1f}" r="{radius}" '
@@ -253,8 +258,9 @@ def _write_html(path, xy, labels, class_names, wrong, flags, paths, base, title,
     )
     body = (
         f"<h1>{H.esc(title)}</h1>"
-        f"<p>{legend} &nbsp; black ring: misclassified out of fold ({int(wrong.sum())}); "
-        f"red ring: flagged by the audit ({sum(bool(f) for f in flags)}). Point at a dot to see the picture.</p>"
+        f"<p>{legend} &nbsp; solid black ring: misclassified out of fold ({int(wrong.sum())}); "
+        f"dashed black ring: flagged by the audit ({sum(bool(f) for f in flags)}). "
+        "Point at a dot to see the picture.</p>"
         f'<svg width="{size}" height="{size}" viewBox="0 0 {size} {size}" style="border:1px solid #d0d7de">'
         + "".join(circles)
         + "</svg>"

@@ -1,8 +1,10 @@
 """`headstart report`: one self-contained HTML page of a run or a comparison (and an audit).
 
-The page holds the settings, the comparison table, learning curves, confusion matrix, reliability
-diagram, per-class metrics, the most confident mistakes as thumbnails, and the audit's findings
-when an audit.json is given or lies in the folder. Nothing is loaded from the network: the plots
+The page opens with a summary (the best head, the audit's headline, the command to run next,
+`headstart.audit.summary`), then the comparison table, and per run its metrics, learning curves,
+confusion matrix, reliability diagram and most confident mistakes as thumbnails, and the audit's
+findings when an audit.json is given or lies in the folder. Raw settings and long tables are folded
+(``<details>``); only the best run is unfolded. Nothing is loaded from the network: the plots
 and thumbnails are embedded as ``data:`` URIs, the style and the one small script inline, and a
 Content-Security-Policy forbids any other source. Every string read from the run's files is
 escaped (`headstart.audit.html`); the files are data, checked as they are read. Thumbnails come
@@ -29,27 +31,6 @@ log = logging.getLogger(__name__)
 MISTAKES = 12
 MAX_JSON_BYTES = 50 << 20
 _HEAD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-
-REPORT_SCRIPT = """
-document.querySelectorAll('table').forEach(function (table) {
-  table.querySelectorAll('th.sortable').forEach(function (th, col) {
-    th.title = 'sort';
-    th.addEventListener('click', function () {
-      const body = table.tBodies[0];
-      const rows = Array.from(body.rows);
-      const dir = th.getAttribute('data-dir') === 'asc' ? -1 : 1;
-      th.setAttribute('data-dir', dir === 1 ? 'asc' : 'desc');
-      rows.sort(function (a, b) {
-        const x = a.cells[col].textContent, y = b.cells[col].textContent;
-        const nx = parseFloat(x), ny = parseFloat(y);
-        return dir * (isNaN(nx) || isNaN(ny) ? x.localeCompare(y) : nx - ny);
-      });
-      rows.forEach(function (r) { body.appendChild(r); });
-    });
-  });
-});
-document.body.setAttribute('data-ready', '1');
-"""
 
 
 @dataclass
@@ -186,18 +167,13 @@ def _mistakes(run_dir: Path, n: int, notes: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def _cards(items: list[dict[str, Any]], caption) -> str:
-    cards = []
-    for item in items:
-        img = f'<img alt="" src="{item["thumb"]}">' if item.get("thumb") else '<img alt="unreadable">'
-        cards.append(f'<div class="card">{img}<div>{caption(item)}</div></div>')
-    return '<div class="grid">' + "".join(cards) + "</div>"
-
-
-def _run_section(run: dict[str, Any], mistakes: list[dict[str, Any]]) -> str:
+def _run_section(run: dict[str, Any], mistakes: list[dict[str, Any]], open_: bool = True) -> str:
     info, metrics, run_dir = run["info"], run["metrics"], run["dir"]
     names = info["class_names"]
-    parts = [f'<h2 id="run-{H.esc(info["head"])}">Run: {H.esc(info["head"])}</h2>']
+    parts = [
+        f'<details class="run" id="run-{H.esc(info["head"])}"{" open" if open_ else ""}>'
+        f"<summary><h2>Run: {H.esc(info['head'])}</h2></summary>"
+    ]
     cache = info.get("cache") if isinstance(info.get("cache"), dict) else {}
     settings = [
         ("head", info["head"]),
@@ -216,10 +192,7 @@ def _run_section(run: dict[str, Any], mistakes: list[dict[str, Any]]) -> str:
         ("fit seconds", info.get("fit_seconds")),
         ("created", info.get("created")),
     ]
-    parts.append(
-        "<h3>Settings</h3>"
-        + H.table(["setting", "value"], [r for r in settings if r[1] is not None], classes=["", "path"])
-    )
+    settings_table = H.table(["setting", "value"], [r for r in settings if r[1] is not None], classes=["", "path"])
     rows = []
     for split in ("val", "test"):
         m = metrics.get(split, {})
@@ -234,22 +207,30 @@ def _run_section(run: dict[str, Any], mistakes: list[dict[str, Any]]) -> str:
             ]
         )
     parts.append("<h3>Metrics</h3>" + H.table(["split", "n", "accuracy", "log loss", "ECE", "ROC AUC / top-5"], rows))
+    parts.append(H.folded("Settings (head, cache, extraction, split)", settings_table))
     test = metrics.get("test", {})
     per_class = test.get("per_class", {})
     if per_class:
         parts.append(
-            "<h3>Per class (test)</h3>"
-            + H.table(
-                ["class", "precision", "recall", "F1", "support"],
-                [[c, v.get("precision"), v.get("recall"), v.get("f1"), v.get("support")] for c, v in per_class.items()],
-                sortable=True,
+            H.folded(
+                "Per class (test)",
+                H.table(
+                    ["class", "precision", "recall", "F1", "support"],
+                    [
+                        [c, v.get("precision"), v.get("recall"), v.get("f1"), v.get("support")]
+                        for c, v in per_class.items()
+                    ],
+                    sortable=True,
+                ),
             )
         )
     cm = test.get("confusion_matrix", [])
     if cm and len(cm) == len(names) <= 50:
         parts.append(
-            "<h3>Confusion matrix (test; rows true, columns predicted)</h3>"
-            + H.table(["true \\ predicted", *names], [[names[i], *row] for i, row in enumerate(cm)])
+            H.folded(
+                "Confusion matrix (test; rows true, columns predicted)",
+                H.table(["true \\ predicted", *names], [[names[i], *row] for i, row in enumerate(cm)]),
+            )
         )
     plots = []
     for name, alt in (
@@ -265,7 +246,7 @@ def _run_section(run: dict[str, Any], mistakes: list[dict[str, Any]]) -> str:
     if mistakes:
         parts.append(
             "<h3>Most confident mistakes (test)</h3>"
-            + _cards(
+            + H.cards(
                 mistakes,
                 lambda m: (
                     f"{H.esc(m['true'])} → {H.esc(m['predicted'])} ({m['probability']:.2f})"
@@ -273,6 +254,7 @@ def _run_section(run: dict[str, Any], mistakes: list[dict[str, Any]]) -> str:
                 ),
             )
         )
+    parts.append("</details>")
     return "\n".join(parts)
 
 
@@ -309,7 +291,7 @@ def _audit_section(audit: dict[str, Any], root: Path | None) -> str:
         parts.append(
             "<h3>Label issues (most suspicious first; quality: cleanlab's label-quality score, "
             "low = likely wrong; margin: p(suggested) − p(given))</h3>"
-            + _cards(
+            + H.cards(
                 cards,
                 lambda i: (
                     f"{H.esc(i['label'])} → {H.esc(i['suggested'])} quality {i['score']:.2f}"
@@ -321,24 +303,30 @@ def _audit_section(audit: dict[str, Any], root: Path | None) -> str:
     if audit["duplicates"]:
         parts.append(
             "<h3>Duplicates</h3>"
-            + H.table(
-                ["pictures", "similarity", "exact", "splits"],
-                [
-                    [" | ".join(g["paths"]), g["similarity"], g["exact"], ", ".join(g["splits"])]
-                    for g in audit["duplicates"][:50]
-                ],
-                classes=["path"],
-                sortable=True,
+            + H.folded(
+                f"{len(audit['duplicates']):,} groups (the first 50)",
+                H.table(
+                    ["pictures", "similarity", "exact", "splits"],
+                    [
+                        [" | ".join(g["paths"]), g["similarity"], g["exact"], ", ".join(g["splits"])]
+                        for g in audit["duplicates"][:50]
+                    ],
+                    classes=["path"],
+                    sortable=True,
+                ),
             )
         )
     if audit["outliers"]:
         parts.append(
             "<h3>Outliers</h3>"
-            + H.table(
-                ["path", "label", "score"],
-                [[o["path"], o["label"], o["score"]] for o in audit["outliers"][:20]],
-                classes=["path"],
-                sortable=True,
+            + H.folded(
+                f"{min(len(audit['outliers']), 20)} most unusual pictures",
+                H.table(
+                    ["path", "label", "score"],
+                    [[o["path"], o["label"], o["score"]] for o in audit["outliers"][:20]],
+                    classes=["path"],
+                    sortable=True,
+                ),
             )
         )
     if audit.get("outlier_groups"):
@@ -394,7 +382,13 @@ def make_report(
     if audit_path is not None:
         audit_data = load_audit(audit_path)
 
+    from headstart.audit.summary import best_run, summary_section
+
+    cache = comparison.get("cache") if comparison is not None else (runs[0]["info"].get("cache") or {}).get("path")
+    audit_dir = None if audit_path is None else (audit_path if audit_path.is_dir() else audit_path.parent)
     body = [f"<h1>{H.esc(title)}</h1>"]
+    if runs:
+        body.append(summary_section(source, runs, cache if isinstance(cache, str) else None, audit_data, audit_dir))
     if rows is not None:
         body.append(
             "<h2>Comparison</h2>"
@@ -422,17 +416,17 @@ def make_report(
         uri = H.png_file_uri(source / "comparison.png")
         if uri:
             body.append(f'<div class="plots"><img alt="comparison" src="{uri}"></div>')
-    n_mistakes = 0
+    n_mistakes, best = 0, best_run(runs) if runs else None
     for run in runs:
         shown = _mistakes(run["dir"], mistakes, notes) if mistakes > 0 else []
         n_mistakes += len(shown)
-        body.append(_run_section(run, shown))
+        body.append(_run_section(run, shown, open_=run is best))
     if audit_data is not None:
         body.append(_audit_section(audit_data, _audit_root(audit_data, runs, notes)))
     if notes:
         body.append("<h2>Notes</h2>" + "".join(f'<p class="note warn">{H.esc(n)}</p>' for n in notes))
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(H.page(title, "\n".join(body), REPORT_SCRIPT), encoding="utf-8")
+    tmp.write_text(H.page(title, "\n".join(body), H.SORT_SCRIPT), encoding="utf-8")
     os.replace(tmp, out)
     return ReportResult(out, len(runs), n_mistakes, audit_data is not None, notes)
 

@@ -170,7 +170,8 @@ def report_cmd(
     audit: Optional[Path] = typer.Option(None, "--audit", help="An audit.json (or its folder) to include."),
     mistakes: int = typer.Option(12, "--mistakes", help="Most confident test mistakes to show per run (0: none)."),
 ) -> None:
-    """Write one self-contained HTML page: settings, comparison, curves, confusion, calibration, mistakes, audit.
+    """Write one self-contained HTML page that opens with a summary (best head, the audit's headline, the next
+    command), then the comparison, curves, confusion, calibration, mistakes and audit; settings folded.
 
     Example: headstart report runs/compare --audit audit/ --out report.html
     """

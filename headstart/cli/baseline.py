@@ -11,7 +11,7 @@ from headstart.cli.console import cli_errors, say
 
 
 def baseline_cmd(
-    data: Path = typer.Argument(..., help="Folder with one sub-folder per class, e.g. PetImages/."),
+    source: Path = typer.Argument(..., help="Folder with one sub-folder per class, e.g. PetImages/."),
     out: Path = typer.Option(Path("runs/scratch"), "--out", "-o", help="Run directory to write."),
     input_size: int = typer.Option(224, "--input-size", help="Side of the pictures fed to the CNN, in pixels."),
     epochs: int = typer.Option(30, "--epochs", help="Most epochs (early stopping on validation loss)."),
@@ -55,7 +55,7 @@ def baseline_cmd(
             seed=seed,
         )
         result = train_baseline(
-            data,
+            source,
             out,
             params=params,
             split=SplitSpec.parse(split, seed),

@@ -6,13 +6,33 @@ import contextlib
 from collections.abc import Iterator
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 
 from headstart.errors import HeadstartError
 
-out_console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+PIPE_WIDTH = 1000
+"""Columns of a table printed to a file or a pipe: wide enough that no path is folded."""
+
+
+class _Console(Console):
+    """A rich console that folds to the terminal's width, and prints to a file or a pipe unfolded
+    (rich would assume 80 columns there and split file names over lines)."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        if self._width is None and not self.is_terminal:
+            return ConsoleDimensions(PIPE_WIDTH, size.height)
+        return size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)
+
+
+out_console = _Console(highlight=False)
+err_console = _Console(stderr=True, highlight=False)
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130

@@ -17,7 +17,7 @@ def similar_cmd(
     queries: list[str] = typer.Argument(
         ..., help="Pictures of the cache (paths relative to its root, or full paths) or new picture files."
     ),
-    k: int = typer.Option(10, "-k", help="How many neighbours per query."),
+    k: int = typer.Option(10, "--top-k", "-k", help="How many neighbours per query (as predict's --top-k)."),
     exclude_split: list[str] = typer.Option(
         [], "--exclude-split", help="Leave out the pictures of this split (train, val or test); repeatable."
     ),

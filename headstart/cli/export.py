@@ -21,6 +21,7 @@ def export_cmd(
     ),
     overwrite: bool = typer.Option(
         False,
+        "--overwrite",
         help="Replace an earlier export at OUT: a folder only while it holds just the files that export "
         "wrote (listed in its headstart.json); never other files.",
     ),
@@ -44,6 +45,10 @@ def export_cmd(
         else ""
     )
     say(f"Exported {run} as {fmt} to {result.path} in {result.seconds:.1f} s{checked}")
+    if result.cache_note:
+        say(f"Note: {result.cache_note}", err=True)
+    elif result.cache_difference is not None:
+        say(f"  agrees with headstart predict to {result.cache_difference:.1e} (largest probability difference)")
 
 
 def backbones_cmd(
@@ -94,7 +99,9 @@ def backbones_cmd(
     else:
         say("fp32/s, bf16/s: not measured for this release (run bench/bench_backbones.py on a quiet machine).")
     say("weights MB: float32 parameters up to the feature layer (the download is about this size).")
-    say("Also: --backbone hub:PRESET, a DINOv2, CLIP or SigLIP preset of KerasHub (pip install 'headstart[hub]').")
+    say(
+        "Also: --backbone hub:PRESET, a DINOv2, CLIP or SigLIP preset of KerasHub (pip install -e '.[hub]' in the headstart clone)."
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -1,6 +1,6 @@
 """The extraction commands of the CLI (download, extract, info): parse options, call the library, print.
 
-`register(app)` adds them to a typer app, as every ``headstart/cli_*.py`` module does.
+`register(app)` adds them to a typer app, as every ``headstart/cli/<group>.py`` module does.
 """
 
 from __future__ import annotations
@@ -19,19 +19,29 @@ from headstart.settings.config import MAX_INPUT_SIZE, MIN_INPUT_SIZE, PRECISIONS
 
 def download(
     dataset: str = typer.Argument(..., help="Which dataset: 'pets' (Microsoft Dogs vs Cats, 786 MB)."),
-    dest: Path = typer.Argument(..., help="Folder to put PetImages/ in."),
+    dest: Optional[Path] = typer.Argument(None, hidden=True, help="Deprecated: use --out."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder to put PetImages/ in (default: data)."),
     url: Optional[str] = typer.Option(None, help="Download from this URL instead of Microsoft's."),
     archive: Optional[Path] = typer.Option(None, help="Unpack this already-downloaded zip instead."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Download a dataset and unpack it; an interrupted download resumes.
 
-    Example: headstart download pets data/   (then: headstart extract data/PetImages)
+    Example: headstart download pets --out data/   (then: headstart extract data/PetImages --out pets.h5)
     """
     from headstart.download import PETS_URL, download_pets
 
     if dataset != "pets":
         raise fail(f"Expected a dataset name among: pets. Received: {dataset!r}.")
+    if dest is not None:  # the form before --out: download pets DEST (kept for one release)
+        if out is not None:
+            raise fail(f"Expected the folder once, as --out. Received: {dest} and --out {out}.")
+        say(
+            f"Deprecated: 'headstart download pets DEST' will go in the next release; "
+            f"write 'headstart download pets --out {dest}'.",
+            err=True,
+        )
+    dest = out or dest or Path("data")
     with cli_errors("Interrupted. Run the same command to resume the download."):
         with _progress(quiet, bytes_=True) as bar:
             task = bar.add_task("download", total=None) if bar else None
@@ -119,11 +129,13 @@ def extract(
     source: Path = typer.Argument(..., help="Folder with one sub-folder per class, e.g. PetImages/."),
     out: Path = typer.Option(..., "--out", "-o", help="The HDF5 cache to write (created, resumed or updated)."),
     backbone: str = typer.Option(
-        "vgg16", help=f"Backbone, one of: {', '.join(BACKBONES)}; or hub:PRESET (KerasHub, headstart[hub])."
+        "vgg16", help=f"Backbone, one of: {', '.join(BACKBONES)}; or hub:PRESET (KerasHub: the hub extra)."
     ),
     layer: Optional[str] = typer.Option(None, help=_layers_help()),
     weights: str = typer.Option(
-        "imagenet", help="imagenet (Keras downloads them once), none (random, seeded), or a local .h5 file."
+        "imagenet",
+        help="imagenet (Keras downloads them once), none (random, seeded), bundled (MobileNet 0.25's, shipped "
+        "with headstart: no download; with --backbone mobilenet --alpha 0.25), or a local .h5 file.",
     ),
     alpha: Optional[float] = typer.Option(None, help=_alpha_help()),
     input_size: Optional[int] = typer.Option(
@@ -157,9 +169,23 @@ def extract(
         None, help="At most N pictures per class, N at least 1 (the first N, sorted)."
     ),
     seed: int = typer.Option(0, help="Seed of --weights none."),
-    no_draft: bool = typer.Option(False, "--no-draft", help="Decode JPEGs at full size (slower, same as Keras)."),
-    overwrite: bool = typer.Option(False, help="Start a new cache even if OUT exists with other settings."),
-    prune: bool = typer.Option(False, help="Drop rows whose pictures are no longer in SOURCE."),
+    draft: bool = typer.Option(
+        False,
+        "--draft/--no-draft",
+        help="--draft: decode large JPEGs at a reduced scale (faster; the exported model, which gets the whole "
+        "picture, then sees other pixels). Default --no-draft: full size, the same pixels everywhere.",
+    ),
+    resampler: str = typer.Option(
+        "float32",
+        "--resampler",
+        help="float32: resize on float pixels, as the exported model's Keras Resizing layer does (the same "
+        "pixels in extract, predict and export); pillow-uint8: Pillow on 8-bit pixels, rounded, as caches made "
+        "before headstart recorded it (to resume those).",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Start a new cache even if OUT exists with other settings."
+    ),
+    prune: bool = typer.Option(False, "--prune", help="Drop rows whose pictures are no longer in SOURCE."),
     root_moved: bool = typer.Option(
         False,
         "--root-moved",
@@ -177,7 +203,7 @@ def extract(
         "--ray",
         help="Run on a Ray cluster: auto (the one this machine joined), ray://HOST:10001, HOST:6379, "
         "or local (start one here). Decoding runs as Ray tasks, the model in --workers actors (one per GPU "
-        "by default). Needs pip install 'headstart[ray]'.",
+        "by default). Needs pip install -e '.[ray]' in the headstart clone.",
     ),
     shards: Optional[int] = typer.Option(
         None, "--shards", help="Split the folder into N shards by a hash of each picture's path (with --shard)."
@@ -220,7 +246,8 @@ def extract(
             alpha=alpha,
             input_size=input_size,
             resize=resize,
-            jpeg_draft=not no_draft,
+            jpeg_draft=draft,
+            resampler=resampler,
             precision=precision,
             dtype=dtype,
             seed=seed,

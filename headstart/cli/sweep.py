@@ -20,16 +20,6 @@ def _fmt(value: Optional[float], digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def wide_console():
-    """The output console; when stdout is not a terminal, 200 columns wide instead of 80 (a table
-    piped to a file or another program is not folded)."""
-    if out_console.is_terminal:
-        return out_console
-    from rich.console import Console
-
-    return Console(highlight=False, width=200)
-
-
 def _shown(v: Any) -> str:
     if v is None:
         return "none"
@@ -56,7 +46,20 @@ def sweep_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the heads and the random search."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Most epochs of every trial (softmax, mlp)."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Early-stopping patience of every trial."),
-    calibrate: str = typer.Option("none", "--calibrate", help="none, or temperature: calibrate the best run."),
+    calibrate: str = typer.Option(
+        "none",
+        "--calibrate",
+        help="none, or temperature: calibrate the best run on rows no training or choice saw (see "
+        "--calibration-rows; with split, every trial trains without the rows set aside).",
+    ),
+    calibration_fraction: float = typer.Option(
+        0.2, "--calibration-fraction", help="With --calibrate: the share of the training pictures set aside."
+    ),
+    calibration_rows: str = typer.Option(
+        "split",
+        "--calibration-rows",
+        help="With --calibrate: split (a share set aside) or crossfit (out-of-fold scores of every training picture).",
+    ),
     halving: bool = typer.Option(
         False, "--halving", help="Successive halving (softmax, mlp): few epochs for all, more for the best third."
     ),
@@ -113,6 +116,8 @@ def sweep_cmd(
             split=SplitSpec.parse(split, seed),
             params=fixed,
             calibrate=calibrate,
+            calibration_fraction=calibration_fraction,
+            calibration_rows=calibration_rows,
             halving=halving,
             jobs=jobs,
             plots=not no_plots,
@@ -137,7 +142,7 @@ def sweep_cmd(
             _fmt(row["val"]["ece"]),
             f"{row['seconds']:.1f}",
         )
-    wide_console().print(table)
+    out_console.print(table)
     if len(result.trials) > 25:
         say(f"  ... and {len(result.trials) - 25} more in {result.out / 'trials.csv'}")
     from headstart.heads.metrics import summary_line
@@ -206,7 +211,7 @@ def runs_cmd(
                 (row["date"] or "-")[5:16].replace("T", " "),
                 escape(" ".join(x for x in (row["group"], "" if row["kind"] == "run" else row["kind"]) if x)),
             )
-        wide_console().print(table)
+        out_console.print(table)
     for note in cat.notes:
         err_console.print(f"skipped {escape(note['path'])}: {escape(note['reason'])}", soft_wrap=True, highlight=False)
 

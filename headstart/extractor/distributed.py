@@ -50,7 +50,7 @@ def _import_ray():
     except ImportError as err:
         raise RayError(
             f"Expected Ray with Ray Data installed for --ray. Received: {err}. "
-            "Install it with: pip install 'headstart[ray]'."
+            "Install it with: pip install -e '.[ray]' in the headstart clone."
         ) from None
     return ray
 
@@ -176,17 +176,19 @@ def feature_dim(config: ExtractionConfig) -> int:
     return dim
 
 
-def _decode_batch(batch: dict[str, np.ndarray], size: int, resize: str, draft: bool) -> dict[str, np.ndarray]:
+def _decode_batch(
+    batch: dict[str, np.ndarray], size: int, resize: str, draft: bool, resampler: str = "pillow-uint8"
+) -> dict[str, np.ndarray]:
     """Ray task: paths → pixels (zeros where a file could not be decoded), reasons ("" if fine) and
     the SHA-256 of each file's bytes (from the one read that decodes it)."""
     from headstart.extractor.decode import DecodeError, load_image_hashed
 
     n = len(batch["index"])
-    pixels = np.zeros((n, size, size, 3), dtype=np.uint8)
+    pixels = np.zeros((n, size, size, 3), dtype=np.float32 if resampler == "float32" else np.uint8)
     reasons, digests = [], []
     for i, path in enumerate(batch["path"]):
         try:
-            pixels[i], digest = load_image_hashed(str(path), (size, size), resize, draft)
+            pixels[i], digest = load_image_hashed(str(path), (size, size), resize, draft, resampler)
             reasons.append("")
             digests.append(digest)
         except DecodeError as err:
@@ -204,8 +206,10 @@ class EmbedActor:
     """Ray actor (one per model replica): builds the backbone once, then embeds decoded batches."""
 
     def __init__(self, config: ExtractionConfig, batch_size: int | str):
+        from headstart import tf_quiet
         from headstart.extractor.embed import Embedder
 
+        tf_quiet.install()  # a worker process: TensorFlow's start-up lines stay out of the driver's log
         _check_worker(config)
         self.embedder = Embedder(config, batch_size)
         log.info("actor %d on %s: model built, batch %d", os.getpid(), os.uname().nodename, self.embedder.batch_size)
@@ -305,11 +309,16 @@ def embed_stream(
         _decode_batch,
         batch_size=None,
         batch_format="numpy",
-        fn_kwargs={"size": config.input_size, "resize": config.resize, "draft": config.jpeg_draft},
+        fn_kwargs={
+            "size": config.input_size,
+            "resize": config.resize,
+            "draft": config.jpeg_draft,
+            "resampler": config.resampler,
+        },
         # The memory a task's pictures take once decoded. Besides helping Ray place the tasks, it
         # keeps Ray Data from fusing decoding into the model actors (it fuses operators whose
         # resource requests are equal; the GPU actor would then decode one picture after another).
-        memory=block * config.input_size**2 * 3 * 2,
+        memory=block * config.input_size**2 * 3 * (8 if config.resampler == "float32" else 2),
     )
     ds = ds.map_batches(
         EmbedActor,

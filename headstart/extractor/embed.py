@@ -46,7 +46,7 @@ def decode_stream(
 
     def work(path: Path):
         try:
-            pixels, digest = load_image_hashed(path, size, config.resize, config.jpeg_draft)
+            pixels, digest = load_image_hashed(path, size, config.resize, config.jpeg_draft, config.resampler)
             return pixels, None, digest
         except DecodeError as err:
             return None, str(err), None
@@ -75,7 +75,7 @@ def decode_stream(
 
 
 class Embedder:
-    """A built backbone that turns batches of uint8 pictures into float32 feature rows.
+    """A built backbone that turns batches of pictures (uint8 or float32 pixels) into float32 feature rows.
 
     Every call runs a full batch of ``batch_size`` (the last one padded), so the compiled
     graph is traced once and a picture's features do not depend on which run it was in.

@@ -75,7 +75,8 @@ def build_model(config: ExtractionConfig):
                 raise WeightsDownloadError(
                     f"Could not download the ImageNet weights of {spec.name} ({fname}): {str(err).splitlines()[0]}. "
                     f"Download {fname} where there is network (Keras keeps it in ~/.keras/models/) "
-                    f"and pass it with --weights PATH."
+                    f"and pass it with --weights PATH; or, offline, use the weights shipped with headstart: "
+                    f"--backbone mobilenet --alpha 0.25 --weights bundled."
                 ) from None
             raise BackboneError(
                 f"Could not build {spec.name} with weights {config.weights_path or weights}: "

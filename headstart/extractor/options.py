@@ -11,6 +11,14 @@ from headstart.settings.config import IMAGENET, RANDOM_WEIGHTS, ExtractionConfig
 log = logging.getLogger(__name__)
 
 
+def _check_resampler(resampler: str) -> str:
+    from headstart.settings.config import RESAMPLERS
+
+    if resampler not in RESAMPLERS:
+        raise BackboneError(f"Expected --resampler among {', '.join(RESAMPLERS)}. Received: {resampler!r}.")
+    return resampler
+
+
 def make_hub_config(
     backbone: str,
     layer: str | None,
@@ -23,6 +31,7 @@ def make_hub_config(
     dtype: str,
     seed: int,
     views: str = "none",
+    resampler: str = "float32",
 ) -> ExtractionConfig:
     """`make_config` for ``hub:PRESET`` (see `headstart.settings.hub`)."""
     from pathlib import Path
@@ -75,6 +84,7 @@ def make_hub_config(
         dtype=dtype,
         backend=keras.backend.backend(),
         views=views,
+        resampler=_check_resampler(resampler),
         weights_path=folder,
     )
 
@@ -134,11 +144,12 @@ def make_config(
     alpha: float | None = None,
     input_size: int | None = None,
     resize: str = "squash",
-    jpeg_draft: bool = True,
+    jpeg_draft: bool = False,
     precision: str = "auto",
     dtype: str = "float16",
     seed: int = 0,
     views: str = "none",
+    resampler: str = "float32",
 ) -> ExtractionConfig:
     """Check the user's options and resolve defaults into an `ExtractionConfig`."""
     import keras
@@ -159,6 +170,7 @@ def make_config(
             dtype=dtype,
             seed=seed,
             views=views,
+            resampler=resampler,
         )
 
     from headstart.settings.config import (
@@ -200,6 +212,14 @@ def make_config(
             f"Expected --input-size {spec.input_size} for {spec.name} {layer} (its dense layers fix it). "
             f"Received: {size}."
         )
+    if weights.lower() == "bundled" and (spec.name, alpha, size) != ("mobilenet", 0.25, 224):
+        raise BackboneError(
+            "Expected --backbone mobilenet --alpha 0.25 (input size 224) with --weights bundled: the weights "
+            f"shipped with headstart are MobileNet 0.25's. Received: --backbone {spec.name}"
+            + (f" --alpha {alpha}" if alpha is not None else "")
+            + (f" --input-size {size}" if size != 224 else "")
+            + "."
+        )
     identity, path, seed_used = resolve_weights(weights, seed)
     return ExtractionConfig(
         backbone=spec.name,
@@ -217,5 +237,6 @@ def make_config(
         dtype=dtype,
         backend=keras.backend.backend(),
         views=views,
+        resampler=_check_resampler(resampler),
         weights_path=path,
     )

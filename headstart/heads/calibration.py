@@ -1,8 +1,12 @@
-"""Calibrating a fitted head's probabilities on the validation split: temperature scaling.
+"""Calibrating a fitted head's probabilities on rows it never saw: temperature scaling.
 
 One number ``T > 0`` divides the head's scores before the softmax (``softmax(z / T)``); it is
-chosen on the validation rows by minimising their log loss (a bounded 1-D search over
-``log T``), so the predicted class never changes, only how sure the head says it is. Any head
+chosen by minimising the log loss of the ``calib`` split (a bounded 1-D search over ``log T``),
+so the predicted class never changes, only how sure the head says it is. The ``calib`` rows are
+a share of the training split set aside before fitting (`headstart.heads.split.carve_calibration`),
+or, with cross-fitting (`crossfit_logits`), every training row scored by a head fitted without it:
+never the validation rows, which early stopping and the choice of ``C`` or ``k`` already used and
+on which a head looks better calibrated than it is. Any head
 takes it (its ``_logits_rows``); it is saved in ``head.json`` (``fitted.temperature_``) and used by
 ``predict_proba`` (so ``evaluate``, ``predict``) and by ``to_keras()`` (a ``Rescaling`` layer).
 """
@@ -60,22 +64,54 @@ def fit_temperature(logits: np.ndarray, y_idx: np.ndarray) -> float:
     return t if plain(t) < plain(1.0) else 1.0
 
 
-def calibrate(head, validation, method: str = "temperature") -> dict[str, Any]:
-    """Fit ``head.temperature_`` on a validation `RowSource`; returns what was fitted.
+def crossfit_logits(make_head, train, validation, folds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold scores of every training row: for each fold, a new head (``make_head()``) fits
+    the other folds (early stopping and any choice on ``validation``, as the real head does) and
+    scores the fold it never saw. Returns ``(scores, class index of each row)``."""
+    from headstart.heads.sources import subset
 
-    Raises `HeadError` without validation rows (there is nothing to calibrate on).
+    classes = np.unique(train.labels)
+    out = np.zeros((len(train.labels), len(classes)), dtype=np.float64)
+    for k in np.unique(folds):
+        held, rest = np.flatnonzero(folds == k), np.flatnonzero(folds != k)
+        fold_head = make_head().fit_source(subset(train, rest), validation)
+        if not np.array_equal(fold_head.classes_, classes):
+            raise HeadError(
+                f"Expected every class among the training pictures outside each calibration fold. Received: "
+                f"fold {k} holds all of {len(classes) - len(fold_head.classes_)} class(es); use "
+                "--calibration-rows split, or more pictures of the small classes."
+            )
+        out[held] = fold_head.logits_source(subset(train, held))
+        log.info("calibration fold %d: %d rows scored by a head fitted on %d", k, len(held), len(rest))
+    return out, encode(train.labels, classes, "training")
+
+
+def calibrate_logits(head, logits: np.ndarray, y_idx: np.ndarray, method: str = "temperature") -> dict[str, Any]:
+    """Fit ``head.temperature_`` on scores of rows the head (or a stand-in of it) never used."""
+    if method != "temperature":
+        raise HeadError(f"Expected --calibrate among {', '.join(CALIBRATIONS)}. Received: {method!r}.")
+    t = fit_temperature(logits, y_idx)
+    head.temperature_ = t
+    log.info("%s head: temperature %.3f fitted on %d out-of-fold rows", head.name, t, len(y_idx))
+    return {"method": method, "temperature": t}
+
+
+def calibrate(head, rows, method: str = "temperature") -> dict[str, Any]:
+    """Fit ``head.temperature_`` on a `RowSource` of rows the head has not used; returns what was fitted.
+
+    Raises `HeadError` without rows (there is nothing to calibrate on).
     """
     if method != "temperature":
         raise HeadError(f"Expected --calibrate among {', '.join(CALIBRATIONS)}. Received: {method!r}.")
-    if validation is None or not len(validation.labels):
+    if rows is None or not len(rows.labels):
         raise HeadError(
-            "Expected validation pictures to calibrate on. Received: an empty validation split; "
-            "give it a share with --split (e.g. 0.7,0.15,0.15) or leave out --calibrate."
+            "Expected pictures to calibrate on. Received: an empty calibration split; "
+            "raise --calibration-fraction or leave out --calibrate."
         )
     head.temperature_ = None
-    logits = head.logits_source(validation)
-    y_idx = encode(validation.labels, head.classes_, "validation")
+    logits = head.logits_source(rows)
+    y_idx = encode(rows.labels, head.classes_, "calibration")
     t = fit_temperature(logits, y_idx)
     head.temperature_ = t
-    log.info("%s head: temperature %.3f fitted on %d validation rows", head.name, t, len(y_idx))
+    log.info("%s head: temperature %.3f fitted on %d calibration rows", head.name, t, len(y_idx))
     return {"method": method, "temperature": t}

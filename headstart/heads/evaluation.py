@@ -146,7 +146,7 @@ def misclassified(
 ) -> MisclassifiedResult:
     """The ``n`` misclassified test pictures of highest loss; ``montage`` draws them in a grid."""
     if n < 1:
-        raise RunError(f"Expected -n of 1 or more. Received: {n}.")
+        raise RunError(f"Expected --top/-n of 1 or more. Received: {n}.")
     if montage is not None:
         from headstart.heads.plots import check_image_path
 

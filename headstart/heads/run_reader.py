@@ -101,6 +101,21 @@ def validate_run_json(info: Any, path: Path) -> dict[str, Any]:
         raise RunError(f"Expected split.{err.args[0]} in {path}. Received: none.") from None
     except SplitError as err:
         raise RunError(f"Expected a valid split in {path}. Received: {err}") from None
+    cal = info.get("calibration")
+    if cal is not None:  # the rows the temperature was fitted on (`prepare`: carved, or cross-fitting folds)
+        carved = isinstance(cal, dict) and isinstance(cal.get("fraction_of_train"), numbers.Real)
+        _need(
+            isinstance(cal, dict)
+            and (
+                (carved and 0 < cal["fraction_of_train"] < 1)
+                or (not carved and _is_int(cal.get("folds")) and cal["folds"] >= 2)
+            )
+            and _is_int(cal.get("rows"))
+            and cal["rows"] > 0,
+            path,
+            "calibration with fraction_of_train between 0 and 1 or two folds or more, and a positive count of rows",
+            cal,
+        )
     _need(_is_str_map(info.get("versions", {})), path, "versions as text", info.get("versions"))
     files = info.get("files")
     _need(_is_str_map(files), path, "files as a map of names to SHA-256", files)

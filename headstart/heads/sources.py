@@ -73,6 +73,17 @@ class ArraySource:
         return self._X if self._rows is None else self._X[self._rows]
 
 
+def subset(source, positions: np.ndarray):
+    """The rows of an `ArraySource` or a `CacheSource` at ``positions`` (ascending), as a source of the same kind."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if isinstance(source, ArraySource):
+        rows = positions if source._rows is None else source._rows[positions]
+        full = np.zeros(len(source._X), dtype=source.labels.dtype)
+        full[rows] = source.labels[positions]
+        return ArraySource(source._X, full, rows=rows)
+    return CacheSource(source._cache, source._rows[positions], source.labels[positions])
+
+
 class CacheSource:
     """A `RowSource` over chosen rows of an open cache, read a block of ~8 chunks at a time.
 

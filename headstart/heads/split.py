@@ -71,10 +71,11 @@ class SplitSpec:
         return cls(tuple(data["fractions"]), int(data["seed"]))
 
 
-def unit_hash(paths: Sequence[str], seed: int) -> np.ndarray:
-    """A number in [0, 1) per path, uniform over paths, fixed by ``(seed, path)`` alone."""
+def unit_hash(paths: Sequence[str], seed: int, salt: str = "") -> np.ndarray:
+    """A number in [0, 1) per path, uniform over paths, fixed by ``(seed, path)`` alone (and
+    ``salt``: another salt gives numbers independent of these)."""
     out = np.empty(len(paths), dtype=np.float64)
-    prefix = f"{int(seed)}\0".encode()
+    prefix = f"{salt}{int(seed)}\0".encode()
     for i, p in enumerate(paths):
         digest = hashlib.sha256(prefix + normalize_path(p).encode("utf-8")).digest()
         out[i] = int.from_bytes(digest[:8], "big") / 2.0**64
@@ -86,6 +87,39 @@ def assign(paths: Sequence[str], spec: SplitSpec = SplitSpec()) -> np.ndarray:
     u = unit_hash(paths, spec.seed)
     cuts = np.cumsum(spec.fractions)[:2]
     return np.searchsorted(cuts, u, side="right").astype(np.int8)
+
+
+CALIB = 3
+"""Code of the training rows set aside to calibrate on (`carve_calibration`)."""
+CALIBRATION_SALT = "calibration\0"
+DEFAULT_CALIBRATION_FRACTION = 0.2
+
+
+def carve_calibration(paths: Sequence[str], codes: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Set aside about ``fraction`` of the training rows (code `TRAIN`) as `CALIB`: rows that
+    neither training, early stopping nor any choice on validation sees, to fit a temperature on.
+
+    The choice is a pure function of ``(seed, relative path)``, hashed with another salt than
+    the split so that it is independent of it; validation and test rows never move."""
+    if not (np.isfinite(fraction) and 0 < fraction < 1):
+        raise SplitError(f"Expected --calibration-fraction between 0 and 1 (excluded). Received: {fraction}.")
+    u = unit_hash(paths, seed, CALIBRATION_SALT)
+    out = np.array(codes, dtype=np.int8, copy=True)
+    out[(out == TRAIN) & (u < fraction)] = CALIB
+    return out
+
+
+CALIBRATION_FOLD_SALT = "calibration-fold\0"
+CALIBRATION_FOLDS = 5
+CALIBRATION_ROWS = ("split", "crossfit")
+"""Where a temperature is fitted: ``split``, a share of the training rows set aside
+(`carve_calibration`); ``crossfit``, out-of-fold scores of the training rows (`calibration_folds`)."""
+
+
+def calibration_folds(paths: Sequence[str], folds: int, seed: int) -> np.ndarray:
+    """Fold (0 to ``folds - 1``) of each path, a pure function of ``(seed, relative path)``: the
+    views of one picture share a fold."""
+    return np.minimum((unit_hash(paths, seed, CALIBRATION_FOLD_SALT) * folds).astype(np.int64), folds - 1)
 
 
 def split_indices(paths: Sequence[str], spec: SplitSpec = SplitSpec()) -> dict[str, np.ndarray]:

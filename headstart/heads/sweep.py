@@ -46,7 +46,7 @@ from typing import Any
 from headstart.cache import open_cache
 from headstart.disk import disk_full, is_disk_full
 from headstart.errors import HeadError, RunError, SweepError
-from headstart.heads.prepare import prepare
+from headstart.heads.prepare import calibration_rows_args, prepare
 from headstart.heads.registry import head_class, make_head
 from headstart.heads.rundir import (
     BEST,
@@ -62,7 +62,7 @@ from headstart.heads.rundir import (
     versions,
     write_json,
 )
-from headstart.heads.split import SplitSpec
+from headstart.heads.split import DEFAULT_CALIBRATION_FRACTION, SplitSpec
 from headstart.heads.sweep_space import _defaults, grid_settings, random_settings
 from headstart.heads.training import TrainResult, _fit_one
 from headstart.heads.trials import (
@@ -124,6 +124,8 @@ def sweep(
     split: SplitSpec = SplitSpec(),
     params: Mapping[str, Any] | None = None,
     calibrate: str | None = None,
+    calibration_fraction: float = DEFAULT_CALIBRATION_FRACTION,
+    calibration_rows: str = "split",
     halving: bool = False,
     eta: int = 3,
     jobs: int | None = None,
@@ -181,7 +183,10 @@ def sweep(
     check_out(out, SWEEP_KIND)
 
     with open_cache(cache_path) as cache:
-        data = prepare(cache, split, stream)
+        # With --calibrate, every trial trains without the calib rows, as the best run does.
+        calibration, crossfit = calibration_rows_args(calibrate, calibration_rows, calibration_fraction)
+        rows = {"calibration": calibration, "crossfit": crossfit} if calibrate else {}
+        data = prepare(cache, split, stream, **rows)
         if not len(data.indices["val"]):
             raise SweepError(
                 "Expected validation pictures to score the trials on. Received: an empty validation split; "
@@ -201,6 +206,8 @@ def sweep(
                 "content": identity["content"],
                 "split": split.to_dict(),
                 "calibrate": calibrate,
+                **({"calibration_fraction": calibration_fraction} if calibrate and not crossfit else {}),
+                **({"calibration_rows": "crossfit"} if crossfit else {}),
             }
         )
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from headstart.heads import metrics as M
 from headstart.heads.base import fitted_info
 from headstart.heads.baseline_run import read_baseline
 from headstart.heads.names import DEFAULT_HEADS
-from headstart.heads.prepare import Data, prepare
+from headstart.heads.prepare import Data, calibration_rows_args, prepare
 from headstart.heads.registry import head_names, head_params, head_params_json, make_head, save_head
 from headstart.heads.rundir import (
     COMPARISON_KIND,
@@ -44,7 +44,7 @@ from headstart.heads.rundir import (
     versions,
     write_json,
 )
-from headstart.heads.split import SplitSpec
+from headstart.heads.split import DEFAULT_CALIBRATION_FRACTION, SplitSpec
 from headstart.heads.views import per_picture
 from headstart.settings.config import check_cache_settings
 
@@ -127,6 +127,16 @@ def predict_split(head, source, n_classes: int) -> np.ndarray:
 
 
 IN_MEMORY_HEADS = ("logreg", "svm", "knn")
+CALIBRATION_SPLITS = ("calib", "val", "test")
+"""Splits whose ECE and log loss are reported before and after calibration."""
+
+
+def _split_metrics(head, data: Data, split: str, n_classes: int) -> dict[str, Any]:
+    """Metrics of the head on one split (one score per picture when the cache has views)."""
+    proba, y = predict_split(head, data.sources[split], n_classes), data.labels(split)
+    if data.paths is not None:  # one score per picture: its views averaged
+        proba, y, _ = per_picture(proba, y, data.paths[split])
+    return M.split_metrics(y, proba, data.class_names)
 
 
 def _fit_one(
@@ -141,8 +151,9 @@ def _fit_one(
 ) -> TrainResult:
     """Fit one head and write its run into ``folder`` (which becomes ``final`` once swapped in).
 
-    ``calibrate="temperature"`` fits a temperature on the validation split after fitting;
-    ``metrics.json`` then holds ECE and log loss before and after. ``extra`` goes into run.json.
+    ``calibrate="temperature"`` fits a temperature on rows no fit or choice used, after fitting:
+    the ``calib`` split set aside by `prepare`, or out-of-fold scores of the training rows (when
+    ``data.folds`` is set); ``metrics.json`` then holds ECE and log loss before and after. ``extra`` goes into run.json.
     """
     head = make_head(name, **params)
     if data.streamed and name in IN_MEMORY_HEADS:
@@ -163,26 +174,32 @@ def _fit_one(
     if calibrate:
         from headstart.heads.calibration import calibrate as fit_calibration
 
-        for split in ("val", "test"):
-            proba = predict_split(head, data.sources[split], n_classes)
-            before[split] = M.split_metrics(data.labels(split), proba, data.class_names)
-        calibration = fit_calibration(head, data.sources["val"] if n_val else None, calibrate)
+        if data.calibration is None:
+            raise RunError("Expected a calibration split to calibrate on. Received: none was set aside.")
+        reported = [s for s in CALIBRATION_SPLITS if s in data.sources]
+        before = {split: _split_metrics(head, data, split, n_classes) for split in reported}
+        if data.folds is not None:
+            from headstart.heads.calibration import calibrate_logits, crossfit_logits
+
+            logits, y_idx = crossfit_logits(lambda: make_head(name, **params), data.sources["train"], val, data.folds)
+            calibration = calibrate_logits(head, logits, y_idx, calibrate)
+        else:
+            calibration = fit_calibration(head, data.sources["calib"], calibrate)
+        calibration.update(data.calibration)
     fit_seconds = time.perf_counter() - t0
     metrics = {}
     for split in ("val", "test"):
-        proba, y = predict_split(head, data.sources[split], n_classes), data.labels(split)
-        if data.paths is not None:  # one score per picture: its views averaged
-            proba, y, _ = per_picture(proba, y, data.paths[split])
-        metrics[split] = M.split_metrics(y, proba, data.class_names)
+        metrics[split] = _split_metrics(head, data, split, n_classes)
         log.info("%s %s: %s", name, split, M.summary_line(metrics[split]))
     if calibrate:
-        for split in ("val", "test"):
+        after = {**metrics, **{s: _split_metrics(head, data, s, n_classes) for s in reported if s not in metrics}}
+        for split in reported:
             if before[split].get("n"):
                 calibration[split] = {
                     "log_loss_before": before[split]["log_loss"],
-                    "log_loss_after": metrics[split]["log_loss"],
+                    "log_loss_after": after[split]["log_loss"],
                     "ece_before": before[split]["ece"],
-                    "ece_after": metrics[split]["ece"],
+                    "ece_after": after[split]["ece"],
                     "calibration_bins_before": before[split]["calibration_bins"],
                 }
         metrics["calibration"] = calibration
@@ -197,6 +214,7 @@ def _fit_one(
         "streamed": data.streamed,
         "fit_seconds": round(fit_seconds, 3),
         "calibrate": calibrate,
+        **({"calibration": data.calibration} if calibrate else {}),
         **dict(extra or {}),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
@@ -249,6 +267,8 @@ def train(
     stream: bool | None = None,
     exclude=None,
     calibrate: str | None = None,
+    calibration_fraction: float = DEFAULT_CALIBRATION_FRACTION,
+    calibration_rows: str = "split",
 ) -> TrainResult:
     """Fit one head on the training split of a cache and write a run folder to ``out``.
 
@@ -256,6 +276,10 @@ def train(
     (False) reading batches from the file instead of memory; None decides by size. ``exclude``: an
     `headstart.exclude_list.ExcludeList` of pictures to leave out of every split. ``out`` must
     be new, empty or an earlier run (replaced whole, in one step, when the new one is complete).
+    ``calibrate="temperature"`` sets ``calibration_fraction`` of the training rows aside (the
+    head trains on the rest) and fits the temperature on them; with ``calibration_rows="crossfit"``
+    the head trains on all of them and the temperature is fitted on out-of-fold scores
+    (`headstart.heads.split.CALIBRATION_FOLDS` more fits).
     """
     from headstart.heads.calibration import check_calibration
 
@@ -266,7 +290,9 @@ def train(
     calibrate = check_calibration(calibrate)
     check_out(out, RUN_KIND)  # fail early; checked again under the lock
     with open_cache(cache_path) as cache:
-        data = prepare(cache, split, stream, exclude)
+        data = prepare(
+            cache, split, stream, exclude, *calibration_rows_args(calibrate, calibration_rows, calibration_fraction)
+        )
         with result_writer(out, RUN_KIND) as tmp:
             return _fit_one(data, head, dict(params or {}), tmp, out, plots, calibrate)
 

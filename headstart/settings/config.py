@@ -16,11 +16,20 @@ from headstart.errors import BackboneError
 
 PRECISIONS = ("float32", "bfloat16", "float16")
 RESIZE_METHODS = ("squash", "crop")
+RESAMPLERS = ("float32", "pillow-uint8")
+"""How pictures are resized (`headstart.extractor.decode`): ``float32``, bilinear antialiased on
+float pixels as ``keras.layers.Resizing(antialias=True)`` computes it (the exported model
+reproduces it); ``pillow-uint8``, Pillow on 8-bit pixels, rounded (caches made before, whose
+fingerprint has no ``resampler``)."""
+LEGACY_RESAMPLER = "pillow-uint8"
 STORAGE_DTYPES = ("float16", "float32")
 POOLINGS = (None, "avg")
 BACKENDS = ("tensorflow", "jax", "torch")
 RANDOM_WEIGHTS = "none"
 IMAGENET = "imagenet"
+BUNDLED = "bundled"
+"""``--weights bundled``: MobileNet 0.25's ImageNet weights (224 px, no top), shipped in headstart/data."""
+BUNDLED_FILE = "mobilenet_2_5_224_tf_no_top.h5"
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 4096
 _WEIGHTS_FILE = re.compile(r"sha256:[0-9a-f]{64}")
 _VERSION = re.compile(r"[0-9][0-9A-Za-z.+-]{0,39}")
@@ -55,12 +64,13 @@ class ExtractionConfig:
     keras_version: str | None = None
     input_size: int = 224
     resize: str = "squash"
-    jpeg_draft: bool = True
+    jpeg_draft: bool = False
     preprocessing: str = "keras.applications.vgg16.preprocess_input"
     precision: str = "float32"
     dtype: str = "float16"
     backend: str = "tensorflow"
     views: str = "none"
+    resampler: str = "float32"
     weights_path: str | None = field(default=None, compare=False)
 
     def fingerprint(self) -> dict[str, Any]:
@@ -69,6 +79,8 @@ class ExtractionConfig:
         out.pop("weights_path")
         if out["views"] == "none":  # caches made before views existed keep their fingerprint
             out.pop("views")
+        if out["resampler"] == LEGACY_RESAMPLER:  # and so do caches made before the resampler was
+            out.pop("resampler")
         return out
 
     def fingerprint_json(self) -> str:
@@ -89,7 +101,7 @@ class ExtractionConfig:
         if problem:
             raise BackboneError(f"Expected a fingerprint of this headstart version. Received: {problem}.")
         check_settings(fingerprint)
-        return cls(**fingerprint, weights_path=weights_path)
+        return cls(**{"resampler": LEGACY_RESAMPLER, **fingerprint}, weights_path=weights_path)
 
 
 def config_of(cache) -> ExtractionConfig:
@@ -153,6 +165,7 @@ def check_settings(fp: dict[str, Any]) -> None:
     _one_of("dtype", fp["dtype"], STORAGE_DTYPES)
     _one_of("backend", fp["backend"], BACKENDS)
     _one_of("views", fp.get("views", "none"), VIEWS)
+    _one_of("resampler", fp.get("resampler", LEGACY_RESAMPLER), RESAMPLERS)
 
 
 def _check_hub(fp: dict[str, Any]) -> None:
@@ -182,18 +195,32 @@ def _check_hub(fp: dict[str, Any]) -> None:
     _one_of("precision", fp["precision"], PRECISIONS)
     _one_of("dtype", fp["dtype"], STORAGE_DTYPES)
     _one_of("backend", fp["backend"], BACKENDS)
+    _one_of("resampler", fp.get("resampler", LEGACY_RESAMPLER), RESAMPLERS)
+
+
+def bundled_weights() -> Path:
+    """The file behind ``--weights bundled``: MobileNet 0.25's ImageNet weights, inside the package."""
+    from importlib import resources
+
+    path = Path(str(resources.files("headstart") / "data" / BUNDLED_FILE))
+    if not path.is_file():
+        raise BackboneError(
+            f"Expected the bundled weights {BUNDLED_FILE} in {path.parent}. Received: no such file; "
+            "reinstall headstart from its folder (pip install --force-reinstall -e .)."
+        )
+    return path
 
 
 def resolve_weights(weights: str, seed: int) -> tuple[str, str | None, int | None]:
-    """Turn the ``--weights`` option into (identity, local path, seed)."""
+    """Turn the ``--weights`` option into (identity, local path, seed); ``bundled`` is the shipped file."""
     if weights.lower() == IMAGENET:
         return IMAGENET, None, None
     if weights.lower() == RANDOM_WEIGHTS:
         return RANDOM_WEIGHTS, None, seed
-    path = Path(weights).expanduser()
+    path = bundled_weights() if weights.lower() == BUNDLED else Path(weights).expanduser()
     if not path.is_file():
         raise BackboneError(
-            f"Expected --weights imagenet, none, or a weights file (.h5 / .weights.h5). "
+            f"Expected --weights imagenet, none, bundled, or a weights file (.h5 / .weights.h5). "
             f"Received: {weights} (no such file)."
         )
     problem = h5safety.file_problem(path)  # Keras would follow it when it loads the weights

@@ -1,6 +1,6 @@
 """KerasHub backbones (``--backbone hub:PRESET``): a preset's image encoder cut at its image embedding.
 
-Optional (``pip install 'headstart[hub]'``). Three families, each a registry entry:
+Optional (``pip install -e '.[hub]' in the headstart clone``). Three families, each a registry entry:
 DINOv2 (the class token of the last layer, layer-normalised), CLIP and SigLIP (the image
 embedding of the image tower, as `get_vision_embeddings` computes it). ``PRESET`` must be a KerasHub
 preset of one of them (listed offline from KerasHub's own table); ``--weights`` is ``imagenet``
@@ -66,7 +66,7 @@ def _keras_hub():
         import keras_hub
     except ImportError as err:
         raise BackboneError(
-            f"Expected KerasHub for --backbone hub:PRESET (pip install 'headstart[hub]'). Received: {err}."
+            f"Expected KerasHub for --backbone hub:PRESET (pip install -e '.[hub]' in the headstart clone). Received: {err}."
         ) from None
     return keras_hub
 

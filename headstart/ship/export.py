@@ -3,7 +3,8 @@
 The model is built only from Keras' own layers, so ``keras.saving.load_model(PATH)`` (safe mode)
 reads it in a Python without headstart: ``pixels`` (a batch of RGB 0-255, any height and width,
 one size per batch) → ``Resizing`` as the cache was made (squash or centre crop, antialiased
-bilinear like Pillow's) → the backbone's preprocessing as layers → the frozen backbone up to the
+bilinear on float pixels: for caches with the ``float32`` resampler, the very pixels that extraction
+and ``predict`` compute) → the backbone's preprocessing as layers → the frozen backbone up to the
 cached layer and its pooling → the head (standardization included) → one probability per class.
 
 The class names travel inside the ``.keras`` file (``headstart.json``, an extra member of its zip
@@ -47,7 +48,7 @@ PORTABLE_FORMATS = ("onnx", "litert")
 MODEL_FILES = {"onnx": "model.onnx", "litert": "model.tflite"}
 FORMAT_NEEDS = {
     "saved_model": "TensorFlow",
-    "onnx": "pip install 'headstart[onnx]': tf2onnx and onnx under TensorFlow, onnxscript under torch",
+    "onnx": "pip install -e '.[onnx]' in the headstart clone: tf2onnx and onnx under TensorFlow, onnxscript under torch",
     "litert": "TensorFlow's converter; ai-edge-litert to run the file",
 }
 
@@ -64,6 +65,11 @@ class ExportResult:
     format: str
     seconds: float
     max_difference: float | None = None
+    cache_difference: float | None = None
+    """Largest probability difference, on generated pictures, between the exported model and the
+    run's own pipeline (the cache's decoding and resize, as ``predict`` does); None: not measured."""
+    cache_note: str | None = None
+    """Set when the exported model cannot reproduce the cache's resize: what differs and the figure."""
 
 
 def _metadata(class_names: Sequence[str], config: ExtractionConfig, extra: dict[str, Any]) -> dict[str, Any]:
@@ -242,11 +248,89 @@ def export(
     class_names = list(info["class_names"])
     features = pixel_model(config, portable=fmt in PORTABLE_FORMATS)
     model = classifier_model(features, head.to_keras(), int(head.n_features_in_), head.classes_, len(class_names))
+    diff = cache_difference(model, config)
+    note = resize_note(config, diff)
+    if note:  # the CLI prints it; a Python caller has it in the result
+        log.info("%s", note)
     extra = {
         "run": {"head": info["head"], "path": str(Path(run_dir).resolve())},
         "resize": "portable" if fmt in PORTABLE_FORMATS else "antialias",
+        "cache_difference": {
+            "max_abs_probability": diff,
+            "pictures": "generated, see headstart.ship.export.probe_pictures",
+        },
     }
-    return write_model(model, out, fmt, _metadata(class_names, config, extra), overwrite=overwrite, verify=verify)
+    result = write_model(model, out, fmt, _metadata(class_names, config, extra), overwrite=overwrite, verify=verify)
+    result.cache_difference, result.cache_note = diff, note
+    return result
+
+
+def probe_pictures(input_size: int) -> dict[str, bytes]:
+    """Generated JPEG files of the sizes where resizes part ways: smaller than the input (upscaled),
+    larger (downscaled; large enough for JPEG draft decoding), non-square, and the input's size."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, (h, w) in {
+        "smaller": (input_size * 4 // 7, input_size * 4 // 7),
+        "non-square": (input_size * 2 // 3, input_size * 3 // 2),
+        "larger": (input_size * 9 // 2, input_size * 4),
+        "input-size": (input_size, input_size),
+    }.items():
+        coarse = Image.fromarray(rng.integers(0, 256, (h // 16 + 2, w // 16 + 2, 3), dtype=np.uint8))
+        smooth = np.asarray(coarse.resize((w, h), Image.BICUBIC), dtype=np.float64)
+        pixels = np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="JPEG", quality=92)
+        out[name] = buf.getvalue()
+    return out
+
+
+def cache_difference(model, config: ExtractionConfig) -> float:
+    """Largest probability difference between ``model`` on whole decoded pictures (what an app
+    gives it) and ``model`` on the pixels the cache's own decoding and resize give (what extraction
+    and ``predict`` compute; the model's resize leaves a picture of its input size as it is)."""
+    import io
+
+    from headstart.extractor.decode import load_image
+
+    size = (config.input_size, config.input_size)
+    worst = 0.0
+    for data in probe_pictures(config.input_size).values():
+        whole = load_image(io.BytesIO(data), None)
+        ours = load_image(io.BytesIO(data), size, config.resize, config.jpeg_draft, config.resampler)
+        got = np.asarray(model.predict_on_batch(whole[None].astype(np.float32)), np.float64)
+        want = np.asarray(model.predict_on_batch(np.asarray(ours, np.float32)[None]), np.float64)
+        worst = max(worst, float(np.max(np.abs(got - want))))
+    return worst
+
+
+CACHE_TOLERANCE = 1e-3
+"""Largest probability difference to the run's pipeline that `export` accepts without a note."""
+
+
+def resize_note(config: ExtractionConfig, diff: float) -> str | None:
+    """What keeps the exported model from computing the cache's pixels, with the measured figure;
+    None when it agrees within `CACHE_TOLERANCE`."""
+    if diff <= CACHE_TOLERANCE:
+        return None
+    causes = []
+    if config.resampler != "float32":
+        causes.append(
+            f"the cache was resized with the {config.resampler} resampler (rounded 8-bit pixels), "
+            "which no Keras layer reproduces"
+        )
+    if config.jpeg_draft:
+        causes.append("the cache decoded large JPEGs at a reduced scale (--draft), the exported model gets them whole")
+    why = "; ".join(causes) or "its resize differs"
+    return (
+        f"The exported model cannot reproduce the cache's pixels exactly: {why}. Measured on generated "
+        f"pictures: probabilities differ from `headstart predict` by up to {diff:.3g}. Re-extract with "
+        "--resampler float32 --no-draft (the defaults) for the same pixels everywhere."
+    )
 
 
 def _probe(input_size: int) -> np.ndarray:
