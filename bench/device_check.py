@@ -139,7 +139,7 @@ def _decode_all(paths, config, workers: int):
     pixels = np.empty((len(paths), size, size, 3), np.uint8)
     ok = 0
     t0 = time.perf_counter()
-    for _index, arr, _reason in decode_stream(paths, config, workers, prefetch=8 * workers):
+    for _index, arr, _reason, _digest in decode_stream(paths, config, workers, prefetch=8 * workers):
         if arr is not None:
             pixels[ok] = arr
             ok += 1

@@ -1,7 +1,6 @@
 """Shared data of the heads tests: blob features, a cache writer, a cache and a logreg run on it."""
 
-from pathlib import Path
-
+import conftest
 import numpy as np
 import pytest
 from conftest import TINY_FINGERPRINT
@@ -9,7 +8,7 @@ from conftest import TINY_FINGERPRINT
 from headstart.cache import CacheHeader, CacheWriter
 from headstart.heads import training
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = conftest.SHARED / "data"
 CLASSES = ("cat", "dog", "fox")
 FP = TINY_FINGERPRINT
 KERAS = {"epochs": 12, "batch_size": 32, "learning_rate": 0.01, "patience": 3}

@@ -32,12 +32,17 @@ pytestmark = pytest.mark.slow
 
 ON_GPU = os.environ.get("HEADSTART_TEST_GPU") == "1"
 # Measured on CPU: max |torch - tf| = 2.3e-5, max |jax - tf| = 1.2e-5 (MobileNet 0.25, float32).
-TOL = 2e-2 if ON_GPU else 1e-3
+# 1e-4 is 4x the largest: the README's "about 2e-5" with room for another CPU's kernels.
+TOL = 2e-2 if ON_GPU else 1e-4
 TIMEOUT = 900
 
 BACKENDS = [
     pytest.param(
-        name, marks=pytest.mark.skipif(importlib.util.find_spec(module) is None, reason=f"{module} is not installed")
+        name,
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec(module) is None,
+            reason=f"{module} is not installed (CI installs neither torch nor jax, and runs no slow test: run -m slow where they are)",
+        ),
     )
     for name, module in (("torch", "torch"), ("jax", "jax"))
 ]

@@ -503,3 +503,43 @@ def test_short_sha256_column_is_a_cache_error(tmp_path):
         f["sha256"].resize(3, axis=0)
     with pytest.raises(CacheError, match="sha256"):
         open_cache(path)
+
+
+@pytest.mark.parametrize(
+    "rel, problem",
+    [
+        ("cat/a.jpg", None),
+        ("..cat/a.jpg", None),  # a name that starts with two dots is still inside
+        ("cat/..a.jpg", None),
+        ("", "an empty path"),
+        ("/etc/passwd", "'/etc/passwd' (not a path inside the root)"),
+        ("..", "'..' (not a path inside the root)"),
+        ("../x.jpg", "'../x.jpg' (not a path inside the root)"),
+        ("../../etc/passwd", "'../../etc/passwd' (not a path inside the root)"),
+        ("cat/../../x.jpg", "'cat/../../x.jpg' (not a path inside the root)"),
+        ("./cat/a.jpg", "'./cat/a.jpg' (not a path inside the root)"),
+        ("cat//a.jpg", "'cat//a.jpg' (not a path inside the root)"),
+    ],
+)
+def test_a_cached_path_must_be_a_normal_path_inside_the_root(rel, problem):
+    """The rule every row's path meets on open (closes mutants of validate._check_path that survived)."""
+    from headstart.cache.validate import _check_path
+
+    assert _check_path(rel) == problem
+
+
+def test_an_unreadable_string_outside_swmr_is_an_error_not_a_shorter_list():
+    """Only a SWMR reader beside a live writer may read a prefix of /paths; a damaged file (HDF5's
+    "EOA" read errors come from truncated files too) raises (a mutant reading `or` survived)."""
+    from types import SimpleNamespace
+
+    from headstart.cache.validate import _visible_text
+
+    class Broken:
+        file = SimpleNamespace(swmr_mode=False, filename="c.h5")
+
+        def asstr(self):
+            raise OSError("Can't read data (addr overflow, addr = 9, size = 4, eoa = 8): EOA")
+
+    with pytest.raises(OSError, match="EOA"):
+        _visible_text(Broken(), 3, "/paths")

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 import typer
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 from headstart.cache import CacheHeader, CacheWriter
 from headstart.cli.heads import register
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = conftest.SHARED / "data"
 FP = TINY_FINGERPRINT
 
 app = typer.Typer()

@@ -80,6 +80,6 @@ def test_device_check_runs_at_a_tiny_size_on_cpu(tmp_path):
     assert "== results" in proc.stdout and "whole check" in proc.stdout
     results = json.loads((tmp_path / "out" / "device_check.json").read_text())
     rows = results[0]["rows"]
-    assert [r["precision"] for r in rows] == ["float16", "float32"]
+    assert [r["precision"] for r in rows] == ["float16", "float32"], rows  # a failed measure is one "all" row
     assert all("error" not in r and r["pipeline_extracted"] == 16 for r in rows)
     assert (tmp_path / "out" / "device_check.log").read_text().count("== results") == 1

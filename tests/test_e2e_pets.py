@@ -72,10 +72,15 @@ def test_predict_finds_the_weights_file_the_cache_recorded(pets_cache, tmp_path)
     assert CliRunner().invoke(app, ["train", str(pets_cache), "--head", "logreg", "--out", str(run)]).exit_code == 0
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
-    result = CliRunner().invoke(
-        app,
-        ["predict", str(run), str(PETS / "Cat" / "cat.1.jpg"), str(PETS / "Dog" / "dog.2.jpg"), str(empty), "--json"],
-    )
+    pictures = sorted((PETS / "Cat").glob("*.jpg"))[:10] + sorted((PETS / "Dog").glob("*.jpg"))[:10]
+    result = CliRunner().invoke(app, ["predict", str(run), *map(str, pictures), str(empty), "--json"])
     assert result.exit_code == 1, result.output  # one picture could not be read
-    text = result.output
-    assert "cat.1.jpg" in text and "dog.2.jpg" in text and "empty" in text
+    out = json.loads(result.stdout)
+    by_path = {p["path"]: p for p in out["predictions"]}
+    assert out["failed"] == 1 and by_path[str(empty)] == {"path": str(empty), "error": "empty file"}
+    right = [by_path[str(p)]["class"] == p.parent.name for p in pictures]
+    # Each class as its folder says: a wrong preprocessing or weights file gives about half (measured: 20 of 20).
+    assert sum(right) >= 18, [(p.name, by_path[str(p)]["class"]) for p in pictures]
+    for p in pictures:
+        pred = by_path[str(p)]
+        assert pred["top"][0]["class"] == pred["class"] and 0.5 <= pred["probability"] <= 1.0

@@ -375,6 +375,36 @@ def test_bench_backbones_refuses_figures_from_a_busy_machine():
     assert "other work took the cores" in bench.busy_reason([0.3], starved, 1.2, 2)
 
 
+def test_predict_refuses_a_keras_file_whose_weights_read_another_file(tiny_run, tmp_path):
+    """A .keras file is a zip holding model.weights.h5: a dataset there stored in secret.txt is refused."""
+    import zipfile
+
+    import h5py
+
+    good = tmp_path / "m.keras"
+    assert runner.invoke(app, ["export", str(tiny_run[0]), "--out", str(good)]).exit_code == 0
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"SECRET-" * 100_000)
+    weights = tmp_path / "model.weights.h5"
+    with zipfile.ZipFile(good) as zf:
+        weights.write_bytes(zf.read("model.weights.h5"))
+        members = {n: zf.read(n) for n in zf.namelist() if n != "model.weights.h5"}
+    names = []
+    with h5py.File(weights, "r+") as f:
+        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        shape, dtype = f[names[-1]].shape, f[names[-1]].dtype
+        del f[names[-1]]
+        f.create_dataset(names[-1], shape=shape, dtype=dtype, external=[(str(secret), 0, int(np.prod(shape)) * 4)])
+    bad = tmp_path / "bad.keras"
+    with zipfile.ZipFile(bad, "w") as zf:
+        for n, data in members.items():
+            zf.writestr(n, data)
+        zf.write(weights, "model.weights.h5")
+    result = runner.invoke(app, ["predict", str(bad), str(sorted(tiny_run[1].rglob("*.jpg"))[0])])
+    assert result.exit_code == 2, result.output
+    assert f"model.weights.h5: /{names[-1]} keeps its bytes in another file ('{secret}')" in result.stderr
+
+
 # -- --overwrite of a folder format: only what the export wrote (issue 21, finding 1) ------------
 
 

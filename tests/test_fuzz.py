@@ -56,6 +56,21 @@ def _h5(fn):
     return apply
 
 
+def _stored_elsewhere(name):
+    """``name`` rewritten with its bytes in ``secret.txt`` beside the cache (HDF5 external storage)."""
+
+    def apply(path: Path) -> None:
+        secret = path.parent / "secret.txt"
+        secret.write_bytes(b"SECRET-" * 100_000)
+        with h5py.File(path, "r+", locking=False) as f:
+            shape, dtype = f[name].shape, f[name].dtype
+            del f[name]
+            size = int(np.prod(shape)) * dtype.itemsize
+            f.create_dataset(name, shape=shape, dtype=dtype, external=[(str(secret), 0, size)])
+
+    return apply
+
+
 def _replace(name, data, dtype=None):
     def fn(f):
         del f[name]
@@ -207,7 +222,21 @@ def _broken() -> list[Broken]:
             _h5(
                 lambda f: (f.__delitem__("features"), f.__setitem__("features", h5py.ExternalLink("/etc/passwd", "/x")))
             ),
-            "/features is a link",
+            "/features is an external link to '/etc/passwd'",
+        ),
+        # HDF5's other ways to read another file (issue 21, finding 9): every command refuses them
+        Broken(
+            "/sha256 stored in another file", _stored_elsewhere("sha256"), "/sha256 keeps its bytes in another file"
+        ),
+        Broken(
+            "/features stored in another file",
+            _stored_elsewhere("features"),
+            "/features keeps its bytes in another file",
+        ),
+        Broken(
+            "/labels as a soft link",
+            _h5(lambda f: (f.__delitem__("labels"), f.__setitem__("labels", h5py.SoftLink("/progress")))),
+            "/labels is a soft link to '/progress'",
         ),
         # out of range
         Broken("progress past the rows", _set("progress", 0, 30), "/progress counts 30 rows but /features holds 24"),

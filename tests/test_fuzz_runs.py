@@ -314,6 +314,12 @@ def _reseal(folder: Path) -> None:
         path.write_text(json.dumps(info))
 
 
+def _no_crash(result) -> bool:
+    """No exception escaped the command (a `SystemExit` is an ordinary exit) and no traceback was shown."""
+    quiet = result.exception is None or isinstance(result.exception, SystemExit)
+    return quiet and "Traceback" not in result.stderr + result.stdout
+
+
 COMMANDS = {
     "evaluate": lambda run, cache, tmp: ["evaluate", str(run)],
     "evaluate with a cache": lambda run, cache, tmp: ["evaluate", str(run), str(cache)],
@@ -386,12 +392,9 @@ def test_every_command_refuses_every_broken_run_in_one_line(kind, run_name, good
                 and err.startswith("Error:")
             )
             if command in LISTS:
-                ok = result.exit_code == 0 and result.exception is None or isinstance(result.exception, SystemExit)
-                ok = ok and "Traceback" not in result.stderr + result.stdout
+                ok = result.exit_code == 0 and _no_crash(result)
             elif benign:
-                ok = clean_fail or (
-                    result.exit_code in (0, 1) and result.exception is None or isinstance(result.exception, SystemExit)
-                )
+                ok = clean_fail or (result.exit_code in (0, 1) and _no_crash(result))
             else:
                 ok = (
                     result.exit_code == 2

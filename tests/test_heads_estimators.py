@@ -188,16 +188,27 @@ def test_float16_input_and_a_streamed_source_fit_alike():
     np.testing.assert_allclose(a.predict_proba(X16), b.predict_proba(X16), atol=1e-6)
 
 
-@pytest.mark.parametrize("name", [pytest.param("softmax", marks=pytest.mark.slow), "logreg"])
+@pytest.mark.parametrize("name", ["logreg", "svm", "mlp", pytest.param("softmax", marks=pytest.mark.slow)])
 def test_balanced_class_weight_lifts_the_minority_class(name):
-    X, y = blobs(600, classes=2, spread=6.0, seed=3)
-    keep = (y == 0) | (np.arange(len(y)) % 8 == 0)  # about 1 in 8 of class 1 kept
-    X, y = X[keep], y[keep]
+    """One class in 8, barely apart: unweighted, about half its rows are called the majority; balanced, most are not.
+
+    Measured (recall of the minority class, none / balanced): logreg 0.48 / 0.88, svm 0.53 / 0.83, mlp
+    0.45 / 0.95. A head that drops ``class_weight`` scores the same twice (logreg 0.40, mlp 0.45).
+    """
+    rng = np.random.default_rng(0)
+    y = (np.arange(320) % 8 == 0).astype(int)
+    X = (rng.normal(0, 1, (320, 8)) + 0.7 * y[:, None]).astype(np.float32)
+    quick = {  # no held-out rows: the weighted validation loss would move early stopping on its own
+        "softmax": {"epochs": 8, "batch_size": 32, "learning_rate": 0.05},
+        "mlp": {"epochs": 8, "batch_size": 32, "learning_rate": 0.01, "hidden_units": 16, "dropout": 0.0},
+    }.get(name, {})
+    if name != "svm":
+        quick["validation_fraction"] = 0.0
     recall = {}
     for cw in (None, "balanced"):
-        head = make_head(name, class_weight=cw, **QUICK[name]).fit(X, y)
+        head = make_head(name, class_weight=cw, **quick).fit(X, y)
         recall[cw] = np.mean(head.predict(X[y == 1]) == 1)
-    assert recall["balanced"] >= recall[None]
+    assert recall["balanced"] >= recall[None] + 0.2, recall
 
 
 def test_string_classes_round_trip(tmp_path):

@@ -194,7 +194,12 @@ def test_a_pickled_head_from_0_1_is_refused_and_never_unpickled(run, tmp_path):
     assert not marker.exists()
 
 
-def test_an_object_array_in_head_npz_is_refused_without_unpickling(run, tmp_path):
+@pytest.mark.parametrize("doors", ["headers and np.load", "np.load alone"])
+def test_an_object_array_in_head_npz_is_refused_without_unpickling(run, tmp_path, monkeypatch, doors):
+    """The manifest is re-sealed, so only the loading stands in the way: the members' headers are read
+    first (an object dtype is refused there), then np.load(allow_pickle=False), each tried alone."""
+    from headstart.heads import sources
+
     mine = _copy(run, tmp_path / "run")
     marker = tmp_path / "pwned"
 
@@ -203,7 +208,13 @@ def test_an_object_array_in_head_npz_is_refused_without_unpickling(run, tmp_path
             return (os.system, (f"touch {marker}",))
 
     np.savez(mine / "head.npz", coef=np.array([Payload()], dtype=object), intercept=np.zeros(3))
-    with pytest.raises(RunError):
+    _reseal(mine, "head.npz")
+    if doors == "np.load alone":
+        monkeypatch.setattr(sources, "_check_members", lambda *a: None)
+        refused = r"head\.npz\. Received: a damaged file \(Object arrays cannot be loaded"
+    else:
+        refused = r"Expected coef in .*head\.npz as floats of shape \(3, 64\)\. Received: object of shape \(1,\)"
+    with pytest.raises(RunError, match=refused):
         evaluation.evaluate(mine)
     assert not marker.exists()
 

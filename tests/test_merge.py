@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -183,23 +184,71 @@ def test_a_tampered_fingerprint_digest_is_refused(shards, tmp_path):
     assert_clean_error(invoke("merge", *parts, "--out", tmp_path / "m.h5"), "does not match the fingerprint")
 
 
-@pytest.mark.parametrize(
-    "hostile",
-    [
-        "random bytes",
-        "empty",
-        "not a cache",
-        "folder",
-        "missing",
-        "rows past the paths",
-        "labels out of range",
-        "bad shard record",
-        "incomplete",
-    ],
-)
+HOSTILE = {
+    "random bytes": "(Unable to synchronously open file (file signature not found))",
+    "empty": "(Unable to synchronously open file (file signature not found))",
+    "not a cache": "(no dataset /features, /labels, /paths",
+    "folder": "Expected a cache file to merge. Received: {bad} (a folder)",
+    "missing": "Expected a cache file to merge. Received: {bad} (no such file)",
+    "rows past the paths": "(/progress counts 1000 rows but /features holds 7)",
+    "labels out of range": "(/labels[0] is 7, expected 0 to 1",
+    "bad shard record": "Expected a shard record like",
+    "incomplete": "Expected complete caches. Received: {bad} (incomplete, 7 rows",
+    # HDF5's ways to read another file (issue 21, finding 9; issue 19, item 4)
+    "sha256 stored in secret.txt": "(/sha256 keeps its bytes in another file ('{secret}')",
+    "features stored in secret.txt": "(/features keeps its bytes in another file ('{secret}')",
+    "labels as an external link": "(/labels is an external link to '{secret}'",
+    "paths as a soft link": "(/paths is a soft link to '/class_names'",
+    "a group holding an external link": "(/extra/x is an external link to '{secret}'",
+    "labels as a virtual dataset": "(/labels is a virtual dataset (it reads other files)",
+}
+"""Each broken or hostile shard, and the reason the refusal must give (a refusal for another reason fails)."""
+
+
+def _plant(f: h5py.File, hostile: str, secret: Path) -> None:
+    """Make the open copy of a good shard ``f`` hostile."""
+    n = f["paths"].shape[0]
+    if hostile == "rows past the paths":
+        f["progress"][0] = 1000
+    elif hostile == "labels out of range":
+        f["labels"][0] = 7
+    elif hostile == "bad shard record":
+        f.attrs["shard"] = '{"index": "2; rm -rf /", "count": 3}'
+    elif hostile == "incomplete":
+        f["progress"][2] = 0
+    elif hostile == "sha256 stored in secret.txt":
+        if "sha256" in f:
+            del f["sha256"]
+        f.create_dataset("sha256", shape=(n,), dtype="S64", external=[(str(secret), 0, 64 * n)])
+    elif hostile == "features stored in secret.txt":
+        shape, dtype = f["features"].shape, f["features"].dtype
+        del f["features"]
+        f.create_dataset("features", shape=shape, dtype=dtype, external=[(str(secret), 0, shape[0] * shape[1] * 2)])
+    elif hostile == "labels as an external link":
+        del f["labels"]
+        f["labels"] = h5py.ExternalLink(str(secret), "/labels")
+    elif hostile == "paths as a soft link":
+        del f["paths"]
+        f["paths"] = h5py.SoftLink("/class_names")
+    elif hostile == "a group holding an external link":
+        f["extra/x"] = h5py.ExternalLink(str(secret), "/x")
+    elif hostile == "labels as a virtual dataset":
+        with h5py.File(secret.with_suffix(".h5"), "w") as other:
+            other["labels"] = np.zeros(n, dtype=np.int32)
+        layout = h5py.VirtualLayout(shape=(n,), dtype=np.int32)
+        layout[:] = h5py.VirtualSource(str(secret.with_suffix(".h5")), "labels", shape=(n,))
+        del f["labels"]
+        f.create_virtual_dataset("labels", layout)
+    else:
+        raise ValueError(hostile)
+
+
+@pytest.mark.parametrize("hostile", list(HOSTILE))
 def test_broken_or_hostile_shards_are_one_line_and_nothing_is_written(shards, tmp_path, hostile):
     whole, parts = shards
     bad = tmp_path / "bad.h5"
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"SECRET-" * 100_000)
     if hostile == "random bytes":
         bad.write_bytes(np.random.default_rng(0).bytes(4096))
     elif hostile == "empty":
@@ -212,18 +261,12 @@ def test_broken_or_hostile_shards_are_one_line_and_nothing_is_written(shards, tm
     elif hostile != "missing":
         shutil.copy(parts[2], bad)
         with h5py.File(bad, "r+") as f:
-            if hostile == "rows past the paths":
-                f["progress"][0] = 1000
-            elif hostile == "labels out of range":
-                f["labels"][0] = 7
-            elif hostile == "bad shard record":
-                f.attrs["shard"] = '{"index": "2; rm -rf /", "count": 3}'
-            else:
-                f["progress"][2] = 0
-    out = tmp_path / "m.h5"
-    result = invoke("merge", parts[0], parts[1], bad, "--out", out)
-    assert_clean_error(result, "Error:")
-    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
+            _plant(f, hostile, secret)
+    for copy in ([], ["--copy"]):  # --copy reads every byte of the shards into the merged file
+        out = tmp_path / "m.h5"
+        result = invoke("merge", parts[0], parts[1], bad, *copy, "--out", out)
+        assert_clean_error(result, "Error:", HOSTILE[hostile].format(bad=bad, secret=secret))
+        assert not out.exists() and not list(tmp_path.glob("*.tmp"))
 
 
 def test_out_that_is_not_a_cache_is_never_overwritten(shards, tmp_path):
@@ -257,6 +300,43 @@ def test_optional_per_row_datasets_of_schema_2_are_carried(shards, tmp_path, cop
         got = {p: (d, int(v)) for p, d, v in zip(f["paths"].asstr()[:], f["sha256"][:], f["view"][:])}
         assert f["sha256"].dtype == np.dtype("S64") and f["view"].dtype == np.dtype("int8")
     assert got == expected
+
+
+def test_a_merged_cache_whose_shard_reads_yet_another_file_is_refused(shards, tmp_path):
+    """A merged cache's /features is the one virtual dataset allowed; its shards' own features may not be."""
+    whole, parts = shards
+    out = tmp_path / "merged.h5"
+    merge(out, parts)
+    other = tmp_path / "other.h5"
+    with h5py.File(parts[1], "r+") as f:
+        shape, dtype = f["features"].shape, f["features"].dtype
+        with h5py.File(other, "w") as o:
+            o["features"] = np.ones(shape, dtype=dtype)
+        layout = h5py.VirtualLayout(shape=shape, dtype=dtype)
+        layout[:] = h5py.VirtualSource(str(other), "features", shape=shape)
+        del f["features"]
+        f.create_virtual_dataset("features", layout)
+    with pytest.raises(CacheError, match="its features are themselves virtual"):
+        open_cache(out)
+    assert_clean_error(invoke("info", out), "its features are themselves virtual")
+
+
+def test_extract_into_a_cache_with_a_fixed_size_per_row_dataset_is_one_line(shards, tmp_path):
+    """A /sha256 written without chunks cannot grow: one line naming it, not h5py's TypeError."""
+    from headstart.cache import CacheHeader, CacheWriter
+
+    cache = shards[1][0]
+    with h5py.File(cache, "r+") as f:
+        digests = f["sha256"][:]
+        del f["sha256"]
+        f["sha256"] = digests  # contiguous, fixed size
+    with open_cache(cache) as c:
+        header = CacheHeader(
+            dim=c.dim, dtype=str(c.dtype), fingerprint=c.fingerprint, class_names=tuple(c.class_names), root=c.root
+        )
+    with pytest.raises(CacheError, match="/sha256 has a fixed size"):
+        with CacheWriter(cache, header):
+            pass
 
 
 def test_the_old_positional_form_still_merges_with_a_deprecation_note(shards, tmp_path):

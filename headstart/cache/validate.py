@@ -19,6 +19,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from headstart.cache import h5safety
 from headstart.cache.fingerprint import fingerprint_digest, fingerprint_problem
 from headstart.errors import CacheError, CacheReadError, Invalid
 
@@ -195,6 +196,9 @@ def validate(
     f: h5py.File, supported_versions: tuple[int, ...], progress: tuple[int, int, int] | None = None
 ) -> Contents:
     """Check every rule of the schema against the open file ``f``; `Invalid` names the first broken one."""
+    problem = h5safety.problem(f, allow_virtual=frozenset({"features"}))  # before anything is read
+    if problem:
+        raise Invalid(f"{problem}; a cache must keep its data in itself")
     missing = [name for name in DATASETS if name not in f]
     if missing:
         raise Invalid(f"no dataset {', '.join('/' + m for m in missing)}")

@@ -43,6 +43,8 @@ def check_sources(f: h5py.File, path: Path) -> None:
         try:
             with _open_any(shard) as s:
                 _check_schema(s, shard)
+                if s["features"].is_virtual:
+                    raise CacheError("its features are themselves virtual")
                 rows = int(s["progress"][0])
                 same = (
                     rows == record["rows"]

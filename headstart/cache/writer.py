@@ -190,8 +190,8 @@ class CacheWriter:
                 )
             fixed = [
                 name
-                for name in ("features", "labels", "paths", "failed_paths", "failed_reasons")
-                if f[name].maxshape[0] is not None
+                for name in ("features", "labels", "paths", "failed_paths", "failed_reasons", *ROW_DATASETS)
+                if name in f and (f[name].maxshape[0] is not None or f[name].chunks is None)
             ]
             if fixed:
                 raise CacheError(

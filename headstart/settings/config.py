@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from headstart.cache import h5safety
 from headstart.cache.fingerprint import canonical_json, fingerprint_digest, fingerprint_problem
 from headstart.errors import BackboneError
 
@@ -222,6 +223,9 @@ def resolve_weights(weights: str, seed: int) -> tuple[str, str | None, int | Non
             f"Expected --weights imagenet, none, bundled, or a weights file (.h5 / .weights.h5). "
             f"Received: {weights} (no such file)."
         )
+    problem = h5safety.file_problem(path)  # Keras would follow it when it loads the weights
+    if problem:
+        raise BackboneError(f"Expected a weights file that keeps its data in itself. Received: {weights} ({problem}).")
     return f"sha256:{file_sha256(path)}", str(path.resolve()), None
 
 

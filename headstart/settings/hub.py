@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from headstart.cache import h5safety
 from headstart.errors import BackboneError, WeightsDownloadError
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,12 @@ def folder_digest(folder: Path) -> str:
     if not found or not (folder / "config.json").is_file():
         raise BackboneError(
             f"Expected --weights to be a KerasHub preset folder (config.json, model.weights.h5). Received: {folder}."
+        )
+    problem = h5safety.file_problem(folder / "model.weights.h5") if (folder / "model.weights.h5").is_file() else None
+    if problem:
+        raise BackboneError(
+            f"Expected preset weights that keep their data in themselves. Received: {folder / 'model.weights.h5'} "
+            f"({problem})."
         )
     return f"sha256:{digest.hexdigest()}"
 

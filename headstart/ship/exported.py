@@ -56,6 +56,9 @@ def load_exported(path: str | os.PathLike):
             raise ExportError(
                 f"Expected KerasHub to load a hub backbone's model (pip install keras-hub). Received: {err}."
             ) from None
+    problem = _weights_problem(Path(path))
+    if problem:
+        raise ExportError(f"Expected a .keras model that keeps its data in itself. Received: {path} ({problem}).")
     try:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as err:  # Keras raises ValueError, TypeError, OSError... for a broken file
@@ -66,3 +69,21 @@ def load_exported(path: str | os.PathLike):
             f"Expected {len(meta['class_names'])} outputs, one per class name. Received: {model.output_shape}."
         )
     return model, list(meta["class_names"])
+
+
+def _weights_problem(path: Path) -> str | None:
+    """What in the ``.keras`` file's ``model.weights.h5`` would make Keras read another file (links,
+    external storage, virtual datasets: `headstart.cache.h5safety`), or None."""
+    import h5py
+
+    from headstart.cache import h5safety
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if "model.weights.h5" not in zf.namelist():
+                return None  # Keras says what is missing
+            with zf.open("model.weights.h5") as member, h5py.File(member, "r") as f:
+                found = h5safety.problem(f)
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None  # not a zip or not HDF5: Keras refuses it in its own words
+    return f"model.weights.h5: {found}" if found else None
