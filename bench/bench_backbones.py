@@ -12,7 +12,8 @@ alone is the ratio. CPU seconds are counted beside wall seconds in each child.
 
 Figures taken on a busy machine are noise (VGG16 showed 0.6 pictures/s at a load average of 12, 6.4
 when idle). So ``--write-package-data`` refuses, in one line, when the 1-minute load average was
-above ``--max-load`` before or after any child, or when a child's CPU time in the model was well
+above ``--max-load`` before any child (after waiting up to ``--settle`` seconds for the previous
+child's own load to decay), or when a child's CPU time in the model was well
 below wall time x the threads it could use (another process took the cores).
 """
 
@@ -80,6 +81,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def settle(max_load: float, timeout: float) -> float | None:
+    """The 1-minute load average once it falls below ``max_load``, waiting at most ``timeout`` seconds.
+
+    The previous child's own threads raise the 1-minute figure for a while after it ends (it decays with a
+    one-minute time constant), so the load is read before each child, not after: what is left above the limit
+    once the wait is over is other work. Contention during a child shows in its CPU time (see busy_reason).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        load = load_average()
+        if load is None or load[0] <= max_load or time.monotonic() >= deadline:
+            return None if load is None else load[0]
+        time.sleep(2.0)
+
+
 def busy_reason(loads: list[float], rows: list[dict], max_load: float, cores: int) -> str | None:
     """Why these figures must not be written, or None when the machine was quiet throughout."""
     if loads and max(loads) > max_load:
@@ -104,6 +120,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--n", type=int, default=32, help="pictures per measurement (synthetic 500x375 JPEGs)")
     parser.add_argument("--max-load", type=float, default=1.2, help="refuse to write figures above this load")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=90.0,
+        help="seconds to wait before each child for the load to fall below --max-load",
+    )
     parser.add_argument("--write-package-data", action="store_true", help=f"write {PACKAGE_DATA.name}")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -113,7 +135,7 @@ def main() -> None:
     cores = cpu_cores()
     device = device_info()
     print(describe_load(cores))
-    loads = [load_average()[0]] if load_average() else []
+    loads = []
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "pictures"
@@ -123,9 +145,10 @@ def main() -> None:
                 cmd = [sys.executable, "-c", CHILD, name, precision, str(args.batch_size), str(data)]
                 cmd.append(str(Path(tmp) / f"{name.replace(':', '_')}-{precision}.h5"))
                 env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+                before = settle(args.max_load, args.settle)
+                if before is not None:
+                    loads.append(before)
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                if load_average():
-                    loads.append(load_average()[0])
                 line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
                 if line is None:
                     last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
