@@ -1,0 +1,186 @@
+"""The ONNX format in bounded memory: ``model.onnx`` (the graph) + ``model.onnx.data`` (the weights), written and read back checked.
+
+Keras' ``model.export(format="onnx")`` hands tf2onnx a graph with the weights folded in as
+constants; tf2onnx copies every constant into its protobufs again at each of its ~24 optimizer
+passes and keeps the copies (and deep-copies the graph before each pass): for VGG16 ``fc2``
+(528 MB of weights) that grew past 11 GiB (17.5 GiB with its ``large_model`` mode). Here tf2onnx
+converts ``model.stateless_call`` with each weight as an input instead, a graph of operations
+alone; the inputs then become initializers in ONNX's external-data format, streamed from the
+Keras variables into one file beside the graph, which every ONNX runtime reads
+(``InferenceSession("model.onnx")``; ONNX Runtime folds the weight reshapes at load).
+
+Reading back (`load_session`) trusts nothing in the folder: both files must have the SHA-256 that
+``headstart.json`` lists, and every external tensor must lie inside ``model.onnx.data``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from headstart.errors import ExportError
+from headstart.settings.config import file_sha256
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+MANIFEST = "headstart.json"  # the same name as `headstart.ship.exported.METADATA`
+ALIGN_THRESHOLD = 1 << 20
+"""Tensors of at least this many bytes start at a multiple of `ALIGNMENT` (so a runtime can map them)."""
+ALIGNMENT = 1 << 16
+WEIGHT_PREFIX = "headstart_weight_"
+"""Names of the weight inputs while converting; they become initializers of the same names."""
+
+
+def write_onnx(model, folder: Path, input_name: str, output_name: str, opset: int | None = None) -> None:
+    """Convert ``model`` (a Keras model under the TensorFlow backend, one image input) into
+    ``folder/model.onnx`` + ``folder/model.onnx.data``. Raises ImportError without tf2onnx.
+
+    The converter never sees a weight: it converts ``model.stateless_call`` with every variable as
+    one more input, so its graph holds the operations alone (tf2onnx copies each constant several
+    times and keeps the copies). Those inputs then become initializers whose bytes are streamed
+    from the Keras variables into ``model.onnx.data``, one variable at a time."""
+    import tensorflow as tf
+    import tf2onnx
+
+    _patch_tf2onnx()
+    variables = list(model.trainable_variables) + list(model.non_trainable_variables)
+    n_trainable = len(model.trainable_variables)
+    pixels = tf.TensorSpec(tuple(model.inputs[0].shape), tf.float32, name=input_name)
+    specs = [tf.TensorSpec(tuple(v.shape), v.dtype, name=f"{WEIGHT_PREFIX}{i}") for i, v in enumerate(variables)]
+
+    @tf.function(input_signature=[pixels, *specs])
+    def serve(x, *values):
+        values = list(values)
+        y, _ = model.stateless_call(values[:n_trainable], values[n_trainable:], x, training=False)
+        return {output_name: y}
+
+    proto, _ = tf2onnx.convert.from_function(serve, input_signature=[pixels, *specs], opset=opset)
+    weights = {f"{WEIGHT_PREFIX}{i}": v for i, v in enumerate(variables)}
+    write_external(proto, weights, folder)
+
+
+def _patch_tf2onnx() -> None:
+    """Keras' own fixes of tf2onnx for NumPy 2 (``np.product``, ``np.object``), which Keras applies
+    before each of its ONNX exports; the large-model path needs them too."""
+    try:
+        from keras.src.export.tf2onnx_lib import patch_tf2onnx
+    except ImportError:  # a Keras without them: tf2onnx may have its own by then
+        return
+    patch_tf2onnx()
+
+
+def external_tensors(graph) -> Iterator:
+    """Every TensorProto of ``graph`` that may hold weights: initializers and tensor attributes,
+    in subgraphs too."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from external_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from external_tensors(sub)
+
+
+def write_external(proto, weights: dict, folder: Path) -> None:
+    """Turn the graph inputs named in ``weights`` (Keras variables) into initializers whose bytes
+    lie one after the other in ``model.onnx.data``, written a variable at a time, and write the
+    graph as ``model.onnx``."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    graph = proto.graph
+    inputs = {i.name for i in graph.input}
+    if weights and not inputs & set(weights):
+        raise ExportError("Expected the converted graph to take the weights as inputs. Received: none of them.")
+    offset = 0
+    with open(folder / DATA_FILE, "wb") as fh:
+        for name, variable in weights.items():
+            if name not in inputs:
+                continue  # a variable the graph does not use (a seed, a counter)
+            array = np.ascontiguousarray(np.asarray(variable.numpy()))
+            data = array.tobytes()
+            if len(data) >= ALIGN_THRESHOLD and offset % ALIGNMENT:
+                pad = ALIGNMENT - offset % ALIGNMENT
+                fh.write(b"\0" * pad)
+                offset += pad
+            fh.write(data)
+            tensor = TensorProto(name=name, dims=array.shape, data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
+            tensor.data_location = TensorProto.EXTERNAL
+            for key, value in (("location", DATA_FILE), ("offset", str(offset)), ("length", str(len(data)))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            graph.initializer.append(tensor)
+            offset += len(data)
+            del array, data
+    kept = [i for i in graph.input if i.name not in weights]
+    del graph.input[:]
+    graph.input.extend(kept)
+    (folder / MODEL_FILE).write_bytes(proto.SerializeToString())
+
+
+def check_folder(folder: Path) -> None:
+    """Refuse an ONNX export folder whose ``model.onnx`` or ``model.onnx.data`` is not the file
+    ``headstart.json`` lists (a swapped or edited file), or whose graph reads weights from anywhere
+    but ``model.onnx.data`` or past its end. Raises `ExportError`; nothing is run."""
+    import onnx
+
+    try:
+        files = json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError) as err:
+        raise ExportError(
+            f"Expected an ONNX export of headstart with its {MANIFEST}. Received: {folder} ({err})."
+        ) from None
+    if not isinstance(files, dict):
+        raise ExportError(f"Expected {MANIFEST} to list the export's files. Received: {folder} (no file list).")
+    data = folder / DATA_FILE
+    for path in (folder / MODEL_FILE, data):
+        if not path.exists() and path.name not in files:
+            continue  # a graph that keeps all its weights inside (none written by headstart now)
+        listed = files.get(path.name)
+        if path.is_symlink() or not path.is_file() or listed != "sha256:" + file_sha256(path):
+            raise ExportError(
+                f"Expected {path.name} to be the file that {MANIFEST} lists (SHA-256 {listed}). "
+                f"Received: {path}, another file; export again."
+            )
+    size = data.stat().st_size if data.exists() else 0
+    proto = onnx.load(str(folder / MODEL_FILE), load_external_data=False)
+    for tensor in external_tensors(proto.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        entries = {e.key: e.value for e in tensor.external_data}
+        try:
+            start, length = int(entries.get("offset", "0")), int(entries["length"])
+        except (KeyError, ValueError):
+            start, length = -1, -1
+        if entries.get("location") != DATA_FILE or set(entries) - {"location", "offset", "length"} or start < 0:
+            where = entries.get("location")
+            raise ExportError(
+                f"Expected every weight of {MODEL_FILE} in {DATA_FILE}. Received: {tensor.name!r} at {where!r}."
+            )
+        if length < 0 or start + length > size:
+            raise ExportError(
+                f"Expected every weight of {MODEL_FILE} inside {DATA_FILE} ({size} bytes). "
+                f"Received: {tensor.name!r} at bytes {start}-{start + length}."
+            )
+
+
+def load_session(folder: str | Path):
+    """An onnxruntime ``InferenceSession`` (CPU) of the export at ``folder``, after `check_folder`."""
+    import onnxruntime
+
+    folder = Path(folder)
+    check_folder(folder)
+    return onnxruntime.InferenceSession(str(folder / MODEL_FILE), providers=["CPUExecutionProvider"])
+
+
+def run_onnx(folder: Path, x):
+    """The probabilities of the export at ``folder`` on the pixels ``x`` (see `load_session`)."""
+    session = load_session(folder)
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
