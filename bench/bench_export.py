@@ -176,7 +176,7 @@ def main() -> None:
             r["peak_vs_build_only"] = r["peak_rss_mb"] / base
     print(
         table(
-            ["backbone", "format", "peak MiB", "x build-only", "seconds", "size MB", "max |dp|"],
+            ["backbone", "format", "peak MiB", "x build-only", "seconds", "size MB", "max |dp|", "note"],
             [
                 [
                     r["backbone"],
@@ -186,6 +186,7 @@ def main() -> None:
                     r.get("seconds"),
                     r.get("size_mb"),
                     None if r.get("max_difference") is None else f"{r['max_difference']:.1e}",
+                    r.get("error", ""),
                 ]
                 for r in rows
             ],
