@@ -4,10 +4,12 @@ Keras' ``model.export(format="onnx")`` hands tf2onnx a graph with the weights fo
 constants; tf2onnx copies every constant into its protobufs again at each of its ~24 optimizer
 passes and keeps the copies (and deep-copies the graph before each pass): for VGG16 ``fc2``
 (528 MB of weights) that grew past 11 GiB (17.5 GiB with its ``large_model`` mode). Here tf2onnx
-converts ``model.stateless_call`` with each weight as an input instead, a graph of operations
-alone; the inputs then become initializers in ONNX's external-data format, streamed from the
-Keras variables into one file beside the graph, which every ONNX runtime reads
-(``InferenceSession("model.onnx")``; ONNX Runtime folds the weight reshapes at load).
+converts the model with each kernel as an input instead (``keras.StatelessScope``), a graph of
+operations and small vectors; the inputs then become initializers in ONNX's external-data
+format, written from the Keras variables into one file beside the graph, which every ONNX
+runtime reads (``InferenceSession("model.onnx")``). The transposes and reshapes tf2onnx puts on
+the kernels (NHWC to NCHW) are applied to each kernel as it is written (`fold_weights`), so the
+graph is the one tf2onnx makes of any model.
 
 Reading back (`load_session`) trusts nothing in the folder: both files must have the SHA-256 that
 ``headstart.json`` lists, and every external tensor must lie inside ``model.onnx.data``.
@@ -17,7 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 from headstart.errors import ExportError
@@ -39,28 +42,39 @@ def write_onnx(model, folder: Path, input_name: str, output_name: str, opset: in
     """Convert ``model`` (a Keras model under the TensorFlow backend, one image input) into
     ``folder/model.onnx`` + ``folder/model.onnx.data``. Raises ImportError without tf2onnx.
 
-    The converter never sees a weight: it converts ``model.stateless_call`` with every variable as
-    one more input, so its graph holds the operations alone (tf2onnx copies each constant several
-    times and keeps the copies). Those inputs then become initializers whose bytes are streamed
-    from the Keras variables into ``model.onnx.data``, one variable at a time."""
+    The converter never sees a kernel: it converts the model with each kernel as one more input,
+    so its graph holds the operations and small vectors alone (tf2onnx copies each constant at
+    each optimizer pass and keeps the copies). Those inputs then become initializers whose bytes
+    are written from the Keras variables into ``model.onnx.data``, one at a time (`fold_weights`,
+    `write_external`)."""
+    import keras
     import tensorflow as tf
     import tf2onnx
 
     _patch_tf2onnx()
-    variables = list(model.trainable_variables) + list(model.non_trainable_variables)
-    n_trainable = len(model.trainable_variables)
+    # Kernels (2 axes or more: nearly all the bytes) go in as inputs; the vectors (biases,
+    # normalisation statistics, a few MB at most) stay constants that tf2onnx folds and moves
+    # through its layout changes as it does for any model.
+    kernels = [v for v in model.weights if len(v.shape) >= 2]
     pixels = tf.TensorSpec(tuple(model.inputs[0].shape), tf.float32, name=input_name)
-    specs = [tf.TensorSpec(tuple(v.shape), v.dtype, name=f"{WEIGHT_PREFIX}{i}") for i, v in enumerate(variables)]
+    specs = [tf.TensorSpec(tuple(v.shape), v.dtype, name=f"{WEIGHT_PREFIX}{i}") for i, v in enumerate(kernels)]
 
     @tf.function(input_signature=[pixels, *specs])
     def serve(x, *values):
-        values = list(values)
-        y, _ = model.stateless_call(values[:n_trainable], values[n_trainable:], x, training=False)
-        return {output_name: y}
+        with keras.StatelessScope(state_mapping=list(zip(kernels, values))):
+            return {output_name: model(x, training=False)}
 
     proto, _ = tf2onnx.convert.from_function(serve, input_signature=[pixels, *specs], opset=opset)
-    weights = {f"{WEIGHT_PREFIX}{i}": v for i, v in enumerate(variables)}
-    write_external(proto, weights, folder)
+    weights = {f"{WEIGHT_PREFIX}{i}": v.numpy for i, v in enumerate(kernels)}
+    inputs = {i.name for i in proto.graph.input}
+    if weights and not inputs & set(weights):
+        raise ExportError("Expected the converted graph to take the weights as inputs. Received: none of them.")
+    values = fold_weights(proto.graph, {name: get for name, get in weights.items() if name in inputs})
+    write_external(proto, values, folder)
+    kept = [i for i in proto.graph.input if i.name not in weights]
+    del proto.graph.input[:]
+    proto.graph.input.extend(kept)
+    (folder / MODEL_FILE).write_bytes(proto.SerializeToString())
 
 
 def _patch_tf2onnx() -> None:
@@ -88,23 +102,78 @@ def external_tensors(graph) -> Iterator:
                 yield from external_tensors(sub)
 
 
-def write_external(proto, weights: dict, folder: Path) -> None:
-    """Turn the graph inputs named in ``weights`` (Keras variables) into initializers whose bytes
-    lie one after the other in ``model.onnx.data``, written a variable at a time, and write the
-    graph as ``model.onnx``."""
+FOLDED = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity")
+"""Operations on a weight alone that tf2onnx leaves in the graph (NHWC kernels to NCHW, bias
+shapes) and that are applied to the weight as it is written instead."""
+
+
+def fold_weights(graph, weights: dict[str, Callable]) -> dict[str, Callable]:
+    """Remove from ``graph`` each `FOLDED` node whose data is a weight (``weights``: name → a
+    function giving its array) and whose other inputs are small constants; return the weights the
+    graph still reads, each as a function computing it (so one array at a time is in memory)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    small = {t.name: t for t in graph.initializer if t.data_location != TensorProto.EXTERNAL}
+    values = dict(weights)
+    kept = []
+    for node in graph.node:
+        foldable = node.op_type in FOLDED and node.domain in ("", "ai.onnx") and len(node.output) == 1
+        if foldable and node.input and node.input[0] in values and all(i in small for i in node.input[1:]):
+            args = [numpy_helper.to_array(small[i]) for i in node.input[1:]]
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            values[node.output[0]] = partial(_apply, node.op_type, values[node.input[0]], args, attrs)
+        else:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = _names_read(graph)
+    unused = [t for t in graph.initializer if t.name not in used]
+    for tensor in unused:
+        graph.initializer.remove(tensor)
+    return {name: get for name, get in values.items() if name in used}
+
+
+def _apply(op: str, get: Callable, args: list, attrs: dict):
+    """One `FOLDED` operation with ONNX's semantics (opset 13+: axes and shape as inputs)."""
+    import numpy as np
+
+    x = get()
+    if op == "Transpose":
+        return np.transpose(x, attrs.get("perm"))
+    if op == "Reshape":
+        shape = [int(d) for d in args[0]]
+        if not attrs.get("allowzero", 0):
+            shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
+        return np.reshape(x, shape)
+    axes = [int(a) for a in args[0]] if args else attrs.get("axes")
+    if op == "Squeeze":
+        return np.squeeze(x) if axes is None else np.squeeze(x, tuple(axes))
+    if op == "Unsqueeze":
+        return np.expand_dims(x, tuple(axes))
+    return x
+
+
+def _names_read(graph) -> set[str]:
+    """Every value name a node of ``graph`` (or of its subgraphs) reads, and its outputs."""
+    names = {o.name for o in graph.output}
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                names |= _names_read(sub)
+    return names
+
+
+def write_external(proto, weights: dict[str, Callable], folder: Path) -> None:
+    """Add each of ``weights`` (name → a function giving its array) to ``proto`` as an initializer
+    whose bytes lie in ``model.onnx.data``, computed and written one at a time."""
     import numpy as np
     from onnx import TensorProto, helper
 
-    graph = proto.graph
-    inputs = {i.name for i in graph.input}
-    if weights and not inputs & set(weights):
-        raise ExportError("Expected the converted graph to take the weights as inputs. Received: none of them.")
     offset = 0
     with open(folder / DATA_FILE, "wb") as fh:
-        for name, variable in weights.items():
-            if name not in inputs:
-                continue  # a variable the graph does not use (a seed, a counter)
-            array = np.ascontiguousarray(np.asarray(variable.numpy()))
+        for name, get in weights.items():
+            array = np.ascontiguousarray(np.asarray(get()))
             data = array.tobytes()
             if len(data) >= ALIGN_THRESHOLD and offset % ALIGNMENT:
                 pad = ALIGNMENT - offset % ALIGNMENT
@@ -116,13 +185,9 @@ def write_external(proto, weights: dict, folder: Path) -> None:
             for key, value in (("location", DATA_FILE), ("offset", str(offset)), ("length", str(len(data)))):
                 entry = tensor.external_data.add()
                 entry.key, entry.value = key, value
-            graph.initializer.append(tensor)
+            proto.graph.initializer.append(tensor)
             offset += len(data)
             del array, data
-    kept = [i for i in graph.input if i.name not in weights]
-    del graph.input[:]
-    graph.input.extend(kept)
-    (folder / MODEL_FILE).write_bytes(proto.SerializeToString())
 
 
 def check_folder(folder: Path) -> None:
