@@ -52,6 +52,7 @@ def write_onnx(model, folder: Path, input_name: str, output_name: str, opset: in
     import tf2onnx
 
     _patch_tf2onnx()
+    _register_erfc()
     # Kernels (2 axes or more: nearly all the bytes) go in as inputs; the vectors (biases,
     # normalisation statistics, a few MB at most) stay constants that tf2onnx folds and moves
     # through its layout changes as it does for any model.
@@ -66,9 +67,18 @@ def write_onnx(model, folder: Path, input_name: str, output_name: str, opset: in
 
     proto, _ = tf2onnx.convert.from_function(serve, input_signature=[pixels, *specs], opset=opset)
     weights = {f"{WEIGHT_PREFIX}{i}": v.numpy for i, v in enumerate(kernels)}
+    # Tensors the model holds outside its variables (a Normalization layer's mean and variance)
+    # are captured by the function; tf2onnx leaves them as graph inputs: they are weights too.
+    concrete = serve.get_concrete_function(pixels, *specs)
+    for tensor, value in zip(concrete.inputs[1 + len(specs) :], concrete.captured_inputs):
+        if tensor.dtype != tf.dtypes.resource:
+            weights[tensor.name] = value.numpy
     inputs = {i.name for i in proto.graph.input}
     if weights and not inputs & set(weights):
         raise ExportError("Expected the converted graph to take the weights as inputs. Received: none of them.")
+    unknown = sorted(inputs - set(weights) - {input_name})
+    if unknown:
+        raise ExportError(f"Expected the converted graph to take only {input_name!r}. Received: also {unknown}.")
     values = fold_weights(proto.graph, {name: get for name, get in weights.items() if name in inputs})
     write_external(proto, values, folder)
     kept = [i for i in proto.graph.input if i.name not in weights]
@@ -85,6 +95,28 @@ def _patch_tf2onnx() -> None:
     except ImportError:  # a Keras without them: tf2onnx may have its own by then
         return
     patch_tf2onnx()
+
+
+def _register_erfc() -> None:
+    """Teach tf2onnx TensorFlow's ``Erfc`` (exact GELU: ConvNeXt) as ``1 - Erf(x)``; tf2onnx 1.17
+    converts ``Erf`` only and leaves ``Erfc`` as an op no runtime has."""
+    from tf2onnx import utils
+    from tf2onnx.handler import tf_op
+
+    if any("Erfc" in ops for ops in tf_op.get_opsets().get("", [])):
+        return
+
+    @tf_op("Erfc")
+    class Erfc:
+        @classmethod
+        def version_9(cls, ctx, node, **kwargs):  # ONNX Erf: opset 9
+            import numpy as np
+
+            dtype = ctx.get_dtype(node.input[0])
+            erf = ctx.make_node("Erf", [node.input[0]], shapes=[ctx.get_shape(node.input[0])], dtypes=[dtype])
+            one = ctx.make_const(utils.make_name("erfc_one"), np.array(1, utils.map_onnx_to_numpy_type(dtype)))
+            node.type = "Sub"
+            ctx.replace_inputs(node, [one.output[0], erf.output[0]])
 
 
 def external_tensors(graph) -> Iterator:
