@@ -185,6 +185,82 @@ def test_onnx_export_without_the_extra_says_what_to_install(tmp_path, monkeypatc
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
 
 
+def test_write_onnx_handles_captured_tensors_and_exact_gelu(tmp_path):
+    """EfficientNetV2-B0's Normalization keeps its mean and variance as tensors, not variables (the
+    function captures them), and ConvNeXt's exact GELU is TensorFlow's Erfc, which tf2onnx 1.17
+    does not convert: both failed before, as dangling inputs and an unknown op."""
+    _needs_onnx()
+    import keras
+    import onnxruntime
+
+    from headstart.ship.onnx_file import write_onnx
+
+    pixels = keras.Input((None, None, 3), name="pixels")
+    x = keras.layers.Normalization(mean=[120.0, 110.0, 100.0], variance=[3600.0, 3500.0, 3400.0])(pixels)
+    x = keras.layers.Conv2D(6, 3, padding="same")(x)
+    x = keras.layers.Activation("gelu")(x)
+    x = keras.layers.DepthwiseConv2D(3)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(pixels, keras.layers.Dense(3, activation="softmax")(x))
+    probe = np.random.default_rng(0).uniform(0, 255, (2, 19, 23, 3)).astype(np.float32)
+    want = np.asarray(model(probe, training=False))
+    write_onnx(model, tmp_path, "pixels", "probabilities")
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["pixels"]
+    got = session.run(None, {"pixels": probe})[0]
+    assert float(np.max(np.abs(got - want))) <= 1e-5
+
+
+def test_fold_weights_gives_what_the_unfolded_graph_computes():
+    """Transpose, Reshape (0 and -1), Squeeze and Unsqueeze applied to a weight as it is written
+    give the values ONNX Runtime computes from the graph before folding."""
+    _needs_onnx()
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    from headstart.ship.onnx_file import fold_weights
+
+    w = np.arange(2 * 3 * 1 * 4, dtype=np.float32).reshape(2, 3, 1, 4)
+    nodes = [
+        helper.make_node("Transpose", ["w"], ["t"], perm=[3, 2, 0, 1]),
+        helper.make_node("Reshape", ["t", "shape"], ["r"]),
+        helper.make_node("Squeeze", ["w", "axes2"], ["s"]),
+        helper.make_node("Unsqueeze", ["s", "axes0"], ["u"]),
+        helper.make_node("Identity", ["u"], ["i"]),
+        helper.make_node("MatMul", ["x", "r"], ["y1"]),
+        helper.make_node("Add", ["i", "i"], ["y2"]),
+    ]
+    consts = [
+        numpy_helper.from_array(np.array([0, -1, 2], np.int64), "shape"),
+        numpy_helper.from_array(np.array([2], np.int64), "axes2"),
+        numpy_helper.from_array(np.array([0], np.int64), "axes0"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5, 3]),
+            helper.make_tensor_value_info("w", TensorProto.FLOAT, w.shape),
+        ],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y1", "y2")],
+        initializer=consts,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    model.ir_version = 8
+    x = np.random.default_rng(0).normal(size=(1, 5, 3)).astype(np.float32)
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = session.run(None, {"x": x, "w": w})
+    values = fold_weights(model.graph, {"w": lambda: w})
+    assert [n.op_type for n in model.graph.node] == ["MatMul", "Add"] and set(values) == {"r", "i"}
+    assert not model.graph.initializer  # the shape and axes constants went with their nodes
+    np.testing.assert_array_equal(values["r"](), np.transpose(w, [3, 2, 0, 1]).reshape(4, -1, 2))
+    del model.graph.input[1]
+    model.graph.initializer.extend(numpy_helper.from_array(values[n](), n) for n in ("r", "i"))
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for a, b in zip(session.run(None, {"x": x}), want):
+        np.testing.assert_array_equal(a, b)
+
+
 # -- VGG16 fc2 (528 MB of weights) and every backbone: slow ---------------------------------------
 
 _EXPORT_CHILD = textwrap.dedent(
