@@ -39,13 +39,18 @@ class Family:
     class_name: str  # KerasHub class (and the registered name its config.json must hold)
     layer: str
     preprocessing: str  # a key of `headstart.settings.backbones.PREPROCESSING`
+    text_preprocessor: str | None = None  # KerasHub class that tokenizes prompts; None: no text tower
 
 
 FAMILIES: dict[str, Family] = {
     "dinov2": Family("dinov2", "DINOV2Backbone", "class_token", "imagenet_mean_std"),
-    "clip": Family("clip", "CLIPBackbone", "image_embedding", "clip_mean_std"),
-    "siglip": Family("siglip", "SigLIPBackbone", "image_embedding", "scale_minus1_1"),
+    "clip": Family("clip", "CLIPBackbone", "image_embedding", "clip_mean_std", "CLIPPreprocessor"),
+    "siglip": Family("siglip", "SigLIPBackbone", "image_embedding", "scale_minus1_1", "SigLIPPreprocessor"),
 }
+TEXT_LAYER = "image_embedding"
+"""The layer of a text-image family whose rows its text tower's embeddings are compared with: the
+image tower's projected embedding (CLIP: ``vision_projection`` of the class token; SigLIP: the
+vision encoder's pooled head), what KerasHub's ``get_vision_embeddings`` returns."""
 LAYERS = tuple(sorted({f.layer for f in FAMILIES.values()}))
 PREPROCESSINGS = tuple(f.preprocessing for f in FAMILIES.values())
 
@@ -106,6 +111,17 @@ def check_name(backbone: str, layer: str, preprocessing: str) -> None:
             f"Expected a layer and preprocessing of a hub family ({', '.join(f'{f.layer} + {f.preprocessing}' for f in FAMILIES.values())}). "
             f"Received: {layer!r} + {preprocessing!r}."
         )
+
+
+def text_family(backbone: str, layer: str, preprocessing: str) -> Family | None:
+    """The family of a cache's settings when its rows can be compared with a text tower's embeddings
+    (a CLIP or SigLIP preset cut at its image embedding); None otherwise. No KerasHub needed."""
+    if not is_hub(backbone) or layer != TEXT_LAYER:
+        return None
+    for family in FAMILIES.values():
+        if family.text_preprocessor and family.layer == layer and family.preprocessing == preprocessing:
+            return family
+    return None
 
 
 def folder_digest(folder: Path) -> str:
