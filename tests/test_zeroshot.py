@@ -80,14 +80,17 @@ def _model(family: str):
 
 @pytest.fixture(scope="module", params=["clip", "siglip"])
 def zs(request, tmp_path_factory):
-    """A tiny random preset saved as a KerasHub preset folder (model and preprocessor, as a download
-    would be), pictures of three classes, and their cache extracted from that folder (float32)."""
+    """A tiny random preset saved as a KerasHub preset folder, pictures of three classes, and their
+    cache extracted from that folder (float32). The CLIP folder holds the model and its tokenizer
+    alone (the preprocessor is built from the tokenizer, as for a folder saved by the advice of the
+    offline message); the SigLIP folder also holds preprocessor.json."""
     family = request.param
     base = tmp_path_factory.mktemp(f"zeroshot-{family}")
     model, pre = _model(family)
     folder = base / "preset"
     model.save_to_preset(str(folder))
-    pre.save_to_preset(str(folder))
+    (pre.tokenizer if family == "clip" else pre).save_to_preset(str(folder))
+    assert (folder / "preprocessor.json").exists() == (family == "siglip")
     images = make_images(base / "images", per_class=8, classes=CLASSES)
     cache = base / "cache.h5"
     args = ["extract", images, "--out", cache, "--backbone", PRESETS[family], "--weights", folder]
@@ -257,6 +260,23 @@ def test_a_moved_preset_folder_is_named_and_taken_with_weights(zs, tmp_path):
         hidden.rename(zs["folder"])
 
 
+def test_a_folder_without_the_tokenizer_says_how_to_add_it_and_the_cache_stays_valid(tmp_path):
+    model, pre = _model("clip")
+    folder = tmp_path / "preset"
+    model.save_to_preset(str(folder))  # what the extraction's offline message said to save, before text
+    images = make_images(tmp_path / "images", per_class=3, classes=CLASSES)
+    cache = tmp_path / "clip.h5"
+    args = ["extract", images, "--out", cache, "--backbone", PRESETS["clip"], "--weights", folder, "-q"]
+    assert runner.invoke(app, [str(a) for a in args]).exit_code == 0
+    result = runner.invoke(app, ["similar", str(cache), "--text", "a cat"])
+    err = result.stderr.strip()
+    assert result.exit_code == 2 and len(err.splitlines()) == 1, result.output
+    assert "keras_hub.models.CLIPTokenizer.from_preset(" in err and str(folder) in err
+    pre.tokenizer.save_to_preset(str(folder))  # as the message says
+    result = runner.invoke(app, ["similar", str(cache), "--text", "a cat"])
+    assert result.exit_code == 0, result.output
+
+
 @pytest.fixture
 def tiny_cache(tmp_path):
     rng = np.random.default_rng(0)
@@ -335,7 +355,7 @@ def test_the_text_tower_offline_is_one_line_naming_the_way_out(tmp_path, monkeyp
         result = runner.invoke(app, args)
         err = result.stderr.strip()
         assert result.exit_code == 2 and len(err.splitlines()) == 1, result.output
-        assert handle in err and "CLIPPreprocessor" in err and "--weights FOLDER" in err
+        assert handle in err and "CLIPTokenizer" in err and "--weights FOLDER" in err
 
 
 def test_zeroshot_is_refused_where_it_would_learn_nothing(tmp_path, tiny_cache):
@@ -357,3 +377,15 @@ def test_the_head_without_class_texts_says_how_to_get_them():
 
     with pytest.raises(HeadError, match="--head zeroshot"):
         make_head("zeroshot").fit(np.ones((4, 3)))
+
+
+def test_class_names_fill_prompts_as_words_and_prompts_are_never_code():
+    from headstart.heads.zeroshot import check_prompts, fill
+
+    assert fill("a photo of a {}.", "golden_retriever") == "a photo of a golden retriever."
+    assert fill("a {} {x} {0.__class__}", "cat") == "a cat {x} {0.__class__}"
+    for bad in ("no placeholder", "{} and {}", "{0.__class__}", "x" * 400 + "{}", ""):
+        with pytest.raises(ValueError, match="prompt"):
+            check_prompts([bad])
+    with pytest.raises(ValueError, match="one prompt or more"):
+        check_prompts("a photo of a {}")  # a bare string, not a list of prompts

@@ -3,7 +3,8 @@
 A cache of a ``hub:`` CLIP or SigLIP preset holds the image tower's projected embedding
 (`headstart.settings.hub.TEXT_LAYER`, what KerasHub's ``get_vision_embeddings`` returns). The same
 preset's text tower (``get_text_embeddings``), fed by the preset's own preprocessor (tokenizer,
-lower-casing or SigLIP's canonicalisation, start / end tokens, padding to its sequence length),
+lower-casing or SigLIP's canonicalisation, start / end tokens, padding to the text encoder's
+``max_sequence_length``; built from the tokenizer alone where the folder has no ``preprocessor.json``),
 gives the vectors they are compared with by cosine. The preset comes from where the cache's
 came from: the preset folder the cache was extracted from (its digest checked by the caller), or
 KerasHub's download of the fingerprint's Kaggle handle. Nothing here reads pictures.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -61,8 +63,8 @@ def _offline_error(handle: str, family, err: Exception) -> WeightsDownloadError:
     return WeightsDownloadError(
         f"Could not download the text tower of the KerasHub preset {handle}: {first}. Where there is network, run "
         f"keras_hub.models.{family.class_name}.from_preset('{handle}').save_to_preset('FOLDER') and "
-        f"keras_hub.models.{family.text_preprocessor}.from_preset('{handle}').save_to_preset('FOLDER'), copy "
-        "FOLDER here, extract with --weights FOLDER (or pass --weights FOLDER if the cache was made from it)."
+        f"keras_hub.models.{family.tokenizer}.from_preset('{handle}').save_to_preset('FOLDER'), copy "
+        "FOLDER here and extract with --weights FOLDER."
     )
 
 
@@ -90,7 +92,12 @@ def load_text_tower(config: ExtractionConfig) -> TextTower:
         backbone = getattr(keras_hub.models, family.class_name).from_preset(
             preset, load_weights=config.weights != RANDOM_WEIGHTS
         )
-        preprocessor = getattr(keras_hub.models, family.text_preprocessor).from_preset(preset)
+        preprocessor_class = getattr(keras_hub.models, family.text_preprocessor)
+        if folder is not None and not (Path(folder) / "preprocessor.json").is_file():  # the tokenizer alone
+            tokenizer = getattr(keras_hub.models, family.tokenizer).from_preset(folder)
+            preprocessor = preprocessor_class(tokenizer=tokenizer)
+        else:
+            preprocessor = preprocessor_class.from_preset(preset)
     except (BackboneError, WeightsDownloadError):
         raise
     except Exception as err:  # noqa: BLE001 - KerasHub and kagglehub raise many kinds
@@ -98,17 +105,19 @@ def load_text_tower(config: ExtractionConfig) -> TextTower:
             raise _offline_error(handle, family, err) from None
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise TextTowerError(
-            f"Expected the text tower and tokenizer of {family.class_name} in {folder} (config.json, "
-            f"model.weights.h5, preprocessor.json, tokenizer.json, assets/). Received: {first}. Save them with "
-            f"keras_hub.models.{family.text_preprocessor}.from_preset(PRESET).save_to_preset('{folder}')."
+            f"Expected the text tower and tokenizer of {family.class_name} in {folder} (model.weights.h5, "
+            f"tokenizer.json, assets/tokenizer/). Received: {first}. Where there is network, add the tokenizer with "
+            f"keras_hub.models.{family.tokenizer}.from_preset('{handle}').save_to_preset('{folder}') "
+            "(the folder's digest, hence the cache, stays valid)."
         ) from None
     preprocessor.image_converter = None  # prompts only: the pictures' embeddings are in the cache
+    length = int(backbone.text_encoder.max_sequence_length)  # what the tower was trained on (SigLIP pools the last)
     head = backbone.clip_head if family.name == "clip" else backbone.siglip_head
     scale = float(np.exp(keras.ops.convert_to_numpy(head.logit_scale)))
     bias = float(keras.ops.convert_to_numpy(head.logit_bias)) if family.name == "siglip" else 0.0
 
     def encode(prompts: list[str]) -> np.ndarray:
-        x = preprocessor({"images": None, "prompts": np.asarray(prompts, dtype=object)})
+        x = preprocessor({"images": None, "prompts": np.asarray(prompts, dtype=object)}, sequence_length=length)
         return np.asarray(keras.ops.convert_to_numpy(backbone.get_text_embeddings(x["token_ids"])), np.float32)
 
     log.info("loaded the text tower of %s (logit scale %.4g, bias %.4g)", config.backbone, scale, bias)

@@ -41,6 +41,11 @@ class Family:
     preprocessing: str  # a key of `headstart.settings.backbones.PREPROCESSING`
     text_preprocessor: str | None = None  # KerasHub class that tokenizes prompts; None: no text tower
 
+    @property
+    def tokenizer(self) -> str | None:
+        """The KerasHub tokenizer class of the text tower (``CLIPTokenizer``), or None."""
+        return self.text_preprocessor.replace("Preprocessor", "Tokenizer") if self.text_preprocessor else None
+
 
 FAMILIES: dict[str, Family] = {
     "dinov2": Family("dinov2", "DINOV2Backbone", "class_token", "imagenet_mean_std"),
@@ -163,7 +168,7 @@ def read_config(family: Family, handle: str, folder: str | None) -> dict[str, An
         try:
             config = load_json(handle)
         except Exception as err:  # noqa: BLE001 - kagglehub raises many kinds when offline
-            raise offline_error(handle, err) from None
+            raise offline_error(handle, err, family) from None
     if not isinstance(config, dict) or config.get("registered_name") != f"keras_hub>{family.class_name}":
         got = config.get("registered_name") if isinstance(config, dict) else type(config).__name__
         raise BackboneError(
@@ -173,11 +178,17 @@ def read_config(family: Family, handle: str, folder: str | None) -> dict[str, An
     return config
 
 
-def offline_error(handle: str, err: Exception) -> WeightsDownloadError:
+def offline_error(handle: str, err: Exception, family: Family | None = None) -> WeightsDownloadError:
     first = (str(err).strip().splitlines() or [type(err).__name__])[0][:100]
+    text = (
+        f" (and keras_hub.models.{family.tokenizer}.from_preset('{handle}').save_to_preset('FOLDER') for its text "
+        "tower: train --head zeroshot, similar --text)"
+        if family is not None and family.tokenizer
+        else ""
+    )
     return WeightsDownloadError(
         f"Could not download the KerasHub preset {handle}: {first}. Where there is network, run "
-        f"keras_hub.models.Backbone.from_preset('{handle}').save_to_preset('FOLDER'), copy FOLDER here "
+        f"keras_hub.models.Backbone.from_preset('{handle}').save_to_preset('FOLDER'){text}, copy FOLDER here "
         f"and pass --weights FOLDER."
     )
 
@@ -206,7 +217,7 @@ def build(family: Family, handle: str, folder: str | None, load_weights: bool, i
         raise
     except Exception as err:  # noqa: BLE001
         if folder is None:
-            raise offline_error(handle, err) from None
+            raise offline_error(handle, err, family) from None
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise BackboneError(f"Could not build {family.class_name} from {folder}: {first}.") from None
     images = keras.Input((input_size, input_size, 3), name="images")
