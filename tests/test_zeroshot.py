@@ -184,6 +184,7 @@ def test_prompts_are_averaged_as_unit_vectors(zs):
     text /= np.linalg.norm(text, axis=2, keepdims=True)
     mean = text.mean(axis=0)
     np.testing.assert_allclose(head.arrays_["text"], mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=1e-5)
+    assert '"prompts=2"' in runner.invoke(app, ["runs", str(run), "--json"]).stdout  # runs names the change
 
 
 def test_compare_puts_zeroshot_beside_trained_heads_and_runs_lists_it(zs):
