@@ -364,6 +364,8 @@ def test_zeroshot_is_refused_where_it_would_learn_nothing(tmp_path, tiny_cache):
         ["sweep", str(tiny_cache), "--head", "zeroshot", "--out", str(tmp_path / "s")],
         ["curve", str(tiny_cache), "--head", "zeroshot", "--out", str(tmp_path / "c")],
         ["train", str(tiny_cache), "--head", "logreg", "--prompt", "a {}", "--out", str(tmp_path / "t")],
+        ["train", str(tiny_cache), "--head", "logreg", "--weights", str(tmp_path), "--out", str(tmp_path / "t")],
+        ["compare", str(tiny_cache), "--heads", "logreg", "--weights", str(tmp_path), "--out", str(tmp_path / "c")],
         ["train", str(tiny_cache), "--head", "zeroshot", "--prompt", "no placeholder", "--out", str(tmp_path / "t")],
     ):
         result = runner.invoke(app, args)
