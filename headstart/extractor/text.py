@@ -75,9 +75,11 @@ def load_text_tower(config: ExtractionConfig) -> TextTower:
 
     from headstart.settings import hub
 
-    family = check_text_cache(config, config.backbone)
+    check_text_cache(config, config.backbone)
     keras_hub = hub._keras_hub()
     _, family, handle = hub.preset_of(config.backbone)
+    if family.text_preprocessor is None:  # a fingerprint whose preset and layer name different families
+        raise TextTowerError(f"Expected a CLIP or SigLIP preset. Received: {config.backbone} (no text tower).")
     folder = None
     if config.weights.startswith("sha256:"):
         if config.weights_path is None:
