@@ -11,8 +11,9 @@ Variants (the same pixels in each: `tests/test_decode.py` and `tests/test_fastjp
               upright pictures are not copied;
   simplejpeg  now, ``--decoder simplejpeg`` (``pip install -e '.[fastjpeg]'``): libjpeg-turbo through
               simplejpeg, no Pillow decode.
-Ratio: pipeline / model alone (pictures/s), the model alone measured in the same round. Each figure is
-the best of ``--rounds``; the variants' order turns each round, and the load average is printed
+Ratio: pipeline / model alone (pictures/s), the model alone measured in the same round. "decode CPU
+ms": CPU time per picture of decoding alone (all threads; less sensitive to other work than pictures/s).
+Each figure is the best of ``--rounds``; the variants' order turns each round, and the load average is printed
 each round (figures taken on a busy machine are noise).
 """
 
@@ -155,10 +156,11 @@ def measure(name: str, args, paths: list[Path], variants: list[str], workers: in
             keep("model", len(pixels) / (time.perf_counter() - t0))
             for v in order:
                 with variant(v):
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     for _i, px, reason, _sha in decode_stream(paths, configs[v], workers, 64):
                         assert px is not None and px.shape == (*size, 3), reason
                     keep(f"decode {v}", len(paths) / (time.perf_counter() - t0))
+                    keep(f"decode cpu {v}", -1000 * (time.process_time() - c0) / len(paths))  # the least
                     out = Path(tmp) / f"{name}-{v}-{r}.h5"
                     res = extract(
                         args.data, out, configs[v], batch_size=args.batch_size, workers=workers, embedder=embedders[v]
@@ -210,6 +212,7 @@ def main() -> None:
                 "backbone": name + (f" {config.alpha}" if config.alpha else ""),
                 "variant": v,
                 "decode_pictures_per_second": best[f"decode {v}"],
+                "decode_cpu_ms_per_picture": -best[f"decode cpu {v}"],
                 "model_pictures_per_second": best["model"],
                 "pipeline_pictures_per_second": best[f"pipeline {v}"],
                 "ratio": best[f"pipeline {v}"] / best["model"],
@@ -222,11 +225,20 @@ def main() -> None:
     )
     print(
         table(
-            ["backbone", "decode path", f"decode alone ({workers} threads)", "model alone", "pipeline", "ratio"],
+            [
+                "backbone",
+                "decode path",
+                "decode CPU ms",
+                f"decode alone ({workers} thr.)",
+                "model alone",
+                "pipeline",
+                "ratio",
+            ],
             [
                 [
                     r["backbone"],
                     r["variant"],
+                    r["decode_cpu_ms_per_picture"],
                     r["decode_pictures_per_second"],
                     r["model_pictures_per_second"],
                     r["pipeline_pictures_per_second"],

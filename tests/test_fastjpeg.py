@@ -54,6 +54,9 @@ def generated_jpegs() -> dict[str, bytes]:
         out[f"exif {orientation}"] = jpeg(photo_like(40, 90, 10 + orientation), quality=90, exif=exif)
     xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
     out["xmp 6"] = jpeg(photo_like(40, 90, 20), quality=90, xmp=xmp)
+    from headstart.ship.export import probe_pictures  # what export measures its agreement on
+
+    out.update({f"export probe {k}": v for k, v in probe_pictures(32).items()})
     return out
 
 
