@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 
+import numpy as np
 from PIL import Image
 
 from headstart.errors import BackboneError
@@ -46,9 +47,9 @@ def version() -> str | None:
     return str(simplejpeg.__version__)
 
 
-def decode(img: Image.Image, data: bytes) -> Image.Image | None:
+def decode(img: Image.Image, data: bytes) -> np.ndarray | None:
     """The RGB pixels of ``data``, a JPEG that Pillow opened as ``img`` (header read, not decoded),
-    as a Pillow image; EXIF orientation is not applied. None where Pillow must decode it: not a
+    as an ``(h, w, 3)`` uint8 array; EXIF orientation is not applied. None where Pillow must decode it: not a
     JPEG Pillow reads as RGB or greyscale, or a file libjpeg-turbo warns about (damaged,
     truncated, bytes after the end), so that such a file gets Pillow's outcome and reason."""
     if img.format != "JPEG" or img.mode not in ("RGB", "L"):
@@ -62,4 +63,4 @@ def decode(img: Image.Image, data: bytes) -> Image.Image | None:
         return None
     if pixels.shape != (img.height, img.width, 3):  # pragma: no cover - a header Pillow reads otherwise
         return None
-    return Image.fromarray(pixels)
+    return pixels
