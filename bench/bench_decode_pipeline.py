@@ -11,6 +11,8 @@ Variants (the same pixels in each: `tests/test_decode.py` and `tests/test_fastjp
               upright pictures are not copied;
   simplejpeg  now, ``--decoder simplejpeg`` (``pip install -e '.[fastjpeg]'``): libjpeg-turbo through
               simplejpeg, no Pillow decode.
+First, on one thread (no model): where one picture's time goes, old and new steps; then `load_image`'s
+CPU ms per picture for the photos as they are and upscaled to 1280 x 960 and 4000 x 3000.
 Ratio: pipeline / model alone (pictures/s), the model alone measured on ``--model-batches`` batches just
 before each pipeline run (so the two see the same load): the median over the rounds. Pictures/s: the
 best of ``--rounds``. "decode CPU ms": CPU time per picture of decoding alone (all threads; the least of
@@ -123,6 +125,52 @@ def steps(paths: list[Path], size: tuple[int, int], have_simplejpeg: bool) -> li
     return [[k, 1000 * v / len(paths)] for k, v in t.items() if have_simplejpeg or "simplejpeg" not in k]
 
 
+def by_size(paths: list[Path], variants: list[str], rounds: int) -> list[list]:
+    """CPU ms per picture of `load_image` (224 px, float32 resampler) on one thread, per variant, for
+    the photos as they are and upscaled (bicubic, light noise, JPEG quality 90) to 1280 x 960 and
+    4000 x 3000 (a phone camera's 12 MP): the least of ``rounds``, interleaved."""
+    import numpy as np
+    from decode_reference import reference_load_image
+    from PIL import Image
+
+    from headstart.extractor.decode import load_image
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for label, wh, count in (
+        ("as they are", None, len(paths)),
+        ("1280 x 960", (1280, 960), 24),
+        ("4000 x 3000", (4000, 3000), 6),
+    ):
+        datas = []
+        for p in paths[:count]:
+            if wh is None:
+                datas.append(p.read_bytes())
+                continue
+            a = np.asarray(Image.open(p).convert("RGB").resize(wh, Image.BICUBIC), dtype=np.float32)
+            buf = io.BytesIO()
+            Image.fromarray(np.clip(a + rng.normal(0, 4, a.shape), 0, 255).astype(np.uint8)).save(
+                buf, "JPEG", quality=90
+            )
+            datas.append(buf.getvalue())
+        fns = {
+            "before": lambda d: reference_load_image(d, (224, 224)),
+            "pillow": lambda d: load_image(io.BytesIO(d), (224, 224), "squash", False, "float32", "pillow"),
+            "simplejpeg": lambda d: load_image(io.BytesIO(d), (224, 224), "squash", False, "float32", "simplejpeg"),
+        }
+        least = dict.fromkeys(variants, float("inf"))
+        for _ in range(rounds):
+            for v in variants:
+                c0 = time.process_time()
+                for d in datas:
+                    fns[v](d)
+                least[v] = min(least[v], 1000 * (time.process_time() - c0) / len(datas))
+        rows.append(
+            [f"{label} ({len(datas)})"] + [least[v] for v in variants] + [least["before"] / least[variants[-1]]]
+        )
+    return rows
+
+
 def measure(name: str, args, paths: list[Path], variants: list[str], workers: int) -> tuple[dict[str, float], object]:
     """Best pictures/s of the model alone, and of decoding alone and the pipeline per variant."""
     from headstart.extractor.embed import Embedder, decode_stream
@@ -218,6 +266,10 @@ def main() -> None:
     step_rows = steps(paths, (224, 224), have_simplejpeg)
     print(table(["step", "ms/picture"], step_rows, 3), flush=True)
     result["steps_ms"] = dict(step_rows)
+    print("\n== load_image on one thread by picture size: CPU ms per picture, the least of the rounds ==")
+    size_rows = by_size(paths, variants, args.rounds)
+    print(table(["pictures", *variants, f"before / {variants[-1]}"], size_rows, 2), flush=True)
+    result["by_size_cpu_ms"] = {r[0]: dict(zip(variants, r[1:])) for r in size_rows}
 
     for name in args.only.split(","):
         best, config = measure(name, args, paths, variants, workers)
