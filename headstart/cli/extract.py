@@ -185,9 +185,9 @@ def extract(
     decoder: str = typer.Option(
         "pillow",
         "--decoder",
-        help="pillow, or simplejpeg: JPEGs decoded by libjpeg-turbo without Pillow's copies (faster for small "
-        "backbones on few cores; the same pixels on the tested pictures; recorded in the cache, which keeps its "
-        "decoder). Needs pip install -e '.[fastjpeg]'.",
+        help="pillow, or simplejpeg: JPEGs decoded by libjpeg-turbo without Pillow's copies (the same pixels on "
+        "the tested pictures, less CPU on large photos; recorded in the cache, which keeps its decoder). "
+        "Needs pip install -e '.[fastjpeg]'.",
     ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Start a new cache even if OUT exists with other settings."
