@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from headstart.cache.paths import normalize_path
-from headstart.errors import ExcludeListError
+from headstart.errors import ExcludeListError, UnsafeFileError
+from headstart.files import read_regular
 
 MAX_BYTES = 64 << 20
 
@@ -45,9 +46,11 @@ def read_exclude_list(path: str | os.PathLike) -> ExcludeList:
     try:
         if not path.is_file():
             raise ExcludeListError(f"Expected --exclude-list to be a text file. Received: {path} (no such file).")
-        if path.stat().st_size > MAX_BYTES:
-            raise ExcludeListError(f"Expected an --exclude-list under {MAX_BYTES >> 20} MiB. Received: {path}.")
-        text = path.read_bytes().decode("utf-8")
+        text = read_regular(path, MAX_BYTES).decode("utf-8")  # a pipe swapped in after the check is not waited on
+    except UnsafeFileError:
+        raise ExcludeListError(
+            f"Expected an --exclude-list that is a regular file under {MAX_BYTES >> 20} MiB. Received: {path}."
+        ) from None
     except UnicodeDecodeError:
         raise ExcludeListError(f"Expected --exclude-list as UTF-8 text. Received: {path} (not UTF-8).") from None
     except OSError as err:

@@ -39,6 +39,24 @@ def test_malformed_lists_are_errors(tmp_path, content, needle):
         read_exclude_list(tmp_path / "missing.txt")
 
 
+def test_a_list_too_large_or_swapped_for_a_pipe_is_one_error_and_never_waits(tmp_path, monkeypatch):
+    import os
+
+    import headstart.exclude_list as exclude_list
+
+    big = tmp_path / "big.txt"
+    big.write_text("c0/1.jpg\n" * 20)
+    monkeypatch.setattr(exclude_list, "MAX_BYTES", 64)
+    with pytest.raises(ExcludeListError, match="regular file under"):
+        read_exclude_list(big)
+    monkeypatch.undo()
+    fifo = tmp_path / "list.fifo"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(exclude_list.Path, "is_file", lambda self: True)  # the pipe appears after the check
+    with pytest.raises(ExcludeListError, match="regular file"):
+        read_exclude_list(fifo)  # a blocking read would wait here for a writer forever
+
+
 @pytest.fixture
 def cache(tmp_path):
     x, y, paths, sha, _ = planted_features()

@@ -167,6 +167,8 @@ COMMAND_NAMES = (
     "curve",
     "similar",
     "merge --copy",
+    "train --head zeroshot",
+    "similar --text",
 )  # the keys of COMMANDS, below
 WRONG_DTYPE = {
     "features": np.zeros((24, 32), np.int32),
@@ -398,6 +400,8 @@ COMMANDS: dict[str, Callable[[Env], list]] = {
     "curve": lambda e: ["curve", e.cache, "--out", e.out / "curve", "--draws", "1"],
     "similar": lambda e: ["similar", e.cache, "cat/cat.0.jpg", "--montage", e.out / "near.png"],
     "merge --copy": lambda e: ["merge", e.cache, "--copy", "--out", e.out / "copied.h5"],
+    "train --head zeroshot": lambda e: ["train", e.cache, "--head", "zeroshot", "--out", e.out / "zeroshot"],
+    "similar --text": lambda e: ["similar", e.cache, "--text", "a cat", "--montage", e.out / "near.png"],
 }
 """Every command that reads a cache; a command added later joins with one line (and in COMMAND_NAMES)."""
 assert tuple(COMMANDS) == COMMAND_NAMES
