@@ -204,13 +204,17 @@ def pets_steps(
     out: str | os.PathLike = "runs/pets",
     cache: str | os.PathLike = "pets-vgg16-fc2.h5",
 ) -> list[Step]:
-    """Download Dogs vs Cats (786 MB), extract VGG16 fc2 with ImageNet weights, compare the heads."""
+    """Download Dogs vs Cats (786 MB), extract VGG16 fc2 with ImageNet weights, compare the heads,
+    and draw logreg's learning curve beside the comparison (``OUT-curve``): what 1, 2, ... 2,048,
+    4,096 labelled pictures a class give against the whole training split, which is what the
+    notebook's cap at 3,000 a class cost."""
     from headstart import download
     from headstart.extractor import options, runner
-    from headstart.heads import training
+    from headstart.heads import curve, training
 
     data, out, cache = Path(data), Path(out), Path(cache)
     folder = data / "PetImages"
+    curve_out = out.with_name(out.name + "-curve")
     return [
         Step(f"headstart download pets --out {data}", lambda: download.download_pets(data)),
         Step(
@@ -218,4 +222,8 @@ def pets_steps(
             lambda: runner.extract(folder, cache, options.make_config("vgg16", "fc2")),
         ),
         Step(f"headstart compare {cache} --out {out}", lambda: training.compare(cache, out)),
+        Step(
+            f"headstart curve {cache} --head logreg --out {curve_out}",
+            lambda: curve.learning_curve([cache], "logreg", curve_out),
+        ),
     ]

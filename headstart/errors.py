@@ -95,6 +95,10 @@ class SimilarError(HeadstartError):
     """A similarity query that cannot be answered as asked."""
 
 
+class TextTowerError(HeadstartError):
+    """The cache's backbone has no text tower (not a CLIP or SigLIP preset), or its tower cannot be loaded."""
+
+
 class DecodeError(Exception):
     """A picture that cannot be turned into pixels; ``str()`` is the reason recorded in the cache."""
 

@@ -58,7 +58,7 @@ class QueryResult:
     """The neighbours of one query, nearest first; ``source`` says where its features came from."""
 
     query: str
-    source: str  # "cache" (a row of the cache) or "file" (embedded now)
+    source: str  # "cache" (a row of the cache), "file" (embedded now) or "text" (the text tower)
     neighbours: list[Neighbour] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,16 +74,19 @@ def _memory_budget() -> int:
 
 
 class ExactSearch:
-    """Centred-cosine search over every row of an open cache (one per picture: views are averaged)."""
+    """Centred-cosine search over every row of an open cache (one per picture: views are averaged).
 
-    def __init__(self, cache, *, in_memory: bool | None = None, block_rows: int = BLOCK_ROWS):
+    ``centre=False``: plain cosine, for queries from another tower (a CLIP text embedding is
+    compared with the image embeddings as they are, as the model was trained to)."""
+
+    def __init__(self, cache, *, in_memory: bool | None = None, block_rows: int = BLOCK_ROWS, centre: bool = True):
         self.cache = cache
         self.block_rows = block_rows
         n, dim = len(cache), cache.dim
         if n == 0:
             raise SimilarError(f"Expected a cache with extracted pictures. Received: {cache.path} (0 rows).")
         self.rows = picture_rows(cache)
-        self.mean = feature_mean(cache, block_rows)
+        self.mean = feature_mean(cache, block_rows) if centre else np.zeros(dim, np.float32)
         need = n * dim * 4
         self.in_memory = need <= _memory_budget() if in_memory is None else in_memory
         self.matrix = None
@@ -216,7 +219,9 @@ def similar(
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise SimilarError(f"Expected -k of 1 or more. Received: {k}.")
     if not queries:
-        raise SimilarError("Expected at least one query: a picture of the cache or a picture file. Received: none.")
+        raise SimilarError(
+            "Expected at least one query: a picture of the cache, a picture file, or --text. Received: none."
+        )
     from headstart.settings.config import check_cache_settings
 
     check_cache_settings(cache_path)
@@ -252,18 +257,22 @@ def similar(
         for q, source, hits in zip(queries, sources, found):
             own = rows[q]
             hits = [(r, s) for r, s in hits if keep_self or r != own][:k]
-            neighbours = [
-                Neighbour(
-                    path=cache.paths[r],
-                    similarity=s,
-                    label=cache.class_names[int(cache.labels[r])],
-                    split=SPLITS[int(codes[r])] if codes[r] >= 0 else "none",
-                    row=r,
-                )
-                for r, s in hits
-            ]
-            results.append(QueryResult(query=q, source=source, neighbours=neighbours))
+            results.append(QueryResult(query=q, source=source, neighbours=neighbours(cache, hits, codes)))
         return results
+
+
+def neighbours(cache, hits: Sequence[tuple[int, float]], codes: np.ndarray) -> list[Neighbour]:
+    """``(row, similarity)`` hits as `Neighbour`s (path, class, split by ``codes`` of `assign`)."""
+    return [
+        Neighbour(
+            path=cache.paths[r],
+            similarity=s,
+            label=cache.class_names[int(cache.labels[r])],
+            split=SPLITS[int(codes[r])] if codes[r] >= 0 else "none",
+            row=r,
+        )
+        for r, s in hits
+    ]
 
 
 def _embed(cache, files: Sequence[str], weights) -> dict[str, np.ndarray]:

@@ -107,3 +107,58 @@ def test_the_float32_resampler_computes_what_keras_resizing_computes(shape, resi
     if shape != (32, 32):
         old = load_image(io.BytesIO(buf.getvalue()), (32, 32), resize, resampler="pillow-uint8")
         assert np.abs(old - want).max() > 0.25
+
+
+@pytest.mark.parametrize("resize", ["squash", "crop"])
+@pytest.mark.parametrize(
+    "shape, size",
+    [
+        ((20, 20), (32, 32)),
+        ((45, 61), (32, 32)),
+        ((300, 140), (32, 32)),
+        ((375, 500), (224, 224)),
+        ((224, 224), (224, 224)),
+        ((1, 1), (8, 8)),
+        ((97, 13), (31, 47)),
+    ],
+)
+def test_the_float32_resize_gives_the_numbers_of_its_numpy_reference(shape, size, resize):
+    """Channels split and made float by Pillow (faster): bit for bit the numbers of the float32
+    numpy copy it replaced, so caches made before and after extend one another."""
+    from decode_reference import reference_resize_float32
+
+    from headstart.extractor.decode import resize_float32
+
+    pixels = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    want = reference_resize_float32(pixels, size, resize)
+    for picture in (pixels, Image.fromarray(pixels)):
+        got = resize_float32(picture, size, resize)
+        assert got.dtype == np.float32 and got.shape == (*size, 3)
+        assert np.array_equal(got, want)
+
+
+@needs_shared
+def test_load_image_gives_the_pixels_of_the_reference_path_for_every_awkward_file():
+    """Transposing in place (no copy of upright pictures) changed no pixel: bad images, EXIF-rotated
+    ones, and real photos, squashed and cropped."""
+    import io
+
+    from decode_reference import reference_load_image
+
+    paths = (
+        sorted(BAD_IMAGES.iterdir())[:40] + sorted(p for p in (BAD_IMAGES.parent / "pets-sample").rglob("*.jpg"))[:8]
+    )
+    compared = 0
+    for path in paths:
+        data = path.read_bytes()
+        for resize in ("squash", "crop"):
+            try:
+                want = reference_load_image(data, (64, 48), resize)
+            except Exception:
+                with pytest.raises(DecodeError):
+                    load_image(io.BytesIO(data), (64, 48), resize, draft=False, resampler="float32")
+                continue
+            got = load_image(io.BytesIO(data), (64, 48), resize, draft=False, resampler="float32")
+            assert np.array_equal(got, want), (path.name, resize)
+            compared += 1
+    assert compared >= 2 * 20

@@ -41,31 +41,34 @@ def test_demo_refuses_a_folder_it_did_not_write(tmp_path):
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 
-def test_pets_dry_run_prints_the_three_commands(tmp_path):
+def test_pets_dry_run_prints_the_four_commands(tmp_path):
     result = runner.invoke(app, ["demo", "--pets", "--dry-run", "--data", str(tmp_path / "d")])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].startswith("[1/3] headstart download pets")
+    assert lines[0].startswith("[1/4] headstart download pets")
     assert "headstart extract" in lines[1] and "PetImages" in lines[1]
-    assert lines[2].startswith("[3/3] headstart compare pets-vgg16-fc2.h5 --out runs/pets")
+    assert lines[2].startswith("[3/4] headstart compare pets-vgg16-fc2.h5 --out runs/pets")
+    assert lines[3].startswith("[4/4] headstart curve pets-vgg16-fc2.h5 --head logreg --out runs/pets-curve")
     assert "nothing was downloaded" in result.output
     assert not (tmp_path / "d").exists()
 
 
-def test_pets_runs_download_extract_compare_in_order(tmp_path, monkeypatch):
+def test_pets_runs_download_extract_compare_curve_in_order(tmp_path, monkeypatch):
     from headstart import download
     from headstart.extractor import options
     from headstart.extractor import runner as extract_runner
-    from headstart.heads import training
+    from headstart.heads import curve, training
 
     calls = []
     monkeypatch.setattr(download, "download_pets", lambda dest: calls.append(("download", dest)))
     monkeypatch.setattr(options, "make_config", lambda name, layer: calls.append(("config", name, layer)))
     monkeypatch.setattr(extract_runner, "extract", lambda src, out, config: calls.append(("extract", src, out)))
     monkeypatch.setattr(training, "compare", lambda cache, out: calls.append(("compare", cache, out)))
+    monkeypatch.setattr(curve, "learning_curve", lambda caches, head, out: calls.append(("curve", caches, head, out)))
     result = runner.invoke(app, ["demo", "--pets", "--data", str(tmp_path), "--out", str(tmp_path / "runs")])
     assert result.exit_code == 0, result.output
-    assert [c[0] for c in calls] == ["download", "config", "extract", "compare"]
+    assert [c[0] for c in calls] == ["download", "config", "extract", "compare", "curve"]
+    assert calls[4][1:] == ([calls[3][1]], "logreg", tmp_path / "runs-curve")
     assert calls[1] == ("config", "vgg16", "fc2")
     assert calls[2][1] == tmp_path / "PetImages" and calls[3][2] == tmp_path / "runs"
 

@@ -24,7 +24,7 @@ from conftest import TINY_FINGERPRINT, make_images
 from typer.testing import CliRunner
 
 from headstart.cache import CacheHeader, CacheWriter, canonical_json, fingerprint_digest
-from headstart.cache.fingerprint import FINGERPRINT_TYPES
+from headstart.cache.fingerprint import FINGERPRINT_TYPES, OPTIONAL_FINGERPRINT_TYPES
 from headstart.cache.validate import ATTRIBUTES, DATASETS
 from headstart.cli import app
 
@@ -167,6 +167,8 @@ COMMAND_NAMES = (
     "curve",
     "similar",
     "merge --copy",
+    "train --head zeroshot",
+    "similar --text",
 )  # the keys of COMMANDS, below
 WRONG_DTYPE = {
     "features": np.zeros((24, 32), np.int32),
@@ -348,6 +350,12 @@ def _broken() -> list[Broken]:
                 f"setting {key} is",
             ),
         ]
+    for key in OPTIONAL_FINGERPRINT_TYPES:  # views, resampler, decoder: present only when not the old default
+        out.append(
+            Broken(
+                f"fingerprint {key} of the wrong type", _fingerprint({**TINY_FINGERPRINT, key: 1}), f"setting {key} is"
+            )
+        )
     # NaN / inf in every row (so in every split): valid at the door (info and extract read no
     # features); the commands that read features must name the rows before any fit or score.
     for value in (np.nan, np.inf, -np.inf):
@@ -392,6 +400,8 @@ COMMANDS: dict[str, Callable[[Env], list]] = {
     "curve": lambda e: ["curve", e.cache, "--out", e.out / "curve", "--draws", "1"],
     "similar": lambda e: ["similar", e.cache, "cat/cat.0.jpg", "--montage", e.out / "near.png"],
     "merge --copy": lambda e: ["merge", e.cache, "--copy", "--out", e.out / "copied.h5"],
+    "train --head zeroshot": lambda e: ["train", e.cache, "--head", "zeroshot", "--out", e.out / "zeroshot"],
+    "similar --text": lambda e: ["similar", e.cache, "--text", "a cat", "--montage", e.out / "near.png"],
 }
 """Every command that reads a cache; a command added later joins with one line (and in COMMAND_NAMES)."""
 assert tuple(COMMANDS) == COMMAND_NAMES
@@ -476,4 +486,6 @@ def test_the_fuzz_covers_every_dataset_attribute_and_setting():
         assert f"attribute {name} missing" in names and f"attribute {name} of the wrong type" in names
     for key in FINGERPRINT_TYPES:
         assert f"fingerprint without {key}" in names and f"fingerprint {key} of the wrong type" in names
+    for key in OPTIONAL_FINGERPRINT_TYPES:
+        assert f"fingerprint {key} of the wrong type" in names
     assert len(BROKEN) >= 100 and len(list(_params())) >= 750

@@ -222,7 +222,9 @@ def test_string_classes_round_trip(tmp_path):
 
 
 def test_make_head_rejects_unknown_heads_and_options():
-    with pytest.raises(HeadError, match="Expected a head among softmax, logreg, mlp, knn, svm. Received: 'rbf'"):
+    with pytest.raises(
+        HeadError, match="Expected a head among softmax, logreg, mlp, knn, svm, zeroshot. Received: 'rbf'"
+    ):
         make_head("rbf")
     with pytest.raises(HeadError, match="takes no option epochs"):
         make_head("logreg", epochs=3)

@@ -51,10 +51,10 @@ FINGERPRINT_TYPES: dict[str, tuple[type, ...]] = {
 against the extractor's registries by ``ExtractionConfig.from_fingerprint``."""
 
 
-OPTIONAL_FINGERPRINT_TYPES: dict[str, tuple[type, ...]] = {"views": (str,), "resampler": (str,)}
+OPTIONAL_FINGERPRINT_TYPES: dict[str, tuple[type, ...]] = {"views": (str,), "resampler": (str,), "decoder": (str,)}
 """Keys a fingerprint has only when not at their old default (``views`` when not ``none``;
-``resampler`` when not ``pillow-uint8``, the resize of caches made before it was recorded), so
-that caches made before the setting existed keep their fingerprint."""
+``resampler`` when not ``pillow-uint8``, the resize of caches made before it was recorded;
+``decoder`` when not ``pillow``), so that caches made before the setting existed keep their fingerprint."""
 
 
 _JSON_NAMES = {

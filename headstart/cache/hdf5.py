@@ -90,7 +90,7 @@ def _library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {}
-    for name in ("headstart", "keras", "tensorflow", "torch", "jax", "h5py", "numpy", "pillow"):
+    for name in ("headstart", "keras", "tensorflow", "torch", "jax", "h5py", "numpy", "pillow", "simplejpeg"):
         with contextlib.suppress(md.PackageNotFoundError):
             out[name] = md.version(name)
     out["hdf5"] = h5py.version.hdf5_version

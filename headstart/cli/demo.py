@@ -57,7 +57,7 @@ def demo_cmd(
     pets: bool = typer.Option(
         False,
         "--pets",
-        help="Run the real job instead: download Dogs vs Cats (786 MB), extract VGG16 fc2, compare the heads.",
+        help="Run the real job instead: download Dogs vs Cats (786 MB), extract VGG16 fc2, compare the heads, draw the learning curve.",
     ),
     data: Path = typer.Option(Path("data"), "--data", help="With --pets: where to download the pictures."),
     dry_run: bool = typer.Option(False, "--dry-run", help="With --pets: print the commands, run nothing."),

@@ -14,8 +14,14 @@ from headstart.cli.console import cli_errors, say
 
 def similar_cmd(
     cache: Path = typer.Argument(..., help="A feature cache made by headstart extract."),
-    queries: list[str] = typer.Argument(
-        ..., help="Pictures of the cache (paths relative to its root, or full paths) or new picture files."
+    queries: Optional[list[str]] = typer.Argument(
+        None, help="Pictures of the cache (paths relative to its root, or full paths) or new picture files."
+    ),
+    text: list[str] = typer.Option(
+        [],
+        "--text",
+        help="A sentence to find pictures of, by the text tower of the cache's CLIP or SigLIP preset (plain cosine "
+        "to the image embeddings); repeatable.",
     ),
     k: int = typer.Option(10, "--top-k", "-k", help="How many neighbours per query (as predict's --top-k)."),
     exclude_split: list[str] = typer.Option(
@@ -27,7 +33,9 @@ def similar_cmd(
     split: str = typer.Option("0.7,0.15,0.15", "--split", help="Train, validation and test fractions."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split."),
     weights: Optional[Path] = typer.Option(
-        None, "--weights", help="The cache's weights file, when a new picture is a query and the file moved."
+        None,
+        "--weights",
+        help="The cache's weights file (or preset folder), when a new picture or a --text is a query and it moved.",
     ),
     montage: Optional[Path] = typer.Option(
         None, "--montage", help="Draw each query's neighbours in a grid into this picture (.png by its suffix)."
@@ -45,21 +53,18 @@ def similar_cmd(
     Example: headstart similar pets.h5 Cat/1.jpg -k 5
     Example: headstart similar pets.h5 Cat/1.jpg --only-split train   (a test picture's twins in training)
     Example: headstart similar pets.h5 ~/Downloads/my-cat.jpg --montage near.png
+    Example: headstart similar pets-clip.h5 --text "a cat asleep on a sofa"   (CLIP and SigLIP caches)
     """
     from headstart.heads.split import SplitSpec
     from headstart.similar import similar
+    from headstart.zeroshot import similar_text
 
     with cli_errors():
-        results = similar(
-            cache,
-            queries,
-            k=k,
-            exclude_split=exclude_split,
-            only_split=only_split,
-            split=SplitSpec.parse(split, seed),
-            weights=weights,
-            index=index,
-        )
+        how = dict(exclude_split=exclude_split, only_split=only_split, split=SplitSpec.parse(split, seed))
+        how.update(k=k, weights=weights, index=index)
+        results = similar(cache, queries, **how) if queries or not text else []
+        if text:
+            results += similar_text(cache, text, **how)
         if montage is not None:
             from headstart.audit.pictures import montage as draw
             from headstart.cache import open_cache
@@ -73,7 +78,8 @@ def similar_cmd(
         typer.echo(json.dumps({"cache": str(cache), "k": k, "results": [r.to_dict() for r in results]}, indent=2))
         return
     for r in results:
-        say(f"{r.query} ({'a picture of the cache' if r.source == 'cache' else 'embedded now'}):")
+        what = {"cache": "a picture of the cache", "file": "embedded now", "text": "text, plain cosine"}[r.source]
+        say(f"{r.query} ({what}):")
         typer.echo("rank\tsimilarity\tclass\tsplit\tpath")  # tabs kept for scripts: no rich here
         for i, n in enumerate(r.neighbours, 1):
             typer.echo(f"{i}\t{n.similarity:.4f}\t{n.label}\t{n.split}\t{n.path}")

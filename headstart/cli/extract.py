@@ -182,6 +182,13 @@ def extract(
         "pixels in extract, predict and export); pillow-uint8: Pillow on 8-bit pixels, rounded, as caches made "
         "before headstart recorded it (to resume those).",
     ),
+    decoder: str = typer.Option(
+        "pillow",
+        "--decoder",
+        help="pillow, or simplejpeg: JPEGs decoded by libjpeg-turbo without Pillow's copies (the same pixels on "
+        "the tested pictures, less CPU on large photos; recorded in the cache, which keeps its decoder). "
+        "Needs pip install -e '.[fastjpeg]'.",
+    ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Start a new cache even if OUT exists with other settings."
     ),
@@ -248,6 +255,7 @@ def extract(
             resize=resize,
             jpeg_draft=draft,
             resampler=resampler,
+            decoder=decoder,
             precision=precision,
             dtype=dtype,
             seed=seed,

@@ -15,6 +15,25 @@ from typing import Any, Optional
 import typer
 
 from headstart.cli.console import cli_errors, err_console, out_console
+from headstart.cli.options import (
+    BATCH,
+    CALIBRATE,
+    CALIBRATION_FRACTION,
+    CALIBRATION_ROWS,
+    CLASS_WEIGHT,
+    DROPOUT,
+    EPOCHS,
+    EXCLUDE_LIST,
+    HIDDEN,
+    LR,
+    NO_PLOTS,
+    PATIENCE,
+    PROMPT,
+    SEED,
+    SPLIT,
+    STREAM,
+    TEXT_WEIGHTS,
+)
 from headstart.errors import HeadstartError
 from headstart.heads.names import DEFAULT_HEADS as _DEFAULT_HEADS
 from headstart.heads.names import HEAD_NAMES as _HEADS
@@ -73,6 +92,7 @@ _FLAGS = {
     "class_weight": "--class-weight",
     "k": "--k",
     "C": "--C",
+    "prompts": "--prompt",
 }
 
 
@@ -98,52 +118,10 @@ def _fmt(value: Optional[float], digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-# Options shared by train and compare.
-SPLIT = typer.Option("0.7,0.15,0.15", "--split", help="Train, validation and test fractions.")
-SEED = typer.Option(0, "--seed", help="Seed of the split (and of the heads' initialization).")
-EPOCHS = typer.Option(None, "--epochs", help="Most epochs for softmax and mlp (default 100; early stopping).")
-BATCH = typer.Option(
-    None, "--batch-size", help="Batch size for softmax and mlp (default: about 50 steps an epoch, 16 to 256)."
-)
-LR = typer.Option(None, "--learning-rate", help="Adam learning rate for softmax and mlp (default 0.001).")
-HIDDEN = typer.Option(None, "--hidden-units", help="Hidden units of mlp (default 256).")
-DROPOUT = typer.Option(None, "--dropout", help="Dropout of mlp (default 0.5).")
-PATIENCE = typer.Option(None, "--patience", help="Epochs without a better validation loss before stopping (default 5).")
-CLASS_WEIGHT = typer.Option("none", "--class-weight", help="none, or balanced for uneven classes.")
-STREAM = typer.Option(
-    None, "--stream/--in-memory", help="Read batches from the file, or load the cache (default: by size)."
-)
-NO_PLOTS = typer.Option(False, "--no-plots", help="Skip the PNG plots.")
-EXCLUDE_LIST = typer.Option(
-    None, "--exclude-list", help="Leave out the pictures listed in this file, one path a line (audit's suspects.txt)."
-)
-
-
 def _exclude(path: Optional[Path]):
     from headstart.exclude_list import read_exclude_list
 
     return read_exclude_list(path) if path is not None else None
-
-
-CALIBRATE = typer.Option(
-    "none",
-    "--calibrate",
-    help="none, or temperature: fit one temperature (any head) on rows that training, early stopping and the "
-    "choice of C or k never saw (see --calibration-rows); never on the validation split.",
-)
-CALIBRATION_ROWS = typer.Option(
-    "split",
-    "--calibration-rows",
-    help="With --calibrate: split, a share of the training pictures set aside (--calibration-fraction; the head "
-    "trains on the rest); or crossfit, every training picture scored by a head fitted on the other 4 of 5 folds "
-    "(the head trains on all of them; 5 more fits; steadier on small datasets).",
-)
-CALIBRATION_FRACTION = typer.Option(
-    0.2,
-    "--calibration-fraction",
-    help="With --calibrate: the share of the training pictures set aside to fit the temperature on "
-    "(chosen by a hash of the seed and each path, recorded in run.json).",
-)
 
 
 def train_cmd(
@@ -169,21 +147,26 @@ def train_cmd(
     c: Optional[float] = typer.Option(
         None, "--C", help="Inverse regularization of logreg and svm (default: chosen on validation)."
     ),
+    prompt: list[str] = PROMPT,
+    weights: Optional[Path] = TEXT_WEIGHTS,
 ) -> None:
     """Train one head on the cache's training split and write a run directory.
 
-    The run holds the fitted head, run.json, metrics.json, history.csv and plots.
+    The run holds the fitted head, run.json, metrics.json, history.csv and plots. --head zeroshot
+    (caches of CLIP and SigLIP presets) fits on no picture: the class names' text embeddings are its weights.
 
     Example: headstart train pets-vgg16-fc2.h5 --head logreg --out runs/logreg
+    Example: headstart train pets-clip.h5 --head zeroshot --prompt "a photo of a {}, a type of pet."
     """
-    from headstart.heads import training
+    from headstart import zeroshot
 
     with cli_errors():
         params = _params(epochs, batch_size, learning_rate, hidden_units, dropout, patience, class_weight)
         params.update({key: v for key, v in (("k", k), ("C", c)) if v is not None})
+        params.update({"prompts": tuple(prompt)} if prompt else {})
         _check_applies(params, [head])
         params["random_state"] = seed
-        result = training.train(
+        result = zeroshot.train(
             cache,
             head,
             out or Path("runs") / head,
@@ -195,14 +178,18 @@ def train_cmd(
             calibrate=calibrate,
             calibration_fraction=calibration_fraction,
             calibration_rows=calibration_rows,
+            weights=weights,
         )
     from headstart.heads.metrics import summary_line
 
     c = result.counts
+    fitted = "from the class names' text embeddings, fitted on no picture" if head == "zeroshot" else None
     _echo(
         f"Trained {result.head} in {result.fit_seconds:.1f} s on {c['train']:,} pictures "
         f"(validation {c['val']:,}, test {c['test']:,}{', streamed from disk' if result.streamed else ''}); "
         f"{result.chosen}."
+        if fitted is None
+        else f"Built {result.head} {fitted} (validation {c['val']:,}, test {c['test']:,} pictures)."
     )
     _echo(f"  validation  {summary_line(result.metrics['val'])}")
     _echo(f"  test        {summary_line(result.metrics['test'])}")
@@ -249,21 +236,25 @@ def compare_cmd(
         None, "--baseline", help="A `headstart baseline` run on the same split: one more row in the table and plot."
     ),
     exclude_list: Optional[Path] = EXCLUDE_LIST,
+    prompt: list[str] = PROMPT,
+    weights: Optional[Path] = TEXT_WEIGHTS,
 ) -> None:
     """Train several heads on the same split and print one table.
 
     Each run goes to OUT/HEAD; comparison.json and comparison.png go to OUT.
 
     Example: headstart compare pets-vgg16-fc2.h5 --heads softmax,logreg --out runs/compare
+    Example: headstart compare pets-clip.h5 --heads zeroshot,logreg   (what the labels add to the class names)
     """
-    from headstart.heads import training
+    from headstart import zeroshot
 
     with cli_errors():
         params = _params(epochs, batch_size, learning_rate, hidden_units, dropout, patience, class_weight)
+        params.update({"prompts": tuple(prompt)} if prompt else {})
         names = [h.strip() for h in heads.split(",") if h.strip()]
         _check_applies(params, names)
         params["random_state"] = seed
-        result = training.compare(
+        result = zeroshot.compare(
             cache,
             out or Path("runs") / f"compare-{cache.stem}",
             heads=names,
@@ -273,6 +264,7 @@ def compare_cmd(
             stream=stream,
             baseline=baseline,
             exclude=_exclude(exclude_list),
+            weights=weights,
         )
     from rich.markup import escape
     from rich.table import Table

@@ -10,6 +10,9 @@ Two resamplers (the cache's fingerprint says which, `headstart.settings.config.R
 - ``pillow-uint8`` (caches made before): Pillow's bilinear resize on 8-bit RGB, rounded to
   integers in each pass, with `ImageOps.fit`'s fractional crop box. No Keras layer reproduces
   the rounding; it is kept to read and extend those caches.
+
+Two decoders (``decoder`` in the fingerprint, `headstart.settings.config.DECODERS`): ``pillow``, and
+``simplejpeg`` for the JPEGs it reads as Pillow does (`headstart.extractor.fastjpeg`).
 """
 
 from __future__ import annotations
@@ -20,11 +23,17 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from headstart import files
 from headstart.errors import DecodeError, UnsafeFileError
-from headstart.settings.config import RESAMPLERS, RESIZE_METHODS  # the registries live with the settings
+from headstart.extractor import fastjpeg
+from headstart.settings.config import (  # the registries live with the settings
+    DECODERS,
+    DEFAULT_DECODER,
+    RESAMPLERS,
+    RESIZE_METHODS,
+)
 
 # Truncated files are errors, not pictures with a grey bottom half.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -53,22 +62,31 @@ def keras_crop_box(height: int, width: int, target: tuple[int, int]) -> tuple[in
     return int(np.float32(height - ch) / 2), int(np.float32(width - cw) / 2), ch, cw
 
 
-def resize_float32(rgb: np.ndarray, size: tuple[int, int], resize: str = "squash") -> np.ndarray:
-    """Resize an ``(h, w, 3)`` picture to ``size = (height, width)`` as float32 pixels: Pillow's
-    bilinear filter (a triangle as wide as the scale when shrinking) on each channel in 32-bit
-    float mode, so nothing is rounded; ``crop`` first cuts `keras_crop_box`."""
+def resize_float32(rgb: Image.Image | np.ndarray, size: tuple[int, int], resize: str = "squash") -> np.ndarray:
+    """Resize an RGB picture (a Pillow image, or an ``(h, w, 3)`` uint8 array) to ``size = (height,
+    width)`` as float32 pixels: Pillow's bilinear filter (a triangle as wide as the scale when
+    shrinking) on each channel in 32-bit float mode, so nothing is rounded; ``crop`` first cuts
+    `keras_crop_box`. Each channel is made float by Pillow, without a float copy of the whole
+    picture (the same numbers: 0-255 are exact in float32); a Pillow image is split by Pillow,
+    an array one contiguous channel at a time (the cheaper way for each, measured)."""
     height, width = size
-    a = np.asarray(rgb, dtype=np.float32)
-    if resize == "crop":
-        top, left, ch, cw = keras_crop_box(a.shape[0], a.shape[1], size)
-        a = a[top : top + ch, left : left + cw]
-    elif resize != "squash":
+    if resize not in RESIZE_METHODS:
         raise ValueError(f"resize must be one of {RESIZE_METHODS}, got {resize!r}")
-    channels = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(a[..., c])).resize((width, height), Image.BILINEAR))
-        for c in range(3)
-    ]
-    return np.stack(channels, axis=-1)
+    if isinstance(rgb, Image.Image):
+        if resize == "crop":
+            top, left, ch, cw = keras_crop_box(rgb.height, rgb.width, size)
+            rgb = rgb.crop((left, top, left + cw, top + ch))
+        bands = rgb.split()
+    else:
+        a = np.asarray(rgb, dtype=np.uint8)
+        if resize == "crop":
+            top, left, ch, cw = keras_crop_box(a.shape[0], a.shape[1], size)
+            a = a[top : top + ch, left : left + cw]
+        bands = [Image.fromarray(np.ascontiguousarray(a[..., c])) for c in range(3)]
+    out = np.empty((height, width, 3), dtype=np.float32)
+    for c, band in enumerate(bands):
+        out[..., c] = np.asarray(band.convert("F").resize((width, height), Image.BILINEAR))
+    return out
 
 
 def read_picture(path: str | Path) -> bytes:
@@ -91,12 +109,44 @@ def load_pixels(path: str | Path) -> np.ndarray:
     return load_image(path, None)
 
 
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+"""EXIF orientation → the transposition that shows the picture upright (as `ImageOps.exif_transpose`)."""
+
+
+def _decode(img: Image.Image, data: bytes | None, size, draft: bool, decoder: str) -> Image.Image | np.ndarray:
+    """The opened ``img`` decoded, upright, in RGB: by simplejpeg where ``decoder`` asks for it and it
+    reads the file as Pillow does (an ``(h, w, 3)`` uint8 array), else by Pillow (a Pillow image,
+    with draft mode if asked)."""
+    if decoder == "simplejpeg" and data is not None and size is not None and not draft:
+        # A JPEG's EXIF and XMP are read with its header (Image.open), as exif_transpose reads them.
+        method = _TRANSPOSE.get(img.getexif().get(ExifTags.Base.Orientation, 1))
+        fast = fastjpeg.decode(img, data)
+        if fast is not None:  # turned upright by Pillow's own transpose, the few that need it
+            return fast if method is None else np.asarray(Image.fromarray(fast).transpose(method))
+    if draft and size and img.format == "JPEG":
+        # Decode at 1/2, 1/4 or 1/8 scale, never below twice the target size.
+        height, width = size
+        img.draft("RGB", (width * 2, height * 2))
+    img.load()
+    ImageOps.exif_transpose(img, in_place=True)  # not a copy of every upright picture
+    return _to_rgb(img)
+
+
 def load_image(
     path: str | Path | BinaryIO,
     size: tuple[int, int] | None,
     resize: str = "squash",
     draft: bool = True,
     resampler: str = "pillow-uint8",
+    decoder: str = DEFAULT_DECODER,
 ) -> np.ndarray:
     """Decode ``path`` to an ``(height, width, 3)`` array of ``size = (height, width)``: uint8
     with the ``pillow-uint8`` resampler, float32 with ``float32`` (see the module docstring).
@@ -106,26 +156,32 @@ def load_image(
     ``crop`` resizes the short side and cuts the centre. ``draft`` lets Pillow's JPEG decoder
     skip detail it would throw away (DCT scaling) when the picture is at least twice the size
     (faster; an exported model, which gets the whole picture, then sees other pixels).
-    ``size=None`` keeps the picture's own size (no draft, no resize, uint8).
+    ``size=None`` keeps the picture's own size (no draft, no resize, uint8, Pillow's decoder).
+    ``decoder``: ``pillow``, or ``simplejpeg`` (`headstart.extractor.fastjpeg`; not with ``draft``).
     Raises `DecodeError` with a short reason for anything that is not a readable picture. A path
     is read by `read_picture`: a regular file only, at most `headstart.files.MAX_PICTURE_BYTES`.
     """
     height, width = size or (0, 0)
+    if resampler not in RESAMPLERS:
+        raise ValueError(f"resampler must be one of {RESAMPLERS}, got {resampler!r}")
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    if decoder == "simplejpeg":
+        fastjpeg.require()
+    data = None
     if isinstance(path, (str, Path)):
-        path = io.BytesIO(read_picture(path))
+        data = read_picture(path)
+        path = io.BytesIO(data)
+    elif isinstance(path, io.BytesIO):
+        data = path.getvalue()
     try:
         # Pillow refuses pictures over 2 x Image.MAX_IMAGE_PIXELS (~179 MP) as decompression bombs.
         with Image.open(path) as img:
-            if draft and size and img.format == "JPEG":
-                # Decode at 1/2, 1/4 or 1/8 scale, never below twice the target size.
-                img.draft("RGB", (width * 2, height * 2))
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            img = _to_rgb(img)
-            if resampler not in RESAMPLERS:
-                raise ValueError(f"resampler must be one of {RESAMPLERS}, got {resampler!r}")
+            img = _decode(img, data, size, draft, decoder)
+            if isinstance(img, np.ndarray) and resampler != "float32":  # simplejpeg's pixels, resized by Pillow
+                img = Image.fromarray(img)
             if size is not None and resampler == "float32":
-                arr = resize_float32(np.asarray(img, dtype=np.uint8), size, resize)
+                arr = resize_float32(img, size, resize)
             elif size is not None and resize == "squash":
                 img = img.resize((width, height), Image.BILINEAR)
             elif size is not None and resize == "crop":
@@ -150,7 +206,12 @@ def load_image(
 
 
 def load_image_hashed(
-    path: str | Path, size: tuple[int, int], resize: str = "squash", draft: bool = True, resampler: str = "pillow-uint8"
+    path: str | Path,
+    size: tuple[int, int],
+    resize: str = "squash",
+    draft: bool = True,
+    resampler: str = "pillow-uint8",
+    decoder: str = DEFAULT_DECODER,
 ) -> tuple[np.ndarray, str]:
     """`load_image`, and the hex SHA-256 of the file's bytes, from one read of the file.
 
@@ -159,4 +220,4 @@ def load_image_hashed(
     """
     data = read_picture(path)
     digest = hashlib.sha256(data).hexdigest()
-    return load_image(io.BytesIO(data), size, resize, draft, resampler), digest
+    return load_image(io.BytesIO(data), size, resize, draft, resampler, decoder), digest

@@ -177,7 +177,12 @@ def feature_dim(config: ExtractionConfig) -> int:
 
 
 def _decode_batch(
-    batch: dict[str, np.ndarray], size: int, resize: str, draft: bool, resampler: str = "pillow-uint8"
+    batch: dict[str, np.ndarray],
+    size: int,
+    resize: str,
+    draft: bool,
+    resampler: str = "pillow-uint8",
+    decoder: str = "pillow",
 ) -> dict[str, np.ndarray]:
     """Ray task: paths → pixels (zeros where a file could not be decoded), reasons ("" if fine) and
     the SHA-256 of each file's bytes (from the one read that decodes it)."""
@@ -188,7 +193,7 @@ def _decode_batch(
     reasons, digests = [], []
     for i, path in enumerate(batch["path"]):
         try:
-            pixels[i], digest = load_image_hashed(str(path), (size, size), resize, draft, resampler)
+            pixels[i], digest = load_image_hashed(str(path), (size, size), resize, draft, resampler, decoder)
             reasons.append("")
             digests.append(digest)
         except DecodeError as err:
@@ -314,6 +319,7 @@ def embed_stream(
             "resize": config.resize,
             "draft": config.jpeg_draft,
             "resampler": config.resampler,
+            "decoder": config.decoder,
         },
         # The memory a task's pictures take once decoded. Besides helping Ray place the tasks, it
         # keeps Ray Data from fusing decoding into the model actors (it fuses operators whose

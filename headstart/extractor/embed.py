@@ -46,7 +46,9 @@ def decode_stream(
 
     def work(path: Path):
         try:
-            pixels, digest = load_image_hashed(path, size, config.resize, config.jpeg_draft, config.resampler)
+            pixels, digest = load_image_hashed(
+                path, size, config.resize, config.jpeg_draft, config.resampler, config.decoder
+            )
             return pixels, None, digest
         except DecodeError as err:
             return None, str(err), None

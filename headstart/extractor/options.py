@@ -19,6 +19,21 @@ def _check_resampler(resampler: str) -> str:
     return resampler
 
 
+def _check_decoder(decoder: str, jpeg_draft: bool) -> str:
+    from headstart.extractor import fastjpeg
+    from headstart.settings.config import DECODERS
+
+    if decoder not in DECODERS:
+        raise BackboneError(f"Expected --decoder among {', '.join(DECODERS)}. Received: {decoder!r}.")
+    if decoder == "simplejpeg":
+        if jpeg_draft:
+            raise BackboneError(
+                "Expected --decoder pillow with --draft (draft mode is Pillow's). Received: --decoder simplejpeg."
+            )
+        fastjpeg.require()
+    return decoder
+
+
 def make_hub_config(
     backbone: str,
     layer: str | None,
@@ -32,6 +47,7 @@ def make_hub_config(
     seed: int,
     views: str = "none",
     resampler: str = "float32",
+    decoder: str = "pillow",
 ) -> ExtractionConfig:
     """`make_config` for ``hub:PRESET`` (see `headstart.settings.hub`)."""
     from pathlib import Path
@@ -85,6 +101,7 @@ def make_hub_config(
         backend=keras.backend.backend(),
         views=views,
         resampler=_check_resampler(resampler),
+        decoder=_check_decoder(decoder, jpeg_draft),
         weights_path=folder,
     )
 
@@ -150,6 +167,7 @@ def make_config(
     seed: int = 0,
     views: str = "none",
     resampler: str = "float32",
+    decoder: str = "pillow",
 ) -> ExtractionConfig:
     """Check the user's options and resolve defaults into an `ExtractionConfig`."""
     import keras
@@ -171,6 +189,7 @@ def make_config(
             seed=seed,
             views=views,
             resampler=resampler,
+            decoder=decoder,
         )
 
     from headstart.settings.config import (
@@ -238,5 +257,6 @@ def make_config(
         backend=keras.backend.backend(),
         views=views,
         resampler=_check_resampler(resampler),
+        decoder=_check_decoder(decoder, jpeg_draft),
         weights_path=path,
     )

@@ -1,7 +1,7 @@
 """Heads on cached features: the split, the heads, training, evaluation, metrics, plots and run folders.
 
 One job a module: ``sources`` (rows and standardization), ``base`` (what every head shares),
-``logreg``, ``keras_heads``, ``knn`` and ``svm`` (the heads), ``calibration`` (temperature
+``logreg``, ``keras_heads``, ``knn``, ``svm`` and ``zeroshot`` (the heads), ``calibration`` (temperature
 scaling), ``registry`` (heads by name; a head on disk),
 ``rundir`` (the run folder: written locked and atomically, read back validated), ``training``
 (``train``, ``compare``), ``evaluation`` (``evaluate``, ``misclassified``), ``split``, ``metrics``,
@@ -44,6 +44,8 @@ _WHERE = {
     "train": "headstart.heads.training",
     "KNNHead": "headstart.heads.knn",
     "SVMHead": "headstart.heads.svm",
+    "ZeroShotHead": "headstart.heads.zeroshot",
+    "ClassTexts": "headstart.heads.zeroshot",
     "calibrate": "headstart.heads.calibration",
     "SweepResult": "headstart.heads.sweep",
     "sweep": "headstart.heads.sweep",
@@ -88,6 +90,8 @@ __all__ = [
     "train",
     "KNNHead",
     "SVMHead",
+    "ZeroShotHead",
+    "ClassTexts",
     "calibrate",
     "SweepResult",
     "sweep",

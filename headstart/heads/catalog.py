@@ -92,6 +92,9 @@ def key_params(head: str, params: Mapping[str, Any], fitted: Mapping[str, Any], 
     for k in _KEY_PARAMS:
         if k in params and k in defaults and params[k] != defaults[k] and not isinstance(params[k], (dict, list)):
             parts.append(f"{k}={params[k]:g}" if isinstance(params[k], float) else f"{k}={params[k]}")
+    prompts = params.get("prompts")
+    if isinstance(prompts, list) and list(prompts) != list(defaults.get("prompts") or ()):
+        parts.append(f"prompts={len(prompts)}")  # zeroshot: its prompts are in run.json's text_tower
     for k, shown in _FITTED_SHOWN.items():
         v = fitted.get(k) if isinstance(fitted, dict) else None
         if _num(v) is not None and not any(p.startswith(f"{shown}=") for p in parts):

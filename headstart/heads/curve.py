@@ -31,7 +31,7 @@ from headstart.cache import open_cache
 from headstart.errors import HeadError
 from headstart.heads import metrics as M
 from headstart.heads.prepare import prepare
-from headstart.heads.registry import head_params_json, make_head
+from headstart.heads.registry import check_learns, head_params_json, make_head
 from headstart.heads.sources import ArraySource
 from headstart.heads.split import SplitSpec
 from headstart.heads.training import predict_split
@@ -364,6 +364,7 @@ def learning_curve(
     params = dict(params or {})
     params.setdefault("random_state", split.seed)
     make_head(head, **params)  # bad options fail before any cache is read
+    check_learns(head, "a learning curve")
     from headstart.settings.config import check_cache_settings
 
     check_cache_settings(*caches)  # every cache opens, validates and names known settings before

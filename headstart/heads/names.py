@@ -3,5 +3,7 @@
 `headstart.heads.registry.HEADS` holds the classes under exactly these names (a test checks).
 """
 
-HEAD_NAMES = ("softmax", "logreg", "mlp", "knn", "svm")
+HEAD_NAMES = ("softmax", "logreg", "mlp", "knn", "svm", "zeroshot")
+ZEROSHOT = "zeroshot"
+"""The head built from the class names' text embeddings (CLIP, SigLIP caches); no training pictures."""
 DEFAULT_HEADS = ("softmax", "logreg", "mlp")

@@ -26,6 +26,7 @@ from headstart.heads.logreg import LogRegHead
 from headstart.heads.names import HEAD_NAMES
 from headstart.heads.sources import Standardizer, load_arrays
 from headstart.heads.svm import SVMHead
+from headstart.heads.zeroshot import ZeroShotHead
 
 HEADS: dict[str, type] = {
     "softmax": SoftmaxHead,
@@ -33,6 +34,7 @@ HEADS: dict[str, type] = {
     "mlp": MLPHead,
     "knn": KNNHead,
     "svm": SVMHead,
+    "zeroshot": ZeroShotHead,
 }
 assert tuple(HEADS) == HEAD_NAMES, "headstart.heads.names.HEAD_NAMES must list the registry"
 HEAD_FORMAT = 2
@@ -60,6 +62,16 @@ def head_class(name: str) -> type:
     if not isinstance(name, str) or name not in HEADS:
         raise HeadError(f"Expected a head among {', '.join(HEADS)}. Received: {name!r}.")
     return HEADS[name]
+
+
+def check_learns(name: str, what: str) -> None:
+    """Refuse a head that learns from no picture (zeroshot) for ``what`` (a sweep, a learning curve)."""
+    if getattr(head_class(name), "needs_texts", False):
+        raise HeadError(
+            f"The {name} head learns from no training picture: {what} of it would be one flat point. "
+            f"Train it with headstart train CACHE --head {name}, and set it beside trained heads with "
+            f"headstart compare CACHE --heads {name},logreg."
+        )
 
 
 def head_params(name: str) -> list[str]:

@@ -47,7 +47,7 @@ from headstart.cache import open_cache
 from headstart.disk import disk_full, is_disk_full
 from headstart.errors import HeadError, RunError, SweepError
 from headstart.heads.prepare import calibration_rows_args, prepare
-from headstart.heads.registry import head_class, make_head
+from headstart.heads.registry import check_learns, head_class, make_head
 from headstart.heads.rundir import (
     BEST,
     JOURNAL,
@@ -153,6 +153,7 @@ def sweep(
     grid, ranges, fixed = dict(grid or {}), dict(ranges or {}), dict(params or {})
     calibrate = check_calibration(calibrate)
     head_class(head)
+    check_learns(head, "a sweep")
     if rank_by not in RANK_BY:
         raise HeadError(f"Expected --rank-by among {', '.join(RANK_BY)}. Received: {rank_by!r}.")
     both = sorted(set(fixed) & (set(grid) | set(ranges)))

@@ -148,14 +148,17 @@ def _fit_one(
     plots: bool,
     calibrate: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    texts=None,
 ) -> TrainResult:
     """Fit one head and write its run into ``folder`` (which becomes ``final`` once swapped in).
 
     ``calibrate="temperature"`` fits a temperature on rows no fit or choice used, after fitting:
     the ``calib`` split set aside by `prepare`, or out-of-fold scores of the training rows (when
     ``data.folds`` is set); ``metrics.json`` then holds ECE and log loss before and after. ``extra`` goes into run.json.
+    ``texts``: the class names' text embeddings (`headstart.heads.zeroshot.ClassTexts`) for a head
+    that needs them (zeroshot), recorded in run.json as ``text_tower``.
     """
-    head = make_head(name, **params)
+    head = _new_head(name, params, texts)
     if data.streamed and name in IN_MEMORY_HEADS:
         raise RunError(
             f"The {name} head needs the training rows in memory, and {data.cache_path} is too large "
@@ -181,7 +184,9 @@ def _fit_one(
         if data.folds is not None:
             from headstart.heads.calibration import calibrate_logits, crossfit_logits
 
-            logits, y_idx = crossfit_logits(lambda: make_head(name, **params), data.sources["train"], val, data.folds)
+            logits, y_idx = crossfit_logits(
+                lambda: _new_head(name, params, texts), data.sources["train"], val, data.folds
+            )
             calibration = calibrate_logits(head, logits, y_idx, calibrate)
         else:
             calibration = fit_calibration(head, data.sources["calib"], calibrate)
@@ -216,6 +221,7 @@ def _fit_one(
         "calibrate": calibrate,
         **({"calibration": data.calibration} if calibrate else {}),
         **dict(extra or {}),
+        **({"text_tower": texts.to_dict()} if getattr(head, "needs_texts", False) else {}),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
     }
@@ -238,12 +244,21 @@ def _fit_one(
     )
 
 
+def _new_head(name: str, params: Mapping[str, Any], texts):
+    """A new head by name; one that needs the class texts (zeroshot) gets them."""
+    head = make_head(name, **params)
+    if getattr(head, "needs_texts", False):
+        head.texts = texts
+    return head
+
+
 def _plot_run(folder: Path, head: str, history, metrics, class_names, chosen) -> None:
     from headstart.heads import plots
 
     shown = "test" if metrics["test"].get("n") else "val"
     m = metrics[shown]
-    plots.plot_curves(history, folder / "curves.png", title=f"{head}: learning curves", chosen=chosen)
+    if history:  # a head fitted on no picture (zeroshot) has no curve to draw
+        plots.plot_curves(history, folder / "curves.png", title=f"{head}: learning curves", chosen=chosen)
     if m.get("n"):
         plots.plot_confusion(
             m["confusion_matrix"], class_names, folder / "confusion.png", title=f"{head}: {shown} split"
@@ -269,6 +284,7 @@ def train(
     calibrate: str | None = None,
     calibration_fraction: float = DEFAULT_CALIBRATION_FRACTION,
     calibration_rows: str = "split",
+    texts=None,
 ) -> TrainResult:
     """Fit one head on the training split of a cache and write a run folder to ``out``.
 
@@ -279,7 +295,8 @@ def train(
     ``calibrate="temperature"`` sets ``calibration_fraction`` of the training rows aside (the
     head trains on the rest) and fits the temperature on them; with ``calibration_rows="crossfit"``
     the head trains on all of them and the temperature is fitted on out-of-fold scores
-    (`headstart.heads.split.CALIBRATION_FOLDS` more fits).
+    (`headstart.heads.split.CALIBRATION_FOLDS` more fits). ``texts``: the class names' text
+    embeddings for the zeroshot head (`headstart.zeroshot.train` computes them from the preset).
     """
     from headstart.heads.calibration import check_calibration
 
@@ -294,7 +311,7 @@ def train(
             cache, split, stream, exclude, *calibration_rows_args(calibrate, calibration_rows, calibration_fraction)
         )
         with result_writer(out, RUN_KIND) as tmp:
-            return _fit_one(data, head, dict(params or {}), tmp, out, plots, calibrate)
+            return _fit_one(data, head, dict(params or {}), tmp, out, plots, calibrate, texts=texts)
 
 
 def compare(
@@ -308,13 +325,14 @@ def compare(
     stream: bool | None = None,
     baseline: str | os.PathLike | None = None,
     exclude=None,
+    texts=None,
 ) -> CompareResult:
     """Fit several heads on the same split; each run goes to ``out/<head>``, the table to ``out``.
 
     ``params`` are shared options; each head takes those it knows (``epochs`` goes to the Keras
     heads, ``class_weight`` to all). An option no chosen head takes is an error. The comparison
     is swapped into ``out`` whole when every head is done. ``baseline``: a `headstart baseline` run
-    folder on the same split, added as one more row of the table and the plot.
+    folder on the same split, added as one more row of the table and the plot. ``texts``: as `train`'s.
     """
     check_cache_settings(cache_path)  # refuse settings this version does not know, before any work
     out = Path(out)
@@ -347,7 +365,7 @@ def compare(
                 )
         with result_writer(out, COMPARISON_KIND) as tmp:
             for name in heads:
-                runs.append(_fit_one(data, name, per_head[name], tmp / name, out / name, plots))
+                runs.append(_fit_one(data, name, per_head[name], tmp / name, out / name, plots, texts=texts))
             rows = [r.row() for r in runs] + extra
             if plots:
                 from headstart.heads import plots as P

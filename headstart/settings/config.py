@@ -22,6 +22,13 @@ float pixels as ``keras.layers.Resizing(antialias=True)`` computes it (the expor
 reproduces it); ``pillow-uint8``, Pillow on 8-bit pixels, rounded (caches made before, whose
 fingerprint has no ``resampler``)."""
 LEGACY_RESAMPLER = "pillow-uint8"
+DECODERS = ("pillow", "simplejpeg")
+"""Which library decodes a JPEG (`headstart.extractor.decode`): ``pillow``; ``simplejpeg``
+(libjpeg-turbo without Pillow's copies, ``pip install headstart[fastjpeg]``) for the JPEGs Pillow
+reads as RGB or greyscale, Pillow for every other file. Both give the same pixels on the tested
+pictures (`headstart.extractor.fastjpeg`), but two builds of libjpeg-turbo are not promised to, so
+the decoder is part of the fingerprint and a cache keeps the one it was made with."""
+DEFAULT_DECODER = "pillow"
 STORAGE_DTYPES = ("float16", "float32")
 POOLINGS = (None, "avg")
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -71,6 +78,7 @@ class ExtractionConfig:
     backend: str = "tensorflow"
     views: str = "none"
     resampler: str = "float32"
+    decoder: str = DEFAULT_DECODER
     weights_path: str | None = field(default=None, compare=False)
 
     def fingerprint(self) -> dict[str, Any]:
@@ -81,6 +89,8 @@ class ExtractionConfig:
             out.pop("views")
         if out["resampler"] == LEGACY_RESAMPLER:  # and so do caches made before the resampler was
             out.pop("resampler")
+        if out["decoder"] == DEFAULT_DECODER:  # and caches decoded by Pillow, the only decoder before
+            out.pop("decoder")
         return out
 
     def fingerprint_json(self) -> str:
@@ -166,6 +176,7 @@ def check_settings(fp: dict[str, Any]) -> None:
     _one_of("backend", fp["backend"], BACKENDS)
     _one_of("views", fp.get("views", "none"), VIEWS)
     _one_of("resampler", fp.get("resampler", LEGACY_RESAMPLER), RESAMPLERS)
+    _one_of("decoder", fp.get("decoder", DEFAULT_DECODER), DECODERS)
 
 
 def _check_hub(fp: dict[str, Any]) -> None:
@@ -196,6 +207,7 @@ def _check_hub(fp: dict[str, Any]) -> None:
     _one_of("dtype", fp["dtype"], STORAGE_DTYPES)
     _one_of("backend", fp["backend"], BACKENDS)
     _one_of("resampler", fp.get("resampler", LEGACY_RESAMPLER), RESAMPLERS)
+    _one_of("decoder", fp.get("decoder", DEFAULT_DECODER), DECODERS)
 
 
 def bundled_weights() -> Path:

@@ -39,13 +39,23 @@ class Family:
     class_name: str  # KerasHub class (and the registered name its config.json must hold)
     layer: str
     preprocessing: str  # a key of `headstart.settings.backbones.PREPROCESSING`
+    text_preprocessor: str | None = None  # KerasHub class that tokenizes prompts; None: no text tower
+
+    @property
+    def tokenizer(self) -> str | None:
+        """The KerasHub tokenizer class of the text tower (``CLIPTokenizer``), or None."""
+        return self.text_preprocessor.replace("Preprocessor", "Tokenizer") if self.text_preprocessor else None
 
 
 FAMILIES: dict[str, Family] = {
     "dinov2": Family("dinov2", "DINOV2Backbone", "class_token", "imagenet_mean_std"),
-    "clip": Family("clip", "CLIPBackbone", "image_embedding", "clip_mean_std"),
-    "siglip": Family("siglip", "SigLIPBackbone", "image_embedding", "scale_minus1_1"),
+    "clip": Family("clip", "CLIPBackbone", "image_embedding", "clip_mean_std", "CLIPPreprocessor"),
+    "siglip": Family("siglip", "SigLIPBackbone", "image_embedding", "scale_minus1_1", "SigLIPPreprocessor"),
 }
+TEXT_LAYER = "image_embedding"
+"""The layer of a text-image family whose rows its text tower's embeddings are compared with: the
+image tower's projected embedding (CLIP: ``vision_projection`` of the class token; SigLIP: the
+vision encoder's pooled head), what KerasHub's ``get_vision_embeddings`` returns."""
 LAYERS = tuple(sorted({f.layer for f in FAMILIES.values()}))
 PREPROCESSINGS = tuple(f.preprocessing for f in FAMILIES.values())
 
@@ -108,6 +118,17 @@ def check_name(backbone: str, layer: str, preprocessing: str) -> None:
         )
 
 
+def text_family(backbone: str, layer: str, preprocessing: str) -> Family | None:
+    """The family of a cache's settings when its rows can be compared with a text tower's embeddings
+    (a CLIP or SigLIP preset cut at its image embedding); None otherwise. No KerasHub needed."""
+    if not is_hub(backbone) or layer != TEXT_LAYER:
+        return None
+    for family in FAMILIES.values():
+        if family.text_preprocessor and family.layer == layer and family.preprocessing == preprocessing:
+            return family
+    return None
+
+
 def folder_digest(folder: Path) -> str:
     """``sha256:`` of a local preset folder's files (config, weights, image converter), in name order."""
     digest = hashlib.sha256()
@@ -147,7 +168,7 @@ def read_config(family: Family, handle: str, folder: str | None) -> dict[str, An
         try:
             config = load_json(handle)
         except Exception as err:  # noqa: BLE001 - kagglehub raises many kinds when offline
-            raise offline_error(handle, err) from None
+            raise offline_error(handle, err, family) from None
     if not isinstance(config, dict) or config.get("registered_name") != f"keras_hub>{family.class_name}":
         got = config.get("registered_name") if isinstance(config, dict) else type(config).__name__
         raise BackboneError(
@@ -157,11 +178,17 @@ def read_config(family: Family, handle: str, folder: str | None) -> dict[str, An
     return config
 
 
-def offline_error(handle: str, err: Exception) -> WeightsDownloadError:
+def offline_error(handle: str, err: Exception, family: Family | None = None) -> WeightsDownloadError:
     first = (str(err).strip().splitlines() or [type(err).__name__])[0][:100]
+    text = (
+        f" (and keras_hub.models.{family.tokenizer}.from_preset('{handle}').save_to_preset('FOLDER') for its text "
+        "tower: train --head zeroshot, similar --text)"
+        if family is not None and family.tokenizer
+        else ""
+    )
     return WeightsDownloadError(
         f"Could not download the KerasHub preset {handle}: {first}. Where there is network, run "
-        f"keras_hub.models.Backbone.from_preset('{handle}').save_to_preset('FOLDER'), copy FOLDER here "
+        f"keras_hub.models.Backbone.from_preset('{handle}').save_to_preset('FOLDER'){text}, copy FOLDER here "
         f"and pass --weights FOLDER."
     )
 
@@ -190,7 +217,7 @@ def build(family: Family, handle: str, folder: str | None, load_weights: bool, i
         raise
     except Exception as err:  # noqa: BLE001
         if folder is None:
-            raise offline_error(handle, err) from None
+            raise offline_error(handle, err, family) from None
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise BackboneError(f"Could not build {family.class_name} from {folder}: {first}.") from None
     images = keras.Input((input_size, input_size, 3), name="images")

@@ -306,7 +306,7 @@ def cache_difference(model, config: ExtractionConfig) -> float:
     worst = 0.0
     for data in probe_pictures(config.input_size).values():
         whole = load_image(io.BytesIO(data), None)
-        ours = load_image(io.BytesIO(data), size, config.resize, config.jpeg_draft, config.resampler)
+        ours = load_image(io.BytesIO(data), size, config.resize, config.jpeg_draft, config.resampler, config.decoder)
         got = np.asarray(model.predict_on_batch(whole[None].astype(np.float32)), np.float64)
         want = np.asarray(model.predict_on_batch(np.asarray(ours, np.float32)[None]), np.float64)
         worst = max(worst, float(np.max(np.abs(got - want))))
