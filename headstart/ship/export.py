@@ -35,12 +35,14 @@ from headstart.heads.run_reader import load_run
 from headstart.settings.config import ExtractionConfig
 from headstart.ship.exported import LABELS, METADATA, load_exported, read_metadata
 from headstart.ship.model import INPUT_NAME, OUTPUT_NAME, classifier_model, pixel_model
+from headstart.ship.onnx_file import run_onnx, write_onnx
 from headstart.ship.runs import run_config
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("keras", "saved_model", "onnx", "litert")
-"""``keras``: one ``.keras`` file; the others go through Keras' ``model.export(format=...)``."""
+"""``keras``: one ``.keras`` file; ``onnx`` under TensorFlow: `headstart.ship.onnx_file` (graph and
+weights apart, bounded memory); the others go through Keras' ``model.export(format=...)``."""
 
 _KERAS_FORMAT = {"saved_model": "tf_saved_model", "onnx": "onnx", "litert": "litert"}
 PORTABLE_FORMATS = ("onnx", "litert")
@@ -163,7 +165,10 @@ def _keras_export(model, target: Path, fmt: str) -> None:
     import keras
 
     try:
-        model.export(str(target), format=_KERAS_FORMAT[fmt], verbose=False)
+        if fmt == "onnx" and keras.backend.backend() == "tensorflow":
+            write_onnx(model, target.parent, INPUT_NAME, OUTPUT_NAME)  # bounded memory, see its module
+        else:
+            model.export(str(target), format=_KERAS_FORMAT[fmt], verbose=False)
     except ImportError as err:
         raise ExportError(
             f"Expected the packages Keras needs for --format {fmt} ({FORMAT_NEEDS[fmt]}). Received: {err}."
@@ -372,10 +377,7 @@ def _run_file(path: Path, fmt: str, x: np.ndarray) -> np.ndarray:
         loaded = tf.saved_model.load(str(path))  # keep a reference: its variables live as long as it
         return loaded.serve(tf.constant(x)).numpy()
     if fmt == "onnx":
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(path / MODEL_FILES[fmt]), providers=["CPUExecutionProvider"])
-        return session.run(None, {session.get_inputs()[0].name: x})[0]
+        return run_onnx(path, x)  # refuses files other than those headstart.json lists
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(str(path / MODEL_FILES[fmt]))
