@@ -117,3 +117,9 @@ class ArchiveDamagedError(DownloadError):
 
 class DiskFullError(HeadstartError):
     """The disk filled (or would fill) while writing; what was committed before is kept."""
+
+
+def first_line(err: BaseException, limit: int) -> str:
+    """The first line of ``err``'s message (its type's name when it has none), at most ``limit`` characters:
+    what a one-line message quotes of an exception a library raised."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]

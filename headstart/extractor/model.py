@@ -99,19 +99,26 @@ def build_model(config: ExtractionConfig):
     return model
 
 
+def preset_folder(config: ExtractionConfig) -> str | None:
+    """The KerasHub preset folder of ``config`` (weights ``sha256:...``), None for a downloaded preset."""
+    if not config.weights.startswith("sha256:"):
+        return None
+    if config.weights_path is None:
+        raise BackboneError(
+            f"Expected the preset folder with {config.weights} for this cache. Received: no --weights FOLDER."
+        )
+    return config.weights_path
+
+
 def _build_hub(config: ExtractionConfig):
     import keras
 
     from headstart.settings import hub
 
     _, family, handle = hub.preset_of(config.backbone)
-    if config.weights.startswith("sha256:") and config.weights_path is None:
-        raise BackboneError(
-            f"Expected the preset folder with {config.weights} for this cache. Received: no --weights FOLDER."
-        )
+    folder = preset_folder(config)
     if config.weights == RANDOM_WEIGHTS:
         keras.utils.set_random_seed(config.seed or 0)
-    folder = config.weights_path if config.weights.startswith("sha256:") else None
     with _dtype_policy(config.precision):
         base = hub.build(family, handle, folder, config.weights != RANDOM_WEIGHTS, config.input_size)
         out = keras.layers.Activation("linear", dtype="float32", name="features")(base.outputs[0])

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from headstart.errors import BackboneError, TextTowerError, WeightsDownloadError
+from headstart.errors import BackboneError, TextTowerError, WeightsDownloadError, first_line
+from headstart.extractor.model import preset_folder
 from headstart.settings.config import RANDOM_WEIGHTS, ExtractionConfig
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def check_text_cache(config: ExtractionConfig, where: str):
 
 
 def _offline_error(handle: str, family, err: Exception) -> WeightsDownloadError:
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:100]
+    first = first_line(err, 100)
     return WeightsDownloadError(
         f"Could not download the text tower of the KerasHub preset {handle}: {first}. Where there is network, run "
         f"keras_hub.models.{family.class_name}.from_preset('{handle}').save_to_preset('FOLDER') and "
@@ -80,13 +81,7 @@ def load_text_tower(config: ExtractionConfig) -> TextTower:
     _, family, handle = hub.preset_of(config.backbone)
     if family.text_preprocessor is None:  # a fingerprint whose preset and layer name different families
         raise TextTowerError(f"Expected a CLIP or SigLIP preset. Received: {config.backbone} (no text tower).")
-    folder = None
-    if config.weights.startswith("sha256:"):
-        if config.weights_path is None:
-            raise BackboneError(
-                f"Expected the preset folder with {config.weights} for this cache. Received: no --weights FOLDER."
-            )
-        folder = config.weights_path
+    folder = preset_folder(config)
     if config.weights == RANDOM_WEIGHTS:
         keras.utils.set_random_seed(config.seed or 0)  # the random towers the cache was extracted with
     preset = folder if folder is not None else handle
@@ -105,7 +100,7 @@ def load_text_tower(config: ExtractionConfig) -> TextTower:
     except Exception as err:  # noqa: BLE001 - KerasHub and kagglehub raise many kinds
         if folder is None:
             raise _offline_error(handle, family, err) from None
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        first = first_line(err, 160)
         raise TextTowerError(
             f"Expected the text tower and tokenizer of {family.class_name} in {folder} (model.weights.h5, "
             f"tokenizer.json, assets/tokenizer/). Received: {first}. Where there is network, add the tokenizer with "

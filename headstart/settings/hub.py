@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart.cache import h5safety
-from headstart.errors import BackboneError, WeightsDownloadError
+from headstart.errors import BackboneError, WeightsDownloadError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def read_config(family: Family, handle: str, folder: str | None) -> dict[str, An
 
 
 def offline_error(handle: str, err: Exception, family: Family | None = None) -> WeightsDownloadError:
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:100]
+    first = first_line(err, 100)
     text = (
         f" (and keras_hub.models.{family.tokenizer}.from_preset('{handle}').save_to_preset('FOLDER') for its text "
         "tower: train --head zeroshot, similar --text)"
@@ -218,7 +218,7 @@ def build(family: Family, handle: str, folder: str | None, load_weights: bool, i
     except Exception as err:  # noqa: BLE001
         if folder is None:
             raise offline_error(handle, err, family) from None
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        first = first_line(err, 200)
         raise BackboneError(f"Could not build {family.class_name} from {folder}: {first}.") from None
     images = keras.Input((input_size, input_size, 3), name="images")
     if family.name == "dinov2":
